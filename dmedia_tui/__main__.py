@@ -1,0 +1,3 @@
+from dmedia_tui.cli import main
+
+main()

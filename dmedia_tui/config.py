@@ -1,0 +1,226 @@
+"""Where things live, every threshold, and who this machine is.
+
+- `config.toml` in the platformdirs config dir (XDG_CONFIG_HOME honoured) is the user's:
+  thresholds, the default database, this machine's display name. We only read it (and
+  write a commented default the first time).
+- `machine.json` (this machine's ID and hostname) and `stores.json` (store folders this
+  machine knows) beside it are the program's own, written atomically.
+
+Two config dirs sharing one database therefore behave as two machines: that is how the
+integration tests and the demo simulate a second computer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from dmedia_tui import protocol
+
+APP_NAME = "dmedia-tui"
+DAY = 86400
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be read or makes no sense (one line, for the user)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every policy threshold, in one place (seconds unless named otherwise)."""
+
+    target_copies: int = 3
+    low_durability: int = 2  # user files below this many good copies: LOW_DURABILITY
+    store_downgrade_after: int = 3 * DAY  # store unseen this long: its copies count 0
+    store_purge_after: int = 8 * DAY  # store unseen this long: forgotten
+    verify_due_after: int = 15 * DAY  # a copy not verified this long is due
+    verify_downgrade_after: int = 30 * DAY  # ... and this long: it counts 0
+    reserve_fraction: float = 0.01  # free space kept on every store, of its size
+    reserve_max_bytes: int = 4_000_000_000  # ... at most this much
+    heartbeat_interval: int = 60  # machine doc + store atimes refreshed this often
+    heartbeat_fresh: int = 180  # a machine doc younger than this counts as online
+    recently_seen: int = 3 * DAY  # a store seen this recently counts toward storage
+    housekeeping_interval: int = 60  # policies run this often in the engine
+    schema_check_interval: int = 6 * 3600  # the full schema/consistency pass
+    verify_retry_after: int = 600  # an unreadable copy is retried after this long
+
+    def reserve_for(self, bytes_total: int) -> int:
+        """Free space that new copies must leave on a store of `bytes_total`."""
+        return int(min(self.reserve_max_bytes, max(0, bytes_total) * self.reserve_fraction))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> Thresholds:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"unknown threshold {key!r} in [thresholds]")
+            want = float if known[key].type in ("float", float) else int
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"threshold {key} must be a number >= 0, got {value!r}")
+            values[key] = want(value)
+        return cls(**values)
+
+
+DEFAULT_CONFIG_TOML = """\
+# dmedia-tui configuration. Every key is optional; the defaults are shown.
+
+# The library database: a path to an SQLite file, or http(s)://user:pass@host:5984/
+# for CouchDB. --db and DMEDIA_DB override it.
+# db = "{default_db}"
+
+# The name other machines show for this one ("boot <name>").
+# hostname = "{hostname}"
+
+[thresholds]
+# target_copies = 3
+# low_durability = 2
+# store_downgrade_after = 259200    # 3 days, in seconds
+# store_purge_after = 691200        # 8 days
+# verify_due_after = 1296000        # 15 days
+# verify_downgrade_after = 2592000  # 30 days
+# reserve_fraction = 0.01           # free space kept on every store...
+# reserve_max_bytes = 4000000000    # ...at most 4 GB
+# heartbeat_interval = 60
+# heartbeat_fresh = 180
+"""
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+
+
+@dataclass
+class Config:
+    """This machine's view of the library: paths, thresholds, identity, known stores."""
+
+    config_dir: Path
+    data_dir: Path
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    db_setting: str | None = None
+    hostname_setting: str | None = None
+
+    # --- loading ---------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        config_dir: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> Config:
+        cdir = Path(config_dir) if config_dir else Path(platformdirs.user_config_dir(APP_NAME))
+        ddir = Path(data_dir) if data_dir else Path(platformdirs.user_data_dir(APP_NAME))
+        toml_path = cdir / "config.toml"
+        data: dict[str, Any] = {}
+        try:
+            with open(toml_path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            pass
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read {toml_path}: {e}") from None
+        thresholds = Thresholds.from_mapping(data.get("thresholds", {}) or {})
+        db = data.get("db")
+        host = data.get("hostname")
+        if db is not None and not isinstance(db, str):
+            raise ConfigError(f"{toml_path}: db must be a string")
+        if host is not None and not isinstance(host, str):
+            raise ConfigError(f"{toml_path}: hostname must be a string")
+        return cls(cdir, ddir, thresholds, db, host)
+
+    def write_default_config(self) -> Path:
+        """Write a commented config.toml if there is none; return its path."""
+        path = self.config_dir / "config.toml"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                DEFAULT_CONFIG_TOML.format(default_db=self.default_db_path, hostname=self.hostname),
+                encoding="utf-8",
+            )
+        return path
+
+    # --- paths -----------------------------------------------------------------------
+
+    @property
+    def default_db_path(self) -> Path:
+        return self.data_dir / "library.sqlite3"
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.data_dir / "locks"
+
+    def db_url(self, cli_value: str | None = None, environ: dict[str, str] | None = None) -> str:
+        """--db beats DMEDIA_DB beats config.toml's `db` beats the default SQLite file."""
+        env = os.environ if environ is None else environ
+        return cli_value or env.get("DMEDIA_DB") or self.db_setting or str(self.default_db_path)
+
+    # --- this machine ----------------------------------------------------------------
+
+    @property
+    def _machine_path(self) -> Path:
+        return self.config_dir / "machine.json"
+
+    def _machine(self) -> dict[str, Any]:
+        data = _read_json(self._machine_path, None)
+        if not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
+            data = {"machine_id": protocol.random_id(), "hostname": socket.gethostname()}
+            _atomic_write_json(self._machine_path, data)
+        return data
+
+    @property
+    def machine_id(self) -> str:
+        """This machine's ID (24 characters), created on first use."""
+        return self._machine()["machine_id"]
+
+    @property
+    def hostname(self) -> str:
+        return self.hostname_setting or str(self._machine().get("hostname") or "localhost")
+
+    # --- store folders this machine knows --------------------------------------------
+
+    @property
+    def _stores_path(self) -> Path:
+        return self.config_dir / "stores.json"
+
+    def known_stores(self) -> dict[str, str]:
+        """{store_id: folder} of every store this machine has initialised or seen."""
+        data = _read_json(self._stores_path, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self._stores_path}: expected a JSON object")
+        return {k: str(v) for k, v in data.items() if protocol.is_store_id(k) and isinstance(v, str)}
+
+    def remember_store(self, store_id: str, folder: str | os.PathLike[str]) -> None:
+        protocol.check_store_id(store_id)
+        data = self.known_stores()
+        data[store_id] = str(Path(folder).resolve())
+        _atomic_write_json(self._stores_path, data)
+
+    def forget_store(self, store_id: str) -> None:
+        data = self.known_stores()
+        if data.pop(store_id, None) is not None:
+            _atomic_write_json(self._stores_path, data)

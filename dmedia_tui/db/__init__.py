@@ -1,0 +1,45 @@
+"""Database backends behind one interface: embedded SQLite (default) or CouchDB."""
+
+from __future__ import annotations
+
+from dmedia_tui.db.base import (
+    DOCS_DB,
+    LOG_DB,
+    Change,
+    Changes,
+    Conflict,
+    CopyDue,
+    Database,
+    DatabaseError,
+    DatabaseOffline,
+    Doc,
+    Library,
+    NotFound,
+    PlacementRow,
+    VerificationStats,
+)
+
+
+def is_couch_url(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def open_library(url: str, *, create: bool = True) -> Library:
+    """Open (and by default create) the library at a path or an http(s) CouchDB URL.
+
+    Raises DatabaseOffline with a one-line message when it cannot.
+    """
+    if is_couch_url(url):
+        from dmedia_tui.db.couch import CouchLibrary
+
+        return CouchLibrary(url, create=create)
+    from dmedia_tui.db.sqlite import SQLiteLibrary
+
+    return SQLiteLibrary(url, create=create)
+
+
+__all__ = [
+    "DOCS_DB", "LOG_DB", "Change", "Changes", "Conflict", "CopyDue", "Database",
+    "DatabaseError", "DatabaseOffline", "Doc", "Library", "NotFound", "PlacementRow",
+    "VerificationStats", "is_couch_url", "open_library",
+]

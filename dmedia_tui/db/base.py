@@ -1,0 +1,250 @@
+"""The database interface every backend implements, and the named queries the app needs.
+
+A `Library` holds two `Database`s, `docs` (`dmedia-1`: files, stores, machines) and
+`log` (`log-1`: data-safety events, never edited), plus the named queries. Each backend
+(SQLite in `sqlite.py`, CouchDB in `couch.py`) implements them its own way; the contract
+suite in `tests/db/` runs against both and proves they answer alike.
+
+Docs are plain dicts. `_rev` is opaque ("N-xxxx"): saving a doc whose `_rev` is not the
+current one (or saving a new doc over an existing `_id`) raises Conflict; `save` sets the
+new `_rev` on the dict it was given.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+Doc = dict[str, Any]
+
+DOCS_DB = "dmedia-1"
+LOG_DB = "log-1"
+
+
+class DatabaseError(Exception):
+    """The database could not do what was asked (a message fit for one line)."""
+
+
+class DatabaseOffline(DatabaseError):
+    """The database cannot be reached, opened or read at all."""
+
+
+class Conflict(DatabaseError):
+    """The `_rev` given is not the current one."""
+
+
+class NotFound(DatabaseError, KeyError):
+    """No (live) doc with that `_id`."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+@dataclass(frozen=True)
+class Change:
+    id: str
+    seq: str
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Changes:
+    results: list[Change]
+    last_seq: str
+
+
+class Database(abc.ABC):
+    """One named database of JSON docs."""
+
+    name: str
+
+    @abc.abstractmethod
+    def get(self, doc_id: str) -> Doc:
+        """The current doc; NotFound if absent or deleted."""
+
+    def get_or_none(self, doc_id: str) -> Doc | None:
+        try:
+            return self.get(doc_id)
+        except NotFound:
+            return None
+
+    @abc.abstractmethod
+    def get_many(self, doc_ids: list[str]) -> list[Doc | None]:
+        """Docs in the order asked, None where absent."""
+
+    @abc.abstractmethod
+    def save(self, doc: Doc) -> Doc:
+        """Create or update; sets doc['_rev']; Conflict on a stale or missing `_rev`."""
+
+    @abc.abstractmethod
+    def save_many(self, docs: list[Doc]) -> list[Doc | DatabaseError]:
+        """Bulk save; per doc either the saved doc (with new `_rev`) or its error."""
+
+    @abc.abstractmethod
+    def delete(self, doc: Doc) -> None:
+        """Delete the doc at doc['_rev']; Conflict if stale."""
+
+    @abc.abstractmethod
+    def page(self, limit: int = 1000, start_after: str | None = None) -> list[Doc]:
+        """Up to `limit` docs in `_id` order, after `start_after`."""
+
+    def iter_docs(self, page_size: int = 1000) -> Iterator[Doc]:
+        """Every doc, in `_id` order, a page at a time."""
+        after: str | None = None
+        while True:
+            docs = self.page(page_size, after)
+            yield from docs
+            if len(docs) < page_size:
+                return
+            after = docs[-1]["_id"]
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of live docs."""
+
+    @abc.abstractmethod
+    def update_seq(self) -> str:
+        """An opaque token that changes whenever anything in the database changes. Cheap."""
+
+    @abc.abstractmethod
+    def changes(self, since: str | None = None, limit: int | None = None) -> Changes:
+        """Changes after `since` (None: from the beginning). A change may be seen twice."""
+
+    @abc.abstractmethod
+    def wait_changes(self, since: str, timeout: float) -> str:
+        """Block up to `timeout` s until update_seq() differs from `since`; return it."""
+
+    def update(self, doc_id: str, fn: Callable[..., Doc | None], *args: Any) -> Doc | None:
+        """Read-modify-write with retry on Conflict.
+
+        `fn(doc, *args)` returns the doc to save (changed in place or a new dict), or
+        None to leave it as it is. Returns the saved doc, or None when nothing was
+        saved. NotFound propagates.
+        """
+        for _ in range(20):
+            doc = self.get(doc_id)
+            new = fn(doc, *args)
+            if new is None:
+                return None
+            try:
+                return self.save(new)
+            except Conflict:
+                continue
+        raise Conflict(f"{self.name}/{doc_id}: gave up after 20 conflicting updates")
+
+
+# --- named query results ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlacementRow:
+    """One group of the placement summary: files with the same origin and placement."""
+
+    origin: str
+    placement: str  # durability.placement_key(): "SID:copies,SID:copies" sorted, "" = nowhere
+    count: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class CopyDue:
+    """A copy to verify: never-verified ones (verified None) come first."""
+
+    file_id: str
+    store_id: str
+    verified: int | None
+    bytes: int
+
+
+@dataclass(frozen=True)
+class VerificationStats:
+    """Verification ages of the copies on one store (times are unix seconds)."""
+
+    copies: int
+    never: int
+    oldest: int | None
+    median: int | None
+    newest: int | None
+
+
+class Library(abc.ABC):
+    """A dmedia library: its two databases and the named queries over them."""
+
+    docs: Database
+    log: Database
+
+    @property
+    @abc.abstractmethod
+    def display_url(self) -> str:
+        """Where the library is, safe to show (passwords masked)."""
+
+    @abc.abstractmethod
+    def placement_summary(self) -> list[PlacementRow]:
+        """File counts and bytes grouped by (origin, placement key), every origin.
+
+        Never touches more than the summary index: cardinality is the number of distinct
+        placements, not files, so this is the one query the dashboard runs on refresh.
+        """
+
+    @abc.abstractmethod
+    def stores(self) -> list[Doc]:
+        """Every `dmedia/store` doc, by `_id`."""
+
+    @abc.abstractmethod
+    def machines(self) -> list[Doc]:
+        """Every `dmedia/machine` doc, by `_id`."""
+
+    @abc.abstractmethod
+    def files_by_store(
+        self, store_id: str, limit: int = 100, after: tuple[int, str] | None = None
+    ) -> list[Doc]:
+        """File docs with a `stored[store_id]` entry, most fragile first.
+
+        Ordered by (rank, _id); `after` is the (rank, _id) of the last row of the
+        previous page.
+        """
+
+    @abc.abstractmethod
+    def fragile_files(
+        self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"
+    ) -> list[Doc]:
+        """Files of `origin` with durability < 3, ordered by (rank, _id)."""
+
+    @abc.abstractmethod
+    def files_by_placement(self, placement: str, limit: int = 100,
+                           after: str | None = None, origin: str = "user") -> list[Doc]:
+        """Files of `origin` whose placement key is exactly `placement`, by `_id`."""
+
+    @abc.abstractmethod
+    def copies_due(self, store_id: str, verified_before: int, limit: int = 100) -> list[CopyDue]:
+        """Copies on a store never verified or verified before the given time.
+
+        Never-verified first (by file ID), then oldest `verified` first.
+        """
+
+    @abc.abstractmethod
+    def verification_stats(self, store_id: str) -> VerificationStats:
+        """Oldest / median / newest verification and never-verified count on a store."""
+
+    @abc.abstractmethod
+    def events(
+        self,
+        limit: int = 100,
+        *,
+        newest_first: bool = True,
+        since: float | None = None,
+        types: Iterable[str] | None = None,
+        store_id: str | None = None,
+        file_id: str | None = None,
+        cursor: str | None = None,
+    ) -> list[Doc]:
+        """Log docs (`log-1`) filtered by time (>= since), type, store or file.
+
+        Paged by log `_id` (which sorts by time): `cursor` is the `_id` of the last row
+        of the previous page; rows strictly before it (newest_first) or after it.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and file handles."""

@@ -1,0 +1,264 @@
+"""The hashing protocol and the IDs: the one thing that must never change.
+
+A file's ID is the sortable base32 of a 30-byte blake3 root hash over its 8 MiB leaves
+(DESIGN.md §2). The two derive-key contexts, the leaf size and the digest size *are* the
+protocol: changing any of them would orphan every ID already recorded, so a future
+protocol gets a different ID length instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import struct
+from collections.abc import Iterable, Sequence
+
+from blake3 import blake3
+
+LEAF_SIZE = 8 * 1024 * 1024
+DIGEST_BYTES = 30
+DIGEST_B32LEN = 48  # 30 bytes * 8 / 5
+STORE_ID_BYTES = 15
+RANDOM_B32LEN = 24  # store IDs and log IDs
+LEAF_CONTEXT = "dmedia-tui 2026 leaf"
+ROOT_CONTEXT = "dmedia-tui 2026 root"
+
+# Sortable base32: the alphabet is in ASCII order, so the byte order of the raw value is
+# the string order of its encoding (the property Dbase32 gave the original Dmedia).
+ALPHABET = "3456789ABCDEFGHIJKLMNOPQRSTUVWXY"
+_STD = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_TO_SORTABLE = str.maketrans(_STD, ALPHABET)
+_FROM_SORTABLE = str.maketrans(ALPHABET, _STD)
+_ALPHABET_SET = frozenset(ALPHABET)
+
+
+class ProtocolError(ValueError):
+    """Base class for every violation of the hashing protocol or the ID format."""
+
+
+class InvalidID(ProtocolError):
+    """An ID read from somewhere has the wrong length or alphabet."""
+
+
+class LeafHashesLengthError(ProtocolError):
+    """`leaf_hashes` is not a whole number of 30-byte digests."""
+
+
+class LeafCountError(ProtocolError):
+    """`leaf_hashes` holds a different number of leaves than the file size implies."""
+
+
+class RootHashError(ProtocolError):
+    """The root hash of (size, leaf_hashes) is not the file ID."""
+
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def b32encode(data: bytes) -> str:
+    """Encode bytes (a multiple of 5 long) as sortable base32."""
+    if len(data) % 5:
+        raise ProtocolError(f"can only encode a multiple of 5 bytes, got {len(data)}")
+    return base64.b32encode(data).decode("ascii").translate(_TO_SORTABLE)
+
+
+def b32decode(text: str) -> bytes:
+    """Decode sortable base32; raises InvalidID on anything that is not a valid encoding."""
+    if not isinstance(text, str) or len(text) % 8 or not _ALPHABET_SET.issuperset(text):
+        raise InvalidID(f"not a sortable base32 string: {text!r:.80}")
+    return base64.b32decode(text.translate(_FROM_SORTABLE))
+
+
+def is_id(value: object, length: int) -> bool:
+    """True when value is a str of exactly `length` characters from the alphabet."""
+    return isinstance(value, str) and len(value) == length and _ALPHABET_SET.issuperset(value)
+
+
+def check_id(value: object, length: int, what: str = "ID") -> str:
+    """Return value unchanged when it is a valid ID of `length`; raise InvalidID otherwise.
+
+    Every ID read from a document, a command line or a directory listing goes through
+    this (or one of the wrappers below) before it becomes part of a filesystem path.
+    """
+    if not is_id(value, length):
+        raise InvalidID(f"invalid {what}: {value!r:.80}")
+    return value  # type: ignore[return-value]
+
+
+def check_file_id(value: object) -> str:
+    return check_id(value, DIGEST_B32LEN, "file ID")
+
+
+def check_store_id(value: object) -> str:
+    return check_id(value, RANDOM_B32LEN, "store ID")
+
+
+def is_file_id(value: object) -> bool:
+    return is_id(value, DIGEST_B32LEN)
+
+
+def is_store_id(value: object) -> bool:
+    return is_id(value, RANDOM_B32LEN)
+
+
+def random_id(nbytes: int = STORE_ID_BYTES) -> str:
+    """A random ID: 15 bytes give the 24 characters of a store or machine ID."""
+    return b32encode(secrets.token_bytes(nbytes))
+
+
+def log_id(timestamp: float) -> str:
+    """5 bytes of big-endian unix seconds + 10 random bytes: log IDs sort by time."""
+    secs = max(0, int(timestamp))
+    return b32encode(secs.to_bytes(5, "big") + secrets.token_bytes(10))
+
+
+def log_id_time(value: str) -> int:
+    """The unix seconds encoded in a log ID."""
+    return int.from_bytes(b32decode(check_id(value, RANDOM_B32LEN, "log ID"))[:5], "big")
+
+
+# --- hashing -------------------------------------------------------------------------
+
+
+def leaf_hasher(index: int) -> blake3:
+    """A hasher already fed the leaf's index; update it with the leaf's bytes."""
+    h = blake3(derive_key_context=LEAF_CONTEXT, max_threads=blake3.AUTO)
+    h.update(struct.pack("<Q", index))
+    return h
+
+
+def hash_leaf(index: int, data: bytes | bytearray | memoryview) -> bytes:
+    """The 30-byte hash of leaf `index` holding `data`."""
+    if not 0 < len(data) <= LEAF_SIZE:
+        raise ProtocolError(f"leaf {index} has {len(data)} bytes")
+    h = leaf_hasher(index)
+    h.update(data)
+    return h.digest(length=DIGEST_BYTES)
+
+
+def hash_root(file_size: int, leaf_hashes: bytes | Sequence[bytes]) -> str:
+    """The file ID (48 characters) for a file of `file_size` with these leaf hashes."""
+    if not isinstance(leaf_hashes, bytes | bytearray):
+        leaf_hashes = b"".join(leaf_hashes)
+    if file_size < 1:
+        raise ProtocolError(f"file size must be >= 1, got {file_size}")
+    h = blake3(derive_key_context=ROOT_CONTEXT)
+    h.update(struct.pack("<Q", file_size))
+    h.update(leaf_hashes)
+    return b32encode(h.digest(length=DIGEST_BYTES))
+
+
+def leaf_count(file_size: int) -> int:
+    """How many leaves a file of `file_size` bytes has (the last may be short)."""
+    return -(-file_size // LEAF_SIZE)
+
+
+def split_leaf_hashes(leaf_hashes: bytes) -> list[bytes]:
+    if len(leaf_hashes) % DIGEST_BYTES:
+        raise LeafHashesLengthError(
+            f"len(leaf_hashes) is {len(leaf_hashes)}, not a multiple of {DIGEST_BYTES}"
+        )
+    return [leaf_hashes[i : i + DIGEST_BYTES] for i in range(0, len(leaf_hashes), DIGEST_BYTES)]
+
+
+def check_root_hash(file_id: str, file_size: int, leaf_hashes: bytes) -> list[bytes]:
+    """Check the cryptographic tie between ID, size and leaf hashes; return the leaves.
+
+    Raises a distinct error for each way it can fail: InvalidID, LeafHashesLengthError,
+    LeafCountError, RootHashError.
+    """
+    check_file_id(file_id)
+    leaves = split_leaf_hashes(leaf_hashes)
+    if not isinstance(file_size, int) or file_size < 1:
+        raise LeafCountError(f"file size {file_size!r} is not a positive integer")
+    if len(leaves) != leaf_count(file_size):
+        raise LeafCountError(
+            f"{len(leaves)} leaf hashes for {file_size} bytes, expected {leaf_count(file_size)}"
+        )
+    if hash_root(file_size, leaf_hashes) != file_id:
+        raise RootHashError(f"root hash of {file_size} bytes and leaf hashes is not {file_id}")
+    return leaves
+
+
+def encode_leaf_hashes(leaf_hashes: bytes | Iterable[bytes]) -> str:
+    """Leaf hashes as stored in a file doc: base64 of the concatenated digests."""
+    if not isinstance(leaf_hashes, bytes | bytearray):
+        leaf_hashes = b"".join(leaf_hashes)
+    return base64.b64encode(leaf_hashes).decode("ascii")
+
+
+def decode_leaf_hashes(text: str) -> bytes:
+    """Inverse of encode_leaf_hashes; raises ProtocolError on bad base64."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, AttributeError, UnicodeEncodeError) as e:
+        raise ProtocolError(f"leaf_hashes is not valid base64: {e}") from None
+
+
+class ContentHash:
+    """Result of hashing a file: its ID, size and concatenated leaf hashes."""
+
+    __slots__ = ("id", "file_size", "leaf_hashes")
+
+    def __init__(self, id: str, file_size: int, leaf_hashes: bytes) -> None:
+        self.id = id
+        self.file_size = file_size
+        self.leaf_hashes = leaf_hashes
+
+    def __repr__(self) -> str:
+        return f"ContentHash({self.id!r}, {self.file_size}, <{len(self.leaf_hashes) // 30} leaves>)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContentHash) and (
+            (self.id, self.file_size, self.leaf_hashes)
+            == (other.id, other.file_size, other.leaf_hashes)
+        )
+
+
+class Hasher:
+    """Incremental content hasher: feed it leaves in order, then call content_hash()."""
+
+    def __init__(self) -> None:
+        self.file_size = 0
+        self.leaves: list[bytes] = []
+        self._closed = False
+
+    def hash_leaf(self, data: bytes | bytearray | memoryview) -> bytes:
+        if self._closed:
+            raise ProtocolError("a short leaf was already hashed: it must be the last")
+        digest = hash_leaf(len(self.leaves), data)
+        self.leaves.append(digest)
+        self.file_size += len(data)
+        if len(data) < LEAF_SIZE:
+            self._closed = True
+        return digest
+
+    def content_hash(self) -> ContentHash:
+        lh = b"".join(self.leaves)
+        return ContentHash(hash_root(self.file_size, lh), self.file_size, lh)
+
+
+def hash_bytes(data: bytes) -> ContentHash:
+    """Hash an in-memory byte string (tests, the demo)."""
+    h = Hasher()
+    for i in range(0, len(data), LEAF_SIZE):
+        h.hash_leaf(memoryview(data)[i : i + LEAF_SIZE])
+    return h.content_hash()
+
+
+def hash_path(path: str | os.PathLike[str]) -> ContentHash:
+    """Hash a file on disk, leaf by leaf (mmap-free: reads into one reusable buffer)."""
+    h = Hasher()
+    buf = bytearray(LEAF_SIZE)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.hash_leaf(view[:n])
+            if n < LEAF_SIZE:
+                # A short read from a regular file means end of file.
+                break
+    return h.content_hash()
