@@ -3,16 +3,30 @@
 `assess(...)` -> `Health(alerts, histogram, store_rows, ...)`. No I/O, no clock: `now`
 and the set of online stores are arguments, so every rule is unit-tested exhaustively
 (tests/test_health.py).
+
+The alerts, worst first (each rule is written out in the docstring of its function):
+- NO_KNOWN_COPY (critical): user files recorded on no store at all.
+- INSUFFICIENT_STORAGE (panic): recently seen stores cannot hold target copies of all
+  user files (`_storage_alert`: a capacity bound in durability-bytes).
+- DISCONNECTED_ONLY_COPY (panic): user files whose every recorded copy is on a store that
+  is not online; one alert per set of places (machine to boot / drive to plug).
+- DRIVE_FAILURE (panic): a store with `failure`, until acknowledged.
+- SHARED_FILESYSTEM, METADATA_INVALID (warning); LOW_DURABILITY (info: work in progress).
+`Health.exit_code`: 0 no alert, 1 only info/warnings, 2 any panic or worse.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmedia_tui.config import Thresholds
+import humanize
+
+from dmedia_tui.config import DAY, Thresholds
 from dmedia_tui.db.base import Doc, PlacementRow, VerificationStats
+from dmedia_tui.protocol import is_store_id
 
 # Stable alert codes (scripts and harnesses match on these).
 INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
@@ -151,11 +165,515 @@ class Health:
         }
 
 
+# --- reading docs defensively ----------------------------------------------------------
+#
+# Docs come from a database other machines (and other versions) write to. A field with the
+# wrong type is treated as absent, never as an exception: health must always render.
+
+STALE_AFTER = DAY  # a store not online and unseen longer than this shows as STALE
+
+
+def _int(value: Any, default: int = 0) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return default
+
+
+def _time(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _flag(value: Any) -> bool:
+    return value is True
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _parse_placement(key: Any) -> list[tuple[str, int]]:
+    """durability.parse_placement, but junk parts are skipped instead of raising."""
+    if not isinstance(key, str) or not key:
+        return []
+    out: dict[str, int] = {}
+    for part in key.split(","):
+        sid, sep, c = part.partition(":")
+        if not sep or not is_store_id(sid):
+            continue
+        try:
+            copies = int(c)
+        except ValueError:
+            copies = 0
+        out[sid] = out.get(sid, 0) + max(0, copies)
+    return sorted(out.items())
+
+
+@dataclass(frozen=True)
+class _Store:
+    """A store doc, normalised."""
+
+    id: str
+    label: str
+    weight: int  # `copies` of the doc: what a copy there is worth
+    atime: float | None
+    total: int
+    avail: int
+    machine_id: str | None
+    serial: str | None
+    removable: bool
+    internal: bool
+    no_new_copies: bool
+    downgraded: bool
+    failing: bool
+    acknowledged: bool
+    corrupt_count: int
+    failure_reason: str | None
+
+    @property
+    def trusted(self) -> bool:
+        """New copies may be placed here."""
+        return not (self.failing or self.no_new_copies)
+
+
+def _store(doc: Any) -> _Store | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str) or not doc["_id"]:
+        return None
+    sid = doc["_id"]
+    failure = doc.get("failure")
+    fdict = failure if isinstance(failure, dict) else {}
+    copies = doc.get("copies", 1)
+    weight = _int(copies, 1) if copies is not None else 1
+    return _Store(
+        id=sid,
+        label=_text(doc.get("label")) or sid[:8],
+        weight=max(0, weight),
+        atime=_time(doc.get("atime")),
+        total=max(0, _int(doc.get("bytes_total"))),
+        avail=max(0, _int(doc.get("bytes_avail"))),
+        machine_id=_text(doc.get("machine_id")),
+        serial=_text(doc.get("drive_serial")),
+        removable=_flag(doc.get("removable")),
+        internal=_flag(doc.get("internal")),
+        no_new_copies=_flag(doc.get("no_new_copies")),
+        downgraded=bool(doc.get("downgraded")),
+        failing=bool(failure),
+        acknowledged=_flag(fdict.get("acknowledged")),
+        corrupt_count=max(0, _int(fdict.get("corrupt_count"))),
+        failure_reason=_text(fdict.get("reason")),
+    )
+
+
+@dataclass(frozen=True)
+class _Machine:
+    id: str
+    hostname: str
+    atime: float | None
+    stores: tuple[str, ...]
+
+
+def _machine(doc: Any) -> _Machine | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str) or not doc["_id"]:
+        return None
+    raw = doc.get("stores")
+    stores = tuple(s for s in raw if is_store_id(s)) if isinstance(raw, list | tuple) else ()
+    return _Machine(
+        id=doc["_id"],
+        hostname=_text(doc.get("hostname")) or doc["_id"][:8],
+        atime=_time(doc.get("atime")),
+        stores=stores,
+    )
+
+
+def _fresh(atime: float | None, now: float, window: float) -> bool:
+    """Seen within `window` seconds of now (inclusive). A time in the future (another
+    machine's clock runs ahead, or this command runs with DMEDIA_NOW in the past) counts as
+    fresh: wrongly calling a connected store offline would send the user on an errand."""
+    return atime is not None and now - atime <= window
+
+
+def _files(n: int) -> str:
+    return f"{n:,} file" if n == 1 else f"{n:,} files"
+
+
+def _have(n: int) -> str:
+    return "has" if n == 1 else "have"
+
+
+def _be(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def _size(n: int) -> str:
+    return humanize.naturalsize(n)
+
+
+def _sort_alerts(alerts: list[Alert]) -> tuple[Alert, ...]:
+    """Worst first, then by code; ties in a stable, deterministic order."""
+    return tuple(sorted(alerts, key=lambda a: (-a.severity, a.code, a.store_ids, a.message)))
+
+
+# --- online stores ---------------------------------------------------------------------
+
+
 def online_store_ids(
-    machines: list[Doc], now: float, thresholds: Thresholds, local: set[str] | frozenset[str] = frozenset()
+    machines: list[Doc],
+    now: float,
+    thresholds: Thresholds,
+    local: set[str] | frozenset[str] = frozenset(),
 ) -> set[str]:
-    """Stores connected to this machine, plus those a fresh machine doc lists."""
-    raise NotImplementedError
+    """Stores we can count on reaching right now.
+
+    `local` (the stores this machine has connected) plus every valid store ID listed in
+    `stores` of a machine doc whose heartbeat `atime` is at most
+    `thresholds.heartbeat_fresh` seconds old (the boundary itself is fresh; future times are
+    fresh too, see `_fresh`). Malformed machine docs and junk entries are ignored.
+    """
+    online = set(local)
+    for doc in machines if isinstance(machines, list | tuple) else ():
+        m = _machine(doc)
+        if m is not None and _fresh(m.atime, now, thresholds.heartbeat_fresh):
+            online.update(m.stores)
+    return online
+
+
+# --- the assessment --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One placement group of the summary, parsed."""
+
+    placement: tuple[tuple[str, int], ...]
+    count: int
+    bytes: int
+    user: bool = True
+
+    @property
+    def durability(self) -> int:
+        return sum(c for _, c in self.placement)
+
+    @property
+    def store_ids(self) -> frozenset[str]:
+        return frozenset(sid for sid, _ in self.placement)
+
+
+def _groups(summary: Any) -> list[_Group]:
+    """Every group of the summary, parsed; malformed and empty rows are skipped."""
+    out = []
+    for row in summary if isinstance(summary, list | tuple) else ():
+        count = max(0, _int(getattr(row, "count", 0)))
+        if count:
+            placement = tuple(_parse_placement(getattr(row, "placement", "")))
+            size = max(0, _int(getattr(row, "bytes", 0)))
+            out.append(_Group(placement, count, size, getattr(row, "origin", None) == "user"))
+    return out
+
+
+def _histogram(groups: list[_Group]) -> tuple[Bucket, Bucket, Bucket, Bucket]:
+    files = [0, 0, 0, 0]
+    size = [0, 0, 0, 0]
+    for g in groups:
+        b = min(3, g.durability)
+        files[b] += g.count
+        size[b] += g.bytes
+    return tuple(Bucket(i, files[i], size[i]) for i in range(4))  # type: ignore[return-value]
+
+
+_ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth"}
+
+
+def _storage_alert(
+    groups: list[_Group],
+    stores: dict[str, _Store],
+    now: float,
+    online: set[str],
+    th: Thresholds,
+    extra: dict[str, Any],
+) -> Alert | None:
+    """INSUFFICIENT_STORAGE: can the recently seen stores hold `target` copies of every
+    user file?
+
+    The rule, in durability-bytes (a copy of b bytes on a store of weight w is worth w*b):
+    let U = total bytes of user files and k = target_copies. The library needs k*U. A
+    store counts when it is *recent* (online, or its atime within `recently_seen`):
+    - a trusted store (no `failure`, no `no_new_copies`) of weight w can hold each user
+      file at most once, in the space its user copies already use plus its free space above
+      the reserve, so it offers  min(w, k) * min(U, held + max(0, avail - reserve(total)));
+    - an untrusted store takes no new copies: it offers only what its present copies are
+      counted for (sum of min(copies, k) * bytes over its entries; 0 when failing);
+    - stores not seen recently offer nothing (they are about to be downgraded).
+    The alert fires when the offers sum to less than k*U. Summing per file shows the
+    condition is necessary (no placement can do better), and with weights of 1 it is also
+    sufficient up to whole-file granularity: this is the classic bound for spreading k
+    replicas over bins that may each hold one replica of an item. "Too few distinct
+    stores" is the special case: n weight-1 stores offer at most n*U < k*U.
+    Files with no known copy still count in U: they need room once found. No user files,
+    no alert (nothing to protect, so even an empty library with one store is healthy).
+    """
+    k = th.target_copies
+    total_u = sum(g.bytes for g in groups)
+    held: dict[str, int] = {}
+    counted: dict[str, int] = {}
+    for g in groups:
+        for sid, c in g.placement:
+            held[sid] = held.get(sid, 0) + g.bytes
+            counted[sid] = counted.get(sid, 0) + min(c, k) * g.bytes
+    offer = 0
+    trusted_ids = []
+    for sid, s in stores.items():
+        if not (sid in online or _fresh(s.atime, now, th.recently_seen)):
+            continue
+        if s.trusted:
+            free = max(0, s.avail - th.reserve_for(s.total))
+            offer += min(s.weight, k) * min(total_u, held.get(sid, 0) + free)
+            if s.weight > 0:
+                trusted_ids.append(sid)
+        elif not s.failing:
+            offer += counted.get(sid, 0)
+    need = k * total_u
+    extra["storage"] = {"need": need, "offered": offer, "trusted_recent": sorted(trusted_ids)}
+    if total_u == 0 or offer >= need:
+        return None
+    deficit = need - offer
+    n = len(trusted_ids)
+    drives = -(-deficit // total_u)  # a new weight-1 drive offers at most U
+    if drives > 1:
+        where = f"on at least {drives} more drives"
+    elif n < k:
+        where = f"on a {_ORDINALS.get(n + 1, f'{n + 1}th')} drive"
+    else:
+        where = "of free space on drives without these files, or another drive"
+    note = f"only {n} trusted drive{'s' if n != 1 else ''} seen recently; " if n < k else ""
+    return Alert(
+        code=INSUFFICIENT_STORAGE,
+        severity=Severity.PANIC,
+        message=f"Not enough storage for {k} copies: {note}need {_size(deficit)} more {where}",
+        action=(
+            "Add a drive: dmedia-tui store init /media/<drive>"
+            if n < k or drives > 1
+            else "Free space on a drive, or add one: dmedia-tui store init /media/<drive>"
+        ),
+        store_ids=tuple(sorted(trusted_ids)),
+        files=sum(g.count for g in groups if g.durability < k),
+        bytes=deficit,
+    )
+
+
+def _place(sid: str, stores: dict[str, _Store]) -> tuple[str, str]:
+    """Who must act to bring store `sid` online: a machine to boot or a drive to plug."""
+    s = stores.get(sid)
+    if s is None:
+        return ("unknown", sid)
+    if s.removable and not s.internal:
+        return ("drive", sid)
+    if s.machine_id is None:
+        return ("unknown", sid)
+    return ("machine", s.machine_id)
+
+
+def _place_advice(
+    place: tuple[str, str],
+    sids: list[str],
+    stores: dict[str, _Store],
+    machines: dict[str, _Machine],
+    fresh_hosts: list[str],
+) -> str:
+    kind, key = place
+    if kind == "drive":
+        s = stores[key]
+        serial = f" (serial {s.serial})" if s.serial else ""
+        into = f"one of: {', '.join(fresh_hosts)}" if fresh_hosts else "this machine"
+        return f"plug {s.label}{serial} into {into}"
+    if kind == "machine":
+        labels = ", ".join(stores[sid].label for sid in sids)
+        m = machines.get(key)
+        if m is None:
+            return f"boot the machine {labels} was last connected to ({key[:8]})"
+        if key in machines and m.hostname in fresh_hosts:
+            return f"connect {labels} on {m.hostname} (it is running but does not see it)"
+        return f"boot {m.hostname}"
+    s = stores.get(key)
+    if s is not None:
+        return f"reconnect {s.label}"
+    return f"reconnect the drive that held store {key[:8]} (its record is gone)"
+
+
+def _disconnected_alerts(
+    groups: list[_Group],
+    stores: dict[str, _Store],
+    machines: dict[str, _Machine],
+    online: set[str],
+    fresh_hosts: list[str],
+) -> list[Alert]:
+    """DISCONNECTED_ONLY_COPY: user files with entries only on stores that are not online.
+
+    Any entry is a place to look, even one counted 0 (downgraded or on a failing drive), and
+    so is a store whose doc is gone. The offline stores are mapped to *places*: a removable
+    drive (plug it into a running machine), or the machine an internal or fixed drive
+    belongs to (boot it). Files are grouped by the set of places that could bring them back,
+    one alert per set; any one of those places is enough, so the advice joins them with "or".
+    """
+    by_places: dict[frozenset[tuple[str, str]], tuple[set[str], int, int]] = {}
+    for g in groups:
+        sids = g.store_ids
+        if not sids or sids & online:
+            continue
+        places = frozenset(_place(sid, stores) for sid in sids)
+        ids, n, b = by_places.get(places, (set(), 0, 0))
+        by_places[places] = (ids | sids, n + g.count, b + g.bytes)
+    alerts = []
+    for places, (ids, n, b) in by_places.items():
+        labels = ", ".join(
+            sorted(stores[sid].label if sid in stores else f"{sid[:8]} (unknown)" for sid in ids)
+        )
+        which = "which is offline" if len(ids) == 1 else "which are all offline"
+        advice = []
+        for place in sorted(places):
+            in_place = sorted(sid for sid in ids if _place(sid, stores) == place)
+            advice.append(_place_advice(place, in_place, stores, machines, fresh_hosts))
+        action = " or ".join(advice)
+        alerts.append(
+            Alert(
+                code=DISCONNECTED_ONLY_COPY,
+                severity=Severity.PANIC,
+                message=f"{_files(n)} ({_size(b)}) {_be(n)} only on {labels}, {which}",
+                action=action[:1].upper() + action[1:],
+                store_ids=tuple(sorted(ids)),
+                files=n,
+                bytes=b,
+            )
+        )
+    return alerts
+
+
+def _no_known_copy_alert(groups: list[_Group]) -> Alert | None:
+    """NO_KNOWN_COPY: user files recorded nowhere (every entry removed, e.g. by a purge)."""
+    n = sum(g.count for g in groups if not g.placement)
+    b = sum(g.bytes for g in groups if not g.placement)
+    if not n:
+        return None
+    return Alert(
+        code=NO_KNOWN_COPY,
+        severity=Severity.CRITICAL,
+        message=f"{_files(n)} ({_size(b)}) {_have(n)} no known copy on any store",
+        action=(
+            "Reconnect every drive that may hold them so they are found again, "
+            "and look in each store's .dmedia/corrupt quarantine"
+        ),
+        files=n,
+        bytes=b,
+    )
+
+
+def _failure_alert(s: _Store, files: int, size: int) -> Alert:
+    """DRIVE_FAILURE for one unacknowledged failing store."""
+    serial = f" (serial {s.serial})" if s.serial else ""
+    if s.corrupt_count:
+        what = f"{s.corrupt_count:,} corrupt cop{'y' if s.corrupt_count == 1 else 'ies'} found"
+    else:
+        what = f"marked failing ({s.failure_reason or 'no reason recorded'})"
+    return Alert(
+        code=DRIVE_FAILURE,
+        severity=Severity.PANIC,
+        message=f"{s.label}{serial}: {what}; the drive may be failing",
+        action=(
+            "Stop using this drive for any data (dmedia-tui no longer trusts it); "
+            f"acknowledge: dmedia-tui store ack {s.id}"
+        ),
+        store_ids=(s.id,),
+        files=files,
+        bytes=size,
+        acknowledgeable=True,
+    )
+
+
+def _low_durability_alert(groups: list[_Group], th: Thresholds) -> Alert | None:
+    """LOW_DURABILITY: user files with fewer than `low_durability` good copies (work to do)."""
+    low = [g for g in groups if g.durability < th.low_durability]
+    n = sum(g.count for g in low)
+    if not n:
+        return None
+    b = sum(g.bytes for g in low)
+    good = f"{th.low_durability} good cop{'y' if th.low_durability == 1 else 'ies'}"
+    return Alert(
+        code=LOW_DURABILITY,
+        severity=Severity.INFO,
+        message=f"{_files(n)} ({_size(b)}) {_have(n)} fewer than {good}",
+        action="dmedia-tui is making copies; keep drives connected",
+        files=n,
+        bytes=b,
+    )
+
+
+def _shared_alerts(pairs: Any, stores: dict[str, _Store]) -> list[Alert]:
+    """SHARED_FILESYSTEM: two stores on one filesystem are not independent copies."""
+    seen: set[tuple[str, str]] = set()
+    alerts = []
+    for pair in pairs if isinstance(pairs, list | tuple | set) else ():
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            continue
+        a, b = pair
+        if not (isinstance(a, str) and isinstance(b, str)) or a == b:
+            continue
+        key = (min(a, b), max(a, b))
+        if key in seen:
+            continue
+        seen.add(key)
+        la, lb = (stores[x].label if x in stores else x[:8] for x in key)
+        alerts.append(
+            Alert(
+                code=SHARED_FILESYSTEM,
+                severity=Severity.WARNING,
+                message=f"{la} and {lb} are on the same filesystem: their copies fail together",
+                action="Move one of them to another drive, then purge the old store",
+                store_ids=key,
+            )
+        )
+    return alerts
+
+
+def _metadata_alert(problems: Any) -> Alert | None:
+    """METADATA_INVALID: the schema/consistency check found invalid docs."""
+    n = max(0, _int(problems))
+    if not n:
+        return None
+    return Alert(
+        code=METADATA_INVALID,
+        severity=Severity.WARNING,
+        message=f"{n:,} document{'s' if n != 1 else ''} failed the schema check",
+        action="See dmedia-tui events --type dmedia/doc/invalid",
+        files=n,
+    )
+
+
+def database_offline(reason: str, now: float = 0.0) -> Health:
+    """The Health to show when the library cannot be read at all (`status` exits 3)."""
+    alert = Alert(
+        code=DATABASE_OFFLINE,
+        severity=Severity.CRITICAL,
+        message=f"Cannot read the library: {reason}",
+        action="Check the --db setting (or DMEDIA_DB) and that the database is reachable",
+    )
+    empty = tuple(Bucket(i, 0, 0) for i in range(4))
+    return Health((alert,), empty, (), 0, 0, now)  # type: ignore[arg-type]
+
+
+def _store_state(s: _Store, online: bool, now: float) -> StoreState:
+    """FAILING > DOWNGRADED (downgraded or no_new_copies) > OFFLINE (not online, seen in the
+    last STALE_AFTER) > STALE (not online, seen longer ago or never) > OK."""
+    if s.failing:
+        return StoreState.FAILING
+    if s.downgraded or s.no_new_copies:
+        return StoreState.DOWNGRADED
+    if not online:
+        return StoreState.OFFLINE if _fresh(s.atime, now, STALE_AFTER) else StoreState.STALE
+    return StoreState.OK
 
 
 def assess(
@@ -170,5 +688,127 @@ def assess(
     metadata_problems: int = 0,
     shared_filesystems: list[tuple[str, str]] | None = None,
 ) -> Health:
-    """Everything the dashboard and `status` show, from docs alone."""
-    raise NotImplementedError
+    """Everything the dashboard and `status` show, from docs alone.
+
+    Pure: the same arguments give the same Health; no I/O, no clock. Only `origin == "user"`
+    files feed the histogram, the totals and the alerts about files. Durability is the sum
+    of `copies` in the placement as recorded (the metastore already zeroes copies on
+    downgraded and failing stores, so nothing is adjusted twice); copies on stores that are
+    merely offline still count: durability is about copies existing, and a copy being
+    unreachable is DISCONNECTED_ONLY_COPY's business. See each `_*_alert` for its rule.
+    Malformed docs and rows are read as "field absent", never raise.
+    """
+    th = thresholds or Thresholds()
+    online = set(online) if isinstance(online, set | frozenset | list | tuple) else set()
+    every = _groups(summary)
+    user = [g for g in every if g.user]
+
+    store_map: dict[str, _Store] = {}
+    for doc in stores if isinstance(stores, list | tuple) else ():
+        s = _store(doc)
+        if s is not None and s.id not in store_map:
+            store_map[s.id] = s
+    machine_map: dict[str, _Machine] = {}
+    for doc in machines if isinstance(machines, list | tuple) else ():
+        m = _machine(doc)
+        if m is not None and m.id not in machine_map:
+            machine_map[m.id] = m
+    fresh_hosts = sorted(
+        {m.hostname for m in machine_map.values() if _fresh(m.atime, now, th.heartbeat_fresh)}
+    )
+
+    # Per-store totals from the summary (all origins, and user files alone).
+    per_store: dict[str, list[int]] = {}  # sid -> [files, bytes, user files, user bytes]
+    for g in every:
+        for sid, _ in g.placement:
+            t = per_store.setdefault(sid, [0, 0, 0, 0])
+            t[0] += g.count
+            t[1] += g.bytes
+    for g in user:
+        for sid, _ in g.placement:
+            t = per_store.setdefault(sid, [0, 0, 0, 0])
+            t[2] += g.count
+            t[3] += g.bytes
+
+    extra: dict[str, Any] = {"online": sorted(online & (store_map.keys() | per_store.keys()))}
+    alerts: list[Alert] = []
+    for maybe in (
+        _storage_alert(user, store_map, now, online, th, extra),
+        _no_known_copy_alert(user),
+        _low_durability_alert(user, th),
+        _metadata_alert(metadata_problems),
+    ):
+        if maybe is not None:
+            alerts.append(maybe)
+    alerts += _disconnected_alerts(user, store_map, machine_map, online, fresh_hosts)
+    alerts += _shared_alerts(shared_filesystems, store_map)
+    for s in store_map.values():
+        if s.failing and not s.acknowledged:
+            t = per_store.get(s.id, [0, 0, 0, 0])
+            alerts.append(_failure_alert(s, t[2], t[3]))
+
+    verification = verification if isinstance(verification, dict) else {}
+    rows = []
+    for s in store_map.values():
+        t = per_store.get(s.id, [0, 0, 0, 0])
+        is_online = s.id in online
+        state = _store_state(s, is_online, now)
+        m = machine_map.get(s.machine_id) if s.machine_id else None
+        rows.append(
+            StoreRow(
+                store_id=s.id,
+                label=s.label,
+                state=state,
+                online=is_online,
+                copies=0 if (s.failing or s.downgraded) else s.weight,
+                machine_id=s.machine_id,
+                machine_name=m.hostname if m else None,
+                removable=s.removable,
+                internal=s.internal,
+                drive_serial=s.serial,
+                bytes_total=s.total,
+                bytes_avail=s.avail,
+                files=t[0],
+                bytes=t[1],
+                user_files=t[2],
+                last_seen=int(s.atime) if s.atime is not None else None,
+                failure_acknowledged=s.failing and s.acknowledged,
+                corrupt_count=s.corrupt_count,
+                verification=verification.get(s.id),
+            )
+        )
+    rows.sort(key=lambda r: (r.label.lower(), r.store_id))
+    for sid in sorted(per_store.keys() - store_map.keys()):
+        t = per_store[sid]
+        rows.append(
+            StoreRow(
+                store_id=sid,
+                label="(unknown store)",
+                state=StoreState.STALE,
+                online=sid in online,
+                copies=0,
+                machine_id=None,
+                machine_name=None,
+                removable=False,
+                internal=False,
+                drive_serial=None,
+                bytes_total=0,
+                bytes_avail=0,
+                files=t[0],
+                bytes=t[1],
+                user_files=t[2],
+                last_seen=None,
+                verification=verification.get(sid),
+            )
+        )
+
+    histogram = _histogram(user)
+    return Health(
+        alerts=_sort_alerts(alerts),
+        histogram=histogram,
+        store_rows=tuple(rows),
+        files=sum(b.files for b in histogram),
+        bytes=sum(b.bytes for b in histogram),
+        now=now,
+        extra=extra,
+    )
