@@ -1,0 +1,764 @@
+"""The embedded backend: both databases of a library in one SQLite file.
+
+Why it looks like this:
+- One file, WAL mode, `busy_timeout`, `BEGIN IMMEDIATE` for every write: several threads
+  and several processes (the TUI, `daemon`, a CLI call from cron) can share a library.
+  Readers never block; writers wait their turn. `synchronous=FULL`: metadata of a
+  data-safety tool is worth an fsync per commit.
+- One connection per thread (the engine calls from worker threads).
+- Docs are stored as JSON text, so unknown keys and `x_*` keys round-trip untouched.
+  Deleted docs keep a tombstone row, so `changes` reports deletions.
+- The named queries read *derived* tables written in the same transaction as the doc
+  (never a background indexer that could lag): `file` (origin, bytes, placement, rank,
+  durability), `copy` (one row per `stored` entry) and `placement_sum` (origin,
+  placement) -> (count, bytes), kept by +/- deltas so `placement_summary()` reads a
+  table whose size is the number of distinct placements, not files. The numbers come
+  from `dmedia_tui.durability`, like the CouchDB views', so both backends agree.
+- A file we did not create is never touched: a non-SQLite file, a corrupt one, or an
+  SQLite file without our `application_id` raises DatabaseOffline before anything is
+  written. Only a missing, zero-length or schema-less empty SQLite file is initialised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from dmedia_tui import durability
+from dmedia_tui.db.base import (
+    DOCS_DB,
+    LOG_DB,
+    Change,
+    Changes,
+    Conflict,
+    CopyDue,
+    Database,
+    DatabaseError,
+    DatabaseOffline,
+    Doc,
+    Library,
+    NotFound,
+    PlacementRow,
+    VerificationStats,
+)
+
+APPLICATION_ID = 0x644D5431  # "dMT1": marks the file as a dmedia-tui library
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+POLL_INTERVAL = 0.1  # wait_changes() polls update_seq this often
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
+_DB_KEYS = {DOCS_DB: 1, LOG_DB: 2}
+FILE_TYPE = "dmedia/file"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE dbinfo (
+    db INTEGER PRIMARY KEY, name TEXT NOT NULL, seq INTEGER NOT NULL, live INTEGER NOT NULL
+);
+CREATE TABLE doc (
+    db INTEGER NOT NULL, id TEXT NOT NULL, rev TEXT NOT NULL, seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL, type TEXT, json TEXT,
+    PRIMARY KEY (db, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX doc_seq ON doc (db, seq);
+CREATE INDEX doc_type ON doc (db, type, id) WHERE deleted = 0;
+CREATE TABLE file (
+    id TEXT PRIMARY KEY, origin TEXT NOT NULL, bytes INTEGER NOT NULL,
+    placement TEXT NOT NULL, rank INTEGER NOT NULL, durability INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX file_placement ON file (origin, placement, id);
+CREATE INDEX file_fragile ON file (origin, rank, id) WHERE durability < 3;
+CREATE TABLE copy (
+    file_id TEXT NOT NULL, store_id TEXT NOT NULL, copies INTEGER NOT NULL,
+    verified INTEGER, bytes INTEGER NOT NULL, rank INTEGER NOT NULL,
+    PRIMARY KEY (file_id, store_id)
+) WITHOUT ROWID;
+CREATE INDEX copy_verified ON copy (store_id, verified, file_id);
+CREATE INDEX copy_rank ON copy (store_id, rank, file_id);
+CREATE TABLE placement_sum (
+    origin TEXT NOT NULL, placement TEXT NOT NULL, count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, PRIMARY KEY (origin, placement)
+) WITHOUT ROWID;
+CREATE TABLE event (
+    id TEXT PRIMARY KEY, type TEXT, time REAL, store_id TEXT, file_id TEXT
+) WITHOUT ROWID;
+CREATE INDEX event_type ON event (type, id);
+CREATE INDEX event_time ON event (time);
+CREATE INDEX event_store ON event (store_id, id);
+CREATE INDEX event_file ON event (file_id, id);
+"""
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _rev_gen(rev: str) -> int:
+    head, _, _ = rev.partition("-")
+    return int(head) if head.isdigit() else 0
+
+
+def _seq_int(since: str | None) -> int:
+    if since is None or since == "":
+        return 0
+    try:
+        n = int(since)
+    except (TypeError, ValueError):
+        raise DatabaseError(f"not an update sequence of this library: {since!r:.40}") from None
+    return max(0, n)
+
+
+def _verified(entry: Any) -> int | None:
+    """The `verified` time of a stored entry, None when absent or not a number."""
+    if isinstance(entry, dict):
+        v = entry.get("verified")
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _file_row(doc: Doc) -> tuple[str, int, str, int, int]:
+    """(origin, bytes, placement, rank, durability) of a file doc."""
+    return (
+        durability.file_origin(doc),
+        durability.file_bytes(doc),
+        durability.placement_key(doc),
+        durability.rank(doc),
+        durability.durability(doc),
+    )
+
+
+def _copy_rows(doc: Doc, rank: int, size: int) -> list[tuple[Any, ...]]:
+    stored = doc.get("stored")
+    if not isinstance(stored, dict):
+        return []
+    return [
+        (doc["_id"], sid, copies, _verified(stored.get(sid)), size, rank)
+        for sid, copies in durability.stored_items(doc)
+    ]
+
+
+class SQLiteDatabase(Database):
+    """One of the two databases of an SQLiteLibrary (rows tagged with its key)."""
+
+    def __init__(self, lib: SQLiteLibrary, name: str) -> None:
+        self.name = name
+        self._lib = lib
+        self._key = _DB_KEYS[name]
+
+    def __repr__(self) -> str:
+        return f"<SQLiteDatabase {self.name} in {self._lib.path}>"
+
+    # --- reads ---------------------------------------------------------------------
+
+    def get(self, doc_id: str) -> Doc:
+        with self._lib._read() as c:
+            row = c.execute(
+                "SELECT json FROM doc WHERE db=? AND id=? AND deleted=0", (self._key, doc_id)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"{self.name}/{doc_id}: not found")
+        return json.loads(row[0])
+
+    def get_many(self, doc_ids: list[str]) -> list[Doc | None]:
+        found: dict[str, Doc] = {}
+        with self._lib._read() as c:
+            for chunk in _chunks(list(dict.fromkeys(doc_ids))):
+                marks = ",".join("?" * len(chunk))
+                for doc_id, text in c.execute(
+                    f"SELECT id, json FROM doc WHERE db=? AND deleted=0 AND id IN ({marks})",
+                    (self._key, *chunk),
+                ):
+                    found[doc_id] = json.loads(text)
+        # A fresh dict per position, so callers may edit docs asked for twice.
+        return [json.loads(json.dumps(found[i])) if i in found else None for i in doc_ids]
+
+    def page(self, limit: int = 1000, start_after: str | None = None) -> list[Doc]:
+        with self._lib._read() as c:
+            rows = c.execute(
+                "SELECT json FROM doc WHERE db=? AND id>? AND deleted=0 ORDER BY id LIMIT ?",
+                (self._key, start_after if start_after is not None else "", max(0, limit)),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def count(self) -> int:
+        with self._lib._read() as c:
+            return c.execute("SELECT live FROM dbinfo WHERE db=?", (self._key,)).fetchone()[0]
+
+    def update_seq(self) -> str:
+        # A primary-key lookup in a two-row table: cheap enough to poll twice a second.
+        # Each statement is its own read transaction, so another process's commit is
+        # seen at once (WAL readers always start from the newest commit).
+        with self._lib._read() as c:
+            return str(c.execute("SELECT seq FROM dbinfo WHERE db=?", (self._key,)).fetchone()[0])
+
+    def changes(self, since: str | None = None, limit: int | None = None) -> Changes:
+        start = _seq_int(since)
+        with self._lib._read(snapshot=True) as c:
+            sql = "SELECT id, seq, deleted FROM doc WHERE db=? AND seq>? ORDER BY seq"
+            args: tuple[Any, ...] = (self._key, start)
+            if limit is not None:
+                sql += " LIMIT ?"
+                args += (max(0, limit),)
+            rows = c.execute(sql, args).fetchall()
+            current = c.execute("SELECT seq FROM dbinfo WHERE db=?", (self._key,)).fetchone()[0]
+        results = [Change(i, str(s), bool(d)) for i, s, d in rows]
+        if limit is not None and len(rows) >= limit and rows:
+            last = rows[-1][1]
+        else:
+            last = max(current, start)
+        return Changes(results, str(last))
+
+    def wait_changes(self, since: str, timeout: float) -> str:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            seq = self.update_seq()
+            left = deadline - time.monotonic()
+            if seq != since or left <= 0:
+                return seq
+            time.sleep(min(POLL_INTERVAL, left))
+
+    # --- writes --------------------------------------------------------------------
+
+    def save(self, doc: Doc) -> Doc:
+        result = self.save_many([doc])[0]
+        if isinstance(result, DatabaseError):
+            raise result
+        return result
+
+    def save_many(self, docs: list[Doc]) -> list[Doc | DatabaseError]:
+        return self._write([(d, False) for d in docs])
+
+    def delete(self, doc: Doc) -> None:
+        result = self._write([(doc, True)])[0]
+        if isinstance(result, DatabaseError):
+            raise result
+
+    def _write(self, items: list[tuple[Doc, bool]]) -> list[Doc | DatabaseError]:
+        """Save or delete docs in one transaction; per-doc Conflict/NotFound/errors."""
+        results: list[Doc | DatabaseError | None] = [None] * len(items)
+        ids = [d.get("_id") for d, _ in items if isinstance(d, dict)]
+        ids = list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
+        new_revs: list[tuple[Doc, str]] = []
+        with self._lib._write() as c:
+            state: dict[str, tuple[str, bool]] = {}
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                for doc_id, rev, deleted in c.execute(
+                    f"SELECT id, rev, deleted FROM doc WHERE db=? AND id IN ({marks})",
+                    (self._key, *chunk),
+                ):
+                    state[doc_id] = (rev, bool(deleted))
+            seq, live = c.execute(
+                "SELECT seq, live FROM dbinfo WHERE db=?", (self._key,)
+            ).fetchone()
+            rows: list[tuple[Any, ...]] = []
+            final: dict[str, Doc | None] = {}  # id -> last live doc written (None: deleted)
+            for n, (doc, is_delete) in enumerate(items):
+                try:
+                    rev, body, text = self._prepare(doc, is_delete, state)
+                except DatabaseError as err:
+                    results[n] = err
+                    continue
+                doc_id = doc["_id"]
+                was_live = doc_id in state and not state[doc_id][1]
+                dead = is_delete or doc.get("_deleted") is True
+                seq += 1
+                live += (0 if dead else 1) - (1 if was_live else 0)
+                state[doc_id] = (rev, dead)
+                typ = None if dead else _str(doc.get("type"))
+                rows.append((self._key, doc_id, rev, seq, int(dead), typ, text))
+                final[doc_id] = body
+                new_revs.append((doc, rev))
+                results[n] = doc
+            if rows:
+                c.executemany(
+                    "INSERT INTO doc (db, id, rev, seq, deleted, type, json)"
+                    " VALUES (?,?,?,?,?,?,?) ON CONFLICT (db, id) DO UPDATE SET"
+                    " rev=excluded.rev, seq=excluded.seq, deleted=excluded.deleted,"
+                    " type=excluded.type, json=excluded.json",
+                    rows,
+                )
+                c.execute("UPDATE dbinfo SET seq=?, live=? WHERE db=?", (seq, live, self._key))
+                if self.name == DOCS_DB:
+                    _index_files(c, final)
+                else:
+                    _index_events(c, final)
+        # Only once the transaction is committed do the callers' dicts get their new _rev.
+        for doc, rev in new_revs:
+            doc["_rev"] = rev
+        return results  # type: ignore[return-value]
+
+    def _prepare(
+        self, doc: Any, is_delete: bool, state: dict[str, tuple[str, bool]]
+    ) -> tuple[str, Doc | None, str | None]:
+        """Check one doc against the current revs: (new rev, body, JSON text) or raise."""
+        if not isinstance(doc, dict):
+            raise DatabaseError(f"{self.name}: not a document: {type(doc).__name__}")
+        doc_id = doc.get("_id")
+        if not isinstance(doc_id, str) or not doc_id:
+            raise DatabaseError(f"{self.name}: document without a valid _id")
+        given = doc.get("_rev")
+        cur = state.get(doc_id)
+        conflict = Conflict(f"{self.name}/{doc_id}: document update conflict")
+        if is_delete or doc.get("_deleted") is True:
+            if cur is None or cur[1]:
+                raise NotFound(f"{self.name}/{doc_id}: not found")
+            if given != cur[0]:
+                raise conflict
+            return f"{_rev_gen(cur[0]) + 1}-{secrets.token_hex(16)}", None, None
+        if cur is None:
+            ok = given is None
+        elif cur[1]:  # a tombstone may be written over, like CouchDB
+            ok = given is None or given == cur[0]
+        else:
+            ok = given == cur[0]
+        if not ok:
+            raise conflict
+        rev = f"{_rev_gen(cur[0]) + 1 if cur else 1}-{secrets.token_hex(16)}"
+        body = dict(doc)
+        body["_rev"] = rev
+        body.pop("_deleted", None)
+        try:
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise DatabaseError(f"{self.name}/{doc_id}: not JSON: {_reason(e)}") from None
+        return rev, body, text
+
+
+def _chunks(items: list[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
+    """Bring `file`, `copy` and `placement_sum` up to date for the docs just written."""
+    ids = list(final)
+    deltas: dict[tuple[str, str], list[int]] = {}
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        for origin, placement, size in c.execute(
+            f"SELECT origin, placement, bytes FROM file WHERE id IN ({marks})", chunk
+        ):
+            d = deltas.setdefault((origin, placement), [0, 0])
+            d[0] -= 1
+            d[1] -= size
+        c.execute(f"DELETE FROM file WHERE id IN ({marks})", chunk)
+        c.execute(f"DELETE FROM copy WHERE file_id IN ({marks})", chunk)
+    files: list[tuple[Any, ...]] = []
+    copies: list[tuple[Any, ...]] = []
+    for doc_id, doc in final.items():
+        if doc is None or doc.get("type") != FILE_TYPE:
+            continue
+        origin, size, placement, rank, dur = _file_row(doc)
+        files.append((doc_id, origin, size, placement, rank, dur))
+        copies.extend(_copy_rows(doc, rank, size))
+        d = deltas.setdefault((origin, placement), [0, 0])
+        d[0] += 1
+        d[1] += size
+    c.executemany(
+        "INSERT INTO file (id, origin, bytes, placement, rank, durability) VALUES (?,?,?,?,?,?)",
+        files,
+    )
+    c.executemany(
+        "INSERT INTO copy (file_id, store_id, copies, verified, bytes, rank) VALUES (?,?,?,?,?,?)",
+        copies,
+    )
+    changed = [(o, p, n, b) for (o, p), (n, b) in deltas.items() if n or b]
+    if changed:
+        c.executemany(
+            "INSERT INTO placement_sum (origin, placement, count, bytes) VALUES (?,?,?,?)"
+            " ON CONFLICT (origin, placement) DO UPDATE SET"
+            " count=count+excluded.count, bytes=bytes+excluded.bytes",
+            changed,
+        )
+        c.execute("DELETE FROM placement_sum WHERE count <= 0")
+
+
+def _index_events(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
+    """Bring `event` up to date for the log docs just written."""
+    ids = list(final)
+    for chunk in _chunks(ids):
+        c.execute(f"DELETE FROM event WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+    c.executemany(
+        "INSERT INTO event (id, type, time, store_id, file_id) VALUES (?,?,?,?,?)",
+        [
+            (
+                doc_id,
+                _str(doc.get("type")),
+                _num(doc.get("time")),
+                _str(doc.get("store_id")),
+                _str(doc.get("file_id")),
+            )
+            for doc_id, doc in final.items()
+            if doc is not None
+        ],
+    )
+
+
+class SQLiteLibrary(Library):
+    """A library in one SQLite file (created mode 0600, its folder created as needed)."""
+
+    def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
+        self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._closed = False
+        conn = self._open_first(create)
+        self._register(conn)
+        self.docs = SQLiteDatabase(self, DOCS_DB)
+        self.log = SQLiteDatabase(self, LOG_DB)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteLibrary {self.path}>"
+
+    @property
+    def display_url(self) -> str:
+        return self.path
+
+    # --- opening -------------------------------------------------------------------
+
+    def _offline(self, reason: str) -> DatabaseOffline:
+        return DatabaseOffline(f"cannot open library {self.path}: {reason}")
+
+    def _open_first(self, create: bool) -> sqlite3.Connection:
+        """Check the file is ours (or make it so when absent/empty), then connect."""
+        path = self.path
+        if os.path.isdir(path):
+            raise self._offline("is a directory")
+        if not os.path.exists(path):
+            if not create:
+                raise self._offline("no such file")
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.close(fd)
+            except FileExistsError:
+                pass  # another process created it first: check it like any other file
+            except OSError as e:
+                raise self._offline(_reason(e)) from None
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError as e:
+            raise self._offline(_reason(e)) from None
+        if head and head != _SQLITE_MAGIC:
+            raise self._offline("file is not a database")
+        if not head and not create:
+            raise self._offline("file is empty")
+        conn = self._connect()
+        try:
+            self._check_or_init(conn, create)
+        except DatabaseOffline:
+            conn.close()
+            raise
+        except sqlite3.Error as e:
+            conn.close()
+            raise self._offline(_reason(e)) from None
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as e:
+            raise self._offline(_reason(e)) from None
+        return conn
+
+    def _check_or_init(self, conn: sqlite3.Connection, create: bool) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == 0 and version == 0 and create and self._schema_empty(conn):
+            self._init_schema(conn)
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise self._offline("not a dmedia-tui library (another program's SQLite file)")
+        if version > SCHEMA_VERSION:
+            raise self._offline(
+                f"library schema {version} is newer than this program supports "
+                f"({SCHEMA_VERSION}): upgrade dmedia-tui"
+            )
+        if version < 1:
+            raise self._offline(f"library schema {version} is unknown")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise self._offline(f"cannot use WAL mode (journal mode is {mode})")
+        self._tune(conn)
+        # Reading a real table proves the file is not corrupt beyond its header.
+        conn.execute("SELECT count(*) FROM dbinfo").fetchone()
+
+    @staticmethod
+    def _schema_empty(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have just done it.
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app_id == 0 and self._schema_empty(conn):
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("application", "dmedia-tui"),
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("created", str(int(time.time()))),
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO dbinfo (db, name, seq, live) VALUES (?, ?, 0, 0)",
+                    [(k, name) for name, k in _DB_KEYS.items()],
+                )
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _tune(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = OFF")
+
+    # --- connections ---------------------------------------------------------------
+
+    def _register(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            # Close the connections of threads that have ended.
+            alive = []
+            for ref, other in self._conns:
+                thread = ref()
+                if thread is None or not thread.is_alive():
+                    other.close()
+                else:
+                    alive.append((ref, other))
+            alive.append((weakref.ref(threading.current_thread()), conn))
+            self._conns = alive
+        self._local.conn = conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise DatabaseOffline(f"library {self.path} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            try:
+                self._tune(conn)
+            except sqlite3.Error as e:
+                conn.close()
+                raise self._offline(_reason(e)) from None
+            self._register(conn)
+        return conn
+
+    def _error(self, e: sqlite3.Error) -> DatabaseError:
+        msg = _reason(e)
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg):
+            return DatabaseError(f"library {self.path} is busy: {msg}")
+        return DatabaseOffline(f"library {self.path}: {msg}")
+
+    @contextmanager
+    def _read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            if snapshot:
+                conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if snapshot:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as e:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e) from None
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for _, conn in self._conns:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._conns = []
+
+    # --- named queries -------------------------------------------------------------
+
+    def placement_summary(self) -> list[PlacementRow]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT origin, placement, count, bytes FROM placement_sum"
+                " WHERE count > 0 ORDER BY origin, placement"
+            ).fetchall()
+        return [PlacementRow(o, p, n, b) for o, p, n, b in rows]
+
+    def _by_type(self, typ: str) -> list[Doc]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT json FROM doc WHERE db=1 AND type=? AND deleted=0 ORDER BY id", (typ,)
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def stores(self) -> list[Doc]:
+        return self._by_type("dmedia/store")
+
+    def machines(self) -> list[Doc]:
+        return self._by_type("dmedia/machine")
+
+    def files_by_store(
+        self, store_id: str, limit: int = 100, after: tuple[int, str] | None = None
+    ) -> list[Doc]:
+        rank, after_id = after if after is not None else (-1, "")
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT d.json FROM copy c JOIN doc d ON d.db=1 AND d.id=c.file_id"
+                " WHERE c.store_id=? AND (c.rank, c.file_id) > (?, ?)"
+                " ORDER BY c.rank, c.file_id LIMIT ?",
+                (store_id, rank, after_id, max(0, limit)),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def fragile_files(
+        self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"
+    ) -> list[Doc]:
+        rank, after_id = after if after is not None else (-1, "")
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT d.json FROM file f JOIN doc d ON d.db=1 AND d.id=f.id"
+                f" WHERE f.origin=? AND f.durability < {durability.TARGET}"
+                " AND (f.rank, f.id) > (?, ?) ORDER BY f.rank, f.id LIMIT ?",
+                (origin, rank, after_id, max(0, limit)),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def files_by_placement(
+        self, placement: str, limit: int = 100, after: str | None = None, origin: str = "user"
+    ) -> list[Doc]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT d.json FROM file f JOIN doc d ON d.db=1 AND d.id=f.id"
+                " WHERE f.origin=? AND f.placement=? AND f.id > ? ORDER BY f.id LIMIT ?",
+                (origin, placement, after if after is not None else "", max(0, limit)),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def copies_due(self, store_id: str, verified_before: int, limit: int = 100) -> list[CopyDue]:
+        # NULL sorts first in SQLite: never-verified copies come out first, by file ID.
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT file_id, store_id, verified, bytes FROM copy"
+                " WHERE store_id=? AND (verified IS NULL OR verified < ?)"
+                " ORDER BY verified, file_id LIMIT ?",
+                (store_id, verified_before, max(0, limit)),
+            ).fetchall()
+        return [CopyDue(f, s, v, b) for f, s, v, b in rows]
+
+    def verification_stats(self, store_id: str) -> VerificationStats:
+        with self._read(snapshot=True) as c:
+            copies, never, oldest, newest = c.execute(
+                "SELECT count(*), count(*) - count(verified), min(verified), max(verified)"
+                " FROM copy WHERE store_id=?",
+                (store_id,),
+            ).fetchone()
+            median = None
+            verified = copies - never
+            if verified:
+                # The lower median: an actual verification time, never an average.
+                median = c.execute(
+                    "SELECT verified FROM copy WHERE store_id=? AND verified IS NOT NULL"
+                    " ORDER BY verified LIMIT 1 OFFSET ?",
+                    (store_id, (verified - 1) // 2),
+                ).fetchone()[0]
+        return VerificationStats(copies, never, oldest, median, newest)
+
+    def events(
+        self,
+        limit: int = 100,
+        *,
+        newest_first: bool = True,
+        since: float | None = None,
+        types: Iterable[str] | None = None,
+        store_id: str | None = None,
+        file_id: str | None = None,
+        cursor: str | None = None,
+    ) -> list[Doc]:
+        where = ["1"]
+        args: list[Any] = []
+        if since is not None:
+            where.append("e.time >= ?")
+            args.append(since)
+        if types is not None:
+            wanted = list(types)
+            if not wanted:
+                return []
+            where.append(f"e.type IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if store_id is not None:
+            where.append("e.store_id = ?")
+            args.append(store_id)
+        if file_id is not None:
+            where.append("e.file_id = ?")
+            args.append(file_id)
+        if cursor is not None:
+            where.append("e.id < ?" if newest_first else "e.id > ?")
+            args.append(cursor)
+        order = "DESC" if newest_first else "ASC"
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT d.json FROM event e JOIN doc d ON d.db=2 AND d.id=e.id"
+                f" WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?",
+                (*args, max(0, limit)),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
