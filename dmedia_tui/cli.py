@@ -1,0 +1,581 @@
+"""The command line: the same facts and actions as the app, for people and for scripts.
+
+Every command takes `--db` (or DMEDIA_DB) and honours DMEDIA_NOW. Errors are one line on
+stderr and a non-zero exit, never a traceback. `status` exits 0 healthy, 1 low
+durability (informational alerts) only, 2 any panic, 3 cannot read the library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import humanize
+
+from dmedia_tui import __version__
+from dmedia_tui.clock import Clock, ClockError, clock_from_env
+from dmedia_tui.config import Config, ConfigError
+from dmedia_tui.db import DatabaseError, Library, open_library
+from dmedia_tui.filestore import FileStoreError
+from dmedia_tui.metastore import MetaStore, MetaStoreError, store_label
+from dmedia_tui.protocol import ProtocolError
+
+log = logging.getLogger("dmedia_tui")
+
+EXIT_OK, EXIT_LOW, EXIT_PANIC, EXIT_UNREADABLE = 0, 1, 2, 3
+EXIT_USAGE = 2  # click's own code for a wrong command line
+
+
+class UserError(click.ClickException):
+    """One line on stderr, exit 1 (or the given code)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"dmedia-tui: {self.format_message()}", err=True)
+
+
+@dataclass
+class Context:
+    db: str | None
+    read_only: bool = False
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = Config.load()
+            except ConfigError as e:
+                raise UserError(str(e)) from None
+        return self._config
+
+    def clock(self, ticking: bool = False) -> Clock:
+        try:
+            return clock_from_env(ticking=ticking)
+        except ClockError as e:
+            raise UserError(str(e)) from None
+
+    @contextmanager
+    def metastore(
+        self, *, ticking: bool = False, unreadable_exit: int = 1, create: bool = True
+    ) -> Iterator[MetaStore]:
+        url = self.config.db_url(self.db)
+        try:
+            lib = open_library(url, create=create)
+        except DatabaseError as e:
+            raise UserError(str(e), unreadable_exit) from None
+        try:
+            yield MetaStore(lib, self.config, self.clock(ticking))
+        except DatabaseError as e:
+            raise UserError(str(e), unreadable_exit) from None
+        finally:
+            lib.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _handle_errors(fn):
+    """Turn the core's typed errors into one line on stderr (never a traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (MetaStoreError, FileStoreError, ProtocolError, ConfigError) as e:
+            raise UserError(str(e)) from None
+        except DatabaseError as e:
+            raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+
+    return wrapper
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _size(n: int | None) -> str:
+    return humanize.naturalsize(n or 0) if n is not None else "-"
+
+
+def _ago(t: float | None, now: float) -> str:
+    if not t:
+        return "never"
+    return humanize.naturaldelta(max(0.0, now - t)) + " ago"
+
+
+# --- the group ---------------------------------------------------------------------------
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", metavar="URL", help="Library: SQLite path or http(s):// CouchDB URL "
+              "(default: DMEDIA_DB, config.toml, then the embedded library).")
+@click.option("--read-only", is_flag=True, help="App: monitor only, no actions, no workers.")
+@click.version_option(__version__, prog_name="dmedia-tui")
+@click.pass_context
+def cli(click_ctx: click.Context, db: str | None, read_only: bool) -> None:
+    """Keep a media library safe: 3 verified copies of every file you cannot replace.
+
+    With no command, opens the full-screen app on the configured library.
+    """
+    click_ctx.obj = Context(db=db, read_only=read_only)
+    _setup_logging()
+    if click_ctx.invoked_subcommand is None:
+        _run_app(click_ctx.obj)
+
+
+def _setup_logging(level: int = logging.WARNING) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
+
+
+def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) -> None:
+    from dmedia_tui.engine import Engine
+    from dmedia_tui.tui.app import run_app
+
+    if config is not None:
+        ctx._config = config
+    if db is not None:
+        ctx.db = db
+    # The app owns the terminal: log to a file instead of stderr.
+    logfile = ctx.config.data_dir / "dmedia-tui.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    logging.basicConfig(filename=logfile, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with ctx.metastore(ticking=True, unreadable_exit=EXIT_UNREADABLE) as ms:
+        engine = None
+        if not ctx.read_only:
+            engine = Engine(ms)
+        code = run_app(ms, engine, read_only=ctx.read_only)
+    sys.exit(code or 0)
+
+
+# --- demo ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--files", default=400, show_default=True, help="How many files to create.")
+@click.option("--build-only", is_flag=True, help="Build the sandbox and exit (no app).")
+@pass_ctx
+@_handle_errors
+def demo(ctx: Context, directory: Path | None, files: int, build_only: bool) -> None:
+    """Build a sandbox library in DIRECTORY (default: a new temp dir) and open the app on it.
+
+    Several stores as folders, another machine that is off, an unplugged drive, a failing
+    drive whose corrupt copies the first scan finds, hundreds of camera files at every
+    durability. Nothing outside DIRECTORY is touched.
+    """
+    import tempfile
+
+    from dmedia_tui.demo import build_demo
+
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="dmedia-demo-"))
+    elif directory.exists() and any(directory.iterdir()):
+        raise UserError(f"{directory} is not empty: give a new or empty folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    now = ctx.clock().now()
+    built = build_demo(directory, now, files=files)
+    click.echo(built.summary(), err=True)
+    if build_only:
+        click.echo(str(directory))
+        return
+    config = Config.load(built.config_dir, built.data_dir)
+    try:
+        _run_app(ctx, config=config, db=str(built.db_path))
+    finally:
+        click.echo(f"demo library left in {directory}", err=True)
+
+
+# --- store ---------------------------------------------------------------------------
+
+
+@cli.group()
+def store() -> None:
+    """Create, list and manage stores (folders, usually drive roots, holding copies)."""
+
+
+@store.command("init")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--copies", default=1, show_default=True, type=click.IntRange(0, 10),
+              help="Durability a copy on this store is worth.")
+@click.option("--label", help="A name for the store (default: the folder name).")
+@click.option("--same-filesystem", is_flag=True,
+              help="Allow a store on a filesystem that already holds one.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_handle_errors
+def store_init(ctx: Context, path: Path, copies: int, label: str | None,
+               same_filesystem: bool, as_json: bool) -> None:
+    """Make PATH a store of this library (an existing store there is re-attached)."""
+    with ctx.metastore() as ms:
+        fs, doc, created = ms.init_store(path, copies, label, same_filesystem)
+    if as_json:
+        _emit_json({"created": created, "path": str(fs.path), "store": doc})
+    else:
+        verb = "created" if created else "re-attached"
+        click.echo(f"{verb} store {doc.get('label')} ({doc['_id']}) at {fs.path}")
+
+
+@store.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_handle_errors
+def store_list(ctx: Context, as_json: bool) -> None:
+    """Every store of the library, with its state as seen from this machine."""
+    with ctx.metastore() as ms:
+        h = ms.health()
+        known = ms.config.known_stores()
+    if as_json:
+        rows = [{**r.to_json(), "path": known.get(r.store_id)} for r in h.store_rows]
+        _emit_json(rows)
+        return
+    if not h.store_rows:
+        click.echo("no stores yet: dmedia-tui store init /media/<drive>")
+        return
+    click.echo(f"{'ID':24}  {'LABEL':16} {'STATE':10} {'×':>2} {'FILES':>8} {'FREE':>10}  PATH")
+    for r in h.store_rows:
+        click.echo(f"{r.store_id:24}  {r.label[:16]:16} {r.state.value:10} {r.copies:>2} "
+                   f"{r.files:>8} {_size(r.bytes_avail):>10}  {known.get(r.store_id, '-')}")
+
+
+def _store_action(ctx: Context, name: str, action: str, yes: bool, dry_run: bool) -> None:
+    with ctx.metastore() as ms:
+        doc = ms.resolve_store(name)
+        sid = doc["_id"]
+        preview = ms.preview(action, sid)
+        if dry_run:
+            click.echo(preview.describe())
+            return
+        if action in ("downgrade", "purge") and not yes:
+            if not sys.stdin.isatty():
+                raise UserError(f"{preview.describe()}\nrefusing without --yes (not a terminal)")
+            click.echo(preview.describe())
+            if not click.confirm("Proceed?", default=False):
+                raise UserError("nothing changed", 1)
+        if action == "downgrade":
+            ms.downgrade_store(sid, reason="user")
+        elif action == "purge":
+            ms.purge_store(sid, reason="user")
+        elif action == "ack":
+            ms.acknowledge_failure(sid)
+        elif action == "trust":
+            ms.trust_store(sid)
+        click.echo(f"{action}: {store_label(doc)} ({sid}) done")
+
+
+def _make_store_action(action: str, help_text: str):
+    @click.argument("store_name", metavar="STORE")
+    @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+    @click.option("--dry-run", is_flag=True, help="Only show what would change.")
+    @pass_ctx
+    @_handle_errors
+    def command(ctx: Context, store_name: str, yes: bool, dry_run: bool) -> None:
+        _store_action(ctx, store_name, action, yes, dry_run)
+
+    command.__doc__ = help_text
+    return store.command(action)(command)
+
+
+_make_store_action("downgrade", "Make every copy on STORE count 0 (locations stay tracked).")
+_make_store_action("purge", "Forget STORE and its copies (files on disk are never deleted).")
+_make_store_action("ack", "Acknowledge STORE's failure: the banner goes, the store stays FAILING.")
+_make_store_action("trust", "Clear STORE's flags: new copies allowed, copies count once verified.")
+
+
+# --- import / verify / check / daemon ------------------------------------------------------
+
+
+def _pick_store(ms: MetaStore, name: str | None):
+    connected = ms.connected_filestores()
+    if name:
+        sid = ms.resolve_store(name)["_id"]
+        if sid not in connected:
+            raise UserError(f"store {name} is not connected to this machine")
+        return connected[sid]
+    usable = [fs for sid, fs in sorted(connected.items())
+              if (d := ms.store_doc(sid)) is not None and not d.get("no_new_copies")]
+    if not usable:
+        raise UserError("no connected store to import into: dmedia-tui store init PATH")
+    return max(usable, key=lambda fs: fs.statvfs()[1])
+
+
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--store", "store_name", help="Store to copy into (default: the one with most room).")
+@click.option("--origin", default="user", show_default=True,
+              type=click.Choice(["user", "paid", "render", "proxy", "cache", "download"]))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_handle_errors
+def import_(ctx: Context, paths: tuple[Path, ...], store_name: str | None, origin: str,
+            as_json: bool) -> None:
+    """Hash and copy files (folders recursively) into a store and record them."""
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"no such file or folder: {p}")
+    with ctx.metastore() as ms:
+        fs = _pick_store(ms, store_name)
+        show = sys.stderr.isatty() and not as_json
+        if show:
+            from dmedia_tui.metastore import walk_files
+
+            total = sum(p.stat().st_size for p in walk_files(paths))
+            with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
+                report = ms.import_paths(paths, fs, origin, on_file=lambda _p, n: bar.update(n))
+        else:
+            report = ms.import_paths(paths, fs, origin)
+    if as_json:
+        _emit_json({"store_id": fs.id, **report.to_json()})
+    else:
+        click.echo(f"imported {report.files} files ({_size(report.bytes)}) into {fs.path}: "
+                   f"{report.new} new, {report.duplicates} already known, "
+                   f"{report.empty} empty skipped")
+        for err in report.errors:
+            click.echo(f"error: {err}", err=True)
+    if report.errors:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--store", "store_name", help="Only this store.")
+@click.option("--all", "all_", is_flag=True, help="Every copy, not only the due ones.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_handle_errors
+def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> None:
+    """Verify copies on connected stores (due ones, or --all), handling what is found."""
+    from dmedia_tui.engine import Engine
+
+    with ctx.metastore() as ms:
+        engine = Engine(ms, watch_drives=False, watch_folders=False)
+        engine.refresh_connected()
+        sid = ms.resolve_store(store_name)["_id"] if store_name else None
+        if sid and sid not in engine.connected:
+            raise UserError(f"store {store_name} is not connected to this machine")
+        if sid:
+            engine.connected = {sid: engine.connected[sid]}
+        if all_:
+            engine.request_verify(sid)
+        total = None
+        while True:
+            r = engine.verify_round(limit=500)
+            total = r if total is None else _add(total, r)
+            if not (r.verified or r.corrupt or r.missing):
+                break
+    summary = total.to_json()
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(f"verified {summary['verified']}, corrupt {summary['corrupt']}, "
+                   f"missing {summary['missing']}, unreadable {summary['unreadable']}")
+    sys.exit(2 if summary["corrupt"] else 0)
+
+
+def _add(a, b):
+    for k, v in b.__dict__.items():
+        setattr(a, k, getattr(a, k) + v)
+    return a
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_handle_errors
+def check(ctx: Context, as_json: bool) -> None:
+    """Schema and consistency pass over every doc; new problems go to log-1."""
+    with ctx.metastore() as ms:
+        report = ms.check()
+    data = report.__dict__
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(f"checked {report.docs} docs: {report.invalid} invalid, "
+                   f"{report.inconsistent} inconsistent ({report.logged} newly logged)")
+    sys.exit(1 if report.invalid or report.inconsistent else 0)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Work until the present backlog is empty, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print a JSON summary.")
+@click.option("-v", "--verbose", is_flag=True)
+@pass_ctx
+@_handle_errors
+def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
+    """Run the workers headless (logs to stderr): verify, copy, watch drives, policies."""
+    import signal
+    import threading
+
+    from dmedia_tui.engine import Engine
+
+    logging.getLogger().setLevel(logging.INFO if verbose or not once else logging.WARNING)
+    with ctx.metastore(ticking=not once) as ms:
+        engine = Engine(ms, watch_drives=not once, watch_folders=not once)
+        if not engine.acquire_lock():
+            raise UserError("another dmedia-tui engine already runs for this library here")
+        try:
+            if once:
+                summary = engine.run_once()
+                if as_json:
+                    _emit_json(summary.to_json())
+                else:
+                    s = summary
+                    click.echo(f"verified {s.verified}, corrupt {s.corrupt}, missing {s.missing}, "
+                               f"unreadable {s.unreadable}, copies made {s.copies}, "
+                               f"stores purged {s.purged}, policy events {s.events}", err=True)
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            engine.start()
+            log.info("engine running (library %s)", ms.lib.display_url)
+            stop.wait()
+        finally:
+            engine.stop()
+
+
+# --- status / events ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Is the library safe? Exit 0 healthy, 1 low durability only, 2 panic, 3 unreadable."""
+    try:
+        with ctx.metastore(unreadable_exit=EXIT_UNREADABLE, create=False) as ms:
+            h = ms.health(with_verification=False)
+    except UserError:
+        raise
+    except (ConfigError, MetaStoreError, OSError) as e:
+        raise UserError(str(e), EXIT_UNREADABLE) from None
+    if as_json:
+        _emit_json(h.to_json())
+    else:
+        _print_status(h)
+    sys.exit(h.exit_code)
+
+
+def _print_status(h) -> None:
+    click.echo(f"{h.files} user files, {_size(h.bytes)}")
+    labels = {0: "0", 1: "1", 2: "2", 3: "3+"}
+    for b in h.histogram:
+        click.echo(f"  durability {labels[b.durability]:>2}: {b.files:>8} files {_size(b.bytes):>10}")
+    for r in h.store_rows:
+        click.echo(f"  store {r.label:16} {r.state.value:10} {r.files:>8} files "
+                   f"{'online' if r.online else 'offline'}")
+    if not h.alerts:
+        click.echo("OK: every user file has enough copies")
+    for a in h.alerts:
+        click.echo(f"{a.severity.name:8} {a.code}: {a.message}")
+        click.echo(f"         -> {a.action}")
+
+
+def _parse_since(value: str | None, now: float) -> float | None:
+    if value is None:
+        return None
+    v = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if v and v[-1] in units and v[:-1].replace(".", "", 1).isdigit():
+        return now - float(v[:-1]) * units[v[-1]]
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise UserError(f"--since: expected unix seconds, an ISO date or 10m/2h/3d, got {value!r}")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines, one log doc per line.")
+@click.option("--since", help="Unix seconds, ISO date, or an age like 30m, 2h, 3d.")
+@click.option("--type", "types", multiple=True, help="Event type, e.g. dmedia/file/corrupt "
+              "or file/corrupt (repeatable).")
+@click.option("--store", "store_name", help="Only events about this store.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many (the newest).")
+@pass_ctx
+@_handle_errors
+def events(ctx: Context, as_json: bool, since: str | None, types: tuple[str, ...],
+           store_name: str | None, limit: int | None) -> None:
+    """The data-safety events of log-1, oldest first."""
+    from dmedia_tui.schema import LOG_TYPES
+
+    full_types = []
+    for t in types:
+        full = t if t.startswith("dmedia/") else f"dmedia/{t}"
+        if full not in LOG_TYPES:
+            raise UserError(f"unknown event type {t!r}; known: "
+                            + ", ".join(sorted(x.removeprefix("dmedia/") for x in LOG_TYPES)))
+        full_types.append(full)
+    with ctx.metastore(create=False) as ms:
+        now = ms.now()
+        since_t = _parse_since(since, now)
+        sid = None
+        if store_name:
+            try:
+                sid = ms.resolve_store(store_name)["_id"]
+            except MetaStoreError:
+                sid = store_name  # a purged store: its events remain
+        rows = _collect_events(ms.lib, since_t, full_types or None, sid, limit)
+    for ev in rows:
+        if as_json:
+            click.echo(json.dumps(ev, sort_keys=True, default=str))
+        else:
+            t = datetime.fromtimestamp(ev.get("time", 0), UTC).strftime("%Y-%m-%d %H:%M:%S")
+            what = ev.get("type", "").removeprefix("dmedia/")
+            detail = " ".join(f"{k}={ev[k]}" for k in ("label", "store_id", "file_id", "reason",
+                                                      "count") if ev.get(k) is not None)
+            click.echo(f"{t}  {what:18} {detail}")
+
+
+def _collect_events(lib: Library, since: float | None, types, store_id, limit) -> list[dict]:
+    if limit:
+        rows = lib.events(limit, newest_first=True, since=since, types=types, store_id=store_id)
+        return list(reversed(rows))
+    out: list[dict] = []
+    cursor = None
+    while True:
+        page = lib.events(1000, newest_first=False, since=since, types=types,
+                          store_id=store_id, cursor=cursor)
+        out.extend(page)
+        if len(page) < 1000:
+            return out
+        cursor = page[-1]["_id"]
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        cli(prog_name="dmedia-tui")
+    except KeyboardInterrupt:
+        click.echo("dmedia-tui: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,777 @@
+"""The operations on docs and files: import, verify, copy, policies, user actions, log-1.
+
+`MetaStore` is where the library's rules meet the database and the FileStores. Each
+operation is a composition of pure doc transitions (`transitions.py`) applied through
+`Database.update` (read-modify-write with conflict retry), and every data-safety event is
+written to `log-1` *and* to Python logging. Order matters for crash safety: bytes are
+moved or written first, the doc is updated after, so a doc never claims a copy that is
+not on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmedia_tui import health as health_mod
+from dmedia_tui import protocol, schema, transitions
+from dmedia_tui.clock import Clock
+from dmedia_tui.config import Config
+from dmedia_tui.db.base import Doc, Library, NotFound
+from dmedia_tui.durability import durability, file_origin, rank
+from dmedia_tui.filestore import (
+    FileStore,
+    FileStoreError,
+    NotAFileStore,
+    VerifyResult,
+    VerifyStatus,
+)
+
+log = logging.getLogger("dmedia_tui")
+
+Progress = Callable[[int], None]
+
+
+class MetaStoreError(Exception):
+    """A user-level error: one line, fit for stderr or a banner."""
+
+
+class UnknownStore(MetaStoreError):
+    pass
+
+
+@dataclass
+class ImportReport:
+    files: int = 0  # files read (non-empty)
+    new: int = 0  # new to the library
+    duplicates: int = 0  # already in the library (location merged)
+    empty: int = 0
+    bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    file_ids: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "new": self.new,
+            "duplicates": self.duplicates,
+            "empty": self.empty,
+            "bytes": self.bytes,
+            "errors": self.errors,
+            "file_ids": self.file_ids,
+        }
+
+
+@dataclass(frozen=True)
+class ActionPreview:
+    """What a store action would change, shown before the user confirms."""
+
+    action: str
+    store_id: str
+    label: str
+    files: int  # file docs with an entry for the store
+    copies: int  # durability that would be lost (sum of copies on it)
+    user_files_only_there: int  # user files whose only recorded copy is on this store
+
+    def describe(self) -> str:
+        what = {
+            "downgrade": "count 0 copies",
+            "purge": "forget the store and its copies (files on disk are kept)",
+            "trust": "allow new copies again (copies count once re-verified)",
+            "ack": "hide the failure banner (the store stays FAILING)",
+        }.get(self.action, self.action)
+        s = f"{self.action} {self.label}: {self.files} files would {what}"
+        if self.action in ("downgrade", "purge") and self.copies:
+            s += f"; durability lost: {self.copies}"
+        if self.action == "purge" and self.user_files_only_there:
+            s += f"; {self.user_files_only_there} user files have no other known copy"
+        return s
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    docs: int
+    invalid: int
+    inconsistent: int
+    logged: int  # new log-1 events written by this pass
+
+
+def store_label(doc: Doc | None, store_id: str = "") -> str:
+    if doc and isinstance(doc.get("label"), str) and doc["label"]:
+        return doc["label"]
+    return (doc or {}).get("_id", store_id)[:8] or store_id[:8]
+
+
+def walk_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Every regular file under the given paths (files or folders), sorted, no symlinks."""
+    for p in paths:
+        path = Path(p)
+        if path.is_file():
+            yield path
+        elif path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != ".dmedia")
+                for name in sorted(files):
+                    fp = Path(root, name)
+                    if fp.is_file() and not fp.is_symlink():
+                        yield fp
+        else:
+            raise MetaStoreError(f"no such file or folder: {path}")
+
+
+class MetaStore:
+    """The library's operations, for one machine (its config) at one time (its clock)."""
+
+    def __init__(self, lib: Library, config: Config, clock: Clock) -> None:
+        self.lib = lib
+        self.config = config
+        self.clock = clock
+        self.thresholds = config.thresholds
+        self.machine_id = config.machine_id
+        self.hostname = config.hostname
+        self._problems_logged: set[tuple[str, str, str]] | None = None
+        self._metadata_problems = 0
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    # --- log-1 -----------------------------------------------------------------------
+
+    def log_event(self, type: str, level: int = logging.WARNING, **fields: Any) -> Doc:
+        """Record a data-safety event in log-1 and in Python logging."""
+        doc = schema.create_log(self.now(), type, self.machine_id, **fields)
+        self.lib.log.save(doc)
+        detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
+        log.log(level, "%s %s", type, detail)
+        return doc
+
+    # --- stores ----------------------------------------------------------------------
+
+    def stores(self) -> list[Doc]:
+        return self.lib.stores()
+
+    def store_doc(self, store_id: str) -> Doc | None:
+        return self.lib.docs.get_or_none(store_id)
+
+    def resolve_store(self, name: str) -> Doc:
+        """A store named by exact ID, unique ID prefix, or label."""
+        docs = self.lib.stores()
+        for d in docs:
+            if d["_id"] == name:
+                return d
+        by_label = [d for d in docs if d.get("label") == name]
+        if len(by_label) == 1:
+            return by_label[0]
+        if len(by_label) > 1:
+            raise UnknownStore(f"{len(by_label)} stores are labelled {name!r}: use the store ID")
+        by_prefix = [d for d in docs if name and d["_id"].startswith(name.upper())]
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        if len(by_prefix) > 1:
+            raise UnknownStore(f"store ID prefix {name!r} is ambiguous ({len(by_prefix)} stores)")
+        raise UnknownStore(f"unknown store {name!r} (see: dmedia-tui store list)")
+
+    def open_filestore(self, store_id: str, path: str | os.PathLike[str]) -> FileStore | None:
+        """The FileStore at path if it is the expected store, else None."""
+        try:
+            return FileStore(path, expected_id=store_id)
+        except (FileStoreError, OSError):
+            return None
+
+    def connected_filestores(self) -> dict[str, FileStore]:
+        """Stores this machine knows whose FileStore is present at their folder now."""
+        found: dict[str, FileStore] = {}
+        for store_id, folder in self.config.known_stores().items():
+            fs = self.open_filestore(store_id, folder)
+            if fs is not None:
+                found[store_id] = fs
+        return found
+
+    def filesystem_peers(self, path: Path) -> list[str]:
+        """Connected stores of this machine on the same filesystem as path."""
+        dev = path.stat().st_dev
+        out = []
+        for sid, fs in self.connected_filestores().items():
+            try:
+                if fs.path.stat().st_dev == dev:
+                    out.append(sid)
+            except OSError:
+                continue
+        return out
+
+    def init_store(
+        self,
+        path: str | os.PathLike[str],
+        copies: int = 1,
+        label: str | None = None,
+        same_filesystem: bool = False,
+        identity: dict[str, Any] | None = None,
+    ) -> tuple[FileStore, Doc, bool]:
+        """Create a FileStore at path and record it; returns (fs, doc, created).
+
+        An existing FileStore there is adopted (recorded again and remembered), which is
+        how a user re-attaches a library's drive to a new machine.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise MetaStoreError(f"not a folder: {folder}")
+        if copies < 0:
+            raise MetaStoreError("--copies must be >= 0")
+        folder = folder.resolve()
+        try:
+            existing = FileStore(folder)
+        except NotAFileStore:
+            existing = None
+        except (FileStoreError, OSError) as e:
+            raise MetaStoreError(f"cannot use {folder}: {e}") from None
+        if existing is not None:
+            doc = self.lib.docs.get_or_none(existing.id)
+            if doc is None:
+                doc = dict(existing.doc)
+                doc.pop("_rev", None)
+                self.lib.docs.save(doc)
+            self.config.remember_store(existing.id, folder)
+            return existing, doc, False
+        peers = self.filesystem_peers(folder)
+        if peers and not same_filesystem:
+            names = ", ".join(store_label(self.store_doc(s), s) for s in peers)
+            raise MetaStoreError(
+                f"{folder} is on the same filesystem as store {names}: copies there would not "
+                "be independent (use --same-filesystem to insist)"
+            )
+        if identity is None:
+            identity = _drive_identity(folder)
+        now = self.now()
+        st = os.statvfs(folder)
+        fields = {k: v for k, v in identity.items() if v is not None}
+        fields.setdefault("removable", False)
+        fields.setdefault("internal", not fields["removable"])
+        doc = schema.create_store(
+            now,
+            protocol.random_id(),
+            copies=copies,
+            label=label or folder.name or str(folder),
+            machine_id=self.machine_id,
+            bytes_total=st.f_frsize * st.f_blocks,
+            bytes_avail=st.f_frsize * st.f_bavail,
+            **fields,
+        )
+        try:
+            fs = FileStore.create(folder, doc=doc)
+        except (FileStoreError, OSError) as e:
+            raise MetaStoreError(f"cannot create a store in {folder}: {e}") from None
+        self.lib.docs.save(doc)
+        self.config.remember_store(doc["_id"], folder)
+        return fs, doc, True
+
+    def heartbeat(self, connected: dict[str, FileStore]) -> None:
+        """Refresh this machine's doc and the atime / free space of its connected stores."""
+        now = self.now()
+        for sid, fs in connected.items():
+            try:
+                total, avail = fs.statvfs()
+            except OSError:
+                continue
+            try:
+                self.lib.docs.update(sid, transitions.touch_store, now, total, avail, self.machine_id)
+            except NotFound:
+                # The FileStore is here but the library forgot it (purged): record it again.
+                doc = dict(fs.doc)
+                doc.pop("_rev", None)
+                transitions.touch_store(doc, now, total, avail, self.machine_id)
+                self.lib.docs.save(doc)
+        machine = self.lib.docs.get_or_none(self.machine_id)
+        new = schema.create_machine(now, self.machine_id, self.hostname, sorted(connected))
+        if machine is not None:
+            new["_rev"] = machine["_rev"]
+            new["time"] = machine.get("time", now)
+        self.lib.docs.save(new)
+
+    # --- import ----------------------------------------------------------------------
+
+    def import_file(self, path: Path, fs: FileStore, origin: str = "user") -> tuple[str, bool]:
+        """Copy one file into fs and record it; returns (file_id, new_to_library)."""
+        result = fs.import_file(path)
+        ch = result.content_hash
+        store = self.store_doc(fs.id)
+        weight = transitions.store_copies_weight(store) if store else fs.copies
+        doc = self.lib.docs.get_or_none(ch.id)
+        if doc is None:
+            stored = {fs.id: schema.create_stored_value(weight, result.mtime)}
+            doc = schema.create_file(
+                self.now(), ch, stored, origin=origin, name=path.name
+            )
+            try:
+                self.lib.docs.save(doc)
+                return ch.id, True
+            except Exception:
+                pass  # a concurrent import saved it first: merge below
+        self.lib.docs.update(ch.id, _merge_import, fs.id, weight, result.mtime, origin, self.now())
+        return ch.id, False
+
+    def import_paths(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        fs: FileStore,
+        origin: str = "user",
+        on_file: Callable[[Path, int], None] | None = None,
+    ) -> ImportReport:
+        report = ImportReport()
+        for path in walk_files(paths):
+            try:
+                size = path.stat().st_size
+                if size == 0:
+                    report.empty += 1
+                    continue
+                file_id, new = self.import_file(path, fs, origin)
+            except (OSError, FileStoreError) as e:
+                report.errors.append(f"{path}: {e}")
+                continue
+            report.files += 1
+            report.bytes += size
+            report.new += new
+            report.duplicates += not new
+            report.file_ids.append(file_id)
+            if on_file:
+                on_file(path, size)
+        return report
+
+    # --- verification ----------------------------------------------------------------
+
+    def verify_copy(self, fs: FileStore, file_id: str, progress: Progress | None = None) -> VerifyResult:
+        """Verify one copy and apply the outcome to the docs (and the store if corrupt)."""
+        result = fs.verify(file_id, progress=progress)
+        self.apply_verify_result(fs, result)
+        return result
+
+    def apply_verify_result(self, fs: FileStore, result: VerifyResult) -> None:
+        now = self.now()
+        file_id = result.file_id
+        if result.status == VerifyStatus.OK:
+            store = self.store_doc(fs.id)
+            weight = transitions.store_copies_weight(store) if store else 0
+            try:
+                self.lib.docs.update(
+                    file_id, transitions.mark_verified, fs.id, weight, result.mtime, now
+                )
+            except NotFound:
+                log.info("verified an untracked copy %s on %s", file_id, fs.id)
+        elif result.status == VerifyStatus.CORRUPT:
+            self.handle_corrupt(fs.id, file_id, result)
+        elif result.status == VerifyStatus.MISSING:
+            try:
+                changed = self.lib.docs.update(file_id, _mark_missing_if_present, fs.id)
+            except NotFound:
+                changed = None
+            if changed is not None:
+                self.log_event(
+                    schema.LOG_FILE_MISSING, file_id=file_id, store_id=fs.id,
+                    **self._drive_fields(fs.id),
+                )
+        else:
+            log.warning("cannot read %s on store %s: %s (will retry)", file_id, fs.id, result.error)
+
+    def handle_corrupt(self, store_id: str, file_id: str, result: VerifyResult | None = None) -> None:
+        """A corrupt copy was found (and already moved to quarantine by the FileStore).
+
+        The file loses that location (and gets a corrupt mark), the event is logged,
+        and the store is downgraded at once and flagged failing (no new copies).
+        """
+        now = self.now()
+        try:
+            self.lib.docs.update(file_id, transitions.mark_corrupt, store_id, now)
+        except NotFound:
+            pass
+        drive = self._drive_fields(store_id)
+        self.log_event(
+            schema.LOG_FILE_CORRUPT,
+            level=logging.ERROR,
+            file_id=file_id,
+            store_id=store_id,
+            quarantine=str(result.quarantine) if result and result.quarantine else None,
+            **drive,
+        )
+        store = self.store_doc(store_id)
+        if store is None:
+            return
+        was_failing = bool(store.get("failure"))
+        self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
+        if not was_failing:
+            self.log_event(
+                schema.LOG_STORE_FAILING, level=logging.ERROR, store_id=store_id,
+                reason="corrupt", count=1, **drive,
+            )
+        if not store.get("downgraded"):
+            self.downgrade_store(store_id, reason="corrupt")
+        else:
+            # Already downgraded: still make sure no copy on it counts.
+            self._zero_copies_on(store_id)
+
+    def copies_due(self, store_id: str, limit: int = 100) -> list:
+        before = int(self.now()) - self.thresholds.verify_due_after
+        return self.lib.copies_due(store_id, before, limit)
+
+    # --- copy-making -----------------------------------------------------------------
+
+    def destinations(self, doc: Doc, connected: dict[str, FileStore]) -> list[FileStore]:
+        """Connected, trusted stores without this file and with room for it, emptiest first."""
+        size = doc.get("bytes", 0)
+        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+        corrupt = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+        out = []
+        for sid, fs in connected.items():
+            if sid in stored or sid in corrupt:
+                continue
+            store = self.store_doc(sid)
+            if store is None or not transitions.is_store_trusted(store):
+                continue
+            if transitions.store_copies_weight(store) < 1:
+                continue
+            try:
+                total, avail = fs.statvfs()
+            except OSError:
+                continue
+            if avail - size < self.thresholds.reserve_for(total):
+                continue
+            out.append((avail, sid, fs))
+        out.sort(key=lambda t: (-t[0], t[1]))
+        return [fs for _, _, fs in out]
+
+    def make_copy(
+        self, doc: Doc, connected: dict[str, FileStore], progress: Progress | None = None
+    ) -> int:
+        """Bring one file toward the target; returns durability added (0 if impossible)."""
+        file_id = doc["_id"]
+        need = self.thresholds.target_copies - durability(doc)
+        if need <= 0:
+            return 0
+        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+        sources = [connected[s] for s in sorted(stored, key=lambda s: -_copies_of(stored[s]))
+                   if s in connected]
+        dsts_all = self.destinations(doc, connected)
+        dsts: list[FileStore] = []
+        gained = 0
+        for fs in dsts_all:
+            if gained >= need:
+                break
+            dsts.append(fs)
+            gained += max(1, fs.copies)
+        if not sources or not dsts:
+            return 0
+        for src in sources:
+            result = src.copy_to(file_id, dsts, progress=progress)
+            self.apply_verify_result(src, result.source)
+            if result.source.status != VerifyStatus.OK:
+                continue  # corrupt / missing / unreadable source: try the next one
+            now = self.now()
+            src_store = self.store_doc(src.id)
+            new = {}
+            for sid, mtime in result.written.items():
+                weight = transitions.store_copies_weight(self.store_doc(sid))
+                new[sid] = (weight, mtime)
+            for sid, err in result.failed.items():
+                log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
+            if new:
+                self.lib.docs.update(
+                    file_id, transitions.mark_copied, now, src.id,
+                    transitions.store_copies_weight(src_store), result.source.mtime, new,
+                )
+            return sum(w for w, _ in new.values())
+        return 0
+
+    def fragile_files(self, limit: int = 100) -> list[Doc]:
+        return self.lib.fragile_files(limit=limit, origin="user")
+
+    # --- time policies ---------------------------------------------------------------
+
+    def run_time_policies(self, online: set[str]) -> list[Doc]:
+        """Downgrade stores unseen for 3 days, purge those unseen for 8; purge orphans.
+
+        Returns the log docs written.
+        """
+        now = self.now()
+        t = self.thresholds
+        events = []
+        stores = self.lib.stores()
+        for store in stores:
+            sid = store["_id"]
+            if sid in online:
+                continue
+            atime = store.get("atime")
+            atime = atime if isinstance(atime, int | float) and not isinstance(atime, bool) else 0
+            age = now - atime
+            if age >= t.store_purge_after:
+                events.append(self.purge_store(sid, reason="atime"))
+            elif age >= t.store_downgrade_after and not store.get("downgraded"):
+                events.append(self.downgrade_store(sid, reason="atime"))
+        known = {s["_id"] for s in self.lib.stores()}
+        for row in self.lib.placement_summary():
+            for part in row.placement.split(",") if row.placement else ():
+                sid = part.partition(":")[0]
+                if sid not in known:
+                    known.add(sid)
+                    n = self._purge_entries(sid)
+                    events.append(self.log_event(
+                        schema.LOG_STORE_PURGE, store_id=sid, reason="store_doc_missing", count=n
+                    ))
+        events.extend(self.downgrade_unverified(online))
+        return events
+
+    def downgrade_unverified(self, online: set[str]) -> list[Doc]:
+        """Copies not verified for 30 days count 0 until verified again."""
+        before = int(self.now()) - self.thresholds.verify_downgrade_after
+        out = []
+        for store in self.lib.stores():
+            sid = store["_id"]
+            n = 0
+            for due in self.lib.copies_due(sid, before, limit=100000):
+                if due.verified is None:
+                    continue  # never verified: judged by the verify worker first
+                if self.lib.docs.update(due.file_id, transitions.downgrade_store_in_file, sid):
+                    n += 1
+            if n:
+                out.append(self.log_event(
+                    schema.LOG_STORE_DOWNGRADE, store_id=sid, reason="unverified", count=n,
+                    scope="copies",
+                ))
+        return out
+
+    # --- user actions (CLI and TUI) --------------------------------------------------
+
+    def preview(self, action: str, store_id: str) -> ActionPreview:
+        store = self.store_doc(store_id)
+        files = copies = only = 0
+        after = None
+        while True:
+            page = self.lib.files_by_store(store_id, limit=1000, after=after)
+            for doc in page:
+                files += 1
+                entry = doc["stored"].get(store_id, {})
+                copies += _copies_of(entry)
+                if file_origin(doc) == "user" and len(doc.get("stored") or {}) == 1:
+                    only += 1
+            if len(page) < 1000:
+                break
+            after = (rank(page[-1]), page[-1]["_id"])
+        return ActionPreview(action, store_id, store_label(store, store_id), files, copies, only)
+
+    def downgrade_store(self, store_id: str, reason: str = "user") -> Doc:
+        """Every copy on the store counts 0 (locations still tracked); logged."""
+        now = self.now()
+        try:
+            self.lib.docs.update(store_id, transitions.downgrade_store, now, reason)
+        except NotFound:
+            raise UnknownStore(f"unknown store {store_id}") from None
+        n = self._zero_copies_on(store_id)
+        return self.log_event(
+            schema.LOG_STORE_DOWNGRADE, store_id=store_id, reason=reason, count=n,
+            **self._drive_fields(store_id),
+        )
+
+    def purge_store(self, store_id: str, reason: str = "user", **extra: Any) -> Doc:
+        """Forget a store: remove it from every file and delete its doc. Files on disk stay."""
+        drive = self._drive_fields(store_id)
+        n = self._purge_entries(store_id)
+        store = self.store_doc(store_id)
+        if store is not None:
+            try:
+                self.lib.docs.delete(store)
+            except NotFound:
+                pass
+        self.config.forget_store(store_id)
+        fields = {**drive, **{k: v for k, v in extra.items() if v is not None}}
+        return self.log_event(
+            schema.LOG_STORE_PURGE, store_id=store_id, reason=reason, count=n, **fields
+        )
+
+    def acknowledge_failure(self, store_id: str) -> Doc | None:
+        store = self.store_doc(store_id)
+        if store is None:
+            raise UnknownStore(f"unknown store {store_id}")
+        if not store.get("failure"):
+            raise MetaStoreError(f"store {store_label(store)} has no failure to acknowledge")
+        self.lib.docs.update(store_id, transitions.acknowledge_failure, self.now())
+        return self.log_event(schema.LOG_STORE_ACK, level=logging.INFO, store_id=store_id)
+
+    def trust_store(self, store_id: str) -> Doc:
+        if self.store_doc(store_id) is None:
+            raise UnknownStore(f"unknown store {store_id}")
+        self.lib.docs.update(store_id, transitions.trust_store)
+        return self.log_event(schema.LOG_STORE_TRUST, level=logging.INFO, store_id=store_id)
+
+    # --- schema and consistency check ------------------------------------------------
+
+    def _load_logged_problems(self) -> set[tuple[str, str, str]]:
+        if self._problems_logged is None:
+            seen: set[tuple[str, str, str]] = set()
+            cursor = None
+            while True:
+                page = self.lib.events(
+                    1000, newest_first=False, cursor=cursor,
+                    types=[schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT],
+                )
+                for ev in page:
+                    seen.add((ev["type"], str(ev.get("doc_id") or ev.get("file_id")),
+                              "|".join(ev.get("errors") or [])))
+                if len(page) < 1000:
+                    break
+                cursor = page[-1]["_id"]
+            self._problems_logged = seen
+        return self._problems_logged
+
+    def check(self, page_size: int = 1000) -> CheckReport:
+        """Walk every doc of both databases; log each new problem once. Rewrites nothing."""
+        seen = self._load_logged_problems()
+        docs = invalid = inconsistent = logged = 0
+        for dbname, db in (("dmedia-1", self.lib.docs), ("log-1", self.lib.log)):
+            for doc in db.iter_docs(page_size):
+                if str(doc.get("_id", "")).startswith("_design/"):
+                    continue
+                docs += 1
+                problems = schema.check_doc(doc)
+                if problems:
+                    invalid += 1
+                    key = (schema.LOG_DOC_INVALID, str(doc.get("_id")), "|".join(problems))
+                    if key not in seen:
+                        seen.add(key)
+                        self.log_event(
+                            schema.LOG_DOC_INVALID, level=logging.ERROR, doc_id=doc.get("_id"),
+                            db=dbname, doc_type=doc.get("type"), errors=problems,
+                        )
+                        logged += 1
+                    continue
+                if dbname == "dmedia-1" and doc.get("type") == schema.TYPE_FILE:
+                    errs = schema.check_file_consistency(doc)
+                    if errs:
+                        inconsistent += 1
+                        key = (schema.LOG_FILE_INCONSISTENT, doc["_id"], "|".join(errs))
+                        if key not in seen:
+                            seen.add(key)
+                            self.log_event(
+                                schema.LOG_FILE_INCONSISTENT, level=logging.ERROR,
+                                file_id=doc["_id"], errors=errs,
+                            )
+                            logged += 1
+        self._metadata_problems = invalid + inconsistent
+        return CheckReport(docs, invalid, inconsistent, logged)
+
+    # --- health ----------------------------------------------------------------------
+
+    def online(self, local: Iterable[str]) -> set[str]:
+        return health_mod.online_store_ids(
+            self.lib.machines(), self.now(), self.thresholds, set(local)
+        )
+
+    def health(self, local: Iterable[str] | None = None, with_verification: bool = False):
+        """Assess the library now. `local`: stores connected to this machine."""
+        if local is None:
+            local = self.connected_filestores().keys()
+        stores = self.lib.stores()
+        machines = self.lib.machines()
+        now = self.now()
+        online = health_mod.online_store_ids(machines, now, self.thresholds, set(local))
+        verification = (
+            {s["_id"]: self.lib.verification_stats(s["_id"]) for s in stores}
+            if with_verification else None
+        )
+        return health_mod.assess(
+            self.lib.placement_summary(), stores, machines, now, online, self.thresholds,
+            verification=verification,
+            metadata_problems=self._metadata_problems,
+            shared_filesystems=_shared_filesystems(stores),
+        )
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _drive_fields(self, store_id: str) -> dict[str, Any]:
+        store = self.store_doc(store_id) or {}
+        return {
+            k: store[k]
+            for k in ("label", "drive_serial", "drive_model", "partition_uuid")
+            if store.get(k) is not None
+        }
+
+    def _each_file_on(self, store_id: str) -> Iterator[str]:
+        """File IDs with an entry for the store (snapshot, so updating while paging is safe)."""
+        ids = []
+        after = None
+        while True:
+            page = self.lib.files_by_store(store_id, limit=1000, after=after)
+            ids.extend(d["_id"] for d in page)
+            if len(page) < 1000:
+                break
+            after = (rank(page[-1]), page[-1]["_id"])
+        yield from ids
+
+    def _zero_copies_on(self, store_id: str) -> int:
+        n = 0
+        for fid in self._each_file_on(store_id):
+            if self.lib.docs.update(fid, transitions.downgrade_store_in_file, store_id):
+                n += 1
+        return n
+
+    def _purge_entries(self, store_id: str) -> int:
+        n = 0
+        for fid in self._each_file_on(store_id):
+            if self.lib.docs.update(fid, transitions.purge_store_in_file, store_id):
+                n += 1
+        return n
+
+
+def _copies_of(entry: Any) -> int:
+    c = entry.get("copies") if isinstance(entry, dict) else None
+    return c if isinstance(c, int) and not isinstance(c, bool) and c > 0 else 0
+
+
+def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):
+    stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+    changed = False
+    if store_id not in stored:
+        transitions.mark_added(doc, store_id, weight, mtime)
+        changed = True
+    if origin == "user" and doc.get("origin") != "user":
+        doc["origin"] = "user"
+        changed = True
+    if changed:
+        doc["atime"] = int(now)
+        return doc
+    return None
+
+
+def _mark_missing_if_present(doc: Doc, store_id: str):
+    stored = doc.get("stored")
+    if isinstance(stored, dict) and store_id in stored:
+        return transitions.mark_missing(doc, store_id)
+    return None
+
+
+def _shared_filesystems(stores: list[Doc]) -> list[tuple[str, str]]:
+    """Pairs of stores on one filesystem of one machine (by partition UUID or device)."""
+    seen: dict[tuple[Any, Any], str] = {}
+    pairs = []
+    for s in stores:
+        key_val = s.get("partition_uuid") or s.get("filesystem_id")
+        if not key_val:
+            continue
+        key = (s.get("machine_id"), key_val)
+        if key in seen:
+            pairs.append((seen[key], s["_id"]))
+        else:
+            seen[key] = s["_id"]
+    return pairs
+
+
+def _drive_identity(folder: Path) -> dict[str, Any]:
+    """Drive and partition identity of the filesystem holding folder (empty if unknown)."""
+    fields: dict[str, Any] = {"filesystem_id": folder.stat().st_dev}
+    try:
+        from dmedia_tui import drives
+
+        fields.update(drives.drive_identity_for_path(folder))
+    except Exception as e:  # discovery is best effort: a store works without it
+        log.info("no drive identity for %s: %s", folder, e)
+    return fields
