@@ -6,11 +6,13 @@ and on CouchDB), with hand-built docs, so the named queries are proved equal on 
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any
 
 import pytest
 
+from dmedia_tui import durability
 from dmedia_tui.db import (
     Conflict,
     CopyDue,
@@ -733,3 +735,92 @@ def test_events_cursor_paging_both_ways(library: Library) -> None:
     corrupt = library.events(limit=1, types=["dmedia/file/corrupt"])
     more = library.events(types=["dmedia/file/corrupt"], cursor=corrupt[0]["_id"])
     assert ids(more) == [want[1]]
+
+
+# --- the derived queries always equal a recomputation from the docs --------------------------
+
+
+def test_named_queries_match_the_docs_after_random_writes(library: Library) -> None:
+    """Saves, bulk saves, deletes and re-creations in a fixed random order: the summary,
+    per-store lists and verification queries must equal what the docs themselves say."""
+    rng = random.Random(20261125)
+    stores = [sid() for _ in range(4)]
+    live: dict[str, dict[str, Any]] = {}
+    dead: list[str] = []
+
+    def random_stored() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for s in rng.sample(stores, rng.randint(0, 3)):
+            verified = rng.choice([None, NOW - rng.randint(0, 90) * 86400, "junk"])
+            out[s] = entry(rng.choice([0, 1, 1, 2, -1, "1"]), verified)
+        if rng.random() < 0.1:
+            out["junk"] = entry(2)
+        return out
+
+    def new_file(doc_id: str | None = None) -> dict[str, Any]:
+        return file_doc(
+            random_stored(),
+            size=rng.randint(1, 10**9),
+            origin=rng.choice(["user", "user", "user", "cache", "render"]),
+            _id=doc_id,
+        )
+
+    save_all(library, [new_file() for _ in range(40)])
+    live = {d["_id"]: d for d in library.docs.iter_docs()}
+    for _ in range(60):
+        op = rng.random()
+        if op < 0.5 and live:  # edit a batch of files
+            batch = [live[i] for i in rng.sample(sorted(live), min(len(live), rng.randint(1, 6)))]
+            for d in batch:
+                d["stored"] = random_stored()
+                if rng.random() < 0.2:
+                    d["bytes"] = rng.randint(1, 10**6)
+                    d["origin"] = rng.choice(["user", "proxy"])
+            save_all(library, batch)
+        elif op < 0.7 and live:  # delete one
+            doc_id = rng.choice(sorted(live))
+            library.docs.delete(live.pop(doc_id))
+            dead.append(doc_id)
+        elif op < 0.8 and dead:  # bring one back
+            d = library.docs.save(new_file(dead.pop()))
+            live[d["_id"]] = d
+        else:
+            d = library.docs.save(new_file())
+            live[d["_id"]] = d
+    docs = list(library.docs.iter_docs())
+    assert {d["_id"]: d for d in docs} == live
+
+    want: dict[tuple[str, str], list[int]] = {}
+    for d in docs:
+        g = want.setdefault((durability.file_origin(d), durability.placement_key(d)), [0, 0])
+        g[0] += 1
+        g[1] += durability.file_bytes(d)
+    assert summary(library) == {k: tuple(v) for k, v in want.items()}
+
+    cutoff = NOW - 30 * 86400
+    for s in stores:
+        on_s = [d for d in docs if s in d["stored"]]
+        want_ids = sorted((durability.rank(d), d["_id"]) for d in on_s)
+        assert [(durability.rank(d), d["_id"]) for d in library.files_by_store(s, 1000)] == want_ids
+
+        def verified(d: dict[str, Any], s: str = s) -> Any:
+            v = d["stored"][s].get("verified")
+            return v if isinstance(v, int) else None
+
+        times = sorted(v for d in on_s if (v := verified(d)) is not None)
+        never = sorted(d["_id"] for d in on_s if verified(d) is None)
+        stats = library.verification_stats(s)
+        assert (stats.copies, stats.never) == (len(on_s), len(never))
+        assert (stats.oldest, stats.newest) == ((times[0], times[-1]) if times else (None, None))
+        assert stats.median == (times[(len(times) - 1) // 2] if times else None)
+        due = library.copies_due(s, cutoff, limit=1000)
+        old = sorted((verified(d), d["_id"]) for d in on_s if (verified(d) or cutoff) < cutoff)
+        assert [(c.verified, c.file_id) for c in due] == [(None, i) for i in never] + old
+
+    fragile = sorted(
+        (durability.rank(d), d["_id"])
+        for d in docs
+        if durability.file_origin(d) == "user" and durability.durability(d) < 3
+    )
+    got = [(durability.rank(d), d["_id"]) for d in library.fragile_files(limit=1000)]
+    assert got == fragile

@@ -1,0 +1,285 @@
+"""What only the SQLite backend promises: the file itself, other processes, bad files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmedia_tui.db import DatabaseOffline, open_library
+from dmedia_tui.db.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteLibrary
+from dmedia_tui.protocol import random_id
+
+# --- the file --------------------------------------------------------------------------
+
+
+def test_new_library_file_is_private_in_a_new_folder(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "library.sqlite3"
+    lib = SQLiteLibrary(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert lib.display_url == str(path)
+        assert os.path.isabs(lib.display_url)
+    finally:
+        lib.close()
+
+
+def test_relative_path_is_shown_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    lib = SQLiteLibrary("lib.sqlite3")
+    lib.close()
+    assert lib.display_url == str(tmp_path / "lib.sqlite3")
+
+
+def test_wal_mode_application_id_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    SQLiteLibrary(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    lib = SQLiteLibrary(path)
+    doc = lib.docs.save({"_id": random_id(), "type": "dmedia/store", "x_k": [1]})
+    seq = lib.docs.update_seq()
+    lib.close()
+    again = SQLiteLibrary(path, create=False)
+    try:
+        assert again.docs.get(doc["_id"]) == doc
+        assert again.docs.update_seq() == seq
+    finally:
+        again.close()
+
+
+def test_an_empty_file_is_initialised(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    path.touch()
+    lib = open_library(str(path))
+    try:
+        assert lib.docs.count() == 0
+    finally:
+        lib.close()
+
+
+def test_closed_library_raises_offline(tmp_path: Path) -> None:
+    lib = SQLiteLibrary(tmp_path / "library.sqlite3")
+    lib.close()
+    with pytest.raises(DatabaseOffline, match="closed"):
+        lib.docs.count()
+
+
+# --- refusing what is not ours --------------------------------------------------------
+
+
+def _refused(path: Path, match: str, create: bool = True) -> str:
+    with pytest.raises(DatabaseOffline, match=match) as info:
+        open_library(str(path), create=create)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+    return msg
+
+
+def _assert_untouched(path: Path, before: bytes) -> None:
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()
+    assert not Path(f"{path}-journal").exists()
+
+
+def test_refuses_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    before = b"my precious notes\n" * 100
+    path.write_bytes(before)
+    msg = _refused(path, "not a database")
+    assert msg == f"cannot open library {path}: file is not a database"
+    _assert_untouched(path, before)
+
+
+def test_refuses_a_corrupt_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    before = b"SQLite format 3\x00" + os.urandom(8192)
+    path.write_bytes(before)
+    _refused(path, "cannot open library")
+    _assert_untouched(path, before)
+
+
+def test_refuses_a_truncated_library(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    lib = SQLiteLibrary(path)
+    lib.docs.save_many([{"_id": random_id(), "type": "dmedia/store"} for _ in range(300)])
+    lib.close()
+    data = path.read_bytes()
+    assert len(data) > 8192
+    before = data[:1000] + os.urandom(3000) + data[4000:]  # page 1 survives, the rest mangled
+    path.write_bytes(before)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    _refused(path, "cannot open library")
+    assert path.read_bytes() == before
+
+
+def test_refuses_another_programs_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE photos (name TEXT)")
+    conn.execute("INSERT INTO photos VALUES ('cat.jpg')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    _refused(path, "not a dmedia-tui library")
+    _assert_untouched(path, before)
+
+
+def test_refuses_an_empty_sqlite_file_of_another_application(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA application_id = 1234")
+    conn.close()
+    before = path.read_bytes()
+    _refused(path, "not a dmedia-tui library")
+    _assert_untouched(path, before)
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    SQLiteLibrary(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    _refused(path, "newer than this program")
+
+
+def test_refuses_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "dir" / "inside").mkdir(parents=True)
+    msg = _refused(tmp_path / "dir", "is a directory")
+    assert msg == f"cannot open library {tmp_path / 'dir'}: is a directory"
+    assert os.listdir(tmp_path / "dir") == ["inside"]
+
+
+def test_missing_file_without_create(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "library.sqlite3"
+    _refused(path, "no such file", create=False)
+    assert not path.parent.exists()
+
+
+def test_empty_file_without_create(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    path.touch()
+    _refused(path, "empty", create=False)
+    assert path.read_bytes() == b""
+
+
+def test_cannot_create_where_a_file_blocks_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("x")
+    _refused(tmp_path / "blocker" / "library.sqlite3", "cannot open library")
+
+
+def test_cannot_create_in_a_read_only_location() -> None:
+    # /proc refuses new entries even to root, unlike a chmod'ed folder.
+    _refused(Path("/proc/dmedia-tui-test/library.sqlite3"), "cannot open library")
+
+
+# --- threads and processes -----------------------------------------------------------------
+
+
+def _bump(doc: dict[str, Any]) -> dict[str, Any]:
+    doc["n"] += 1
+    return doc
+
+
+def test_threads_share_a_library(tmp_path: Path) -> None:
+    lib = SQLiteLibrary(tmp_path / "library.sqlite3")
+    counter = lib.docs.save({"_id": "counter", "n": 0})
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(25):
+                lib.docs.update(counter["_id"], _bump)
+                lib.placement_summary()
+                lib.docs.update_seq()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert lib.docs.get("counter")["n"] == 100
+    finally:
+        lib.close()
+
+
+def _writer_process(path: str, name: str, rounds: int) -> None:
+    """Runs in a separate process: counter bumps, own docs and log events."""
+    lib = SQLiteLibrary(path, create=False)
+    try:
+        for i in range(rounds):
+            lib.docs.update("counter", _bump)
+            lib.docs.save({"_id": f"{name}-{i:04d}", "type": "test"})
+            if i % 10 == 0:
+                lib.log.save({"_id": random_id(), "type": "test", "time": i, "by": name})
+    finally:
+        lib.close()
+
+
+def test_two_processes_write_at_once_without_lost_updates(tmp_path: Path) -> None:
+    path = str(tmp_path / "library.sqlite3")
+    lib = SQLiteLibrary(path)
+    lib.docs.save({"_id": "counter", "n": 0})
+    ctx = multiprocessing.get_context("spawn")
+    rounds = 60
+    procs = [ctx.Process(target=_writer_process, args=(path, n, rounds)) for n in ("p1", "p2")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    try:
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert lib.docs.get("counter")["n"] == 2 * rounds
+        assert lib.docs.count() == 1 + 2 * rounds
+        assert lib.log.count() == 2 * (rounds // 10)
+        changes = lib.docs.changes()
+        assert len(changes.results) == 1 + 2 * rounds
+        assert lib.docs.update_seq() == changes.last_seq
+    finally:
+        lib.close()
+
+
+def _one_write(path: str) -> None:
+    lib = SQLiteLibrary(path, create=False)
+    lib.docs.save({"_id": random_id(), "type": "dmedia/store"})
+    lib.close()
+
+
+def test_update_seq_sees_another_process_write(tmp_path: Path) -> None:
+    path = str(tmp_path / "library.sqlite3")
+    lib = SQLiteLibrary(path)
+    try:
+        seq = lib.docs.update_seq()
+        assert lib.docs.count() == 0  # this connection has read the database already
+        proc = multiprocessing.get_context("spawn").Process(target=_one_write, args=(path,))
+        proc.start()
+        got = lib.docs.wait_changes(seq, timeout=120)
+        proc.join(60)
+        assert proc.exitcode == 0
+        assert got != seq
+        assert lib.docs.update_seq() == got
+        assert len(lib.stores()) == 1
+    finally:
+        lib.close()
