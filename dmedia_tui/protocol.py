@@ -9,10 +9,17 @@ protocol gets a different ID length instead.
 from __future__ import annotations
 
 import base64
+import errno
+import mmap
 import os
 import secrets
 import struct
-from collections.abc import Iterable, Sequence
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import BinaryIO
 
 from blake3 import blake3
 
@@ -247,18 +254,151 @@ def hash_bytes(data: bytes) -> ContentHash:
     return h.content_hash()
 
 
-def hash_path(path: str | os.PathLike[str]) -> ContentHash:
-    """Hash a file on disk, leaf by leaf (mmap-free: reads into one reusable buffer)."""
+def read_full(f: BinaryIO, view: memoryview) -> int:
+    """readinto until `view` is full or EOF: some filesystems (FUSE, network) return
+    short reads before the end, and a leaf must be whole to hash it."""
+    total = 0
+    while total < len(view):
+        n = f.readinto(view[total:])
+        if not n:
+            break
+        total += n
+    return total
+
+
+Progress = Callable[[int], None]
+
+# MADV_POPULATE_READ (Linux >= 5.14) faults a range of a mapping in and *returns an error*
+# (EFAULT/EIO) where touching the pages would raise SIGBUS (I/O error, file truncated
+# under us). That is what makes mmap safe enough for verification on failing drives: each
+# leaf is populated just before it is hashed, so an unreadable sector becomes an OSError
+# the caller can report as "unreadable" instead of killing the process.
+_POPULATE_READ: int | None = getattr(
+    mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None
+)
+_mmap_ok = _POPULATE_READ is not None and hasattr(mmap.mmap, "madvise")
+
+_POOL_WORKERS = os.cpu_count() or 2
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """One pool of cpu_count threads shared by every hashing caller (blake3 drops the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_POOL_WORKERS, thread_name_prefix="dmedia-hash")
+        return _pool
+
+
+def _map_file(fd: int, size: int) -> mmap.mmap | None:
+    """A read-only mapping of the whole file, or None when it must be read instead."""
+    global _mmap_ok
+    if not _mmap_ok or size == 0:
+        return None
+    try:
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None  # not mappable (pipe, some FUSE mounts, shrunk since fstat): read it
+    try:
+        mm.madvise(_POPULATE_READ, 0, min(LEAF_SIZE, size))
+    except OSError as e:
+        mm.close()
+        if e.errno == errno.EINVAL:  # kernel without MADV_POPULATE_READ: never mmap again
+            _mmap_ok = False
+            return None
+        raise
+    return mm
+
+
+def _hash_mapped_leaf(
+    mm: mmap.mmap, view: memoryview, index: int, size: int, threads: int
+) -> bytes:
+    start = index * LEAF_SIZE
+    length = min(LEAF_SIZE, size - start)
+    mm.madvise(_POPULATE_READ, start, length)  # OSError here instead of SIGBUS below
+    h = blake3(derive_key_context=LEAF_CONTEXT, max_threads=threads)
+    h.update(struct.pack("<Q", index))
+    with view[start : start + length] as leaf:
+        h.update(leaf)
+    return h.digest(length=DIGEST_BYTES)
+
+
+def _hash_mapped(mm: mmap.mmap, size: int, progress: Progress | None) -> ContentHash:
+    """Zero-copy: leaves hashed in parallel, one single-threaded hasher per leaf.
+
+    Measured on the 2-vCPU reference machine this matches b3sum and blake3's own
+    update_mmap, where one multi-threaded hasher per 8 MiB leaf lost ~15 %.
+    """
+    count = leaf_count(size)
+    leaves: list[bytes] = []
+    view = memoryview(mm)
+    try:
+        if count == 1:
+            leaves.append(_hash_mapped_leaf(mm, view, 0, size, blake3.AUTO))
+            if progress:
+                progress(size)
+        else:
+            pool = _hash_pool()
+            window = 2 * _POOL_WORKERS
+            pending: deque[Future[bytes]] = deque()
+            nxt = 0
+            try:
+                while nxt < count or pending:
+                    while nxt < count and len(pending) < window:
+                        pending.append(pool.submit(_hash_mapped_leaf, mm, view, nxt, size, 1))
+                        nxt += 1
+                    leaves.append(pending.popleft().result())
+                    if progress:
+                        progress(min(LEAF_SIZE, size - (len(leaves) - 1) * LEAF_SIZE))
+            finally:
+                for fut in pending:
+                    fut.cancel()
+                wait(pending)  # no worker may still hold a slice when the map closes
+    finally:
+        view.release()
+    lh = b"".join(leaves)
+    return ContentHash(hash_root(size, lh), size, lh)
+
+
+def _hash_read(f: BinaryIO, progress: Progress | None) -> ContentHash:
     h = Hasher()
     buf = bytearray(LEAF_SIZE)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.hash_leaf(view[:n])
-            if n < LEAF_SIZE:
-                # A short read from a regular file means end of file.
-                break
+    while n := read_full(f, view):
+        h.hash_leaf(view[:n])
+        if progress:
+            progress(n)
+        if n < LEAF_SIZE:
+            break
     return h.content_hash()
+
+
+def hash_file(
+    f: BinaryIO, progress: Progress | None = None, *, use_mmap: bool = True
+) -> ContentHash:
+    """Hash an open file (from offset 0) leaf by leaf at raw blake3 speed.
+
+    Regular files are memory-mapped and each leaf is prefaulted with MADV_POPULATE_READ,
+    so read errors surface as OSError, never SIGBUS; anything that cannot be mapped is
+    read into one reusable buffer. `progress(n)` is called after each leaf with the
+    number of bytes just hashed; it may raise to abort. Raises OSError on read errors and
+    ProtocolError for an empty file (it has no ID).
+    """
+    size = os.fstat(f.fileno()).st_size
+    mm = _map_file(f.fileno(), size) if use_mmap else None
+    if mm is None:
+        return _hash_read(f, progress)
+    try:
+        return _hash_mapped(mm, size, progress)
+    finally:
+        mm.close()
+
+
+def hash_path(
+    path: str | os.PathLike[str], progress: Progress | None = None, *, use_mmap: bool = True
+) -> ContentHash:
+    """Hash a file on disk (see hash_file)."""
+    with open(path, "rb", buffering=0) as f:
+        return hash_file(f, progress, use_mmap=use_mmap)

@@ -1,0 +1,624 @@
+"""A FileStore: a folder (usually a drive's root) holding canonical, read-only file copies.
+
+Layout under the store folder (DESIGN.md §2):
+
+    .dmedia/store.json               the store doc as created
+    .dmedia/files/<id[:2]>/<id[2:]>  canonical copies, mode 0444
+    .dmedia/tmp/<random>             partial writes (flock-ed while being written)
+    .dmedia/corrupt/<id>[.n]         quarantine: corrupt copies are moved here, never deleted
+
+Crash safety: every copy is written to tmp/, fsync-ed, made read-only, then renamed into
+files/ and the directory fsync-ed, so a crash at any point leaves either the whole file or
+nothing under files/. Partial writes left by a crash are purged when a store is opened;
+a tmp file whose writer is still alive holds an flock and is left alone.
+
+Every file ID goes through protocol.check_file_id before it becomes part of a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import stat as stat_mod
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from dmedia_tui.protocol import (
+    LEAF_SIZE,
+    ContentHash,
+    Hasher,
+    ProtocolError,
+    check_file_id,
+    hash_file,
+    is_file_id,
+    is_store_id,
+    random_id,
+    read_full,
+)
+
+Progress = Callable[[int], None]
+
+DOTDIR = ".dmedia"
+STORE_JSON = "store.json"
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class FileStoreError(Exception):
+    """A FileStore operation failed; the message is one line for the user."""
+
+
+class NotAFileStore(FileStoreError):
+    """No valid .dmedia/store.json at the path."""
+
+
+class WrongStore(FileStoreError):
+    """The folder holds a FileStore, but not the one expected."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    id: str
+    size: int
+    mtime: int
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    content_hash: ContentHash
+    mtime: int
+    new: bool  # False: the store already had this file
+
+
+class VerifyStatus(StrEnum):
+    OK = "ok"
+    CORRUPT = "corrupt"
+    MISSING = "missing"
+    UNREADABLE = "unreadable"  # an I/O error: retry later, never treat as corrupt
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    status: VerifyStatus
+    file_id: str
+    mtime: int | None = None
+    content_hash: ContentHash | None = None
+    quarantine: Path | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    status: VerifyStatus  # of the source read
+    written: dict[str, int] = field(default_factory=dict)  # dst store_id -> mtime of its copy
+    failed: dict[str, str] = field(default_factory=dict)  # dst store_id -> error
+    source: VerifyResult | None = None
+
+
+def _errstr(e: BaseException) -> str:
+    """One line for an OSError: 'No space left on device (ENOSPC)'."""
+    if isinstance(e, OSError) and e.errno:
+        name = errno.errorcode.get(e.errno, str(e.errno))
+        return f"{e.strerror or os.strerror(e.errno)} ({name})"
+    return str(e) or type(e).__name__
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    data = (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, memoryview(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class _TmpFile:
+    """A partial write in a store's tmp/: locked while alive, removed unless committed."""
+
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+        store.tmp_dir.mkdir(exist_ok=True)
+        self.path = store.tmp_dir / random_id()
+        self.fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600
+        )
+        with contextlib.suppress(OSError):  # no locking on this filesystem: best effort
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def write(self, data: memoryview) -> None:
+        assert self.fd is not None
+        _write_all(self.fd, data)
+
+    def commit(self, file_id: str) -> tuple[int, bool]:
+        """fsync, make read-only, rename into place; return (mtime of the copy, new).
+
+        If the canonical file appeared meanwhile (another writer of the same content),
+        the existing one is kept: this tmp is discarded and (its mtime, False) returned.
+        """
+        assert self.fd is not None
+        os.fsync(self.fd)
+        os.fchmod(self.fd, 0o444)
+        dst = self.store.file_path(file_id)
+        try:
+            existing = self.store.stat(file_id).mtime
+        except FileNotFoundError:
+            pass
+        else:
+            self.discard()
+            return existing, False
+        made = not dst.parent.is_dir()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        mtime = int(os.fstat(self.fd).st_mtime)
+        os.rename(self.path, dst)
+        self.close()
+        _fsync_dir(dst.parent)
+        if made:
+            _fsync_dir(dst.parent.parent)
+        return mtime, True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Close and remove; never raises (it runs on error paths)."""
+        with contextlib.suppress(OSError):
+            self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class FileStore:
+    """An opened FileStore; see the module docstring for the layout and guarantees."""
+
+    def __init__(self, path: str | os.PathLike[str], expected_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.doc = self._read_doc(self.path)
+        self.id: str = self.doc["_id"]
+        if expected_id is not None and expected_id != self.id:
+            raise WrongStore(f"{self.path} holds store {self.id}, expected {expected_id}")
+        copies = self.doc.get("copies", 1)
+        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
+            raise NotAFileStore(f"{self.path}: invalid copies in {DOTDIR}/{STORE_JSON}")
+        self.copies: int = copies
+        for d in (self.files_dir, self.tmp_dir, self.corrupt_dir):
+            with contextlib.suppress(OSError):  # a read-only mount can still be verified
+                d.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):
+            self.purge_tmp()
+
+    @staticmethod
+    def _read_doc(path: Path) -> dict[str, Any]:
+        doc_path = path / DOTDIR / STORE_JSON
+        try:
+            doc = json.loads(doc_path.read_bytes())
+        except FileNotFoundError:
+            raise NotAFileStore(f"not a FileStore (no {DOTDIR}/{STORE_JSON}): {path}") from None
+        except NotADirectoryError:
+            raise NotAFileStore(f"not a FileStore (not a directory): {path}") from None
+        except ValueError:
+            raise NotAFileStore(f"not a FileStore (invalid {STORE_JSON}): {path}") from None
+        except OSError as e:
+            raise NotAFileStore(f"cannot read {doc_path}: {_errstr(e)}") from None
+        if not isinstance(doc, dict) or not is_store_id(doc.get("_id")):
+            raise NotAFileStore(f"not a FileStore (invalid store ID in {STORE_JSON}): {path}")
+        return doc
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        store_id: str | None = None,
+        doc: dict[str, Any] | None = None,
+    ) -> FileStore:
+        """Make `path` (an existing directory) a FileStore whose store.json is `doc`.
+
+        The directory must already exist: creating it would turn a mistyped mount point
+        into a store on the wrong drive.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise FileStoreError(f"not a directory: {path}")
+        dot = path / DOTDIR
+        if (dot / STORE_JSON).exists():
+            raise FileStoreError(f"a FileStore already exists at {path}")
+        if doc is None:
+            doc = {
+                "_id": store_id or random_id(),
+                "type": "dmedia/store",
+                "time": time.time(),
+                "copies": 1,
+            }
+        else:
+            doc = dict(doc)
+            doc.setdefault("_id", store_id or random_id())
+        if store_id is not None and doc["_id"] != store_id:
+            raise FileStoreError(f"store doc _id {doc['_id']!r} is not {store_id!r}")
+        if not is_store_id(doc["_id"]):
+            raise FileStoreError(f"invalid store ID: {doc['_id']!r:.80}")
+        try:
+            dot.mkdir(exist_ok=True)
+            for sub in ("files", "tmp", "corrupt"):
+                (dot / sub).mkdir(exist_ok=True)
+            _write_json_atomic(dot / STORE_JSON, doc)
+            _fsync_dir(path)
+        except OSError as e:
+            raise FileStoreError(f"cannot create a FileStore at {path}: {_errstr(e)}") from None
+        return cls(path, doc["_id"])
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.path)!r}, {self.id!r})"
+
+    # --- paths ---------------------------------------------------------------------
+
+    @property
+    def files_dir(self) -> Path:
+        return self.path / DOTDIR / "files"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.path / DOTDIR / "tmp"
+
+    @property
+    def corrupt_dir(self) -> Path:
+        return self.path / DOTDIR / "corrupt"
+
+    def file_path(self, file_id: str) -> Path:
+        check_file_id(file_id)
+        return self.files_dir / file_id[:2] / file_id[2:]
+
+    def corrupt_path(self, file_id: str) -> Path:
+        check_file_id(file_id)
+        return self.corrupt_dir / file_id
+
+    # --- queries -------------------------------------------------------------------
+
+    def stat(self, file_id: str) -> Stat:
+        """Size and mtime of the canonical copy; FileNotFoundError if absent."""
+        st = os.stat(self.file_path(file_id))
+        return Stat(file_id, st.st_size, int(st.st_mtime))
+
+    def exists(self, file_id: str) -> bool:
+        try:
+            self.stat(file_id)
+        except OSError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[Stat]:
+        """Every canonical copy, in ID order; names that are not valid IDs are skipped."""
+        try:
+            prefixes = sorted(os.scandir(self.files_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for prefix in prefixes:
+            if len(prefix.name) != 2 or not prefix.is_dir(follow_symlinks=False):
+                continue
+            try:
+                entries = sorted(os.scandir(prefix.path), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                file_id = prefix.name + entry.name
+                if not is_file_id(file_id):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield Stat(file_id, st.st_size, int(st.st_mtime))
+
+    def statvfs(self) -> tuple[int, int]:
+        """(bytes_total, bytes_avail) of the filesystem holding the store."""
+        st = os.statvfs(self.path)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    @property
+    def bytes_total(self) -> int:
+        return self.statvfs()[0]
+
+    @property
+    def bytes_avail(self) -> int:
+        return self.statvfs()[1]
+
+    @property
+    def filesystem_id(self) -> int:
+        """st_dev of the store folder: two stores with the same one share a filesystem."""
+        return os.stat(self.path).st_dev
+
+    # --- maintenance ---------------------------------------------------------------
+
+    def purge_tmp(self) -> int:
+        """Remove partial writes left by a crash; files still being written are kept."""
+        count = 0
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer holds it
+                except OSError:
+                    pass  # no locking here: a tmp file at open time is stale
+                os.unlink(entry.path)
+                count += 1
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+        return count
+
+    def move_to_corrupt(self, file_id: str) -> Path:
+        """Quarantine the canonical copy (never delete it); return where it went.
+
+        A copy already quarantined under that ID is kept: the new one gets a suffix.
+        """
+        src = self.file_path(file_id)
+        self.corrupt_dir.mkdir(exist_ok=True)
+        dst = self.corrupt_path(file_id)
+        n = 0
+        while True:
+            try:
+                # link + unlink: never replaces an earlier quarantined copy
+                os.link(src, dst)
+                break
+            except FileExistsError:
+                n += 1
+                dst = self.corrupt_dir / f"{file_id}.{n}"
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                # No hard links (FAT, exFAT): a plain rename to a name that is free.
+                while dst.exists():
+                    n += 1
+                    dst = self.corrupt_dir / f"{file_id}.{n}"
+                os.rename(src, dst)
+                _fsync_dir(self.corrupt_dir)
+                _fsync_dir(src.parent)
+                return dst
+        os.unlink(src)
+        _fsync_dir(self.corrupt_dir)
+        _fsync_dir(src.parent)
+        return dst
+
+    # --- writing -------------------------------------------------------------------
+
+    def import_file(
+        self, src: str | os.PathLike[str], progress: Progress | None = None
+    ) -> ImportResult:
+        """Copy `src` into the store, hashing it in the same single read.
+
+        Empty files have no ID and are refused. OSError from reading `src` or writing the
+        store propagates; either way no partial file is left behind.
+        """
+        try:
+            f = open(src, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        except IsADirectoryError:
+            raise FileStoreError(f"not a regular file: {src}") from None
+        with f:
+            st = os.fstat(f.fileno())
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise FileStoreError(f"not a regular file: {src}")
+            if st.st_size == 0:
+                raise FileStoreError(f"empty file (not imported): {src}")
+            return self._import_stream(f, progress)
+
+    def import_bytes(self, data: bytes) -> ImportResult:
+        """Store an in-memory byte string (the demo and tests)."""
+        if not data:
+            raise FileStoreError("empty file (not imported)")
+        return self._import_stream(io.BytesIO(data), None)
+
+    def _import_stream(self, f: Any, progress: Progress | None) -> ImportResult:
+        """Read f once: each leaf is written to tmp/ while it is hashed."""
+        tmp = _TmpFile(self)
+        try:
+            h = Hasher()
+            buf = bytearray(LEAF_SIZE)
+            view = memoryview(buf)
+            with ThreadPoolExecutor(1, thread_name_prefix="dmedia-write") as ex:
+                while n := read_full(f, view):
+                    leaf = view[:n]
+                    fut = ex.submit(tmp.write, leaf)  # write while hashing: both drop the GIL
+                    try:
+                        h.hash_leaf(leaf)
+                    finally:
+                        fut.result()
+                    if progress:
+                        progress(n)
+                    if n < LEAF_SIZE:
+                        break
+            if h.file_size == 0:
+                raise FileStoreError("empty file (not imported)")
+            ch = h.content_hash()
+            try:
+                existing = self.stat(ch.id).mtime
+            except FileNotFoundError:
+                existing = None
+            if existing is not None:
+                tmp.discard()
+                return ImportResult(ch, existing, False)
+            mtime, new = tmp.commit(ch.id)
+        except BaseException:
+            tmp.discard()
+            raise
+        return ImportResult(ch, mtime, new)
+
+    # --- verifying and copying -----------------------------------------------------
+
+    def _quarantine(self, file_id: str, **kw: Any) -> VerifyResult:
+        try:
+            where = self.move_to_corrupt(file_id)
+        except OSError as e:
+            return VerifyResult(
+                VerifyStatus.CORRUPT, file_id, error=f"cannot quarantine: {_errstr(e)}", **kw
+            )
+        return VerifyResult(VerifyStatus.CORRUPT, file_id, quarantine=where, **kw)
+
+    def verify(self, file_id: str, progress: Progress | None = None) -> VerifyResult:
+        """Re-hash the canonical copy; quarantine it if its content is not its ID.
+
+        An I/O error while reading is UNREADABLE (nothing is moved: a failing read is not
+        evidence of corruption). `progress(n)` gets the bytes of each leaf hashed.
+        """
+        path = self.file_path(file_id)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return VerifyResult(VerifyStatus.MISSING, file_id)
+        except OSError as e:
+            return VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
+        try:
+            with f:
+                st = os.fstat(f.fileno())
+                if not stat_mod.S_ISREG(st.st_mode):
+                    return VerifyResult(
+                        VerifyStatus.UNREADABLE, file_id, error="not a regular file"
+                    )
+                if st.st_size == 0:
+                    return self._quarantine(file_id, mtime=int(st.st_mtime))
+                ch = hash_file(f, progress)
+        except OSError as e:
+            return VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
+        except ProtocolError:  # emptied while we read it
+            return self._quarantine(file_id, mtime=int(st.st_mtime))
+        if ch.id != file_id:
+            return self._quarantine(file_id, mtime=int(st.st_mtime), content_hash=ch)
+        return VerifyResult(VerifyStatus.OK, file_id, mtime=int(st.st_mtime), content_hash=ch)
+
+    def copy_to(
+        self, file_id: str, dsts: list[FileStore], progress: Progress | None = None
+    ) -> CopyResult:
+        """Copy one file to several stores, verifying the source in the same single read.
+
+        Nothing reaches a destination's files/ unless the whole source hashed to
+        `file_id`. A corrupt source is quarantined (as verify does); an unreadable one
+        leaves everything as it was. One destination failing (ENOSPC, EIO) does not stop
+        the others. A destination that already has the file is left alone.
+        """
+        path = self.file_path(file_id)
+        written: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            src = VerifyResult(VerifyStatus.MISSING, file_id)
+            return CopyResult(src.status, written, failed, src)
+        except OSError as e:
+            src = VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
+            return CopyResult(src.status, written, failed, src)
+
+        tmps: dict[str, _TmpFile] = {}
+        stores: dict[str, FileStore] = {}
+        try:
+            for dst in dsts:
+                if dst.id in written or dst.id in tmps or dst.id in failed:
+                    continue
+                try:
+                    written[dst.id] = dst.stat(file_id).mtime
+                    continue
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    failed[dst.id] = _errstr(e)
+                    continue
+                try:
+                    tmps[dst.id] = _TmpFile(dst)
+                    stores[dst.id] = dst
+                except OSError as e:
+                    failed[dst.id] = _errstr(e)
+
+            with f:
+                st = os.fstat(f.fileno())
+                mtime = int(st.st_mtime)
+                try:
+                    ch = self._read_into(f, tmps, failed, progress)
+                except OSError as e:
+                    src = VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
+                    return CopyResult(src.status, {}, {}, src)
+            if ch is None or ch.id != file_id:
+                src = self._quarantine(file_id, mtime=mtime, content_hash=ch)
+                return CopyResult(src.status, {}, {}, src)
+            for sid, tmp in list(tmps.items()):
+                try:
+                    written[sid] = tmp.commit(file_id)[0]
+                except OSError as e:
+                    failed[sid] = _errstr(e)
+                    tmp.discard()
+                del tmps[sid]
+            src = VerifyResult(VerifyStatus.OK, file_id, mtime=mtime, content_hash=ch)
+            return CopyResult(src.status, written, failed, src)
+        finally:
+            for tmp in tmps.values():
+                tmp.discard()
+
+    @staticmethod
+    def _read_into(
+        f: Any, tmps: dict[str, _TmpFile], failed: dict[str, str], progress: Progress | None
+    ) -> ContentHash | None:
+        """Read f once; hash every leaf while writing it to each tmp in parallel.
+
+        A tmp whose write fails is discarded and moved to `failed`. Returns None for an
+        empty source (it cannot match any ID).
+        """
+        h = Hasher()
+        buf = bytearray(LEAF_SIZE)
+        view = memoryview(buf)
+        with ThreadPoolExecutor(max(1, len(tmps)), thread_name_prefix="dmedia-write") as ex:
+            while n := read_full(f, view):
+                leaf = view[:n]
+                futs = {sid: ex.submit(tmp.write, leaf) for sid, tmp in tmps.items()}
+                try:
+                    h.hash_leaf(leaf)
+                finally:
+                    for sid, fut in futs.items():
+                        try:
+                            fut.result()
+                        except OSError as e:
+                            failed[sid] = _errstr(e)
+                            tmps.pop(sid).discard()
+                if progress:
+                    progress(n)
+                if n < LEAF_SIZE:
+                    break
+        if h.file_size == 0:
+            return None
+        return h.content_hash()
