@@ -197,14 +197,20 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _parse_placement(key: Any) -> list[tuple[str, int]]:
-    """durability.parse_placement, but junk parts are skipped instead of raising."""
+def _parse_placement(key: Any, valid: dict[str, bool] | None = None) -> list[tuple[str, int]]:
+    """durability.parse_placement, but junk parts are skipped instead of raising.
+
+    `valid` memoises store ID validation across the rows of one summary."""
     if not isinstance(key, str) or not key:
         return []
+    valid = {} if valid is None else valid
     out: dict[str, int] = {}
     for part in key.split(","):
         sid, sep, c = part.partition(":")
-        if not sep or not is_store_id(sid):
+        ok = valid.get(sid)
+        if ok is None:
+            ok = valid[sid] = is_store_id(sid)
+        if not sep or not ok:
             continue
         try:
             copies = int(c)
@@ -347,29 +353,28 @@ def online_store_ids(
 
 @dataclass(frozen=True)
 class _Group:
-    """One placement group of the summary, parsed."""
+    """One placement group of the summary, parsed (durability and stores computed once)."""
 
     placement: tuple[tuple[str, int], ...]
     count: int
     bytes: int
     user: bool = True
+    durability: int = field(init=False)
+    store_ids: frozenset[str] = field(init=False)
 
-    @property
-    def durability(self) -> int:
-        return sum(c for _, c in self.placement)
-
-    @property
-    def store_ids(self) -> frozenset[str]:
-        return frozenset(sid for sid, _ in self.placement)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "durability", sum(c for _, c in self.placement))
+        object.__setattr__(self, "store_ids", frozenset(sid for sid, _ in self.placement))
 
 
 def _groups(summary: Any) -> list[_Group]:
     """Every group of the summary, parsed; malformed and empty rows are skipped."""
     out = []
+    valid: dict[str, bool] = {}
     for row in summary if isinstance(summary, list | tuple) else ():
         count = max(0, _int(getattr(row, "count", 0)))
         if count:
-            placement = tuple(_parse_placement(getattr(row, "placement", "")))
+            placement = tuple(_parse_placement(getattr(row, "placement", ""), valid))
             size = max(0, _int(getattr(row, "bytes", 0)))
             out.append(_Group(placement, count, size, getattr(row, "origin", None) == "user"))
     return out
