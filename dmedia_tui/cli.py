@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,8 +122,12 @@ def _ago(t: float | None, now: float) -> str:
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", metavar="URL", help="Library: SQLite path or http(s):// CouchDB URL "
-              "(default: DMEDIA_DB, config.toml, then the embedded library).")
+@click.option(
+    "--db",
+    metavar="URL",
+    help="Library: SQLite path or http(s):// CouchDB URL "
+    "(default: DMEDIA_DB, config.toml, then the embedded library).",
+)
 @click.option("--read-only", is_flag=True, help="App: monitor only, no actions, no workers.")
 @click.version_option(__version__, prog_name="dmedia-tui")
 @click.pass_context
@@ -141,8 +144,9 @@ def cli(click_ctx: click.Context, db: str | None, read_only: bool) -> None:
 
 def _setup_logging(level: int = logging.WARNING) -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                            stream=sys.stderr)
+        logging.basicConfig(
+            level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
 
 
 def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) -> None:
@@ -159,8 +163,11 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    logging.basicConfig(filename=logfile, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        filename=logfile,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     with ctx.metastore(ticking=True, unreadable_exit=EXIT_UNREADABLE) as ms:
         engine = None
         if not ctx.read_only:
@@ -217,16 +224,23 @@ def store() -> None:
 
 @store.command("init")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--copies", default=1, show_default=True, type=click.IntRange(0, 10),
-              help="Durability a copy on this store is worth.")
+@click.option(
+    "--copies",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 10),
+    help="Durability a copy on this store is worth.",
+)
 @click.option("--label", help="A name for the store (default: the folder name).")
-@click.option("--same-filesystem", is_flag=True,
-              help="Allow a store on a filesystem that already holds one.")
+@click.option(
+    "--same-filesystem", is_flag=True, help="Allow a store on a filesystem that already holds one."
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_handle_errors
-def store_init(ctx: Context, path: Path, copies: int, label: str | None,
-               same_filesystem: bool, as_json: bool) -> None:
+def store_init(
+    ctx: Context, path: Path, copies: int, label: str | None, same_filesystem: bool, as_json: bool
+) -> None:
     """Make PATH a store of this library (an existing store there is re-attached)."""
     with ctx.metastore() as ms:
         fs, doc, created = ms.init_store(path, copies, label, same_filesystem)
@@ -255,8 +269,10 @@ def store_list(ctx: Context, as_json: bool) -> None:
         return
     click.echo(f"{'ID':24}  {'LABEL':16} {'STATE':10} {'×':>2} {'FILES':>8} {'FREE':>10}  PATH")
     for r in h.store_rows:
-        click.echo(f"{r.store_id:24}  {r.label[:16]:16} {r.state.value:10} {r.copies:>2} "
-                   f"{r.files:>8} {_size(r.bytes_avail):>10}  {known.get(r.store_id, '-')}")
+        click.echo(
+            f"{r.store_id:24}  {r.label[:16]:16} {r.state.value:10} {r.copies:>2} "
+            f"{r.files:>8} {_size(r.bytes_avail):>10}  {known.get(r.store_id, '-')}"
+        )
 
 
 def _store_action(ctx: Context, name: str, action: str, yes: bool, dry_run: bool) -> None:
@@ -313,8 +329,11 @@ def _pick_store(ms: MetaStore, name: str | None):
         if sid not in connected:
             raise UserError(f"store {name} is not connected to this machine")
         return connected[sid]
-    usable = [fs for sid, fs in sorted(connected.items())
-              if (d := ms.store_doc(sid)) is not None and not d.get("no_new_copies")]
+    usable = [
+        fs
+        for sid, fs in sorted(connected.items())
+        if (d := ms.store_doc(sid)) is not None and not d.get("no_new_copies")
+    ]
     if not usable:
         raise UserError("no connected store to import into: dmedia-tui store init PATH")
     return max(usable, key=lambda fs: fs.statvfs()[1])
@@ -323,13 +342,18 @@ def _pick_store(ms: MetaStore, name: str | None):
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--store", "store_name", help="Store to copy into (default: the one with most room).")
-@click.option("--origin", default="user", show_default=True,
-              type=click.Choice(["user", "paid", "render", "proxy", "cache", "download"]))
+@click.option(
+    "--origin",
+    default="user",
+    show_default=True,
+    type=click.Choice(["user", "paid", "render", "proxy", "cache", "download"]),
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_handle_errors
-def import_(ctx: Context, paths: tuple[Path, ...], store_name: str | None, origin: str,
-            as_json: bool) -> None:
+def import_(
+    ctx: Context, paths: tuple[Path, ...], store_name: str | None, origin: str, as_json: bool
+) -> None:
     """Hash and copy files (folders recursively) into a store and record them."""
     for p in paths:
         if not p.exists():
@@ -348,9 +372,11 @@ def import_(ctx: Context, paths: tuple[Path, ...], store_name: str | None, origi
     if as_json:
         _emit_json({"store_id": fs.id, **report.to_json()})
     else:
-        click.echo(f"imported {report.files} files ({_size(report.bytes)}) into {fs.path}: "
-                   f"{report.new} new, {report.duplicates} already known, "
-                   f"{report.empty} empty skipped")
+        click.echo(
+            f"imported {report.files} files ({_size(report.bytes)}) into {fs.path}: "
+            f"{report.new} new, {report.duplicates} already known, "
+            f"{report.empty} empty skipped"
+        )
         for err in report.errors:
             click.echo(f"error: {err}", err=True)
     if report.errors:
@@ -387,8 +413,10 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
     if as_json:
         _emit_json(summary)
     else:
-        click.echo(f"verified {summary['verified']}, corrupt {summary['corrupt']}, "
-                   f"missing {summary['missing']}, unreadable {summary['unreadable']}")
+        click.echo(
+            f"verified {summary['verified']}, corrupt {summary['corrupt']}, "
+            f"missing {summary['missing']}, unreadable {summary['unreadable']}"
+        )
     sys.exit(2 if summary["corrupt"] else 0)
 
 
@@ -410,8 +438,10 @@ def check(ctx: Context, as_json: bool) -> None:
     if as_json:
         _emit_json(data)
     else:
-        click.echo(f"checked {report.docs} docs: {report.invalid} invalid, "
-                   f"{report.inconsistent} inconsistent ({report.logged} newly logged)")
+        click.echo(
+            f"checked {report.docs} docs: {report.invalid} invalid, "
+            f"{report.inconsistent} inconsistent ({report.logged} newly logged)"
+        )
     sys.exit(1 if report.invalid or report.inconsistent else 0)
 
 
@@ -440,9 +470,12 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
                     _emit_json(summary.to_json())
                 else:
                     s = summary
-                    click.echo(f"verified {s.verified}, corrupt {s.corrupt}, missing {s.missing}, "
-                               f"unreadable {s.unreadable}, copies made {s.copies}, "
-                               f"stores purged {s.purged}, policy events {s.events}", err=True)
+                    click.echo(
+                        f"verified {s.verified}, corrupt {s.corrupt}, missing {s.missing}, "
+                        f"unreadable {s.unreadable}, copies made {s.copies}, "
+                        f"stores purged {s.purged}, policy events {s.events}",
+                        err=True,
+                    )
                 return
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -480,10 +513,14 @@ def _print_status(h) -> None:
     click.echo(f"{h.files} user files, {_size(h.bytes)}")
     labels = {0: "0", 1: "1", 2: "2", 3: "3+"}
     for b in h.histogram:
-        click.echo(f"  durability {labels[b.durability]:>2}: {b.files:>8} files {_size(b.bytes):>10}")
+        click.echo(
+            f"  durability {labels[b.durability]:>2}: {b.files:>8} files {_size(b.bytes):>10}"
+        )
     for r in h.store_rows:
-        click.echo(f"  store {r.label:16} {r.state.value:10} {r.files:>8} files "
-                   f"{'online' if r.online else 'offline'}")
+        click.echo(
+            f"  store {r.label:16} {r.state.value:10} {r.files:>8} files "
+            f"{'online' if r.online else 'offline'}"
+        )
     if not h.alerts:
         click.echo("OK: every user file has enough copies")
     for a in h.alerts:
@@ -514,14 +551,24 @@ def _parse_since(value: str | None, now: float) -> float | None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one log doc per line.")
 @click.option("--since", help="Unix seconds, ISO date, or an age like 30m, 2h, 3d.")
-@click.option("--type", "types", multiple=True, help="Event type, e.g. dmedia/file/corrupt "
-              "or file/corrupt (repeatable).")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    help="Event type, e.g. dmedia/file/corrupt or file/corrupt (repeatable).",
+)
 @click.option("--store", "store_name", help="Only events about this store.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many (the newest).")
 @pass_ctx
 @_handle_errors
-def events(ctx: Context, as_json: bool, since: str | None, types: tuple[str, ...],
-           store_name: str | None, limit: int | None) -> None:
+def events(
+    ctx: Context,
+    as_json: bool,
+    since: str | None,
+    types: tuple[str, ...],
+    store_name: str | None,
+    limit: int | None,
+) -> None:
     """The data-safety events of log-1, oldest first."""
     from dmedia_tui.schema import LOG_TYPES
 
@@ -529,8 +576,10 @@ def events(ctx: Context, as_json: bool, since: str | None, types: tuple[str, ...
     for t in types:
         full = t if t.startswith("dmedia/") else f"dmedia/{t}"
         if full not in LOG_TYPES:
-            raise UserError(f"unknown event type {t!r}; known: "
-                            + ", ".join(sorted(x.removeprefix("dmedia/") for x in LOG_TYPES)))
+            raise UserError(
+                f"unknown event type {t!r}; known: "
+                + ", ".join(sorted(x.removeprefix("dmedia/") for x in LOG_TYPES))
+            )
         full_types.append(full)
     with ctx.metastore(create=False) as ms:
         now = ms.now()
@@ -548,8 +597,11 @@ def events(ctx: Context, as_json: bool, since: str | None, types: tuple[str, ...
         else:
             t = datetime.fromtimestamp(ev.get("time", 0), UTC).strftime("%Y-%m-%d %H:%M:%S")
             what = ev.get("type", "").removeprefix("dmedia/")
-            detail = " ".join(f"{k}={ev[k]}" for k in ("label", "store_id", "file_id", "reason",
-                                                      "count") if ev.get(k) is not None)
+            detail = " ".join(
+                f"{k}={ev[k]}"
+                for k in ("label", "store_id", "file_id", "reason", "count")
+                if ev.get(k) is not None
+            )
             click.echo(f"{t}  {what:18} {detail}")
 
 
@@ -560,8 +612,9 @@ def _collect_events(lib: Library, since: float | None, types, store_id, limit) -
     out: list[dict] = []
     cursor = None
     while True:
-        page = lib.events(1000, newest_first=False, since=since, types=types,
-                          store_id=store_id, cursor=cursor)
+        page = lib.events(
+            1000, newest_first=False, since=since, types=types, store_id=store_id, cursor=cursor
+        )
         out.extend(page)
         if len(page) < 1000:
             return out

@@ -266,6 +266,7 @@ class Engine:
                 todo.append((sid, due.file_id))
                 if len(todo) >= limit:
                     break
+        todo = list(dict.fromkeys(todo))  # a due copy may also be a priority request
         for i, (sid, fid) in enumerate(todo):
             if self._stop.is_set():
                 break
@@ -344,8 +345,15 @@ class Engine:
                 if tried >= limit or self._stop.is_set():
                     break
                 tried += 1
-                act = Activity("copy", "", doc["_id"], doc.get("name"), total=doc.get("bytes", 0),
-                               queue_done=tried, queue_total=limit)
+                act = Activity(
+                    "copy",
+                    "",
+                    doc["_id"],
+                    doc.get("name"),
+                    total=doc.get("bytes", 0),
+                    queue_done=tried,
+                    queue_total=limit,
+                )
                 self.activity["copy"] = act
 
                 def progress(nbytes: int, act: Activity = act) -> None:
@@ -490,4 +498,3 @@ class Engine:
     def _on_drives_changed(self, added: list[Any], removed: list[Any]) -> None:
         self.emit("drives", {"added": added, "removed": removed})
         self._wake_house.set()
-

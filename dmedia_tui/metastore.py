@@ -10,6 +10,7 @@ not on disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -134,7 +135,7 @@ class MetaStore:
         self.machine_id = config.machine_id
         self.hostname = config.hostname
         self._problems_logged: set[tuple[str, str, str]] | None = None
-        self._metadata_problems = 0
+        self._metadata_problems = self._read_check_state()
 
     def now(self) -> float:
         return self.clock.now()
@@ -277,7 +278,9 @@ class MetaStore:
             except OSError:
                 continue
             try:
-                self.lib.docs.update(sid, transitions.touch_store, now, total, avail, self.machine_id)
+                self.lib.docs.update(
+                    sid, transitions.touch_store, now, total, avail, self.machine_id
+                )
             except NotFound:
                 # The FileStore is here but the library forgot it (purged): record it again.
                 doc = dict(fs.doc)
@@ -302,9 +305,7 @@ class MetaStore:
         doc = self.lib.docs.get_or_none(ch.id)
         if doc is None:
             stored = {fs.id: schema.create_stored_value(weight, result.mtime)}
-            doc = schema.create_file(
-                self.now(), ch, stored, origin=origin, name=path.name
-            )
+            doc = schema.create_file(self.now(), ch, stored, origin=origin, name=path.name)
             try:
                 self.lib.docs.save(doc)
                 return ch.id, True
@@ -342,7 +343,9 @@ class MetaStore:
 
     # --- verification ----------------------------------------------------------------
 
-    def verify_copy(self, fs: FileStore, file_id: str, progress: Progress | None = None) -> VerifyResult:
+    def verify_copy(
+        self, fs: FileStore, file_id: str, progress: Progress | None = None
+    ) -> VerifyResult:
         """Verify one copy and apply the outcome to the docs (and the store if corrupt)."""
         result = fs.verify(file_id, progress=progress)
         self.apply_verify_result(fs, result)
@@ -369,13 +372,17 @@ class MetaStore:
                 changed = None
             if changed is not None:
                 self.log_event(
-                    schema.LOG_FILE_MISSING, file_id=file_id, store_id=fs.id,
+                    schema.LOG_FILE_MISSING,
+                    file_id=file_id,
+                    store_id=fs.id,
                     **self._drive_fields(fs.id),
                 )
         else:
             log.warning("cannot read %s on store %s: %s (will retry)", file_id, fs.id, result.error)
 
-    def handle_corrupt(self, store_id: str, file_id: str, result: VerifyResult | None = None) -> None:
+    def handle_corrupt(
+        self, store_id: str, file_id: str, result: VerifyResult | None = None
+    ) -> None:
         """A corrupt copy was found (and already moved to quarantine by the FileStore).
 
         The file loses that location (and gets a corrupt mark), the event is logged,
@@ -402,8 +409,12 @@ class MetaStore:
         self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
         if not was_failing:
             self.log_event(
-                schema.LOG_STORE_FAILING, level=logging.ERROR, store_id=store_id,
-                reason="corrupt", count=1, **drive,
+                schema.LOG_STORE_FAILING,
+                level=logging.ERROR,
+                store_id=store_id,
+                reason="corrupt",
+                count=1,
+                **drive,
             )
         if not store.get("downgraded"):
             self.downgrade_store(store_id, reason="corrupt")
@@ -450,8 +461,11 @@ class MetaStore:
         if need <= 0:
             return 0
         stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
-        sources = [connected[s] for s in sorted(stored, key=lambda s: -_copies_of(stored[s]))
-                   if s in connected]
+        sources = [
+            connected[s]
+            for s in sorted(stored, key=lambda s: -_copies_of(stored[s]))
+            if s in connected
+        ]
         dsts_all = self.destinations(doc, connected)
         dsts: list[FileStore] = []
         gained = 0
@@ -477,8 +491,13 @@ class MetaStore:
                 log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
             if new:
                 self.lib.docs.update(
-                    file_id, transitions.mark_copied, now, src.id,
-                    transitions.store_copies_weight(src_store), result.source.mtime, new,
+                    file_id,
+                    transitions.mark_copied,
+                    now,
+                    src.id,
+                    transitions.store_copies_weight(src_store),
+                    result.source.mtime,
+                    new,
                 )
             return sum(w for w, _ in new.values())
         return 0
@@ -515,9 +534,14 @@ class MetaStore:
                 if sid not in known:
                     known.add(sid)
                     n = self._purge_entries(sid)
-                    events.append(self.log_event(
-                        schema.LOG_STORE_PURGE, store_id=sid, reason="store_doc_missing", count=n
-                    ))
+                    events.append(
+                        self.log_event(
+                            schema.LOG_STORE_PURGE,
+                            store_id=sid,
+                            reason="store_doc_missing",
+                            count=n,
+                        )
+                    )
         events.extend(self.downgrade_unverified(online))
         return events
 
@@ -534,10 +558,15 @@ class MetaStore:
                 if self.lib.docs.update(due.file_id, transitions.downgrade_store_in_file, sid):
                     n += 1
             if n:
-                out.append(self.log_event(
-                    schema.LOG_STORE_DOWNGRADE, store_id=sid, reason="unverified", count=n,
-                    scope="copies",
-                ))
+                out.append(
+                    self.log_event(
+                        schema.LOG_STORE_DOWNGRADE,
+                        store_id=sid,
+                        reason="unverified",
+                        count=n,
+                        scope="copies",
+                    )
+                )
         return out
 
     # --- user actions (CLI and TUI) --------------------------------------------------
@@ -568,7 +597,10 @@ class MetaStore:
             raise UnknownStore(f"unknown store {store_id}") from None
         n = self._zero_copies_on(store_id)
         return self.log_event(
-            schema.LOG_STORE_DOWNGRADE, store_id=store_id, reason=reason, count=n,
+            schema.LOG_STORE_DOWNGRADE,
+            store_id=store_id,
+            reason=reason,
+            count=n,
             **self._drive_fields(store_id),
         )
 
@@ -611,12 +643,19 @@ class MetaStore:
             cursor = None
             while True:
                 page = self.lib.events(
-                    1000, newest_first=False, cursor=cursor,
+                    1000,
+                    newest_first=False,
+                    cursor=cursor,
                     types=[schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT],
                 )
                 for ev in page:
-                    seen.add((ev["type"], str(ev.get("doc_id") or ev.get("file_id")),
-                              "|".join(ev.get("errors") or [])))
+                    seen.add(
+                        (
+                            ev["type"],
+                            str(ev.get("doc_id") or ev.get("file_id")),
+                            "|".join(ev.get("errors") or []),
+                        )
+                    )
                 if len(page) < 1000:
                     break
                 cursor = page[-1]["_id"]
@@ -639,8 +678,12 @@ class MetaStore:
                     if key not in seen:
                         seen.add(key)
                         self.log_event(
-                            schema.LOG_DOC_INVALID, level=logging.ERROR, doc_id=doc.get("_id"),
-                            db=dbname, doc_type=doc.get("type"), errors=problems,
+                            schema.LOG_DOC_INVALID,
+                            level=logging.ERROR,
+                            doc_id=doc.get("_id"),
+                            db=dbname,
+                            doc_type=doc.get("type"),
+                            errors=problems,
                         )
                         logged += 1
                     continue
@@ -652,12 +695,51 @@ class MetaStore:
                         if key not in seen:
                             seen.add(key)
                             self.log_event(
-                                schema.LOG_FILE_INCONSISTENT, level=logging.ERROR,
-                                file_id=doc["_id"], errors=errs,
+                                schema.LOG_FILE_INCONSISTENT,
+                                level=logging.ERROR,
+                                file_id=doc["_id"],
+                                errors=errs,
                             )
                             logged += 1
         self._metadata_problems = invalid + inconsistent
+        self._write_check_state(docs)
         return CheckReport(docs, invalid, inconsistent, logged)
+
+    # The last check's result is remembered per library in this machine's data dir, so
+    # `status` (a new process) can show METADATA_INVALID without walking every doc again.
+
+    @property
+    def _check_state_path(self) -> Path:
+        return self.config.data_dir / "check-state.json"
+
+    def _read_check_state(self) -> int:
+        try:
+            data = json.loads(self._check_state_path.read_text(encoding="utf-8"))
+            entry = data.get(self.lib.display_url) or {}
+            return int(entry.get("problems", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0
+
+    def _write_check_state(self, docs: int) -> None:
+        path = self._check_state_path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data[self.lib.display_url] = {
+            "time": self.now(),
+            "docs": docs,
+            "problems": self._metadata_problems,
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot remember the check result in %s: %s", path, e)
 
     # --- health ----------------------------------------------------------------------
 
@@ -676,10 +758,16 @@ class MetaStore:
         online = health_mod.online_store_ids(machines, now, self.thresholds, set(local))
         verification = (
             {s["_id"]: self.lib.verification_stats(s["_id"]) for s in stores}
-            if with_verification else None
+            if with_verification
+            else None
         )
         return health_mod.assess(
-            self.lib.placement_summary(), stores, machines, now, online, self.thresholds,
+            self.lib.placement_summary(),
+            stores,
+            machines,
+            now,
+            online,
+            self.thresholds,
             verification=verification,
             metadata_problems=self._metadata_problems,
             shared_filesystems=_shared_filesystems(stores),
@@ -771,7 +859,10 @@ def _drive_identity(folder: Path) -> dict[str, Any]:
     try:
         from dmedia_tui import drives
 
-        fields.update(drives.drive_identity_for_path(folder))
+        identity = dict(drives.drive_identity_for_path(folder))
+        # The store doc calls it mount_path: where the filesystem was mounted when seen.
+        identity["mount_path"] = identity.pop("mount_point", None)
+        fields.update(identity)
     except Exception as e:  # discovery is best effort: a store works without it
         log.info("no drive identity for %s: %s", folder, e)
     return fields
