@@ -542,7 +542,9 @@ def _parse_since(value: str | None, now: float) -> float | None:
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
-        raise UserError(f"--since: expected unix seconds, an ISO date or 10m/2h/3d, got {value!r}")
+        raise UserError(
+            f"--since: expected unix seconds, an ISO date or 10m/2h/3d, got {value!r}"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()

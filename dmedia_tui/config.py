@@ -212,7 +212,9 @@ class Config:
         data = _read_json(self._stores_path, {})
         if not isinstance(data, dict):
             raise ConfigError(f"{self._stores_path}: expected a JSON object")
-        return {k: str(v) for k, v in data.items() if protocol.is_store_id(k) and isinstance(v, str)}
+        return {
+            k: str(v) for k, v in data.items() if protocol.is_store_id(k) and isinstance(v, str)
+        }
 
     def remember_store(self, store_id: str, folder: str | os.PathLike[str]) -> None:
         protocol.check_store_id(store_id)
