@@ -320,8 +320,10 @@ def _size(n: int) -> str:
 
 
 def _sort_alerts(alerts: list[Alert]) -> tuple[Alert, ...]:
-    """Worst first, then by code; ties in a stable, deterministic order."""
-    return tuple(sorted(alerts, key=lambda a: (-a.severity, a.code, a.store_ids, a.message)))
+    """Worst first, then by code, then most files first (deterministic to the last tie)."""
+    return tuple(
+        sorted(alerts, key=lambda a: (-a.severity, a.code, -a.files, a.store_ids, a.message))
+    )
 
 
 # --- online stores ---------------------------------------------------------------------
@@ -488,6 +490,7 @@ def _place_advice(
     stores: dict[str, _Store],
     machines: dict[str, _Machine],
     fresh_hosts: list[str],
+    fresh_ids: set[str],
 ) -> str:
     kind, key = place
     if kind == "drive":
@@ -500,7 +503,7 @@ def _place_advice(
         m = machines.get(key)
         if m is None:
             return f"boot the machine {labels} was last connected to ({key[:8]})"
-        if key in machines and m.hostname in fresh_hosts:
+        if key in fresh_ids:
             return f"connect {labels} on {m.hostname} (it is running but does not see it)"
         return f"boot {m.hostname}"
     s = stores.get(key)
@@ -515,6 +518,7 @@ def _disconnected_alerts(
     machines: dict[str, _Machine],
     online: set[str],
     fresh_hosts: list[str],
+    fresh_ids: set[str],
 ) -> list[Alert]:
     """DISCONNECTED_ONLY_COPY: user files with entries only on stores that are not online.
 
@@ -541,7 +545,7 @@ def _disconnected_alerts(
         advice = []
         for place in sorted(places):
             in_place = sorted(sid for sid in ids if _place(sid, stores) == place)
-            advice.append(_place_advice(place, in_place, stores, machines, fresh_hosts))
+            advice.append(_place_advice(place, in_place, stores, machines, fresh_hosts, fresh_ids))
         action = " or ".join(advice)
         alerts.append(
             Alert(
@@ -718,9 +722,8 @@ def assess(
         m = _machine(doc)
         if m is not None and m.id not in machine_map:
             machine_map[m.id] = m
-    fresh_hosts = sorted(
-        {m.hostname for m in machine_map.values() if _fresh(m.atime, now, th.heartbeat_fresh)}
-    )
+    fresh_ids = {m.id for m in machine_map.values() if _fresh(m.atime, now, th.heartbeat_fresh)}
+    fresh_hosts = sorted({machine_map[i].hostname for i in fresh_ids})
 
     # Per-store totals from the summary (all origins, and user files alone).
     per_store: dict[str, list[int]] = {}  # sid -> [files, bytes, user files, user bytes]
@@ -745,7 +748,7 @@ def assess(
     ):
         if maybe is not None:
             alerts.append(maybe)
-    alerts += _disconnected_alerts(user, store_map, machine_map, online, fresh_hosts)
+    alerts += _disconnected_alerts(user, store_map, machine_map, online, fresh_hosts, fresh_ids)
     alerts += _shared_alerts(shared_filesystems, store_map)
     for s in store_map.values():
         if s.failing and not s.acknowledged:

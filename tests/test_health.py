@@ -514,6 +514,16 @@ class TestDisconnected:
         got = sorted((a.store_ids, a.files, a.bytes) for a in alerts)
         assert got == sorted([((B,), 3, 30), ((C,), 4, 40), (tuple(sorted((B, C))), 8, 80)])
 
+    def test_biggest_group_first(self):
+        h = self.run([row(pl((B, 1)), 1, 10), row(pl((C, 1)), 50, 40)])
+        assert [a.store_ids for a in h.alerts if a.code == DISCONNECTED_ONLY_COPY] == [(C,), (B,)]
+
+    def test_a_running_namesake_does_not_make_the_machine_running(self):
+        stores, machines = laptop_setup()
+        machines.append(machine(sid(104), "kestrel", []))  # another "kestrel" is on
+        a = only(self.run([row(pl((B, 1)), 1, 5)], machines=machines), DISCONNECTED_ONLY_COPY)
+        assert a.action == "Boot kestrel"
+
     def test_two_internal_stores_of_one_machine_are_one_place(self):
         stores, machines = laptop_setup()
         stores.append(store(E, "laptop-hdd", machine_id=M_KESTREL, atime=NOW - 3600))
