@@ -437,7 +437,7 @@ def test_placement_summary_tolerates_malformed_stored(library: Library) -> None:
         file_doc(stored=["not", "a", "dict"], size=64),
         file_doc({a: 1}, size=-5),  # bad size counts 0 bytes
         file_doc({a: 1}, size="big"),  # type: ignore[arg-type]
-        file_doc({b: entry(2.0)}, size=128),  # float copies count 0
+        file_doc({b: entry(None)}, size=128),  # null copies count 0
     ]
     save_all(library, docs)
     assert summary(library) == {

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dmedia_tui import durability
 from dmedia_tui.db import DatabaseOffline, open_library
-from dmedia_tui.db.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteLibrary
+from dmedia_tui.db.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteLibrary, _file_row
 from dmedia_tui.protocol import random_id
 
 # --- the file --------------------------------------------------------------------------
@@ -283,3 +286,32 @@ def test_update_seq_sees_another_process_write(tmp_path: Path) -> None:
         assert len(lib.stores()) == 1
     finally:
         lib.close()
+
+
+# --- the derived columns are durability.py's numbers ----------------------------------------
+
+_SIDS = [random_id() for _ in range(5)]
+_junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(), st.text(max_size=3))
+_entry = st.one_of(
+    st.fixed_dictionaries({"copies": st.one_of(st.integers(-3, 5), _junk)}, optional={"v": _junk}),
+    _junk,
+)
+_stored = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(_SIDS), st.text(max_size=30)), _entry, max_size=6),
+    _junk,
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored=_stored, origin=_junk | st.sampled_from(["user", "cache"]), size=_junk)
+def test_derived_columns_equal_durability_functions(stored: Any, origin: Any, size: Any) -> None:
+    doc = {"_id": "F" * 48, "type": "dmedia/file", "stored": stored, "origin": origin}
+    doc["bytes"] = size
+    origin_, bytes_, placement, rank, dur, items = _file_row(doc)
+    assert origin_ == durability.file_origin(doc)
+    assert bytes_ == durability.file_bytes(doc)
+    assert placement == durability.placement_key(doc)
+    assert rank == durability.rank(doc)
+    assert dur == durability.durability(doc)
+    assert items == durability.stored_items(doc)
