@@ -111,6 +111,10 @@ def _errstr(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _valid_copies(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
     try:
@@ -205,7 +209,7 @@ class FileStore:
         if expected_id is not None and expected_id != self.id:
             raise WrongStore(f"{self.path} holds store {self.id}, expected {expected_id}")
         copies = self.doc.get("copies", 1)
-        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
+        if not _valid_copies(copies):
             raise NotAFileStore(f"{self.path}: invalid copies in {DOTDIR}/{STORE_JSON}")
         self.copies: int = copies
         for d in (self.files_dir, self.tmp_dir, self.corrupt_dir):
@@ -263,6 +267,8 @@ class FileStore:
             raise FileStoreError(f"store doc _id {doc['_id']!r} is not {store_id!r}")
         if not is_store_id(doc["_id"]):
             raise FileStoreError(f"invalid store ID: {doc['_id']!r:.80}")
+        if not _valid_copies(doc.get("copies", 1)):
+            raise FileStoreError(f"invalid copies: {doc['copies']!r:.80}")
         try:
             dot.mkdir(exist_ok=True)
             for sub in ("files", "tmp", "corrupt"):

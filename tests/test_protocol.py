@@ -252,3 +252,21 @@ def test_log_id_time_truncates_fractions_and_rejects_junk() -> None:
     assert P.log_id_time(P.log_id(1_795_608_000.9)) == 1_795_608_000
     with pytest.raises(InvalidID):
         P.log_id_time("not a log id")
+
+
+@pytest.mark.skipif(not P._mmap_ok, reason="needs mmap with MADV_POPULATE_READ (Linux >= 5.14)")
+def test_truncated_under_the_mapping_is_an_oserror_not_sigbus(tmp_path: Path) -> None:
+    """A file that shrinks while mapped would SIGBUS a plain mmap reader and kill the
+    process; the populate-then-hash reader raises OSError instead (-> "unreadable")."""
+    path = tmp_path / "shrinks"
+    path.write_bytes(pattern(3 * LEAF_SIZE))
+    with open(path, "rb", buffering=0) as f:
+        mm = P._map_file(f.fileno(), 3 * LEAF_SIZE)
+        assert mm is not None
+        try:
+            with open(path, "r+b") as g:
+                g.truncate(LEAF_SIZE // 2)
+            with pytest.raises(OSError):
+                P._hash_mapped(mm, 3 * LEAF_SIZE, None)
+        finally:
+            mm.close()

@@ -1,0 +1,549 @@
+"""FileStore: layout, import, verify, quarantine, copy_to, crash safety — on real files."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dmedia_tui import filestore as fs_mod
+from dmedia_tui.filestore import (
+    FileStore,
+    FileStoreError,
+    NotAFileStore,
+    VerifyStatus,
+    WrongStore,
+)
+from dmedia_tui.protocol import LEAF_SIZE, InvalidID, hash_bytes, hash_path, random_id
+
+BIG = 2 * LEAF_SIZE + 12345  # three leaves, the last one short
+
+
+def data(n: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating-ish bytes."""
+    block = bytes((i * 7 + seed) % 251 for i in range(4096))
+    return (block * (n // 4096 + 1))[:n]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    (tmp_path / "src").mkdir()
+    return FileStore.create(tmp_path / "src")
+
+
+def make_stores(tmp_path: Path, *names: str) -> list[FileStore]:
+    out = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        out.append(FileStore.create(tmp_path / name))
+    return out
+
+
+def tamper(path: Path, change: Callable[[bytes], bytes]) -> bytes:
+    """Rewrite a read-only canonical copy in place (as a failing drive would)."""
+    os.chmod(path, 0o644)
+    new = change(path.read_bytes())
+    path.write_bytes(new)
+    os.chmod(path, 0o444)
+    return new
+
+
+def listing(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
+
+# --- create / open ------------------------------------------------------------------
+
+
+def test_create_makes_the_layout(tmp_path: Path) -> None:
+    s = FileStore.create(tmp_path)
+    dot = tmp_path / ".dmedia"
+    for sub in ("files", "tmp", "corrupt"):
+        assert (dot / sub).is_dir()
+    doc = json.loads((dot / "store.json").read_text())
+    assert doc["_id"] == s.id and len(s.id) == 24
+    assert doc["type"] == "dmedia/store"
+    assert doc["copies"] == 1 and s.copies == 1
+    assert s.doc == doc
+    assert s.path == tmp_path
+
+
+def test_create_writes_the_given_doc(tmp_path: Path) -> None:
+    sid = random_id()
+    doc = {"_id": sid, "type": "dmedia/store", "time": 1.5, "copies": 2, "label": "usb"}
+    s = FileStore.create(tmp_path, sid, doc)
+    assert json.loads((tmp_path / ".dmedia/store.json").read_text()) == doc
+    reopened = FileStore(tmp_path, expected_id=sid)
+    assert (reopened.id, reopened.copies, reopened.doc) == (sid, 2, doc)
+    assert s.id == sid
+
+
+def test_create_refuses_an_existing_store(tmp_path: Path) -> None:
+    first = FileStore.create(tmp_path)
+    with pytest.raises(FileStoreError, match="already exists"):
+        FileStore.create(tmp_path)
+    assert FileStore(tmp_path).id == first.id
+
+
+def test_create_refuses_a_missing_folder_or_a_file(tmp_path: Path) -> None:
+    with pytest.raises(FileStoreError, match="not a directory"):
+        FileStore.create(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileStoreError, match="not a directory"):
+        FileStore.create(tmp_path / "f")
+
+
+def test_create_refuses_a_bad_store_id(tmp_path: Path) -> None:
+    with pytest.raises(FileStoreError, match="invalid store ID"):
+        FileStore.create(tmp_path, "../../etc")
+    assert not (tmp_path / ".dmedia/store.json").exists()
+
+
+def test_open_wrong_store(tmp_path: Path) -> None:
+    FileStore.create(tmp_path)
+    with pytest.raises(WrongStore):
+        FileStore(tmp_path, expected_id=random_id())
+
+
+@pytest.mark.parametrize(
+    "content",
+    [None, b"not json", b"[1, 2]", b'{"_id": "../../etc"}', b'{"_id": "AAAAAAAAAAAAAAAAAAAAAAAA"'],
+)
+def test_open_not_a_store(tmp_path: Path, content: bytes | None) -> None:
+    if content is not None:
+        (tmp_path / ".dmedia").mkdir()
+        (tmp_path / ".dmedia/store.json").write_bytes(content)
+    with pytest.raises(NotAFileStore) as e:
+        FileStore(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_open_a_file_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotAFileStore):
+        FileStore(tmp_path / "f")
+
+
+@pytest.mark.parametrize("copies", [-1, "2", True, 1.5])
+def test_invalid_copies_refused(tmp_path: Path, copies: object) -> None:
+    doc = {"_id": random_id(), "type": "dmedia/store", "copies": copies}
+    with pytest.raises(FileStoreError, match="copies"):
+        FileStore.create(tmp_path, doc=doc)
+    assert not (tmp_path / ".dmedia/store.json").exists()
+    (tmp_path / ".dmedia").mkdir(exist_ok=True)
+    (tmp_path / ".dmedia/store.json").write_text(json.dumps(doc))
+    with pytest.raises(NotAFileStore, match="copies"):
+        FileStore(tmp_path)
+
+
+def test_statvfs_and_filesystem_id(store: FileStore) -> None:
+    total, avail = store.statvfs()
+    assert 0 < avail <= total
+    assert store.bytes_total == total
+    assert store.filesystem_id == os.stat(store.path).st_dev
+
+
+# --- IDs are validated before they become paths ---------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "../" * 16, "a" * 48, "", None])
+def test_ids_validated_before_paths(store: FileStore, bad: object) -> None:
+    for op in (
+        store.file_path,
+        store.corrupt_path,
+        store.stat,
+        store.exists,
+        store.verify,
+        store.move_to_corrupt,
+        lambda i: store.copy_to(i, []),
+    ):
+        with pytest.raises(InvalidID):
+            op(bad)  # type: ignore[arg-type]
+
+
+# --- import -------------------------------------------------------------------------
+
+
+def test_import_new_file(store: FileStore, tmp_path: Path) -> None:
+    src = tmp_path / "MVI_0001.MOV"
+    src.write_bytes(data(BIG))
+    seen: list[int] = []
+    r = store.import_file(src, seen.append)
+    assert r.new
+    assert r.content_hash == hash_path(src)
+    fid = r.content_hash.id
+    dst = store.path / ".dmedia" / "files" / fid[:2] / fid[2:]
+    assert store.file_path(fid) == dst
+    assert dst.read_bytes() == src.read_bytes()
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o444
+    assert r.mtime == int(dst.stat().st_mtime) == store.stat(fid).mtime
+    assert store.stat(fid).size == BIG
+    assert sum(seen) == BIG and len(seen) == 3
+    assert listing(store.path / ".dmedia") == [f"files/{fid[:2]}/{fid[2:]}", "store.json"]
+
+
+def test_import_duplicate(store: FileStore, tmp_path: Path) -> None:
+    a = tmp_path / "a.jpg"
+    b = tmp_path / "b.jpg"
+    a.write_bytes(data(5000))
+    b.write_bytes(data(5000))
+    first = store.import_file(a)
+    ino = store.file_path(first.content_hash.id).stat().st_ino
+    second = store.import_file(b)
+    assert (first.new, second.new) == (True, False)
+    assert second.content_hash == first.content_hash
+    assert second.mtime == first.mtime
+    assert store.file_path(first.content_hash.id).stat().st_ino == ino
+    assert [s.id for s in store] == [first.content_hash.id]
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_import_bytes(store: FileStore) -> None:
+    r = store.import_bytes(b"hello")
+    assert r.new and r.content_hash == hash_bytes(b"hello")
+    assert store.file_path(r.content_hash.id).read_bytes() == b"hello"
+    assert not store.import_bytes(b"hello").new
+
+
+def test_import_refuses_empty_files_and_folders(store: FileStore, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(FileStoreError, match="empty file"):
+        store.import_file(empty)
+    with pytest.raises(FileStoreError, match="empty file"):
+        store.import_bytes(b"")
+    with pytest.raises(FileStoreError, match="not a regular file"):
+        store.import_file(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        store.import_file(tmp_path / "nope")
+    assert list(store) == []
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+# --- crash safety ---------------------------------------------------------------------
+
+
+def fail_writes_after(monkeypatch: pytest.MonkeyPatch, limit: int, under: Path) -> None:
+    """os.write raises ENOSPC once `limit` bytes went to files under `under`."""
+    real = os.write
+    done = {"n": 0}
+
+    def write(fd: int, buf: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(under)):
+            if done["n"] + len(buf) > limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done["n"] += len(buf)
+        return real(fd, buf)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_failed_write_midway_leaves_nothing(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "big"
+    src.write_bytes(data(BIG))
+    fail_writes_after(monkeypatch, LEAF_SIZE + 100, store.path)
+    with pytest.raises(OSError) as e:
+        store.import_file(src)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert list(FileStore(store.path)) == []
+    assert listing(store.path / ".dmedia") == ["store.json"]
+
+
+def test_crash_midway_leaves_no_canonical_file(store: FileStore, tmp_path: Path) -> None:
+    """A process killed mid-import leaves a tmp file only; reopening purges it."""
+    src = tmp_path / "big"
+    src.write_bytes(data(BIG))
+    child = textwrap.dedent(
+        f"""
+        import os
+        from dmedia_tui.filestore import FileStore
+        real = os.write
+        def write(fd, buf):
+            if os.readlink(f"/proc/self/fd/{{fd}}").startswith({str(store.tmp_dir)!r}):
+                real(fd, bytes(buf[:1000]))
+                os._exit(9)  # the power goes out mid-write
+            return real(fd, buf)
+        os.write = write
+        FileStore({str(store.path)!r}).import_file({str(src)!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True)
+    assert proc.returncode == 9, proc.stderr.decode()
+    leftovers = list(store.tmp_dir.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size == 1000
+    reopened = FileStore(store.path)
+    assert list(store.tmp_dir.iterdir()) == []
+    assert list(reopened) == []
+    assert listing(store.path / ".dmedia") == ["store.json"]
+
+
+def test_purge_tmp_keeps_live_writes(store: FileStore) -> None:
+    (store.tmp_dir / "stale1").write_bytes(b"partial")
+    (store.tmp_dir / "stale2").write_bytes(b"")
+    live = fs_mod._TmpFile(store)  # a write in progress: holds its flock
+    try:
+        FileStore(store.path)  # opening purges stale tmp files only
+        assert [p.name for p in store.tmp_dir.iterdir()] == [live.path.name]
+        assert store.purge_tmp() == 0
+    finally:
+        live.discard()
+    assert list(store.tmp_dir.iterdir()) == []
+    (store.tmp_dir / "stale3").write_bytes(b"x")
+    assert store.purge_tmp() == 1
+
+
+# --- verify -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def imported(store: FileStore) -> str:
+    return store.import_bytes(data(BIG)).content_hash.id
+
+
+def test_verify_ok(store: FileStore, imported: str) -> None:
+    seen: list[int] = []
+    r = store.verify(imported, seen.append)
+    assert r.status == VerifyStatus.OK == "ok"
+    assert r.mtime == store.stat(imported).mtime
+    assert r.content_hash == hash_bytes(data(BIG))
+    assert r.quarantine is None and r.error is None
+    assert sum(seen) == BIG
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(
+            lambda b: b[:LEAF_SIZE] + bytes([b[LEAF_SIZE] ^ 1]) + b[LEAF_SIZE + 1 :], id="bit-flip"
+        ),
+        pytest.param(lambda b: b[:-1], id="truncated"),
+        pytest.param(lambda b: b[:LEAF_SIZE], id="truncated-at-leaf"),
+        pytest.param(lambda b: b + b"\x00", id="appended-byte"),
+        pytest.param(lambda b: b"", id="emptied"),
+    ],
+)
+def test_verify_corrupt_is_quarantined_never_deleted(
+    store: FileStore, imported: str, change: Callable[[bytes], bytes]
+) -> None:
+    bad = tamper(store.file_path(imported), change)
+    r = store.verify(imported)
+    assert r.status == VerifyStatus.CORRUPT
+    assert r.quarantine == store.corrupt_path(imported)
+    assert r.quarantine.read_bytes() == bad
+    assert not store.file_path(imported).exists()
+    assert [s.id for s in store] == []
+    if bad:
+        assert r.content_hash is not None and r.content_hash.id != imported
+
+
+def test_a_second_quarantine_keeps_both(store: FileStore, imported: str) -> None:
+    tamper(store.file_path(imported), lambda b: b[:-1])
+    first = store.verify(imported).quarantine
+    store.import_bytes(data(BIG))
+    tamper(store.file_path(imported), lambda b: b[:-2])
+    second = store.verify(imported).quarantine
+    assert first is not None and second is not None and first != second
+    assert second.name == imported + ".1"
+    assert first.stat().st_size == BIG - 1 and second.stat().st_size == BIG - 2
+
+
+def test_verify_missing(store: FileStore, imported: str) -> None:
+    os.unlink(store.file_path(imported))
+    r = store.verify(imported)
+    assert r.status == VerifyStatus.MISSING
+    assert listing(store.corrupt_dir) == []
+
+
+def test_verify_unreadable_on_open(
+    store: FileStore, imported: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO (a failing drive cannot be produced here) is retried later, never corrupt."""
+
+    def eio(*a: object, **k: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fs_mod, "open", eio, raising=False)
+    r = store.verify(imported)
+    assert r.status == VerifyStatus.UNREADABLE
+    assert r.error == "Input/output error (EIO)"
+    monkeypatch.undo()
+    assert store.exists(imported) and listing(store.corrupt_dir) == []
+
+
+def test_verify_unreadable_midway(
+    store: FileStore, imported: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error after the first leaf was read: nothing moved."""
+    real = fs_mod.hash_file
+
+    def failing(f, progress=None, **kw):  # type: ignore[no-untyped-def]
+        def p(n: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        return real(f, p, **kw)
+
+    monkeypatch.setattr(fs_mod, "hash_file", failing)
+    assert store.verify(imported).status == VerifyStatus.UNREADABLE
+    monkeypatch.undo()
+    assert store.verify(imported).status == VerifyStatus.OK
+
+
+def test_verify_unreadable_directory_in_place(store: FileStore, imported: str) -> None:
+    path = store.file_path(imported)
+    os.unlink(path)
+    path.mkdir()
+    r = store.verify(imported)
+    assert r.status == VerifyStatus.UNREADABLE
+    assert path.is_dir() and listing(store.corrupt_dir) == []
+
+
+# --- iteration ----------------------------------------------------------------------
+
+
+def test_iteration_skips_junk(store: FileStore) -> None:
+    ids = sorted(store.import_bytes(data(100 + i, seed=i)).content_hash.id for i in range(5))
+    files = store.files_dir
+    (files / "README.txt").write_text("junk")
+    (files / "ZZ").mkdir()
+    (files / "ZZ" / ("A" * 46)).write_text("bad prefix: Z is not in the alphabet")
+    (files / ids[0][:2] / "short").write_text("junk")
+    (files / ids[0][:2] / ids[0][2:].lower()).write_text("lower case")
+    (files / "AA").mkdir(exist_ok=True)
+    (files / "AA" / ("B" * 46)).mkdir()  # a directory with a valid ID name
+    assert [s.id for s in store] == ids
+    assert all(s.size == store.stat(s.id).size for s in store)
+
+
+# --- copy_to ------------------------------------------------------------------------
+
+
+def test_copy_to_two_stores(store: FileStore, imported: str, tmp_path: Path) -> None:
+    a, b = make_stores(tmp_path, "a", "b")
+    seen: list[int] = []
+    r = store.copy_to(imported, [a, b], seen.append)
+    assert r.status == VerifyStatus.OK
+    assert r.failed == {}
+    assert set(r.written) == {a.id, b.id}
+    for dst in (a, b):
+        path = dst.file_path(imported)
+        assert path.read_bytes() == data(BIG)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+        assert r.written[dst.id] == dst.stat(imported).mtime
+        assert list(dst.tmp_dir.iterdir()) == []
+        assert dst.verify(imported).status == VerifyStatus.OK
+    assert r.source is not None and r.source.content_hash == hash_bytes(data(BIG))
+    assert sum(seen) == BIG
+
+
+def test_copy_to_leaves_an_existing_copy_alone(
+    store: FileStore, imported: str, tmp_path: Path
+) -> None:
+    (a,) = make_stores(tmp_path, "a")
+    a.import_bytes(data(BIG))
+    ino = a.file_path(imported).stat().st_ino
+    r = store.copy_to(imported, [a])
+    assert r.written == {a.id: a.stat(imported).mtime}
+    assert a.file_path(imported).stat().st_ino == ino
+
+
+def test_copy_from_corrupt_source_writes_nothing(
+    store: FileStore, imported: str, tmp_path: Path
+) -> None:
+    a, b = make_stores(tmp_path, "a", "b")
+    bad = tamper(store.file_path(imported), lambda x: x[:-5] + b"XXXXX")
+    r = store.copy_to(imported, [a, b])
+    assert r.status == VerifyStatus.CORRUPT
+    assert r.written == {} and r.failed == {}
+    assert r.source is not None and r.source.quarantine == store.corrupt_path(imported)
+    assert store.corrupt_path(imported).read_bytes() == bad
+    for dst in (a, b):
+        assert listing(dst.path / ".dmedia") == ["store.json"]
+
+
+def test_copy_from_missing_or_unreadable_source(
+    store: FileStore, imported: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a,) = make_stores(tmp_path, "a")
+    real = fs_mod.read_full
+    calls = {"n": 0}
+
+    def eio_on_second_leaf(f, view):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(f, view)
+
+    monkeypatch.setattr(fs_mod, "read_full", eio_on_second_leaf)
+    r = store.copy_to(imported, [a])
+    assert r.status == VerifyStatus.UNREADABLE
+    assert r.written == {}
+    monkeypatch.undo()
+    assert store.exists(imported) and listing(store.corrupt_dir) == []
+    assert listing(a.path / ".dmedia") == ["store.json"]
+
+    os.unlink(store.file_path(imported))
+    r = store.copy_to(imported, [a])
+    assert r.status == VerifyStatus.MISSING and r.written == {}
+
+
+def test_copy_dst_failure_is_isolated(
+    store: FileStore, imported: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = make_stores(tmp_path, "a", "b", "c")
+    fail_writes_after(monkeypatch, LEAF_SIZE, b.path)
+    r = store.copy_to(imported, [a, b, c])
+    monkeypatch.undo()
+    assert r.status == VerifyStatus.OK
+    assert set(r.written) == {a.id, c.id}
+    assert r.failed == {b.id: "No space left on device (ENOSPC)"}
+    assert listing(b.path / ".dmedia") == ["store.json"]
+    assert a.verify(imported).status == c.verify(imported).status == VerifyStatus.OK
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (needs root and mount): ENOSPC for real."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mnt)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_copy_to_a_full_filesystem(
+    store: FileStore, imported: str, tmp_path: Path, tiny_tmpfs: Path
+) -> None:
+    (a,) = make_stores(tmp_path, "a")
+    full = FileStore.create(tiny_tmpfs)
+    r = store.copy_to(imported, [full, a])
+    assert r.status == VerifyStatus.OK
+    assert r.failed == {full.id: "No space left on device (ENOSPC)"}
+    assert set(r.written) == {a.id}
+    assert listing(tiny_tmpfs / ".dmedia") == ["store.json"]
+    assert FileStore(tiny_tmpfs).bytes_avail > LEAF_SIZE // 4  # the partial write is gone
+
+
+def test_move_to_corrupt_missing(store: FileStore) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.move_to_corrupt(hash_bytes(b"nope").id)
