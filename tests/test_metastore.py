@@ -1,0 +1,278 @@
+"""MetaStore operations on a real SQLite library and real FileStores in temp dirs."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from dmedia_tui import schema
+from dmedia_tui.config import DAY, Config
+from dmedia_tui.durability import durability
+from dmedia_tui.engine import Engine
+from dmedia_tui.filestore import FileStore, VerifyStatus
+from dmedia_tui.metastore import MetaStore, MetaStoreError, UnknownStore
+from tests.conftest import NOW
+
+
+@pytest.fixture
+def ms(sqlite_library, tmp_path: Path, clock) -> MetaStore:
+    config = Config.load(tmp_path / "config", tmp_path / "data")
+    return MetaStore(sqlite_library, config, clock)
+
+
+def new_store(ms: MetaStore, tmp_path: Path, name: str, copies: int = 1) -> FileStore:
+    folder = tmp_path / name
+    folder.mkdir()
+    fs, _doc, created = ms.init_store(folder, copies=copies, label=name, same_filesystem=True)
+    assert created
+    return fs
+
+
+def source_file(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / "src" / name
+    p.parent.mkdir(exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def events(ms: MetaStore, type: str) -> list[dict]:
+    return ms.lib.events(1000, newest_first=False, types=[type])
+
+
+def test_init_store_refuses_same_filesystem_and_missing_folder(ms, tmp_path):
+    new_store(ms, tmp_path, "a")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(MetaStoreError, match="same filesystem"):
+        ms.init_store(tmp_path / "b", label="b")
+    assert not (tmp_path / "b" / ".dmedia").exists()
+    with pytest.raises(MetaStoreError, match="not a folder"):
+        ms.init_store(tmp_path / "nope")
+
+
+def test_init_store_adopts_an_existing_filestore(ms, tmp_path):
+    fs = new_store(ms, tmp_path, "a")
+    again, doc, created = ms.init_store(tmp_path / "a")
+    assert not created and again.id == fs.id and doc["_id"] == fs.id
+
+
+def test_resolve_store_by_id_prefix_and_label(ms, tmp_path):
+    a = new_store(ms, tmp_path, "alpha")
+    new_store(ms, tmp_path, "beta")
+    assert ms.resolve_store("alpha")["_id"] == a.id
+    assert ms.resolve_store(a.id[:10])["_id"] == a.id
+    with pytest.raises(UnknownStore):
+        ms.resolve_store("gamma")
+
+
+def test_import_records_once_and_merges_locations(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    b = new_store(ms, tmp_path, "b")
+    src = source_file(tmp_path, "MVI_0001.MOV", b"x" * 5000)
+    fid, new = ms.import_file(src, a)
+    assert new
+    fid2, new2 = ms.import_file(src, b)
+    assert (fid2, new2) == (fid, False)
+    doc = ms.lib.docs.get(fid)
+    assert set(doc["stored"]) == {a.id, b.id}
+    assert durability(doc) == 2 and doc["name"] == "MVI_0001.MOV"
+    assert schema.check_doc(doc) == [] and schema.check_file_consistency(doc) == []
+
+
+def test_verify_ok_sets_verified(ms, tmp_path, clock):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"abc" * 1000), a)
+    clock.advance(10)
+    r = ms.verify_copy(a, fid)
+    assert r.status == VerifyStatus.OK
+    assert ms.lib.docs.get(fid)["stored"][a.id]["verified"] == int(NOW + 10)
+
+
+def test_unreadable_copy_changes_nothing(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"abc" * 1000), a)
+    before = ms.lib.docs.get(fid)
+
+    def drive_gone(nbytes: int) -> None:
+        # An EIO mid-read is the one thing we cannot make a real disk do here: the
+        # progress hook runs inside the read loop, so raising there is the same path.
+        raise OSError(errno.EIO, "Input/output error")
+
+    r = ms.verify_copy(a, fid, progress=drive_gone)
+    assert r.status == VerifyStatus.UNREADABLE
+    assert ms.lib.docs.get(fid) == before
+    assert ms.lib.events(10) == []
+    assert a.file_path(fid).exists()
+
+
+def test_corrupt_copy_downgrades_and_flags_store_and_reverify_gives_nothing_back(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    b = new_store(ms, tmp_path, "b")
+    f1, _ = ms.import_file(source_file(tmp_path, "f1", b"1" * 4000), a)
+    f2, _ = ms.import_file(source_file(tmp_path, "f2", b"2" * 4000), a)
+    ms.import_file(source_file(tmp_path, "f1", b"1" * 4000), b)
+    path = a.file_path(f1)
+    path.chmod(0o644)
+    path.write_bytes(b"1" * 3999 + b"X")
+    assert ms.verify_copy(a, f1).status == VerifyStatus.CORRUPT
+    doc1 = ms.lib.docs.get(f1)
+    assert a.id not in doc1["stored"] and a.id in doc1["corrupt"]
+    store = ms.store_doc(a.id)
+    assert store["no_new_copies"] is True and store["failure"]["corrupt_count"] == 1
+    assert store["downgraded"]["reason"] == "corrupt"
+    # Every other copy on the store now counts 0, still tracked.
+    assert ms.lib.docs.get(f2)["stored"][a.id]["copies"] == 0
+    assert len(events(ms, schema.LOG_FILE_CORRUPT)) == 1
+    assert len(events(ms, schema.LOG_STORE_FAILING)) == 1
+    assert len(events(ms, schema.LOG_STORE_DOWNGRADE)) == 1
+    # Re-verifying a good copy on the flagged store does not give durability back.
+    assert ms.verify_copy(a, f2).status == VerifyStatus.OK
+    assert ms.lib.docs.get(f2)["stored"][a.id]["copies"] == 0
+    # Trust again: the next verification counts.
+    ms.trust_store(a.id)
+    assert ms.verify_copy(a, f2).status == VerifyStatus.OK
+    assert ms.lib.docs.get(f2)["stored"][a.id]["copies"] == 1
+
+
+def test_missing_copy_is_removed_and_logged(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"m" * 100), a)
+    a.file_path(fid).unlink()
+    assert ms.verify_copy(a, fid).status == VerifyStatus.MISSING
+    assert ms.lib.docs.get(fid)["stored"] == {}
+    assert [e["file_id"] for e in events(ms, schema.LOG_FILE_MISSING)] == [fid]
+
+
+def test_copies_never_go_to_a_flagged_store_nor_past_the_reserve(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    b = new_store(ms, tmp_path, "b")
+    c = new_store(ms, tmp_path, "c")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"q" * 1000), a)
+    ms.lib.docs.update(b.id, lambda d: {**d, "no_new_copies": True})
+    connected = {s.id: s for s in (a, b, c)}
+    assert ms.make_copy(ms.lib.docs.get(fid), connected) == 1
+    doc = ms.lib.docs.get(fid)
+    assert set(doc["stored"]) == {a.id, c.id}
+    assert not b.exists(fid)
+    # A reserve bigger than any disk: no copy anywhere.
+    g, _ = ms.import_file(source_file(tmp_path, "g", b"r" * 1000), a)
+    ms.thresholds = type(ms.thresholds)(reserve_fraction=1.0, reserve_max_bytes=10**18)
+    assert ms.make_copy(ms.lib.docs.get(g), connected) == 0
+
+
+def test_corrupt_source_is_not_copied_from(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    b = new_store(ms, tmp_path, "b")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"s" * 3000), a)
+    a.file_path(fid).chmod(0o644)
+    a.file_path(fid).write_bytes(b"t" * 3000)
+    assert ms.make_copy(ms.lib.docs.get(fid), {a.id: a, b.id: b}) == 0
+    assert not b.exists(fid)
+    assert len(events(ms, schema.LOG_FILE_CORRUPT)) == 1
+    assert ms.store_doc(a.id)["no_new_copies"] is True
+
+
+def test_time_policies_at_exact_thresholds(ms, tmp_path, clock):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"p" * 100), a)
+    ms.heartbeat({a.id: a})
+    clock.t = NOW + 3 * DAY - 1
+    assert ms.run_time_policies(online=set()) == []
+    clock.t = NOW + 3 * DAY
+    (ev,) = ms.run_time_policies(online=set())
+    assert (ev["type"], ev["reason"], ev["count"]) == (schema.LOG_STORE_DOWNGRADE, "atime", 1)
+    assert ms.lib.docs.get(fid)["stored"][a.id]["copies"] == 0
+    assert ms.run_time_policies(online=set()) == []  # not downgraded twice
+    clock.t = NOW + 8 * DAY - 1
+    assert ms.run_time_policies(online=set()) == []
+    clock.t = NOW + 8 * DAY
+    (ev,) = ms.run_time_policies(online=set())
+    assert (ev["type"], ev["reason"]) == (schema.LOG_STORE_PURGE, "atime")
+    assert ms.lib.docs.get(fid)["stored"] == {}
+    assert ms.store_doc(a.id) is None
+    assert a.file_path(fid).exists()  # never deletes files
+
+
+def test_online_store_is_never_aged_out(ms, tmp_path, clock):
+    a = new_store(ms, tmp_path, "a")
+    ms.heartbeat({a.id: a})
+    clock.t = NOW + 30 * DAY
+    assert ms.run_time_policies(online={a.id}) == []
+
+
+def test_file_entries_naming_a_vanished_store_are_purged(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"o" * 100), a)
+    ms.lib.docs.delete(ms.store_doc(a.id))
+    evs = ms.run_time_policies(online={a.id})
+    assert [(e["type"], e["reason"]) for e in evs] == [
+        (schema.LOG_STORE_PURGE, "store_doc_missing")
+    ]
+    assert ms.lib.docs.get(fid)["stored"] == {}
+
+
+def test_copy_unverified_for_30_days_is_downgraded(ms, tmp_path, clock):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"v" * 100), a)
+    ms.verify_copy(a, fid)
+    clock.t = NOW + 30 * DAY - 1
+    assert ms.downgrade_unverified({a.id}) == []
+    clock.t = NOW + 30 * DAY + 1
+    (ev,) = ms.downgrade_unverified({a.id})
+    assert ev["reason"] == "unverified"
+    assert ms.lib.docs.get(fid)["stored"][a.id]["copies"] == 0
+
+
+def test_preview_counts_what_purge_would_change(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    b = new_store(ms, tmp_path, "b")
+    f, _ = ms.import_file(source_file(tmp_path, "f", b"1" * 100), a)
+    ms.import_file(source_file(tmp_path, "g", b"2" * 100), a)
+    ms.import_file(source_file(tmp_path, "f", b"1" * 100), b)
+    p = ms.preview("purge", a.id)
+    assert (p.files, p.copies, p.user_files_only_there) == (2, 2, 1)
+    assert "1 user files have no other known copy" in p.describe()
+    # A preview changes nothing.
+    assert ms.lib.docs.get(f)["stored"][a.id]["copies"] == 1
+
+
+def test_acknowledge_requires_a_failure(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    with pytest.raises(MetaStoreError, match="no failure"):
+        ms.acknowledge_failure(a.id)
+
+
+def test_engine_run_once_heals_to_three_and_lock_is_exclusive(ms, tmp_path):
+    stores = [new_store(ms, tmp_path, n) for n in "abcd"]
+    ids = [
+        ms.import_file(source_file(tmp_path, f"f{i}", bytes([i]) * 2000), stores[0])[0]
+        for i in range(5)
+    ]
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    assert engine.acquire_lock()
+    other = Engine(ms, watch_drives=False, watch_folders=False)
+    assert not other.acquire_lock()
+    summary = engine.run_once()
+    assert summary.copies == 5
+    for fid in ids:
+        assert durability(ms.lib.docs.get(fid)) == 3
+    h = ms.health(local=[s.id for s in stores])
+    assert h.histogram[3].files == 5
+    engine.release_lock()
+    assert other.acquire_lock()
+    other.release_lock()
+
+
+def test_engine_threads_start_and_stop_quickly(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    seen = []
+    engine.subscribe(seen.append)
+    assert engine.acquire_lock()
+    engine.start()
+    ms.import_file(source_file(tmp_path, "f", b"z" * 100), a)
+    engine.request_verify(a.id)
+    engine.stop(timeout=10)
+    assert all(not t.is_alive() for t in engine._threads)
+    assert any(e.kind == "changed" for e in seen)
