@@ -40,11 +40,7 @@ SYS_CLASS_BLOCK = "/sys/class/block"
 SYS_DEV_BLOCK = "/sys/dev/block"
 UDEV_DATA = "/run/udev/data"
 
-# Filesystems that are not on a block device but still live on this machine: a store in
-# one of them is "internal" (the machine must be on), never "removable".
-_LOCAL_VIRTUAL_FS = frozenset(
-    {"tmpfs", "ramfs", "overlay", "aufs", "squashfs", "erofs", "zfs", "btrfs", "fuse.mergerfs"}
-)
+# Network filesystems: whether the store is internal or removable is unknown.
 _NETWORK_FS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "fuse.sshfs", "sshfs"}
 )
