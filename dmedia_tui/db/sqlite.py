@@ -185,17 +185,18 @@ class SQLiteDatabase(Database):
         return json.loads(row[0])
 
     def get_many(self, doc_ids: list[str]) -> list[Doc | None]:
-        found: dict[str, Doc] = {}
+        found: dict[str, str] = {}
         with self._lib._read() as c:
             for chunk in _chunks(list(dict.fromkeys(doc_ids))):
                 marks = ",".join("?" * len(chunk))
-                for doc_id, text in c.execute(
-                    f"SELECT id, json FROM doc WHERE db=? AND deleted=0 AND id IN ({marks})",
-                    (self._key, *chunk),
-                ):
-                    found[doc_id] = json.loads(text)
-        # A fresh dict per position, so callers may edit docs asked for twice.
-        return [json.loads(json.dumps(found[i])) if i in found else None for i in doc_ids]
+                found.update(
+                    c.execute(
+                        f"SELECT id, json FROM doc WHERE db=? AND deleted=0 AND id IN ({marks})",
+                        (self._key, *chunk),
+                    )
+                )
+        # Decoded per position: callers may edit a doc they asked for twice.
+        return [json.loads(found[i]) if i in found else None for i in doc_ids]
 
     def page(self, limit: int = 1000, start_after: str | None = None) -> list[Doc]:
         with self._lib._read() as c:

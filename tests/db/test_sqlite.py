@@ -27,6 +27,10 @@ def test_new_library_file_is_private_in_a_new_folder(tmp_path: Path) -> None:
     lib = SQLiteLibrary(path)
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        lib.docs.save({"_id": random_id(), "type": "dmedia/store"})
+        wal = Path(f"{path}-wal")
+        assert wal.exists()  # SQLite gives its side files the mode of the database
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
         assert lib.display_url == str(path)
         assert os.path.isabs(lib.display_url)
     finally:
