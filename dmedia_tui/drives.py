@@ -503,32 +503,33 @@ def list_partitions(
     if not include_unmounted:
         return out
     seen = set(mounts)
-    extra: list[str] = []
+    # Every partition of a drive that has a mounted one is listed, even without a readable
+    # UUID: the filestore_missing rule must see the whole drive to judge a serial match.
+    siblings: set[str] = set()
+    for disk in {_disk_of(n) for n in mounts}:
+        try:
+            with os.scandir(f"/sys/block/{disk}") as it:
+                for e in it:
+                    if e.name not in seen and os.path.exists(f"{e.path}/partition"):
+                        siblings.add(e.name)
+        except OSError:
+            continue
+    others: set[str] = set()
     if ctx is not None:
         try:
             for d in ctx.list_devices(subsystem="block"):
                 name = d.sys_name
                 if name not in seen and d.properties.get("ID_FS_USAGE") == "filesystem":
-                    extra.append(name)
+                    others.add(name)
         except Exception as e:
             log.info("udev listing failed: %s", e)
-    else:
-        # sysfs: the other partitions of every drive that has a mounted one.
-        for disk in {_disk_of(n) for n in mounts}:
-            try:
-                with os.scandir(f"/sys/block/{disk}") as it:
-                    for e in it:
-                        if e.name not in seen and os.path.exists(f"{e.path}/partition"):
-                            extra.append(e.name)
-            except OSError:
-                continue
-    for name in sorted(set(extra)):
+    for name in sorted(siblings | others):
         try:
             p = _build(name, None, source, ctx)
         except Exception:
             log.exception("cannot describe %s", name)
             continue
-        if p.fs_uuid:
+        if p.fs_uuid or name in siblings:
             out.append(p)
     return out
 
@@ -677,9 +678,25 @@ def _expected_path(partition: Partition, doc: Mapping[str, Any]) -> Path | None:
     return Path(partition.mount_point, rel)
 
 
+# Serials that cheap USB bridges give to every unit they make: never an identity.
+_BOGUS_SERIALS = frozenset({"0123456789ABCDEF", "123456789ABC", "0123456789", "1234567890"})
+
+
+def plausible_serial(serial: str | None) -> bool:
+    """False for serials that identify nothing (too short, one repeated character, or a
+    placeholder that many USB enclosures share)."""
+    if not serial:
+        return False
+    s = serial.strip().upper()
+    return len(s) >= 4 and len(set(s)) > 1 and s not in _BOGUS_SERIALS
+
+
 def match_store(partition: Partition, store_docs: Iterable[Mapping[str, Any]]) -> list[StoreMatch]:
     """Store docs that belong on this partition: same filesystem UUID (certain), else the
-    same drive serial (the drive is right, the filesystem may have been re-made)."""
+    same drive serial (the drive is right, the filesystem may have been re-made).
+
+    A serial match needs a plausible serial (see `plausible_serial`) and, when both sides
+    know it, the same drive model: two drives in identical enclosures must not match."""
     matches = []
     for doc in store_docs:
         store_id = doc.get("_id")
@@ -689,12 +706,21 @@ def match_store(partition: Partition, store_docs: Iterable[Mapping[str, Any]]) -
         serial = _clean(doc.get("drive_serial"))
         if uuid and partition.fs_uuid and uuid.lower() == partition.fs_uuid.lower():
             by = "partition_uuid"
-        elif serial and partition.drive_serial and serial == partition.drive_serial:
+        elif (
+            plausible_serial(serial)
+            and serial == partition.drive_serial
+            and _same_model(doc.get("drive_model"), partition.drive_model)
+        ):
             by = "drive_serial"
         else:
             continue
         matches.append(StoreMatch(store_id, by, _expected_path(partition, doc)))
     return matches
+
+
+def _same_model(recorded: object, current: str | None) -> bool:
+    recorded = _clean(recorded)
+    return recorded is None or current is None or recorded == current
 
 
 def _look(filestore_exists: Callable[[Path], str | None], path: Path) -> tuple[bool, str | None]:
@@ -715,8 +741,9 @@ def find_missing_filestores(
     """Stores to purge at once because their drive is connected but their FileStore is gone.
 
     `filestore_exists(path)` returns the store ID of the FileStore at `path`, or None.
-    `drive_partitions` is what is known now about every filesystem (e.g. list_partitions());
-    it is needed only for serial matches.
+    `drive_partitions` is what is known now about every filesystem, mounted or not, as
+    `list_partitions()` gives it (the default, computed only when a serial match needs it);
+    never pass `DriveWatcher.partitions` (mounted only): unmounted siblings must be seen.
 
     The rules (a purge forgets every copy on the store, so any doubt means "no"):
     - The partition must be mounted and the store doc must say where the store folder is
@@ -734,9 +761,7 @@ def find_missing_filestores(
     if partition.mount_point is None:
         return []
     docs = [d for d in store_docs if isinstance(d, Mapping)]
-    known = list(drive_partitions) if drive_partitions is not None else [partition]
-    if partition.key not in {p.key for p in known}:
-        known.append(partition)
+    known: list[Partition] | None = list(drive_partitions) if drive_partitions is not None else None
     decisions = []
     for match in match_store(partition, docs):
         doc = next(d for d in docs if d.get("_id") == match.store_id)
@@ -746,8 +771,17 @@ def find_missing_filestores(
         if not certain or found == match.store_id:
             continue
         if match.by == "drive_serial":
+            if known is None:
+                known = list_partitions()
+            if partition.key not in {p.key for p in known}:
+                known.append(partition)
             uuid = _clean(doc.get("partition_uuid"))
-            siblings = [p for p in known if p.drive_serial == partition.drive_serial]
+            siblings = [
+                p
+                for p in known
+                if p.drive_serial == partition.drive_serial
+                or (p.disk is not None and p.disk == partition.disk)
+            ]
             if uuid and any(p.fs_uuid and p.fs_uuid.lower() == uuid.lower() for p in siblings):
                 continue  # its own filesystem is here: the UUID match there decides
             if any(p.mount_point is None or p.fs_uuid is None for p in siblings):

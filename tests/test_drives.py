@@ -133,6 +133,19 @@ def test_match_store_by_uuid_then_serial_and_never_otherwise(tmp_path: Path):
     ]
 
 
+def test_serial_match_needs_a_plausible_serial_and_the_same_model(tmp_path: Path):
+    p = fixture_partition("usb-disk-part1", str(tmp_path))
+    other_model = store_doc(STORE_A, p, partition_uuid=None, drive_model="Passport_0748")
+    assert drives.match_store(p, [other_model]) == []
+    unknown_model = store_doc(STORE_A, p, partition_uuid=None, drive_model=None)
+    assert [m.by for m in drives.match_store(p, [unknown_model])] == ["drive_serial"]
+    for bogus in ("0000000000000000", "0123456789ABCDEF", "1"):
+        cheap = dataclasses.replace(p, drive_serial=bogus)
+        doc = store_doc(STORE_A, cheap, partition_uuid=None)
+        assert drives.match_store(cheap, [doc]) == []
+        assert drives.find_missing_filestores(cheap, [doc], filestore_exists, [cheap]) == []
+
+
 def test_match_store_uuid_is_case_insensitive_and_unmounted_has_no_expected_path():
     p = fixture_partition("usb-disk-part1")  # not mounted
     doc = store_doc(STORE_A, p, "", partition_uuid="64a1-0f3e", drive_serial=None)
