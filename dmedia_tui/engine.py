@@ -221,7 +221,9 @@ class Engine:
                 if self.ms.store_doc(decision.store_id) is None:
                     continue
                 extra = {
-                    k: v for k, v in decision.__dict__.items() if k not in ("store_id", "reason")
+                    k: v
+                    for k, v in decision.log_fields().items()
+                    if k not in ("store_id", "reason")
                 }
                 self.ms.purge_store(decision.store_id, reason=decision.reason, **extra)
                 n += 1
@@ -475,7 +477,9 @@ class Engine:
         try:
             from dmedia_tui.fswatch import StoreWatcher
 
-            self._store_watcher = StoreWatcher(self._on_store_files_changed)
+            self._store_watcher = StoreWatcher(
+                self._on_store_files_changed, on_store_event=self._on_store_event
+            )
         except Exception as e:
             log.info("folder watching unavailable: %s", e)
 
@@ -483,6 +487,12 @@ class Engine:
         for fid in sorted(file_ids):
             self._priority.append((store_id, fid))
         self._wake_verify.set()
+
+    def _on_store_event(self, store_id: str, what: str) -> None:
+        if what == "rescan":  # a whole prefix folder went: check every copy there
+            self.request_verify(store_id)
+        else:  # "gone": the store folder vanished (unplugged, unmounted)
+            self._wake_house.set()
 
     def _start_drive_watcher(self) -> None:
         try:
