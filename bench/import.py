@@ -1,0 +1,70 @@
+"""Benchmark: FileStore.import_file vs `cp -r` (+ `sync`) on the same bytes.
+
+Import reads each file once, hashes it while writing it to tmp/, fsyncs it and renames it
+into place; `cp` neither hashes nor syncs, so the fair comparison is `cp -r` + `sync`.
+Goal: ratio (cp+sync time / import time) >= 0.8. Run: `uv run python bench/import.py`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _util as U  # noqa: E402
+
+from dmedia_tui.filestore import FileStore  # noqa: E402
+
+
+def main() -> int:
+    args = U.parser(__doc__.splitlines()[0]).parse_args()
+    work = U.workdir(args.dir)
+    try:
+        src = work / "card"
+        files = U.make_corpus(src, args.mb)
+        total = sum(p.stat().st_size for p in files)
+        print(f"corpus: {len(files)} files, {total / U.MB:.0f} MB in {src}")
+        U.sync()
+        U.warm(files)
+        cp_dst = work / "cp"
+        store_dir = work / "store"
+
+        def reset() -> None:
+            U.rmtree(cp_dst)
+            U.rmtree(store_dir)
+            store_dir.mkdir()
+            U.sync()
+            U.warm(files)
+
+        def cp() -> None:
+            subprocess.run(["cp", "-r", str(src), str(cp_dst)], check=True)
+
+        def cp_sync() -> None:
+            cp()
+            U.sync()
+
+        def do_import() -> None:
+            store = FileStore.create(store_dir)
+            for path in files:
+                store.import_file(path)
+
+        t_cp = U.best_of(args.rounds, cp, reset)
+        t_cp_sync = U.best_of(args.rounds, cp_sync, reset)
+        t_imp = U.best_of(args.rounds, do_import, reset)
+        print(f"cp -r           {U.rate(total, t_cp)}")
+        print(f"cp -r + sync    {U.rate(total, t_cp_sync)}")
+        print(f"import_file     {U.rate(total, t_imp)}   (hash + fsync per file)")
+        ratio = t_cp_sync / t_imp
+        print(f"ratio (cp+sync / import): {ratio:.2f}   goal >= 0.80   {U.verdict(ratio >= 0.8)}")
+        print(f"ratio (cp alone / import): {t_cp / t_imp:.2f}")
+    finally:
+        if not args.keep:
+            U.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
