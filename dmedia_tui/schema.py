@@ -115,6 +115,9 @@ _EXT_RE = re.compile(r"[a-z0-9]+(?:\.[a-z0-9]+)?")
 _B64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
+_KNOWN_TYPES = frozenset({TYPE_FILE, TYPE_STORE, TYPE_MACHINE, *LOG_TYPES})
+
+
 class SchemaError(ValueError):
     """A constructor was given values that would make an invalid doc."""
 
@@ -149,11 +152,14 @@ def _check_common(doc: dict[str, Any], out: list[str]) -> None:
     if not isinstance(_id, str) or not _id:
         out.append(f"_id: must be a non-empty str, got {_got(_id)}")
     t = doc.get("type")
-    if not isinstance(t, str) or not _TYPE_RE.fullmatch(t):
+    if not isinstance(t, str) or (t not in _KNOWN_TYPES and not _TYPE_RE.fullmatch(t)):
         out.append(f"type: must match dmedia/[a-z]+(/[a-z]+)*, got {_got(t)}")
-    if "time" not in doc:
+    time = doc.get("time")
+    if type(time) is int and time >= 0:
+        pass
+    elif "time" not in doc:
         out.append("time: missing")
-    elif not _is_number(doc["time"]):
+    elif not _is_number(time):
         out.append(f"time: must be a number >= 0, got {_got(doc['time'])}")
     rev = doc.get("_rev")
     if rev is not None and not isinstance(rev, str):
@@ -191,44 +197,82 @@ def _check_stored_value(sid: str, value: Any, out: list[str]) -> None:
         out.append(f"{path}: pinned must be true when present, got {_got(value['pinned'])}")
 
 
-def _check_store_key(where: str, key: Any, out: list[str]) -> bool:
+# Store IDs already seen valid: a library has few stores and millions of file docs, so
+# remembering them saves most of the alphabet checks (bounded, in case of junk floods).
+_VALID_STORE_IDS: set[str] = set()
+
+
+def _is_store_id(key: Any) -> bool:
+    if key in _VALID_STORE_IDS:
+        return True
     if is_id(key, RANDOM_B32LEN):
+        if len(_VALID_STORE_IDS) >= 10_000:
+            _VALID_STORE_IDS.clear()
+        _VALID_STORE_IDS.add(key)
+        return True
+    return False
+
+
+def _check_store_key(where: str, key: Any, out: list[str]) -> bool:
+    if _is_store_id(key):
         return True
     if not _skip(key):
         out.append(f"{where}: key {_got(key)} is not a valid store ID")
     return False
 
 
+def _stored_value_ok(value: Any) -> bool:
+    """The fast test of the common case; _check_stored_value explains any failure."""
+    if type(value) is not dict:
+        return False
+    c = value.get("copies")
+    m = value.get("mtime")
+    if type(c) is not int or c < 0 or type(m) is not int or m < 0:
+        return False
+    if len(value) == 2:
+        return True
+    v = value.get("verified", 0)
+    return type(v) is int and v >= 0 and value.get("pinned", True) is True
+
+
 def check_file(doc: Any) -> list[str]:
     """Every problem of a `dmedia/file` doc (common rules included)."""
-    bad = _not_dict(doc)
-    if bad:
-        return bad
+    if not isinstance(doc, dict):
+        return _not_dict(doc) or []
     out: list[str] = []
     _check_common(doc, out)
-    _check_type(doc, TYPE_FILE, out)
+    if out:
+        _check_type(doc, TYPE_FILE, out)
+    elif doc["type"] != TYPE_FILE:
+        out.append(f"type: must be {TYPE_FILE!r}, got {_got(doc['type'])}")
     _id = doc.get("_id")
-    if isinstance(_id, str) and _id and not is_id(_id, DIGEST_B32LEN):
+    if type(_id) is str and _id and not is_id(_id, DIGEST_B32LEN):
         out.append(f"_id: must be a {DIGEST_B32LEN}-character file ID, got {_got(_id)}")
-    if "bytes" not in doc:
-        out.append("bytes: missing")
-    elif not _is_int(doc["bytes"], 1):
-        out.append(f"bytes: must be an int >= 1, got {_got(doc['bytes'])}")
+    b = doc.get("bytes")
+    if type(b) is not int or b < 1:
+        if "bytes" not in doc:
+            out.append("bytes: missing")
+        else:
+            out.append(f"bytes: must be an int >= 1, got {_got(b)}")
     origin = doc.get("origin")
-    if not isinstance(origin, str) or origin not in _ORIGINS:
+    if type(origin) is not str or origin not in _ORIGINS:
         out.append(f"origin: must be one of {', '.join(ORIGINS)}, got {_got(origin)}")
-    if "atime" not in doc:
-        out.append("atime: missing")
-    elif not _is_int(doc["atime"]):
-        out.append(f"atime: must be an int >= 0, got {_got(doc['atime'])}")
+    atime = doc.get("atime")
+    if type(atime) is not int or atime < 0:
+        if "atime" not in doc:
+            out.append("atime: missing")
+        else:
+            out.append(f"atime: must be an int >= 0, got {_got(atime)}")
     lh = doc.get("leaf_hashes")
-    if not isinstance(lh, str) or not lh or not _B64_RE.fullmatch(lh):
+    if type(lh) is not str or not lh or not _B64_RE.fullmatch(lh):
         out.append(f"leaf_hashes: must be a non-empty base64 str, got {_got(lh)}")
     stored = doc.get("stored")
     if not isinstance(stored, dict):
         out.append(f"stored: must be an object, got {_got(stored)}")
     else:
         for sid, value in stored.items():
+            if sid in _VALID_STORE_IDS and _stored_value_ok(value):
+                continue
             if _check_store_key("stored", sid, out):
                 _check_stored_value(sid, value, out)
     if "corrupt" in doc:
@@ -242,10 +286,10 @@ def check_file(doc: Any) -> list[str]:
                 if not isinstance(value, dict) or not _is_number(value.get("time")):
                     out.append(f"corrupt.{sid}: must be {{time: number >= 0}}, got {_got(value)}")
     name = doc.get("name")
-    if name is not None and not isinstance(name, str):
+    if name is not None and type(name) is not str:
         out.append(f"name: must be a str, got {_got(name)}")
     ext = doc.get("ext")
-    if ext is not None and (not isinstance(ext, str) or not _EXT_RE.fullmatch(ext)):
+    if ext is not None and (type(ext) is not str or not _EXT_RE.fullmatch(ext)):
         out.append(f"ext: must be a lower-case extension without leading dot, got {_got(ext)}")
     return out
 
@@ -353,7 +397,9 @@ def check_log(doc: Any) -> list[str]:
     if isinstance(_id, str) and _id and not is_id(_id, RANDOM_B32LEN):
         out.append(f"_id: must be a {RANDOM_B32LEN}-character log ID, got {_got(_id)}")
     t = doc.get("type")
-    if isinstance(t, str) and _TYPE_RE.fullmatch(t) and t not in LOG_TYPES:
+    if not isinstance(t, str):
+        t = None
+    elif _TYPE_RE.fullmatch(t) and t not in LOG_TYPES:
         out.append(f"type: not a log event type, got {_got(t)}")
     mid = doc.get("machine_id")
     if not is_id(mid, RANDOM_B32LEN):
@@ -397,7 +443,9 @@ def check_doc(doc: Any) -> list[str]:
     ):
         return []
     t = doc.get("type")
-    checker = _CHECKERS.get(t) if isinstance(t, str) else None
+    if not isinstance(t, str):
+        t = None
+    checker = _CHECKERS.get(t)  # type: ignore[arg-type]
     if checker is not None:
         return checker(doc)
     if t in LOG_TYPES:
