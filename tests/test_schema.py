@@ -61,7 +61,7 @@ def log_doc(**over):
 
 
 def test_log_types_are_the_data_safety_events():
-    assert schema.LOG_TYPES == {
+    expected = {
         "dmedia/file/corrupt",
         "dmedia/file/missing",
         "dmedia/file/inconsistent",
@@ -73,6 +73,7 @@ def test_log_types_are_the_data_safety_events():
         "dmedia/store/trust",
         "dmedia/store/ack",
     }
+    assert expected == schema.LOG_TYPES
     assert schema.ORIGINS[0] == "user"
     assert set(schema.ORIGINS) == {"user", "paid", "render", "proxy", "cache", "download"}
 
