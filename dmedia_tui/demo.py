@@ -8,15 +8,17 @@ only (bit flips), never pre-recorded in the docs.
 
 What is built (labels are fixed, IDs random, file contents from `seed`):
 
-- this machine "studio" (config dir DIR/config, data dir DIR/data, the library
-  DIR/data/library.sqlite3) with three connected stores under DIR/stores/:
-  `studio-int` (internal SSD), `studio-raid` (internal RAID1 mirror, a copy there is
-  worth 2) and `usb-backup-2` (a USB drive whose canonical copies of a few files have
-  flipped bits: the first verification finds them, quarantines them and flags the drive
-  FAILING);
-- another machine "kestrel" (config dir DIR/other-machine/config) whose internal store
-  `laptop-ssd` (DIR/other-machine/laptop-ssd) is only known there; its heartbeat is a
-  day old, so the laptop is off and files only there raise DISCONNECTED_ONLY_COPY;
+- this machine "studio" (config dir DIR/config/dmedia-tui, data dir DIR/data/dmedia-tui
+  holding library.sqlite3; laid out as XDG homes, so that
+  `XDG_CONFIG_HOME=DIR/config XDG_DATA_HOME=DIR/data dmedia-tui status` works on it),
+  with three connected stores under DIR/stores/: `studio-int` (internal SSD),
+  `studio-raid` (internal RAID1 mirror, a copy there is worth 2) and `usb-backup-2` (a USB
+  drive where a few canonical copies have flipped bits: the first verification finds
+  them, quarantines them and flags the drive FAILING);
+- another machine "kestrel" (config dir DIR/other-machine/config/dmedia-tui) whose
+  internal store `laptop-ssd` (DIR/other-machine/laptop-ssd) is only known there; its
+  heartbeat is 30 hours old, so the laptop is off and files only there raise
+  DISCONNECTED_ONLY_COPY;
 - unplugged removable drives whose folders (DIR/unplugged/...) this machine does not
   know: `usb-archive` (last seen 2 days ago), `sd-card-r5` (last seen 5 days ago,
   downgraded 2 days ago) and `sd-card-a7` (downgraded, then purged 4 days ago; its
@@ -33,11 +35,13 @@ always passed explicitly, never taken from platformdirs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +51,7 @@ from blake3 import blake3
 
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import FixedClock
-from dmedia_tui.config import Config
+from dmedia_tui.config import APP_NAME, Config
 from dmedia_tui.db import open_library
 from dmedia_tui.filestore import FileStore
 from dmedia_tui.metastore import MetaStore
@@ -279,6 +283,10 @@ class DemoLibrary:
         lines.append(
             "  drive serials and partition UUIDs are simulated: every store is on one filesystem"
         )
+        lines.append(
+            f"  other commands on it: XDG_CONFIG_HOME={self.dir / 'config'} "
+            f"XDG_DATA_HOME={self.dir / 'data'} dmedia-tui status"
+        )
         return "\n".join(lines)
 
 
@@ -340,6 +348,25 @@ def _flip_bits(path: Path, rng: random.Random) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Keep the made-up history off the terminal: it did not happen now.
+
+    MetaStore logs every event it writes to log-1; during the demo's history those lines
+    would reach stderr (the CLI's handler, or logging's last resort) as if the drives
+    were failing right now. The events are in log-1, where the app shows them.
+    """
+    logger = logging.getLogger("dmedia_tui")
+    null = logging.NullHandler()
+    logger.addHandler(null)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.propagate = propagate
+        logger.removeHandler(null)
+
+
 def _write_config(config_dir: Path, hostname: str, db_path: Path) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "config.toml").write_text(
@@ -366,11 +393,13 @@ def build_demo(dir: Path, now: float, *, files: int = 400, seed: int = 1) -> Dem
     rng = random.Random(seed)
     dir.mkdir(parents=True, exist_ok=True)
     dir = dir.resolve()
-    data_dir = dir / "data"
+    # Laid out as XDG homes (DIR/config/dmedia-tui, ...) so that every command works on
+    # the demo with XDG_CONFIG_HOME=DIR/config (config.toml there names the database).
+    data_dir = dir / "data" / APP_NAME
     db_path = data_dir / "library.sqlite3"
-    config_dir = dir / "config"
-    other_config_dir = dir / "other-machine" / "config"
-    other_data_dir = dir / "other-machine" / "data"
+    config_dir = dir / "config" / APP_NAME
+    other_config_dir = dir / "other-machine" / "config" / APP_NAME
+    other_data_dir = dir / "other-machine" / "data" / APP_NAME
     data_dir.mkdir(parents=True)
     other_data_dir.mkdir(parents=True)
     _write_config(config_dir, THIS_HOST, db_path)
@@ -380,11 +409,6 @@ def build_demo(dir: Path, now: float, *, files: int = 400, seed: int = 1) -> Dem
     by_key = {s.key: s for s in specs}
     clock = FixedClock(now)
     lib = open_library(str(db_path))
-    # The history's events go to Python logging too; with no logging configured they
-    # would land on stderr before the summary. A NullHandler keeps them off the terminal
-    # while still letting any configured handler (the daemon's, a test's) see them.
-    quiet = logging.NullHandler()
-    logging.getLogger("dmedia_tui").addHandler(quiet)
     try:
         here = MetaStore(lib, Config.load(config_dir, data_dir), clock)
         other = MetaStore(lib, Config.load(other_config_dir, other_data_dir), clock)
@@ -441,7 +465,8 @@ def build_demo(dir: Path, now: float, *, files: int = 400, seed: int = 1) -> Dem
         built.corrupt = [f.file_id for f in candidates[:CORRUPT_COPIES]]
 
         # 5. The history in log-1, in time order; then the bit rot, found by the engine.
-        built.events += _history(built, here, clock, now)
+        with _quiet_logging():
+            built.events += _history(built, here, clock, now)
         for file_id in built.corrupt:
             _flip_bits(Path(stores["U"].file_path(file_id)), rng)
 
@@ -449,7 +474,6 @@ def build_demo(dir: Path, now: float, *, files: int = 400, seed: int = 1) -> Dem
         clock.t = now
         here.heartbeat({stores[s.key].id: stores[s.key] for s in specs if s.connected})
     finally:
-        logging.getLogger("dmedia_tui").removeHandler(quiet)
         lib.close()
     return built
 
