@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -100,9 +100,9 @@ class VerifyResult:
 @dataclass(frozen=True)
 class CopyResult:
     status: VerifyStatus  # of the source read
-    written: dict[str, int] = field(default_factory=dict)  # dst store_id -> mtime of its copy
-    failed: dict[str, str] = field(default_factory=dict)  # dst store_id -> error
-    source: VerifyResult | None = None
+    written: dict[str, int]  # dst store_id -> mtime of its copy (new, or already there)
+    failed: dict[str, str]  # dst store_id -> one-line error
+    source: VerifyResult  # the source as read: OK, CORRUPT (quarantined), MISSING, UNREADABLE
 
 
 def _errstr(e: BaseException) -> str:
@@ -196,8 +196,8 @@ class _TmpFile:
         the existing one is kept: this tmp is discarded and (its mtime, False) returned.
         """
         assert self.fd is not None
+        os.fchmod(self.fd, 0o444)  # before the fsync, so the mode is durable too
         os.fsync(self.fd)
-        os.fchmod(self.fd, 0o444)
         dst = self.store.file_path(file_id)
         try:
             existing = self.store.stat(file_id).mtime

@@ -443,7 +443,7 @@ def test_copy_to_two_stores(store: FileStore, imported: str, tmp_path: Path) -> 
         assert r.written[dst.id] == dst.stat(imported).mtime
         assert list(dst.tmp_dir.iterdir()) == []
         assert dst.verify(imported).status == VerifyStatus.OK
-    assert r.source is not None and r.source.content_hash == hash_bytes(data(BIG))
+    assert r.source.content_hash == hash_bytes(data(BIG))
     assert sum(seen) == BIG
 
 
@@ -466,7 +466,7 @@ def test_copy_from_corrupt_source_writes_nothing(
     r = store.copy_to(imported, [a, b])
     assert r.status == VerifyStatus.CORRUPT
     assert r.written == {} and r.failed == {}
-    assert r.source is not None and r.source.quarantine == store.corrupt_path(imported)
+    assert r.source.quarantine == store.corrupt_path(imported)
     assert store.corrupt_path(imported).read_bytes() == bad
     for dst in (a, b):
         assert listing(dst.path / ".dmedia") == ["store.json"]
