@@ -54,7 +54,7 @@ from dmedia_tui.clock import FixedClock
 from dmedia_tui.config import APP_NAME, Config
 from dmedia_tui.db import open_library
 from dmedia_tui.filestore import FileStore
-from dmedia_tui.metastore import MetaStore
+from dmedia_tui.metastore import MetaStore, MetaStoreError
 
 HOUR = 3600
 DAY = 86400
@@ -65,8 +65,8 @@ OTHER_HOST = "kestrel"
 CORRUPT_COPIES = 3  # canonical copies on usb-backup-2 whose bits are flipped
 
 
-class DemoError(Exception):
-    """The demo cannot be built where asked (one line, for the user)."""
+class DemoError(MetaStoreError):
+    """The demo cannot be built as asked (one line, for the user; the CLI shows it as such)."""
 
 
 @dataclass(frozen=True)
@@ -384,6 +384,8 @@ def build_demo(dir: Path, now: float, *, files: int = 400, seed: int = 1) -> Dem
     relative to it, so the CLI can pass its (possibly simulated) clock.
     """
     dir = Path(dir)
+    if not now >= 365 * DAY:  # the history reaches 90 days back; NaN is refused too
+        raise DemoError(f"the demo needs a present after 1971, got now={now!r}")
     if files < len(_PLACEMENTS):
         raise DemoError(f"the demo needs at least {len(_PLACEMENTS)} files, got {files}")
     if dir.exists() and not dir.is_dir():

@@ -19,7 +19,7 @@ from dmedia_tui.demo import CORRUPT_COPIES, DemoError, DemoLibrary, build_demo
 from dmedia_tui.durability import durability
 from dmedia_tui.engine import Engine, RoundSummary
 from dmedia_tui.filestore import FileStore
-from dmedia_tui.metastore import MetaStore
+from dmedia_tui.metastore import MetaStore, MetaStoreError
 from dmedia_tui.protocol import LEAF_SIZE
 from tests.conftest import NOW
 
@@ -241,3 +241,6 @@ def test_refuses_a_non_empty_dir_and_too_few_files(tmp_path: Path):
     with pytest.raises(DemoError, match="at least"):
         build_demo(tmp_path / "tiny", NOW, files=3)
     assert not (tmp_path / "tiny").exists()
+    with pytest.raises(DemoError, match="present"):
+        build_demo(tmp_path / "past", 1000.0, files=FILES)
+    assert issubclass(DemoError, MetaStoreError)  # the CLI prints it as one line
