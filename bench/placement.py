@@ -154,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summary + health.assess()        median {assess_s * 1000:.2f} ms of {args.runs}")
     except Exception as e:  # noqa: BLE001 - health is someone else's module; report, go on
         print(f"health.assess() not timed: {e}")
+    # The drill-down queries, for scale (first page, as the screens ask for them).
+    busiest = stores[0]
+    for label, fn in [
+        ("files_by_store(limit=100)", lambda: lib.files_by_store(busiest, 100)),
+        ("fragile_files(limit=100)", lambda: lib.fragile_files(100)),
+        ("copies_due(limit=100)", lambda: lib.copies_due(busiest, NOW - 15 * 86400, 100)),
+        ("verification_stats()", lambda: lib.verification_stats(busiest)),
+        ("docs.update_seq()", lib.docs.update_seq),
+        ("docs.count()", lib.docs.count),
+    ]:
+        t, _ = timed(fn, args.runs)
+        print(f"{label:<33}median {t * 1000:.2f} ms of {args.runs}")
     for d, (n, b) in hist.items():
         print(f"  durability {d}{'+' if d == 3 else ' '}  {n:>9,} user files  {b / 1e12:8.2f} TB")
     lib.close()
