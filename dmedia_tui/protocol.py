@@ -14,6 +14,7 @@ import mmap
 import os
 import secrets
 import struct
+import threading
 import sys
 import threading
 from collections import deque
@@ -114,10 +115,26 @@ def random_id(nbytes: int = STORE_ID_BYTES) -> str:
     return b32encode(secrets.token_bytes(nbytes))
 
 
+_log_id_lock = threading.Lock()
+_last_log_id = 0
+
+
 def log_id(timestamp: float) -> str:
-    """5 bytes of big-endian unix seconds + 10 random bytes: log IDs sort by time."""
+    """5 bytes of big-endian unix seconds + 10 random bytes: log IDs sort by time.
+
+    Within one process IDs also sort in the order they were made, even within one second
+    (or under a fixed DMEDIA_NOW): when the random draw would sort before the previous ID
+    of the same second, the previous ID + 1 is used instead. Readers only rely on the
+    first 5 bytes being the time.
+    """
+    global _last_log_id
     secs = max(0, int(timestamp))
-    return b32encode(secs.to_bytes(5, "big") + secrets.token_bytes(10))
+    value = int.from_bytes(secs.to_bytes(5, "big") + secrets.token_bytes(10), "big")
+    with _log_id_lock:
+        if value >> 80 == _last_log_id >> 80 and value <= _last_log_id:
+            value = _last_log_id + 1
+        _last_log_id = value
+    return b32encode(value.to_bytes(15, "big"))
 
 
 def log_id_time(value: str) -> int:
@@ -302,7 +319,7 @@ def _map_file(fd: int, size: int) -> mmap.mmap | None:
     except (OSError, ValueError):
         return None  # not mappable (pipe, some FUSE mounts, shrunk since fstat): read it
     try:
-        mm.madvise(_POPULATE_READ, 0, min(LEAF_SIZE, size))
+        mm.madvise(_POPULATE_READ, 0, min(mmap.PAGESIZE, size))  # probe kernel support
     except OSError as e:
         mm.close()
         if e.errno == errno.EINVAL:  # kernel without MADV_POPULATE_READ: never mmap again
