@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -464,6 +465,8 @@ class SQLiteLibrary(Library):
             except OSError as e:
                 raise self._offline(_reason(e)) from None
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open()
+                raise self._offline("not a regular file")
             with open(path, "rb") as f:
                 head = f.read(len(_SQLITE_MAGIC))
         except OSError as e:

@@ -175,6 +175,12 @@ def test_refuses_a_directory(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "dir") == ["inside"]
 
 
+def test_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    os.mkfifo(path)
+    _refused(path, "not a regular file")
+
+
 def test_missing_file_without_create(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "library.sqlite3"
     _refused(path, "no such file", create=False)
