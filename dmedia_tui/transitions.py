@@ -36,7 +36,7 @@ from dmedia_tui.protocol import check_store_id, is_store_id
 Doc = dict[str, Any]
 
 # Reasons for store downgrades and failures (the `reason` field and the log events).
-REASON_STALE = "stale"  # not seen connected for the downgrade threshold
+REASON_STALE = "atime"  # not seen connected for the downgrade threshold (its atime is old)
 REASON_CORRUPT = "corrupt"  # a corrupt copy was found on it
 REASON_FILESTORE_MISSING = "filestore_missing"  # its drive is back but the FileStore is gone
 REASON_USER = "user"  # the user asked
