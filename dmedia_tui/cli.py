@@ -25,7 +25,7 @@ from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError
 from dmedia_tui.db import DatabaseError, Library, open_library
 from dmedia_tui.filestore import FileStoreError
-from dmedia_tui.metastore import MetaStore, MetaStoreError, store_label
+from dmedia_tui.metastore import MetaStore, MetaStoreError, UnknownStore, store_label
 from dmedia_tui.protocol import ProtocolError
 
 log = logging.getLogger("dmedia_tui")
@@ -58,6 +58,9 @@ class Context:
                 self._config = Config.load()
             except ConfigError as e:
                 raise UserError(str(e)) from None
+            except (ValueError, TypeError, AttributeError, OSError) as e:
+                # Config.load should only raise ConfigError; never let bad input escape.
+                raise UserError(f"cannot read the configuration: {e}") from None
         return self._config
 
     def clock(self, ticking: bool = False) -> Clock:
@@ -84,6 +87,23 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def _set_db(click_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    obj = click_ctx.find_object(Context)
+    if value is not None and obj is not None:
+        obj.db = value
+
+
+# `dmedia-tui status --db X` works as well as `dmedia-tui --db X status`.
+_db_option = click.option(
+    "--db",
+    metavar="URL",
+    expose_value=False,
+    is_eager=True,
+    callback=_set_db,
+    help="Library: SQLite path or http(s):// CouchDB URL (as before the command).",
+)
 
 
 def _handle_errors(fn):
@@ -236,12 +256,17 @@ def store() -> None:
     "--same-filesystem", is_flag=True, help="Allow a store on a filesystem that already holds one."
 )
 @click.option("--json", "as_json", is_flag=True)
+@_db_option
 @pass_ctx
 @_handle_errors
 def store_init(
     ctx: Context, path: Path, copies: int, label: str | None, same_filesystem: bool, as_json: bool
 ) -> None:
     """Make PATH a store of this library (an existing store there is re-attached)."""
+    if not path.exists():
+        raise UserError(f"no such folder: {path} (create it or mount the drive first)")
+    if not path.is_dir():
+        raise UserError(f"not a folder: {path}")
     with ctx.metastore() as ms:
         fs, doc, created = ms.init_store(path, copies, label, same_filesystem)
     if as_json:
@@ -253,6 +278,7 @@ def store_init(
 
 @store.command("list")
 @click.option("--json", "as_json", is_flag=True)
+@_db_option
 @pass_ctx
 @_handle_errors
 def store_list(ctx: Context, as_json: bool) -> None:
@@ -304,6 +330,7 @@ def _make_store_action(action: str, help_text: str):
     @click.argument("store_name", metavar="STORE")
     @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
     @click.option("--dry-run", is_flag=True, help="Only show what would change.")
+    @_db_option
     @pass_ctx
     @_handle_errors
     def command(ctx: Context, store_name: str, yes: bool, dry_run: bool) -> None:
@@ -349,6 +376,7 @@ def _pick_store(ms: MetaStore, name: str | None):
     type=click.Choice(["user", "paid", "render", "proxy", "cache", "download"]),
 )
 @click.option("--json", "as_json", is_flag=True)
+@_db_option
 @pass_ctx
 @_handle_errors
 def import_(
@@ -377,8 +405,8 @@ def import_(
             f"{report.new} new, {report.duplicates} already known, "
             f"{report.empty} empty skipped"
         )
-        for err in report.errors:
-            click.echo(f"error: {err}", err=True)
+    for err in report.errors:  # with --json too: scripts see them in the JSON, people here
+        click.echo(f"dmedia-tui: {err}", err=True)
     if report.errors:
         sys.exit(1)
 
@@ -387,6 +415,7 @@ def import_(
 @click.option("--store", "store_name", help="Only this store.")
 @click.option("--all", "all_", is_flag=True, help="Every copy, not only the due ones.")
 @click.option("--json", "as_json", is_flag=True)
+@_db_option
 @pass_ctx
 @_handle_errors
 def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> None:
@@ -428,6 +457,7 @@ def _add(a, b):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@_db_option
 @pass_ctx
 @_handle_errors
 def check(ctx: Context, as_json: bool) -> None:
@@ -449,6 +479,7 @@ def check(ctx: Context, as_json: bool) -> None:
 @click.option("--once", is_flag=True, help="Work until the present backlog is empty, then exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print a JSON summary.")
 @click.option("-v", "--verbose", is_flag=True)
+@_db_option
 @pass_ctx
 @_handle_errors
 def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
@@ -492,15 +523,17 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@_db_option
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Is the library safe? Exit 0 healthy, 1 low durability only, 2 panic, 3 unreadable."""
     try:
         with ctx.metastore(unreadable_exit=EXIT_UNREADABLE, create=False) as ms:
             h = ms.health(with_verification=False)
-    except UserError:
-        raise
-    except (ConfigError, MetaStoreError, OSError) as e:
+    except UserError as e:
+        # Any failure is "cannot tell": exit 1 or 2 would read as a health verdict.
+        raise UserError(e.message, EXIT_UNREADABLE) from None
+    except (ConfigError, MetaStoreError, FileStoreError, DatabaseError, OSError) as e:
         raise UserError(str(e), EXIT_UNREADABLE) from None
     if as_json:
         _emit_json(h.to_json())
@@ -561,6 +594,7 @@ def _parse_since(value: str | None, now: float) -> float | None:
 )
 @click.option("--store", "store_name", help="Only events about this store.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many (the newest).")
+@_db_option
 @pass_ctx
 @_handle_errors
 def events(
@@ -590,8 +624,8 @@ def events(
         if store_name:
             try:
                 sid = ms.resolve_store(store_name)["_id"]
-            except MetaStoreError:
-                sid = store_name  # a purged store: its events remain
+            except UnknownStore:
+                sid = _purged_store_id(ms.lib, store_name)  # its events remain
         rows = _collect_events(ms.lib, since_t, full_types or None, sid, limit)
     for ev in rows:
         if as_json:
@@ -605,6 +639,27 @@ def events(
                 if ev.get(k) is not None
             )
             click.echo(f"{t}  {what:18} {detail}")
+
+
+def _purged_store_id(lib: Library, name: str) -> str:
+    """The ID of a purged store named by ID, unique ID prefix or label (from its purge event)."""
+    from dmedia_tui.schema import LOG_STORE_PURGE
+
+    purged: dict[str, str] = {}
+    for ev in _collect_events(lib, None, [LOG_STORE_PURGE], None, None):
+        if ev.get("store_id"):
+            purged[ev["store_id"]] = ev.get("label") or ""
+    if name in purged:
+        return name
+    for matches in (
+        {sid for sid, label in purged.items() if label == name},
+        {sid for sid in purged if sid.startswith(name.upper())},
+    ):
+        if len(matches) == 1:
+            return matches.pop()
+        if len(matches) > 1:
+            raise UserError(f"{len(matches)} purged stores match {name!r}: use the store ID")
+    raise UserError(f"unknown store {name!r} (see: dmedia-tui store list)")
 
 
 def _collect_events(lib: Library, since: float | None, types, store_id, limit) -> list[dict]:
@@ -623,13 +678,27 @@ def _collect_events(lib: Library, since: float | None, types, store_id, limit) -
         cursor = page[-1]["_id"]
 
 
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, not bad input
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: a bug still ends in one line (DMEDIA_DEBUG=1 shows the traceback)."""
+    import os
+
     try:
         cli(prog_name="dmedia-tui")
     except KeyboardInterrupt:
         click.echo("dmedia-tui: interrupted", err=True)
         sys.exit(130)
+    except Exception as e:
+        if os.environ.get("DMEDIA_DEBUG"):
+            raise
+        click.echo(
+            f"dmedia-tui: internal error: {type(e).__name__}: {e} "
+            "(run again with DMEDIA_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":  # pragma: no cover
