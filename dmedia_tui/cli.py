@@ -352,18 +352,30 @@ _make_store_action("trust", "Clear STORE's flags: new copies allowed, copies cou
 def _pick_store(ms: MetaStore, name: str | None):
     connected = ms.connected_filestores()
     if name:
-        sid = ms.resolve_store(name)["_id"]
+        doc = ms.resolve_store(name)
+        sid = doc["_id"]
         if sid not in connected:
             raise UserError(f"store {name} is not connected to this machine")
+        if doc.get("no_new_copies"):
+            raise UserError(
+                f"store {store_label(doc)} takes no new copies (it returned corrupt data): "
+                f"import into another store, or `dmedia-tui store trust {name}` once the "
+                "drive is checked"
+            )
         return connected[sid]
-    usable = [
-        fs
-        for sid, fs in sorted(connected.items())
-        if (d := ms.store_doc(sid)) is not None and not d.get("no_new_copies")
-    ]
+    usable, refused = [], []
+    for sid, fs in sorted(connected.items()):
+        d = ms.store_doc(sid)
+        (refused if d is None or d.get("no_new_copies") else usable).append((d, fs))
     if not usable:
+        if refused:
+            names = ", ".join(store_label(d, fs.id) for d, fs in refused)
+            raise UserError(
+                f"no connected store takes new copies ({names}: flagged after corrupt data): "
+                "connect another store or dmedia-tui store init PATH"
+            )
         raise UserError("no connected store to import into: dmedia-tui store init PATH")
-    return max(usable, key=lambda fs: fs.statvfs()[1])
+    return max((fs for _, fs in usable), key=lambda fs: fs.statvfs()[1])
 
 
 @cli.command("import")

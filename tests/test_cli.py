@@ -573,3 +573,22 @@ def test_uv_run_console_script(machine):
     )
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 0 and json.loads(r.stdout)["files"] == 0
+
+
+def test_import_refuses_a_store_flagged_after_corrupt_data(machine, tmp_path, db_path):
+    s = tmp_path / "s"
+    s.mkdir()
+    machine.init_store(s, "s")
+    a = tmp_path / "a.bin"
+    a.write_bytes(os.urandom(2000))
+    fid = machine.ok("import", str(a), "--json").json()["file_ids"][0]
+    flip_bit(canonical(s, fid))
+    assert machine.run("verify", "--all").exit_code == 2
+    b = tmp_path / "b.bin"
+    b.write_bytes(os.urandom(2000))
+    before = snapshot(db_path.parent, s)
+    one_line_error(machine.run("import", str(b), "--store", "s"), 1, "no new copies", "trust s")
+    one_line_error(machine.run("import", str(b)), 1, "no connected store takes new copies", "s:")
+    assert snapshot(db_path.parent, s) == before
+    machine.ok("store", "trust", "s")
+    assert machine.ok("import", str(b), "--json").json()["new"] == 1
