@@ -1,0 +1,432 @@
+"""The full-screen app: hosts the engine, refreshes views when the library changes.
+
+Data flow: one refresh thread polls `update_seq()` of both databases every POLL seconds
+(a primary-key lookup) and recomputes the dashboard only when a token moved or the engine
+said something changed; the result is posted to the UI thread as a message. Engine events
+arrive on worker threads and only set flags, so workers never wait for the UI. Actions
+call the core (MetaStore / Engine) in thread workers; destructive ones ask first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.logging import TextualHandler
+from textual.message import Message
+
+import dmedia_tui
+from dmedia_tui.health import Alert, database_offline
+from dmedia_tui.tui.commands import DmediaCommands
+from dmedia_tui.tui.data import DashboardData, load_dashboard
+from dmedia_tui.tui.screens.alert import AlertScreen
+from dmedia_tui.tui.screens.confirm import ConfirmScreen
+from dmedia_tui.tui.screens.dashboard import DashboardScreen
+from dmedia_tui.tui.screens.events import EventsScreen
+from dmedia_tui.tui.screens.file import FileScreen
+from dmedia_tui.tui.screens.help import HelpScreen
+from dmedia_tui.tui.screens.store import StoreScreen
+from dmedia_tui.tui.widgets.header import AppHeader
+
+if TYPE_CHECKING:
+    from dmedia_tui.engine import Engine, EngineEvent
+    from dmedia_tui.metastore import MetaStore
+
+POLL = 0.5  # seconds between update_seq() polls
+
+ENGINE_RUNNING = "engine running"
+ENGINE_MONITOR = "read-only monitor: another engine runs"
+READ_ONLY = "read-only"
+NO_ENGINE = "no engine"
+
+MODIFYING = ("verify", "downgrade", "purge", "ack", "trust")
+CONFIRMED = ("downgrade", "purge", "trust")  # weaken safety or forget copies: ask first
+STORE_ACTION_DONE = {
+    "downgrade": "downgraded",
+    "purge": "purged",
+    "ack": "failure acknowledged for",
+    "trust": "trusted again:",
+}
+
+
+def styles_dir() -> Path:
+    """The .tcss folder: inside the installed package (wheel), else the repo's styles/."""
+    pkg = Path(dmedia_tui.__file__).parent
+    inside = pkg / "styles"
+    return inside if inside.is_dir() else pkg.parent / "styles"
+
+
+def short_path(url: str) -> str:
+    home = os.path.expanduser("~")
+    if home and home != "/" and url.startswith(home + os.sep):
+        return "~" + url[len(home) :]
+    return url
+
+
+class DataReady(Message):
+    """Fresh dashboard data from the refresh thread."""
+
+    def __init__(self, data: DashboardData, generation: int) -> None:
+        self.data = data
+        self.generation = generation
+        super().__init__()
+
+
+class ActivityTick(Message):
+    """The engine's activity changed; read engine.activity on the UI thread."""
+
+
+class DmediaApp(App[int]):
+    """dmedia-tui. `ms`: the MetaStore; `engine`: started here when the lock is ours."""
+
+    CSS_PATH = [
+        styles_dir() / "app.tcss",
+        styles_dir() / "dashboard.tcss",
+        styles_dir() / "screens.tcss",
+    ]
+    TITLE = "dmedia-tui"
+    COMMANDS = App.COMMANDS | {DmediaCommands}
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "help"),
+        Binding("f1", "help", "help", show=False),
+        Binding("e", "events", "events"),
+        Binding("exclamation_mark", "alert", "alert", show=False),
+        Binding("r", "refresh", "refresh", show=False),
+        Binding("v", "verify", "verify"),
+        Binding("d", "downgrade", "downgrade"),
+        Binding("p", "purge", "purge"),
+        Binding("a", "ack", "ack"),
+        Binding("t", "trust", "trust", show=False),
+        # In read-only mode the actions above are hidden and these answer instead.
+        *(
+            Binding(k, f"refuse('{a}')", show=False)
+            for k, a in zip("vdpat", MODIFYING, strict=True)
+        ),
+    ]
+
+    def __init__(
+        self,
+        ms: MetaStore,
+        engine: Engine | None = None,
+        read_only: bool = False,
+        compact: bool | None = None,
+        poll: float = POLL,
+    ) -> None:
+        super().__init__()
+        self.ms = ms
+        self.engine = engine
+        self.read_only = read_only
+        self.compact = compact
+        self.poll = poll
+        self.data: DashboardData | None = None
+        self.library_name = short_path(ms.lib.display_url)
+        self.machine_name = ms.hostname
+        self.simulated = bool(getattr(ms.clock, "simulated", False))
+        self.engine_state = READ_ONLY if read_only else NO_ENGINE
+        self.engine_running = False
+        self.online_ids: set[str] = set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._changed = threading.Event()
+        self._activity = threading.Event()
+        self._activity_shown = False
+        self._requested = 0
+        self._applied = -1
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Any = None
+        self.refreshes = 0  # dashboard recomputations (tests and bench read it)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def on_mount(self) -> None:
+        if self.engine is not None and not self.read_only:
+            if self.engine.acquire_lock():
+                self._unsubscribe = self.engine.subscribe(self._on_engine_event)
+                self.engine.start()
+                self.engine_running = True
+                self.engine_state = ENGINE_RUNNING
+            else:
+                self.engine_state = ENGINE_MONITOR
+        await self.push_screen(DashboardScreen(self.compact))
+        self._thread = threading.Thread(target=self._refresh_loop, name="dmedia-tui-refresh")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self.engine is not None and self.engine_running:
+            self.engine.stop()
+            self.engine_running = False
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # --- refresh -------------------------------------------------------------------------
+
+    def _on_engine_event(self, event: EngineEvent) -> None:
+        """Called on engine threads: set flags only, never block the worker."""
+        if event.kind == "activity":
+            self._activity.set()
+        else:
+            self._changed.set()
+            self._wake.set()
+
+    def request_refresh(self) -> int:
+        """Recompute soon even if no token moved; returns the generation to wait for."""
+        self._requested += 1
+        self._changed.set()
+        self._wake.set()
+        return self._requested
+
+    def _local(self) -> Iterable[str] | None:
+        if self.engine is not None and self.engine_running:
+            return set(self.engine.connected)
+        return None  # the MetaStore looks for connected FileStores itself
+
+    def _refresh_loop(self) -> None:
+        last: tuple[str, str] | None = None
+        while not self._stop.is_set():
+            generation = self._requested
+            try:
+                token = (self.ms.lib.docs.update_seq(), self.ms.lib.log.update_seq())
+            except Exception as e:  # the database went away: say so, keep polling
+                token = None
+                data = DashboardData(database_offline(str(e), self.ms.now()))
+                self.post_message(DataReady(data, generation))
+            if token is not None and (token != last or self._changed.is_set()):
+                self._changed.clear()
+                try:
+                    data = load_dashboard(self.ms, self._local())
+                    last = token
+                except Exception as e:
+                    data = DashboardData(database_offline(str(e), self.ms.now()))
+                self.post_message(DataReady(data, generation))
+            if self._activity.is_set() or self._activity_shown:
+                self._activity.clear()
+                self.post_message(ActivityTick())
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def on_data_ready(self, message: DataReady) -> None:
+        self.data = message.data
+        self.refreshes += 1
+        self.online_ids = {r.store_id for r in message.data.health.store_rows if r.online}
+        self.dashboard.show(message.data)
+        for screen in self.screen_stack:
+            if screen is not self.dashboard and hasattr(screen, "refresh_data"):
+                screen.refresh_data()
+        self._applied = max(self._applied, message.generation)
+
+    def on_activity_tick(self, _: ActivityTick) -> None:
+        engine = self.engine
+        if engine is None or not self.engine_running:
+            self._activity_shown = False
+            self.dashboard.show_activity([], [], engine=False)
+            return
+        for _ in range(3):  # the dict may change under us on an engine thread
+            try:
+                acts = sorted(engine.activity.values(), key=lambda a: a.kind, reverse=True)
+                rates = list(engine.rates)
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        self._activity_shown = bool(acts)
+        self.dashboard.show_activity(acts, rates, engine=True)
+
+    async def settle(self) -> None:
+        """Wait until a refresh requested now has been applied (tests, bench)."""
+        import asyncio
+
+        generation = self.request_refresh()
+        while self._applied < generation:
+            await asyncio.sleep(0.01)
+        await self.workers.wait_for_complete()
+        await asyncio.sleep(0)
+
+    @property
+    def dashboard(self) -> DashboardScreen:
+        for screen in self.screen_stack:
+            if isinstance(screen, DashboardScreen):
+                return screen
+        raise LookupError("no dashboard")
+
+    # --- navigation ----------------------------------------------------------------------
+
+    def open_store(self, store_id: str) -> None:
+        self.push_screen(StoreScreen(store_id))
+
+    def open_file(self, file_id: str) -> None:
+        self.push_screen(FileScreen(file_id))
+
+    def open_alert(self, alert: Alert) -> None:
+        self.push_screen(AlertScreen(alert))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_events(self) -> None:
+        if isinstance(self.screen, EventsScreen):
+            return
+        store_id = self._target()[0] if isinstance(self.screen, StoreScreen) else None
+        self.push_screen(EventsScreen(store_id=store_id))
+
+    def action_alert(self) -> None:
+        alerts = self.data.health.alerts if self.data else ()
+        if not alerts:
+            self.notify("No alerts: the library is healthy.")
+            return
+        self.open_alert(alerts[0])
+
+    def action_refresh(self) -> None:
+        self.request_refresh()
+
+    def on_screen_resume(self) -> None:
+        for widget in self.screen.query(AppHeader):
+            widget.refresh_header()
+
+    # --- actions -------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in MODIFYING:
+            return not self.read_only
+        if action == "refuse":
+            return self.read_only
+        return True
+
+    def action_refuse(self, action: str) -> None:
+        self.notify(f"read-only: {action} is disabled", severity="warning")
+
+    def _target(self) -> tuple[str | None, str | None]:
+        context = getattr(self.screen, "context", None)
+        return context() if callable(context) else (None, None)
+
+    def _label(self, store_id: str) -> str:
+        labels = self.data.labels if self.data else {}
+        return labels.get(store_id, store_id[:8])
+
+    def action_verify(self) -> None:
+        store_id, file_id = self._target()
+        if self.engine is None or not self.engine_running:
+            self.notify(
+                "No engine runs in this app (another process holds it): "
+                "use dmedia-tui verify there",
+                severity="warning",
+            )
+            return
+        self.engine.request_verify(store_id=store_id, file_id=file_id)
+        what = f"file {file_id[:12]}" if file_id else (self._label(store_id) if store_id else "all")
+        self.notify(f"verifying {what} next")
+
+    def action_downgrade(self) -> None:
+        self._store_action("downgrade")
+
+    def action_purge(self) -> None:
+        self._store_action("purge")
+
+    def action_ack(self) -> None:
+        self._store_action("ack")
+
+    def action_trust(self) -> None:
+        self._store_action("trust")
+
+    def _store_action(self, action: str) -> None:
+        store_id = self._target()[0]
+        if store_id is None:
+            self.notify(f"{action}: select a store first", severity="warning")
+            return
+        if action in CONFIRMED:
+            self._preview(action, store_id)
+        else:
+            self._run_store_action(action, store_id)
+
+    @work(thread=True, group="action")
+    def _preview(self, action: str, store_id: str) -> None:
+        try:
+            preview = self.ms.preview(action, store_id)
+        except Exception as e:
+            self.call_from_thread(self._error, action, e)
+            return
+        self.call_from_thread(self._ask, action, store_id, preview.describe())
+
+    def _ask(self, action: str, store_id: str, description: str) -> None:
+        title = f"{action.capitalize()} store {self._label(store_id)}?"
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self._run_store_action(action, store_id)
+            else:
+                self.notify(f"{action} cancelled")
+
+        self.push_screen(ConfirmScreen(title, description), done)
+
+    @work(thread=True, group="action")
+    def _run_store_action(self, action: str, store_id: str) -> None:
+        fn = {
+            "downgrade": self.ms.downgrade_store,
+            "purge": self.ms.purge_store,
+            "ack": self.ms.acknowledge_failure,
+            "trust": self.ms.trust_store,
+        }[action]
+        try:
+            fn(store_id)
+        except Exception as e:
+            self.call_from_thread(self._error, action, e)
+            return
+        label = self._label(store_id)
+        self.call_from_thread(self.notify, f"{STORE_ACTION_DONE[action]} {label}")
+        self.call_from_thread(self.request_refresh)
+
+    def _error(self, action: str, error: Exception) -> None:
+        message = str(error) or type(error).__name__
+        self.notify(f"{action} failed: {message}", severity="error", timeout=8)
+
+
+@contextlib.contextmanager
+def _logging_off_the_screen() -> Iterator[None]:
+    """Textual draws on stderr: log records must not land there while the app runs.
+
+    Records of the dmedia_tui loggers go to Textual's devtools console instead (and
+    nowhere when it is not running); handlers the CLI installed are kept as they are,
+    only the stderr ones are set aside for the duration.
+    """
+    logger = logging.getLogger("dmedia_tui")
+    stderr_handlers = [
+        h
+        for h in logger.handlers
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+    ]
+    for h in stderr_handlers:
+        logger.removeHandler(h)
+    handler = TextualHandler(stderr=False, stdout=False)
+    logger.addHandler(handler)
+    saved_propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved_propagate
+        for h in stderr_handlers:
+            logger.addHandler(h)
+
+
+def run_app(ms: MetaStore, engine: Engine | None = None, read_only: bool = False) -> int:
+    """Run the app in the terminal until the user quits; its exit code (0 on a normal quit)."""
+    app = DmediaApp(ms, engine, read_only=read_only)
+    with _logging_off_the_screen():
+        app.run()
+    return int(app.return_code or 0)

@@ -1,0 +1,43 @@
+"""The command palette's own commands: every action, by name (ctrl+p)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("Verify selected store now", "verify", "verify the copies on the selected store"),
+    ("Downgrade selected store", "downgrade", "copies there count 0 (asks first)"),
+    ("Purge selected store", "purge", "forget the store and its copies (asks first)"),
+    ("Acknowledge drive failure", "ack", "hide the failure banner; the store stays FAILING"),
+    ("Trust selected store again", "trust", "clear the store's safety flags (asks first)"),
+    ("Show events", "events", "the event log, filtered by type and store"),
+    ("Show worst alert", "alert", "what is wrong and what to do"),
+    ("Refresh now", "refresh", "recompute the dashboard"),
+    ("Help: keys", "help", "every key binding"),
+)
+
+READ_ONLY_HIDDEN = {"verify", "downgrade", "purge", "ack", "trust"}
+
+
+class DmediaCommands(Provider):
+    """Offers the app's actions; modifying ones are left out in read-only mode."""
+
+    def _commands(self) -> list[tuple[str, str, str]]:
+        read_only = getattr(self.app, "read_only", False)
+        return [c for c in COMMANDS if not (read_only and c[1] in READ_ONLY_HIDDEN)]
+
+    def _run(self, action: str) -> None:
+        self.app.call_later(self.app.run_action, action)
+
+    async def discover(self) -> Hits:
+        for name, action, help in self._commands():
+            yield DiscoveryHit(name, partial(self._run, action), help=help)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, action, help in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), partial(self._run, action), help=help)

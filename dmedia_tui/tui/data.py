@@ -1,0 +1,296 @@
+"""What the screens show, loaded off the UI thread, and how numbers are written.
+
+The screens never query the database themselves: a loader here calls the core's methods
+(MetaStore, Library named queries) in a worker thread and returns plain frozen data, which
+the UI thread then renders. Formatting helpers are pure so widgets and tests agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import humanize
+
+from dmedia_tui.durability import durability, rank
+from dmedia_tui.health import Health
+
+if TYPE_CHECKING:
+    from dmedia_tui.metastore import MetaStore
+
+Doc = dict[str, Any]
+
+EVENTS_ON_DASHBOARD = 10
+PAGE = 100
+
+
+# --- formatting ------------------------------------------------------------------------
+
+
+def fmt_size(n: int | None) -> str:
+    """Bytes as '1.2 TB' (decimal units, like drive labels)."""
+    if not n:
+        return "0 B"
+    return humanize.naturalsize(n, format="%.1f")
+
+
+def fmt_count(n: int) -> str:
+    """Counts as '41k' when space is short."""
+    if n < 10_000:
+        return f"{n:,}"
+    if n < 1_000_000:
+        return f"{n / 1000:.0f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def fmt_age(then: float | None, now: float) -> str:
+    """How long ago, short: 'now', '5m', '3h', '2d', 'never'."""
+    if then is None:
+        return "never"
+    delta = now - then
+    if delta < 60:
+        return "now"
+    if delta < 3600:
+        return f"{int(delta // 60)}m"
+    if delta < 86400:
+        return f"{int(delta // 3600)}h"
+    return f"{int(delta // 86400)}d"
+
+
+def fmt_ago(then: float | None, now: float) -> str:
+    """How long ago, in words (humanize), for detail screens."""
+    if then is None:
+        return "never"
+    return humanize.naturaltime(now - then, when=None)
+
+
+def fmt_time(t: float | None) -> str:
+    """'HH:MM' today-style clock time (local time zone)."""
+    if t is None:
+        return "--:--"
+    return time.strftime("%H:%M", time.localtime(t))
+
+
+def fmt_datetime(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def bar(fraction: float, width: int) -> str:
+    """A left-filled bar of full and light blocks, `width` cells."""
+    fraction = min(1.0, max(0.0, fraction))
+    full = round(fraction * width)
+    return "█" * full + "░" * (width - full)
+
+
+def short_type(event_type: str) -> str:
+    """'dmedia/file/corrupt' -> 'file/corrupt'."""
+    return event_type.removeprefix("dmedia/")
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    if seconds < 60:
+        return f"ETA {int(seconds)} s"
+    if seconds < 3600:
+        return f"ETA {int(seconds // 60)} min"
+    return f"ETA {seconds / 3600:.1f} h"
+
+
+def fmt_rate(bps: float) -> str:
+    return f"{fmt_size(int(bps))}/s"
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventLine:
+    """One log doc as a line: when, what, about whom."""
+
+    id: str
+    time: float | None
+    type: str
+    subject: str
+    file_id: str | None = None
+    store_id: str | None = None
+
+    @property
+    def short(self) -> str:
+        return short_type(self.type)
+
+
+def event_line(doc: Doc, labels: dict[str, str], names: dict[str, str]) -> EventLine:
+    """Describe a log doc for a one-line list, using store labels and file names."""
+    fid = doc.get("file_id") if isinstance(doc.get("file_id"), str) else None
+    sid = doc.get("store_id") if isinstance(doc.get("store_id"), str) else None
+    parts = []
+    if fid:
+        parts.append(names.get(fid) or fid[:12])
+    if sid:
+        label = labels.get(sid) or doc.get("label") or sid[:8]
+        parts.append(f"on {label}" if fid else str(label))
+    extra = []
+    if doc.get("reason"):
+        extra.append(str(doc["reason"]))
+    if isinstance(doc.get("count"), int) and not fid:
+        extra.append(f"{doc['count']:,} files")
+    subject = " ".join(parts) or str(doc.get("doc_id") or "")
+    if extra:
+        subject += f" ({', '.join(extra)})"
+    t = doc.get("time")
+    return EventLine(
+        id=str(doc.get("_id", "")),
+        time=float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None,
+        type=str(doc.get("type", "?")),
+        subject=subject,
+        file_id=fid,
+        store_id=sid,
+    )
+
+
+def _names(ms: MetaStore, file_ids: Iterable[str]) -> dict[str, str]:
+    ids = sorted(set(file_ids))
+    if not ids:
+        return {}
+    out = {}
+    for fid, doc in zip(ids, ms.lib.docs.get_many(ids), strict=True):
+        if doc and isinstance(doc.get("name"), str):
+            out[fid] = doc["name"]
+    return out
+
+
+def _labels(ms: MetaStore) -> dict[str, str]:
+    return {
+        s["_id"]: s.get("label") if isinstance(s.get("label"), str) else s["_id"][:8]
+        for s in ms.lib.stores()
+    }
+
+
+def load_events(
+    ms: MetaStore,
+    limit: int = 200,
+    *,
+    types: list[str] | None = None,
+    store_id: str | None = None,
+    file_id: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[EventLine, ...]:
+    """Newest first, described."""
+    docs = ms.lib.events(limit, newest_first=True, types=types, store_id=store_id, file_id=file_id)
+    labels = labels if labels is not None else _labels(ms)
+    names = _names(ms, (d["file_id"] for d in docs if isinstance(d.get("file_id"), str)))
+    return tuple(event_line(d, labels, names) for d in docs)
+
+
+# --- dashboard -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    health: Health
+    events: tuple[EventLine, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def load_dashboard(ms: MetaStore, local: Iterable[str] | None) -> DashboardData:
+    """Everything the dashboard shows, in one pass (run in a worker thread)."""
+    health = ms.health(local=local, with_verification=True)
+    labels = {r.store_id: r.label for r in health.store_rows}
+    events = load_events(ms, EVENTS_ON_DASHBOARD, labels=labels)
+    return DashboardData(health, events, labels)
+
+
+# --- store and file detail -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: str
+    name: str
+    bytes: int
+    durability: int
+    stores: int
+    copies_here: int
+    verified: int | None
+    origin: str
+    key: tuple[int, str]  # (rank, _id): the paging cursor
+
+
+def file_row(doc: Doc, store_id: str) -> FileRow:
+    stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+    entry = stored.get(store_id) if isinstance(stored.get(store_id), dict) else {}
+    verified = entry.get("verified")
+    return FileRow(
+        id=doc["_id"],
+        name=str(doc.get("name") or doc["_id"][:16]),
+        bytes=int(doc.get("bytes") or 0),
+        durability=durability(doc),
+        stores=len(stored),
+        copies_here=int(entry.get("copies") or 0),
+        verified=verified if isinstance(verified, int) else None,
+        origin=str(doc.get("origin", "?")),
+        key=(rank(doc), doc["_id"]),
+    )
+
+
+def load_files_page(
+    ms: MetaStore, store_id: str, after: tuple[int, str] | None = None, limit: int = PAGE
+) -> tuple[FileRow, ...]:
+    """One page of the files on a store, most fragile first."""
+    return tuple(file_row(d, store_id) for d in ms.lib.files_by_store(store_id, limit, after))
+
+
+@dataclass(frozen=True)
+class Location:
+    store_id: str
+    label: str
+    copies: int
+    mtime: int | None
+    verified: int | None
+    pinned: bool
+    online: bool
+
+
+@dataclass(frozen=True)
+class FileData:
+    doc: Doc
+    locations: tuple[Location, ...]
+    corrupt: tuple[tuple[str, float | None], ...]  # (store label, time)
+    events: tuple[EventLine, ...]
+    now: float
+
+
+def load_file(ms: MetaStore, file_id: str, online: set[str] | None = None) -> FileData | None:
+    """A file doc with its locations, corrupt history and events; None if unknown."""
+    doc = ms.lib.docs.get_or_none(file_id)
+    if doc is None:
+        return None
+    labels = _labels(ms)
+    online = online or set()
+    stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+    locs = []
+    for sid in sorted(stored, key=lambda s: labels.get(s, s)):
+        e = stored[sid] if isinstance(stored[sid], dict) else {}
+        locs.append(
+            Location(
+                sid,
+                labels.get(sid, sid[:8]),
+                int(e.get("copies") or 0),
+                e.get("mtime") if isinstance(e.get("mtime"), int) else None,
+                e.get("verified") if isinstance(e.get("verified"), int) else None,
+                e.get("pinned") is True,
+                sid in online,
+            )
+        )
+    corrupt_raw = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+    corrupt = tuple(
+        (labels.get(sid, sid[:8]), (v.get("time") if isinstance(v, dict) else None))
+        for sid, v in sorted(corrupt_raw.items())
+    )
+    events = load_events(ms, 50, file_id=file_id, labels=labels)
+    return FileData(doc, tuple(locs), corrupt, events, ms.now())

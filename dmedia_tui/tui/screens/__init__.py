@@ -1,0 +1,1 @@
+"""Screens: the dashboard and the drill-downs (store, file, events, alert), modals."""

@@ -1,0 +1,109 @@
+"""The dashboard: banners, stores, durability, drives, activity, latest events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from dmedia_tui.tui.data import DashboardData
+from dmedia_tui.tui.widgets.activity import ActivityPanel
+from dmedia_tui.tui.widgets.banners import AlertBanner, Banners
+from dmedia_tui.tui.widgets.drives import DrivesPanel
+from dmedia_tui.tui.widgets.events import EventList
+from dmedia_tui.tui.widgets.header import AppHeader
+from dmedia_tui.tui.widgets.histogram import DurabilityHistogram
+from dmedia_tui.tui.widgets.stores import StoresTable
+from dmedia_tui.tui.widgets.summary import CompactSummary
+
+FIRST_RUN = "No stores yet: dmedia-tui store init /media/drive"
+
+COMPACT_WIDTH = 80
+COMPACT_HEIGHT = 20
+
+
+def is_compact(width: int, height: int) -> bool:
+    return width < COMPACT_WIDTH or height < COMPACT_HEIGHT
+
+
+class DashboardScreen(Screen):
+    """Receives DashboardData from the app and hands each panel its part."""
+
+    def __init__(self, compact: bool | None = None) -> None:
+        super().__init__(id="dashboard")
+        self.forced_compact = compact
+        self.data: DashboardData | None = None
+
+    def compose(self) -> ComposeResult:
+        yield AppHeader(id="header")
+        yield Banners(id="banners")
+        yield CompactSummary(id="summary")
+        yield Static(Text("loading…", "dim"), id="first-run")
+        with Vertical(id="main"):
+            with Horizontal(id="top"):
+                yield StoresTable(id="stores")
+                yield DurabilityHistogram(id="histogram")
+            with Horizontal(id="middle"):
+                yield DrivesPanel(id="drives")
+                yield ActivityPanel(id="activity")
+            yield EventList(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#stores").border_title = "Stores"
+        self.query_one("#histogram").border_title = "Durability (user files)"
+        self.query_one("#drives").border_title = "Drives"
+        self.query_one("#activity").border_title = "Activity"
+        self.query_one("#events").border_title = "Events"
+        self.query_one(Banners).read_only = getattr(self.app, "read_only", False)
+        self.query_one(Banners).display = False
+        self._apply_compact(self.size.width, self.size.height)
+
+    def on_resize(self, event: Resize) -> None:
+        self._apply_compact(event.size.width, event.size.height)
+
+    def _apply_compact(self, width: int, height: int) -> None:
+        compact = self.forced_compact
+        if compact is None:
+            compact = is_compact(width, height)
+        self.set_class(compact, "-compact")
+
+    def show(self, data: DashboardData) -> None:
+        """Render fresh data (UI thread)."""
+        self.data = data
+        h = data.health
+        self.query_one(Banners).show_alerts(h.alerts)
+        self.query_one(CompactSummary).show_health(h)
+        first = self.query_one("#first-run", Static)
+        empty = not h.store_rows and not h.files
+        first.update(Text(FIRST_RUN, "bold"))
+        self.set_class(empty, "-first-run")
+        self.query_one(StoresTable).show_rows(h.store_rows, h.now)
+        self.query_one(DurabilityHistogram).show_buckets(h.histogram)
+        engine = getattr(self.app, "engine", None)
+        self.query_one(DrivesPanel).show_rows(
+            h.store_rows, getattr(engine, "drive_source", None) if engine else None
+        )
+        self.query_one(EventList).show_events(data.events)
+
+    def show_activity(self, activities: list[Any], rates: list[float], engine: bool) -> None:
+        self.query_one(ActivityPanel).show(activities, rates, engine)
+
+    def context(self) -> tuple[str | None, str | None]:
+        """The store (and file) the user is pointing at, for actions."""
+        focused = self.focused
+        if isinstance(focused, AlertBanner) and focused.alert.store_ids:
+            return focused.alert.store_ids[0], None
+        return self.query_one(StoresTable).selected_store_id, None
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "stores" and event.row_key.value:
+            self.app.open_store(event.row_key.value)
+
+    def on_alert_banner_selected(self, event: AlertBanner.Selected) -> None:
+        self.app.open_alert(event.alert)

@@ -1,0 +1,1 @@
+"""Small dashboard widgets: each renders plain data handed down by its screen."""

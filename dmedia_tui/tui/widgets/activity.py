@@ -1,0 +1,53 @@
+"""What the workers do now: current verify/copy with progress, rate sparkline, ETA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from dmedia_tui.tui.data import bar, fmt_eta, fmt_rate
+
+
+def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
+    """One line per running activity (engine.Activity-like objects)."""
+    text = Text()
+    for act in activities:
+        if text:
+            text.append("\n")
+        frac = act.fraction
+        text.append(f"{act.kind:<7}", "bold")
+        what = act.name or (act.file_id or "")[:12]
+        text.append(f"{act.label} {what}"[:40].ljust(40))
+        text.append(f" {bar(frac, 10)} {frac * 100:3.0f} %", "cyan")
+        if act.queue_total:
+            text.append(f"  {act.queue_done}/{act.queue_total}")
+        if act.kind == "verify" and rate and act.total:
+            text.append(f"  {fmt_eta((act.total - act.done) / rate)}", "dim")
+    if not text:
+        text.append("idle", "dim")
+    return text
+
+
+class ActivityPanel(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static(Text("idle", "dim"), id="activity-text")
+        yield Static("", id="activity-rate")
+        yield Sparkline([], id="activity-spark")
+
+    def show(self, activities: list[Any], rates: list[float], engine: bool = True) -> None:
+        rate = rates[-1] if rates else None
+        body = activity_text(activities, rate)
+        if not engine:
+            body = Text("no engine in this process", "dim")
+        self.query_one("#activity-text", Static).update(body)
+        self.query_one("#activity-rate", Static).update(
+            Text(f"verify {fmt_rate(rate)}", "dim") if rate else ""
+        )
+        spark = self.query_one("#activity-spark", Sparkline)
+        spark.data = list(rates)
+        spark.display = bool(rates)

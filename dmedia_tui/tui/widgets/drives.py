@@ -1,0 +1,33 @@
+"""Connected stores and their drives; failing ones marked."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from dmedia_tui.health import StoreRow, StoreState
+
+
+def drives_text(rows: tuple[StoreRow, ...], source: str | None = None) -> Text:
+    online = [r for r in rows if r.online]
+    text = Text()
+    if not online:
+        text.append("no store connected", "dim")
+    for i, r in enumerate(online):
+        if i:
+            text.append("\n")
+        serial = r.drive_serial or ("internal" if r.internal else "-")
+        text.append(f"{serial[:14]:<14} ")
+        text.append(f"{r.label[:16]:<16}", "bold")
+        if r.state == StoreState.FAILING:
+            text.append(" ! FAILING", "bold red")
+        elif r.removable:
+            text.append(" removable", "dim")
+    if source:
+        text.append(f"\nwatching drives via {source}", "dim")
+    return text
+
+
+class DrivesPanel(Static):
+    def show_rows(self, rows: tuple[StoreRow, ...], source: str | None = None) -> None:
+        self.update(drives_text(rows, source))

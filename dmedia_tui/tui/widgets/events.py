@@ -1,0 +1,35 @@
+"""The latest data-safety events, one line each."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from dmedia_tui.tui.data import EventLine, fmt_time
+
+TYPE_STYLES = {
+    "file/corrupt": "bold red",
+    "file/missing": "red",
+    "store/failing": "bold red",
+    "store/purge": "magenta",
+    "store/downgrade": "yellow",
+    "doc/invalid": "yellow",
+    "file/inconsistent": "yellow",
+}
+
+
+def event_text(e: EventLine) -> Text:
+    t = Text(f"{fmt_time(e.time)} ")
+    t.append(f"{e.short:<18}", TYPE_STYLES.get(e.short, "cyan"))
+    t.append(e.subject)
+    t.no_wrap = True
+    t.overflow = "ellipsis"
+    return t
+
+
+class EventList(Static):
+    def show_events(self, events: tuple[EventLine, ...]) -> None:
+        if not events:
+            self.update(Text("no events yet", "dim"))
+            return
+        self.update(Text("\n").join(event_text(e) for e in events))

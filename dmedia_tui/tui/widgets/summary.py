@@ -1,0 +1,24 @@
+"""One-line summary for narrow panes: '1,234 files · 3: 1,000 2: 200 1: 30 0: 4'."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from dmedia_tui.health import Health
+
+
+def summary_line(health: Health) -> Text:
+    by = {b.durability: b.files for b in health.histogram}
+    text = Text(f"{health.files:,} files · ")
+    for d, style in ((3, "green"), (2, "yellow"), (1, "red"), (0, "bold red")):
+        text.append(f"{d}: ", "dim")
+        text.append(f"{by.get(d, 0):,}", style)
+        if d:
+            text.append(" ")
+    return text
+
+
+class CompactSummary(Static):
+    def show_health(self, health: Health) -> None:
+        self.update(summary_line(health))

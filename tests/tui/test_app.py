@@ -1,0 +1,412 @@
+"""Pilot tests: every screen and action of the app, on a real library."""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual.widgets import Button, DataTable, Select
+
+from dmedia_tui.health import DRIVE_FAILURE, StoreState
+from dmedia_tui.tui.app import ENGINE_MONITOR, DmediaApp
+from dmedia_tui.tui.screens.alert import AlertScreen
+from dmedia_tui.tui.screens.confirm import ConfirmScreen
+from dmedia_tui.tui.screens.dashboard import FIRST_RUN, DashboardScreen
+from dmedia_tui.tui.screens.events import EventsScreen
+from dmedia_tui.tui.screens.file import FileScreen
+from dmedia_tui.tui.screens.help import HelpScreen
+from dmedia_tui.tui.screens.store import StoreScreen
+from dmedia_tui.tui.widgets.banners import AlertBanner
+from dmedia_tui.tui.widgets.stores import StoresTable
+
+SIZE = (120, 40)
+
+
+def text_of(widget) -> str:
+    return str(widget.render())
+
+
+def select_store(app: DmediaApp, label: str) -> None:
+    table = app.screen.query_one(StoresTable)
+    sid = next(r.store_id for r in table.rows_shown if r.label == label)
+    table.focus()
+    table.move_cursor(row=table.get_row_index(sid))
+
+
+async def until(pilot, predicate) -> None:
+    """Let the app run until predicate() holds (pytest-timeout bounds a hang)."""
+    while not predicate():
+        await pilot.pause(0.01)
+
+
+def store_doc(tlib, label: str) -> dict:
+    return tlib.ms.lib.docs.get(tlib.stores[label])
+
+
+async def test_dashboard_shows_alerts_stores_histogram_events(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        banners = list(screen.query(AlertBanner))
+        codes = [b.alert.code for b in banners]
+        assert DRIVE_FAILURE in codes and "DISCONNECTED_ONLY_COPY" in codes
+        failure = next(b for b in banners if b.alert.code == DRIVE_FAILURE)
+        assert "[a] acknowledge" in text_of(failure)
+        assert failure.has_class("-panic")
+        table = screen.query_one(StoresTable)
+        assert table.row_count == 3
+        assert [r.label for r in table.rows_shown] == ["laptop-ssd", "studio-int", "usb-backup-2"]
+        hist = screen.query_one("#histogram").buckets
+        assert [b.files for b in hist] == [0, 11, 4, 0]
+        events = str(screen.query_one("#events").render())
+        assert "file/corrupt" in events and "MVI_5743.MOV on usb-backup-2" in events
+        header = str(screen.query_one("#header").render())
+        assert "~/lib/library.sqlite3" in header and "studio" in header
+        assert "SIMULATED TIME" in header and "no engine" in header
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
+async def test_idle_app_recomputes_nothing_until_the_library_changes(tlib):
+    app = DmediaApp(tlib.ms, poll=0.01)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        before = app.refreshes
+        for _ in range(20):  # about 20 polls with nothing changed
+            await pilot.pause(0.01)
+        assert app.refreshes == before
+        # Another writer (here: the same library through the core) moves update_seq.
+        tlib.ms.downgrade_store(tlib.stores["studio-int"], reason="test")
+        await until(pilot, lambda: app.refreshes > before)
+        row = next(r for r in app.data.health.store_rows if r.label == "studio-int")
+        assert row.state == StoreState.DOWNGRADED
+
+
+async def test_store_screen_pages_files_most_fragile_first(tlib, monkeypatch):
+    monkeypatch.setattr(StoreScreen, "PAGE_SIZE", 5)
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, StoreScreen)
+        assert screen.store_id == tlib.stores["studio-int"]
+        assert len(screen.files) == 5
+        durs = [f.durability for f in screen.files]
+        assert durs == sorted(durs)
+        await pilot.press("pagedown")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("pagedown")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert len(screen.files) == 12 and screen.exhausted
+        assert len({f.id for f in screen.files}) == 12
+        details = str(screen.query_one("#store-verification").render())
+        assert "8 of 12" in details
+        await pilot.press("escape")
+        assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_file_screen_shows_locations_corrupt_history_and_events(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        app.open_file(tlib.files["MVI_5743.MOV"])
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FileScreen)
+        assert [loc.label for loc in screen.data.locations] == ["studio-int"]
+        corrupt = str(screen.query_one("#file-corrupt").render())
+        assert "corrupt on usb-backup-2" in corrupt
+        events = str(screen.query_one("#file-events").render())
+        assert "file/corrupt" in events
+
+
+async def test_enter_on_a_file_row_opens_the_file(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        app.open_store(tlib.stores["laptop-ssd"])
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        app.screen.query_one(DataTable).focus()
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, FileScreen)
+        assert app.screen.file_id == app.screen_stack[-2].files[0].id
+
+
+async def test_events_screen_filters_by_type_and_store(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, EventsScreen)
+        all_types = {e.type for e in screen.lines}
+        assert {"dmedia/file/corrupt", "dmedia/store/failing"} <= all_types
+        screen.query_one("#filter-type", Select).value = "dmedia/file/corrupt"
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert screen.lines and {e.type for e in screen.lines} == {"dmedia/file/corrupt"}
+        screen.query_one("#filter-type", Select).clear()
+        screen.query_one("#filter-store", Select).value = tlib.stores["studio-int"]
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert all(e.store_id == tlib.stores["studio-int"] for e in screen.lines)
+
+
+async def test_enter_on_banner_and_bang_open_the_alert_screen(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        await pilot.press("exclamation_mark")
+        assert isinstance(app.screen, AlertScreen)
+        assert app.screen.alert == app.data.health.alerts[0]
+        await pilot.press("escape")
+        banner = next(
+            b for b in app.screen.query(AlertBanner) if b.alert.code == "DISCONNECTED_ONLY_COPY"
+        )
+        banner.focus()
+        await pilot.press("enter")
+        assert isinstance(app.screen, AlertScreen)
+        assert app.screen.alert.code == "DISCONNECTED_ONLY_COPY"
+        assert "Boot kestrel" in str(app.screen.query_one("#alert-text").render())
+
+
+async def test_downgrade_confirmed_with_y(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        confirm = app.screen
+        assert "downgrade studio-int: 12 files would count 0 copies" in confirm.description
+        assert app.focused is confirm.query_one("#no", Button)
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await app.settle()
+        assert store_doc(tlib, "studio-int").get("downgraded")
+        row = next(r for r in app.data.health.store_rows if r.label == "studio-int")
+        assert row.state == StoreState.DOWNGRADED
+
+
+async def test_purge_defaults_to_no_enter_cancels(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "user files have no other known copy" in app.screen.description
+        await pilot.press("enter")  # focus is on No
+        await pilot.pause()
+        assert isinstance(app.screen, DashboardScreen)
+        await app.workers.wait_for_complete()
+        assert tlib.ms.lib.docs.get_or_none(tlib.stores["studio-int"]) is not None
+
+
+async def test_purge_confirmed_by_clicking_yes(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "usb-backup-2")
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.click("#yes")
+        await app.workers.wait_for_complete()
+        await app.settle()
+        assert tlib.ms.lib.docs.get_or_none(tlib.stores["usb-backup-2"]) is None
+        assert "usb-backup-2" not in [r.label for r in app.data.health.store_rows]
+
+
+async def test_trust_asks_and_clears_flags(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "usb-backup-2")
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await app.settle()
+        doc = store_doc(tlib, "usb-backup-2")
+        assert not doc.get("failure") and not doc.get("no_new_copies")
+
+
+async def test_acknowledge_removes_the_failure_banner(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        banner = next(b for b in app.screen.query(AlertBanner) if b.alert.code == DRIVE_FAILURE)
+        banner.focus()
+        await pilot.press("a")
+        await app.workers.wait_for_complete()
+        await app.settle()
+        await pilot.pause()
+        codes = [b.alert.code for b in app.screen.query(AlertBanner)]
+        assert DRIVE_FAILURE not in codes
+        row = next(r for r in app.data.health.store_rows if r.label == "usb-backup-2")
+        assert row.state == StoreState.FAILING and row.failure_acknowledged
+
+
+async def test_read_only_refuses_every_modifying_action(tlib):
+    app = DmediaApp(tlib.ms, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        before = store_doc(tlib, "studio-int")
+        for key in "vdpat":
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(app.screen, DashboardScreen)
+        await app.workers.wait_for_complete()
+        assert store_doc(tlib, "studio-int") == before
+        messages = [n.message for n in app._notifications]
+        assert "read-only: purge is disabled" in messages
+        assert "read-only: downgrade is disabled" in messages
+        footer_keys = {b.binding.key for b in app.active_bindings.values() if b.binding.show}
+        assert not {"d", "p", "a", "v"} & footer_keys
+        banner = next(b for b in app.screen.query(AlertBanner) if b.alert.code == DRIVE_FAILURE)
+        assert "[a] acknowledge" not in text_of(banner)
+        assert "read-only" in str(app.screen.query_one("#header").render())
+
+
+async def test_help_screen_lists_every_binding(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        for key in ("question_mark", "f1"):
+            await pilot.press(key)
+            assert isinstance(app.screen, HelpScreen)
+            text = str(app.screen.query_one("#help-keys").render())
+            for needle in (
+                "quit",
+                "verify",
+                "downgrade",
+                "purge",
+                "acknowledge",
+                "trust",
+                "event log",
+                "ctrl+p",
+            ):
+                assert needle in text
+            await pilot.press("escape")
+            assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_compact_layout_follows_the_terminal_size(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=(60, 15)) as pilot:
+        await app.settle()
+        screen = app.screen
+        assert screen.has_class("-compact")
+        assert screen.query_one("#stores").styles.display == "none"
+        assert screen.query_one("#events").styles.display == "none"
+        summary = str(screen.query_one("#summary").render())
+        assert summary.startswith("15 files · 3: 0 2: 4 1: 11 0: 0")
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert not screen.has_class("-compact")
+        await pilot.resize_terminal(100, 18)
+        await pilot.pause()
+        assert screen.has_class("-compact")
+
+
+async def test_first_run_message_on_an_empty_library(empty_lib):
+    app = DmediaApp(empty_lib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        await pilot.pause()
+        assert app.screen.has_class("-first-run")
+        assert FIRST_RUN in str(app.screen.query_one("#first-run").render())
+
+
+async def test_command_palette_offers_the_actions(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"downgrade")
+        await until(pilot, lambda: "Downgrade selected store" in _palette_text(app))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        assert not store_doc(tlib, "studio-int").get("downgraded")
+
+
+def _palette_text(app) -> str:
+    from textual.command import CommandList
+
+    try:
+        options = app.screen.query_one(CommandList)
+    except Exception:
+        return ""
+    return " ".join(str(options.get_option_at_index(i).prompt) for i in range(options.option_count))
+
+
+async def test_verify_with_a_running_engine(tlib):
+    from dmedia_tui.engine import Engine
+
+    engine = Engine(tlib.ms, watch_drives=False, watch_folders=False)
+    app = DmediaApp(tlib.ms, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        assert "engine running" in str(app.screen.query_one("#header").render())
+        select_store(app, "studio-int")
+        await pilot.press("v")
+        sid = tlib.stores["studio-int"]
+        await until(pilot, lambda: tlib.ms.lib.verification_stats(sid).never == 0)
+        await app.settle()
+        row = next(r for r in app.data.health.store_rows if r.store_id == sid)
+        assert row.verification.never == 0
+    assert not engine._threads  # stopped with the app
+
+
+async def test_second_engine_makes_a_read_only_monitor(tlib):
+    from dmedia_tui.engine import Engine
+
+    holder = Engine(tlib.ms, watch_drives=False, watch_folders=False)
+    assert holder.acquire_lock()
+    try:
+        app = DmediaApp(tlib.ms, Engine(tlib.ms, watch_drives=False, watch_folders=False))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settle()
+            assert ENGINE_MONITOR in str(app.screen.query_one("#header").render())
+            await pilot.press("v")
+            await pilot.pause()
+            assert any("No engine runs" in n.message for n in app._notifications)
+    finally:
+        holder.release_lock()
+
+
+async def test_database_error_is_shown_not_raised(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        tlib.ms.lib.close()
+        await until(
+            pilot,
+            lambda: (
+                app.data is not None
+                and app.data.health.alerts
+                and app.data.health.alerts[0].code == "DATABASE_OFFLINE"
+            ),
+        )
+        await asyncio.sleep(0)
