@@ -28,7 +28,7 @@ import stat as stat_mod
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -487,21 +487,7 @@ class FileStore:
         """Read f once: each leaf is written to tmp/ while it is hashed."""
         tmp = _TmpFile(self)
         try:
-            h = Hasher()
-            buf = bytearray(LEAF_SIZE)
-            view = memoryview(buf)
-            with ThreadPoolExecutor(1, thread_name_prefix="dmedia-write") as ex:
-                while n := read_full(f, view):
-                    leaf = view[:n]
-                    fut = ex.submit(tmp.write, leaf)  # write while hashing: both drop the GIL
-                    try:
-                        h.hash_leaf(leaf)
-                    finally:
-                        fut.result()
-                    if progress:
-                        progress(n)
-                    if n < LEAF_SIZE:
-                        break
+            h = _pump(f, {self.id: tmp}, None, progress)
             if h.file_size == 0:
                 raise FileStoreError("empty file (not imported)")
             ch = h.content_hash()
@@ -606,7 +592,8 @@ class FileStore:
                 st = os.fstat(f.fileno())
                 mtime = int(st.st_mtime)
                 try:
-                    ch = self._read_into(f, tmps, failed, progress)
+                    h = _pump(f, tmps, failed, progress)
+                    ch = h.content_hash() if h.file_size else None
                 except OSError as e:
                     src = VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
                     return CopyResult(src.status, {}, {}, src)
@@ -626,35 +613,59 @@ class FileStore:
             for tmp in tmps.values():
                 tmp.discard()
 
-    @staticmethod
-    def _read_into(
-        f: Any, tmps: dict[str, _TmpFile], failed: dict[str, str], progress: Progress | None
-    ) -> ContentHash | None:
-        """Read f once; hash every leaf while writing it to each tmp in parallel.
 
-        A tmp whose write fails is discarded and moved to `failed`. Returns None for an
-        empty source (it cannot match any ID).
-        """
-        h = Hasher()
-        buf = bytearray(LEAF_SIZE)
-        view = memoryview(buf)
-        with ThreadPoolExecutor(max(1, len(tmps)), thread_name_prefix="dmedia-write") as ex:
-            while n := read_full(f, view):
-                leaf = view[:n]
-                futs = {sid: ex.submit(tmp.write, leaf) for sid, tmp in tmps.items()}
-                try:
-                    h.hash_leaf(leaf)
-                finally:
-                    for sid, fut in futs.items():
-                        try:
-                            fut.result()
-                        except OSError as e:
-                            failed[sid] = _errstr(e)
-                            tmps.pop(sid).discard()
-                if progress:
-                    progress(n)
-                if n < LEAF_SIZE:
-                    break
-        if h.file_size == 0:
-            return None
-        return h.content_hash()
+def _read_ahead(f: Any, ex: ThreadPoolExecutor) -> Iterator[memoryview]:
+    """The leaves of f, each read (in `ex`) while the previous one is being used.
+
+    Two 8 MiB buffers alternate; a yielded view is valid until the next one is asked for.
+    """
+    views = (memoryview(bytearray(LEAF_SIZE)), memoryview(bytearray(LEAF_SIZE)))
+    k = 0
+    fut: Future[int] | None = ex.submit(read_full, f, views[0])
+    try:
+        while fut is not None:
+            n = fut.result()
+            fut = None
+            if n == 0:
+                return
+            leaf = views[k][:n]
+            if n == LEAF_SIZE:
+                k ^= 1
+                fut = ex.submit(read_full, f, views[k])
+            yield leaf
+    finally:
+        if fut is not None:
+            wait([fut])  # never leave a read running into a buffer of a closing file
+
+
+def _pump(
+    f: Any, tmps: dict[str, _TmpFile], failed: dict[str, str] | None, progress: Progress | None
+) -> Hasher:
+    """Read f once; hash each leaf while writing it to every tmp (all in parallel).
+
+    A write error removes that tmp into `failed`, or is raised when `failed` is None.
+    """
+    h = Hasher()
+    with (
+        ThreadPoolExecutor(1 + max(1, len(tmps)), thread_name_prefix="dmedia-io") as ex,
+        contextlib.closing(_read_ahead(f, ex)) as leaves,
+    ):
+        for leaf in leaves:
+            futs = {sid: ex.submit(tmp.write, leaf) for sid, tmp in tmps.items()}
+            errors: dict[str, OSError] = {}
+            try:
+                h.hash_leaf(leaf)
+            finally:
+                for sid, fut in futs.items():
+                    try:
+                        fut.result()
+                    except OSError as e:
+                        errors[sid] = e
+            for sid, e in errors.items():
+                if failed is None:
+                    raise e
+                failed[sid] = _errstr(e)
+                tmps.pop(sid).discard()
+            if progress:
+                progress(len(leaf))
+    return h

@@ -547,3 +547,23 @@ def test_copy_to_a_full_filesystem(
 def test_move_to_corrupt_missing(store: FileStore) -> None:
     with pytest.raises(FileNotFoundError):
         store.move_to_corrupt(hash_bytes(b"nope").id)
+
+
+def test_source_read_error_midway_leaves_nothing(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "card.MOV"
+    src.write_bytes(data(BIG))
+    real = fs_mod.read_full
+    calls = {"n": 0}
+
+    def eio_on_second_leaf(f, view):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(f, view)
+
+    monkeypatch.setattr(fs_mod, "read_full", eio_on_second_leaf)
+    with pytest.raises(OSError):
+        store.import_file(src)
+    assert listing(store.path / ".dmedia") == ["store.json"]

@@ -270,3 +270,23 @@ def test_truncated_under_the_mapping_is_an_oserror_not_sigbus(tmp_path: Path) ->
                 P._hash_mapped(mm, 3 * LEAF_SIZE, None)
         finally:
             mm.close()
+
+
+def test_read_full_fills_a_leaf_despite_short_reads() -> None:
+    """FUSE and network filesystems may return short reads before EOF."""
+
+    class Dribble:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.pos = data, 0
+
+        def readinto(self, view: memoryview) -> int:
+            n = min(len(view), 1000, len(self.data) - self.pos)
+            view[:n] = self.data[self.pos : self.pos + n]
+            self.pos += n
+            return n
+
+    src = Dribble(pattern(5000))
+    buf = memoryview(bytearray(4096))
+    assert P.read_full(src, buf) == 4096 and bytes(buf) == pattern(4096)
+    assert P.read_full(src, buf) == 904 and bytes(buf[:904]) == pattern(5000)[4096:]
+    assert P.read_full(src, buf) == 0
