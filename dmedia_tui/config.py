@@ -142,9 +142,12 @@ class Config:
                 data = tomllib.load(f)
         except FileNotFoundError:
             pass
-        except (OSError, tomllib.TOMLDecodeError) as e:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read {toml_path}: {e}") from None
-        thresholds = Thresholds.from_mapping(data.get("thresholds", {}) or {})
+        raw_thresholds = data.get("thresholds", {}) or {}
+        if not isinstance(raw_thresholds, dict):
+            raise ConfigError(f"{toml_path}: [thresholds] must be a table")
+        thresholds = Thresholds.from_mapping(raw_thresholds)
         db = data.get("db")
         host = data.get("hostname")
         if db is not None and not isinstance(db, str):

@@ -223,6 +223,15 @@ class MetaStore:
         if copies < 0:
             raise MetaStoreError("--copies must be >= 0")
         folder = folder.resolve()
+        for sid, known in self.config.known_stores().items():
+            known_path = Path(known)
+            if folder != known_path and (
+                folder.is_relative_to(known_path) or known_path.is_relative_to(folder)
+            ):
+                raise MetaStoreError(
+                    f"{folder} is inside or around store {store_label(self.store_doc(sid), sid)}"
+                    f" at {known_path}: stores cannot nest"
+                )
         try:
             existing = FileStore(folder)
         except NotAFileStore:
@@ -269,30 +278,41 @@ class MetaStore:
         self.config.remember_store(doc["_id"], folder)
         return fs, doc, True
 
-    def heartbeat(self, connected: dict[str, FileStore]) -> None:
-        """Refresh this machine's doc and the atime / free space of its connected stores."""
+    def heartbeat(self, connected: dict[str, FileStore]) -> set[str]:
+        """Refresh this machine's doc and the atime / free space of its connected stores.
+
+        Returns the stores that came back: re-recorded after a purge, or whose
+        unseen-for-days downgrade was just lifted. Their copies count 0 (or are not
+        recorded at all) until verified, so the caller should verify them next.
+        """
         now = self.now()
+        back: set[str] = set()
         for sid, fs in connected.items():
             try:
                 total, avail = fs.statvfs()
             except OSError:
                 continue
-            try:
-                self.lib.docs.update(
-                    sid, transitions.touch_store, now, total, avail, self.machine_id
-                )
-            except NotFound:
+            before = self.store_doc(sid)
+            if before is None:
                 # The FileStore is here but the library forgot it (purged): record it again.
                 doc = dict(fs.doc)
                 doc.pop("_rev", None)
                 transitions.touch_store(doc, now, total, avail, self.machine_id)
                 self.lib.docs.save(doc)
+                back.add(sid)
+                continue
+            after = self.lib.docs.update(
+                sid, transitions.touch_store, now, total, avail, self.machine_id
+            )
+            if before.get("downgraded") and after is not None and not after.get("downgraded"):
+                back.add(sid)
         machine = self.lib.docs.get_or_none(self.machine_id)
         new = schema.create_machine(now, self.machine_id, self.hostname, sorted(connected))
         if machine is not None:
             new["_rev"] = machine["_rev"]
             new["time"] = machine.get("time", now)
         self.lib.docs.save(new)
+        return back
 
     # --- import ----------------------------------------------------------------------
 
@@ -455,7 +475,7 @@ class MetaStore:
     def make_copy(
         self, doc: Doc, connected: dict[str, FileStore], progress: Progress | None = None
     ) -> int:
-        """Bring one file toward the target; returns durability added (0 if impossible)."""
+        """Bring one file toward the target; returns the number of new copies written."""
         file_id = doc["_id"]
         need = self.thresholds.target_copies - durability(doc)
         if need <= 0:
@@ -499,7 +519,7 @@ class MetaStore:
                     result.source.mtime,
                     new,
                 )
-            return sum(w for w, _ in new.values())
+            return len(new)
         return 0
 
     def fragile_files(self, limit: int = 100) -> list[Doc]:
