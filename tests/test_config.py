@@ -1,0 +1,96 @@
+"""Config: paths, thresholds, machine identity, known stores; the injectable clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmedia_tui.clock import FixedClock, OffsetClock, SystemClock, clock_from_env
+from dmedia_tui.config import DAY, Config, ConfigError, Thresholds
+from dmedia_tui.protocol import is_store_id, random_id
+
+
+def test_defaults_follow_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "c"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "d"))
+    cfg = Config.load()
+    assert cfg.config_dir == tmp_path / "c" / "dmedia-tui"
+    assert cfg.default_db_path == tmp_path / "d" / "dmedia-tui" / "library.sqlite3"
+    assert cfg.thresholds == Thresholds()
+    assert cfg.thresholds.store_downgrade_after == 3 * DAY
+    assert cfg.thresholds.store_purge_after == 8 * DAY
+
+
+def test_db_url_precedence(tmp_path):
+    (tmp_path / "config.toml").write_text('db = "/from/toml.sqlite3"\n')
+    cfg = Config.load(tmp_path, tmp_path / "data")
+    assert cfg.db_url(None, {}) == "/from/toml.sqlite3"
+    assert cfg.db_url(None, {"DMEDIA_DB": "/env"}) == "/env"
+    assert cfg.db_url("/cli", {"DMEDIA_DB": "/env"}) == "/cli"
+
+
+def test_thresholds_from_toml_and_bad_values(tmp_path):
+    (tmp_path / "config.toml").write_text(
+        "[thresholds]\nstore_downgrade_after = 60\nreserve_fraction = 0.5\n"
+    )
+    t = Config.load(tmp_path, tmp_path).thresholds
+    assert t.store_downgrade_after == 60 and t.reserve_fraction == 0.5
+    assert t.reserve_for(1000) == 500
+    assert Thresholds().reserve_for(10**15) == 4_000_000_000  # capped at 4 GB
+    assert Thresholds().reserve_for(10**9) == 10**7  # 1 %
+    for bad in (
+        "[thresholds]\nnope = 1\n",
+        "[thresholds]\nheartbeat_fresh = -1\n",
+        "[thresholds]\nheartbeat_fresh = true\n",
+        "thresholds = 1\n",
+        "x = \n",
+    ):
+        (tmp_path / "config.toml").write_text(bad)
+        with pytest.raises(ConfigError):
+            Config.load(tmp_path, tmp_path)
+
+
+def test_two_config_dirs_are_two_machines(tmp_path):
+    a = Config.load(tmp_path / "a", tmp_path / "da")
+    b = Config.load(tmp_path / "b", tmp_path / "db")
+    assert is_store_id(a.machine_id) and is_store_id(b.machine_id)
+    assert a.machine_id != b.machine_id
+    assert Config.load(tmp_path / "a", tmp_path / "da").machine_id == a.machine_id
+
+
+def test_known_stores_round_trip_and_ignore_junk(tmp_path):
+    cfg = Config.load(tmp_path, tmp_path)
+    sid = random_id()
+    cfg.remember_store(sid, tmp_path / "store")
+    (tmp_path / "junk.json").write_text("{}")
+    assert cfg.known_stores() == {sid: str((tmp_path / "store").resolve())}
+    cfg.forget_store(sid)
+    assert cfg.known_stores() == {}
+    (tmp_path / "stores.json").write_text('{"not-an-id": "/x", "%s": 5}' % sid)
+    assert cfg.known_stores() == {}
+    (tmp_path / "stores.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError):
+        cfg.known_stores()
+
+
+def test_default_config_file_is_written_once_and_parses(tmp_path):
+    cfg = Config.load(tmp_path, tmp_path / "data")
+    path = cfg.write_default_config()
+    text = path.read_text()
+    assert "store_purge_after" in text
+    assert Config.load(tmp_path, tmp_path / "data").thresholds == Thresholds()
+    path.write_text("# mine\n")
+    cfg.write_default_config()
+    assert path.read_text() == "# mine\n"
+
+
+def test_clock_from_env():
+    assert isinstance(clock_from_env({}), SystemClock)
+    fixed = clock_from_env({"DMEDIA_NOW": "1000"})
+    assert isinstance(fixed, FixedClock) and fixed.now() == 1000 and fixed.simulated
+    ticking = clock_from_env({"DMEDIA_NOW": "1000"}, ticking=True)
+    assert isinstance(ticking, OffsetClock) and 1000 <= ticking.now() < 1010
+    with pytest.raises(ValueError):
+        clock_from_env({"DMEDIA_NOW": "yesterday"})
+    c = FixedClock(5)
+    c.advance(10)
+    assert c.now() == 15
