@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dmedia_tui.clock import FixedClock, OffsetClock, SystemClock, clock_from_env
@@ -65,7 +67,7 @@ def test_known_stores_round_trip_and_ignore_junk(tmp_path):
     assert cfg.known_stores() == {sid: str((tmp_path / "store").resolve())}
     cfg.forget_store(sid)
     assert cfg.known_stores() == {}
-    (tmp_path / "stores.json").write_text('{"not-an-id": "/x", "%s": 5}' % sid)
+    (tmp_path / "stores.json").write_text(json.dumps({"not-an-id": "/x", sid: 5}))
     assert cfg.known_stores() == {}
     (tmp_path / "stores.json").write_text("[1, 2]")
     with pytest.raises(ConfigError):
