@@ -53,13 +53,22 @@ from dmedia_tui.db.base import (
 )
 
 APPLICATION_ID = 0x644D5431  # "dMT1": marks the file as a dmedia-tui library
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.1  # wait_changes() polls update_seq this often
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 _DB_KEYS = {DOCS_DB: 1, LOG_DB: 2}
 FILE_TYPE = "dmedia/file"
+
+# Schema 2 added store_sum (per-store copy counts, for verification_stats at scale).
+_MIGRATE_1_TO_2 = """
+CREATE TABLE store_sum (
+    store_id TEXT PRIMARY KEY, copies INTEGER NOT NULL, never INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO store_sum (store_id, copies, never)
+    SELECT store_id, count(*), count(*) - count(verified) FROM copy GROUP BY store_id;
+"""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -89,6 +98,9 @@ CREATE INDEX copy_rank ON copy (store_id, rank, file_id);
 CREATE TABLE placement_sum (
     origin TEXT NOT NULL, placement TEXT NOT NULL, count INTEGER NOT NULL,
     bytes INTEGER NOT NULL, PRIMARY KEY (origin, placement)
+) WITHOUT ROWID;
+CREATE TABLE store_sum (
+    store_id TEXT PRIMARY KEY, copies INTEGER NOT NULL, never INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE event (
     id TEXT PRIMARY KEY, type TEXT, time REAL, store_id TEXT, file_id TEXT
@@ -361,6 +373,7 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
     """Bring `file`, `copy` and `placement_sum` up to date for the docs just written."""
     ids = list(final)
     deltas: dict[tuple[str, str], list[int]] = {}
+    per_store: dict[str, list[int]] = {}  # store_id -> [copies delta, never delta]
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
         for origin, placement, size in c.execute(
@@ -369,6 +382,14 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
             d = deltas.setdefault((origin, placement), [0, 0])
             d[0] -= 1
             d[1] -= size
+        for store_id, n, never in c.execute(
+            "SELECT store_id, count(*), count(*) - count(verified) FROM copy"
+            f" WHERE file_id IN ({marks}) GROUP BY store_id",
+            chunk,
+        ):
+            p = per_store.setdefault(store_id, [0, 0])
+            p[0] -= n
+            p[1] -= never
         c.execute(f"DELETE FROM file WHERE id IN ({marks})", chunk)
         c.execute(f"DELETE FROM copy WHERE file_id IN ({marks})", chunk)
     files: list[tuple[Any, ...]] = []
@@ -390,6 +411,19 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
         "INSERT INTO copy (file_id, store_id, copies, verified, bytes, rank) VALUES (?,?,?,?,?,?)",
         copies,
     )
+    for row in copies:
+        p = per_store.setdefault(row[1], [0, 0])
+        p[0] += 1
+        p[1] += row[3] is None
+    stores = [(sid, n, never) for sid, (n, never) in per_store.items() if n or never]
+    if stores:
+        c.executemany(
+            "INSERT INTO store_sum (store_id, copies, never) VALUES (?,?,?)"
+            " ON CONFLICT (store_id) DO UPDATE SET"
+            " copies=copies+excluded.copies, never=never+excluded.never",
+            stores,
+        )
+        c.execute("DELETE FROM store_sum WHERE copies <= 0")
     changed = [(o, p, n, b) for (o, p), (n, b) in deltas.items() if n or b]
     if changed:
         c.executemany(
@@ -515,6 +549,8 @@ class SQLiteLibrary(Library):
                 f"library schema {version} is newer than this program supports "
                 f"({SCHEMA_VERSION}): upgrade dmedia-tui"
             )
+        if version == 1:
+            version = self._migrate(conn)
         if version < 1:
             raise self._offline(f"library schema {version} is unknown")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -523,6 +559,24 @@ class SQLiteLibrary(Library):
         self._tune(conn)
         # Reading a real table proves the file is not corrupt beyond its header.
         conn.execute("SELECT count(*) FROM dbinfo").fetchone()
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        """Bring a schema-1 library to schema 2 (in one transaction; re-checked under lock)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 1:
+                for stmt in _MIGRATE_1_TO_2.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+                conn.execute("PRAGMA user_version = 2")
+                version = 2
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version
 
     @staticmethod
     def _schema_empty(conn: sqlite3.Connection) -> bool:
@@ -712,21 +766,27 @@ class SQLiteLibrary(Library):
         return [CopyDue(f, s, v, b) for f, s, v, b in rows]
 
     def verification_stats(self, store_id: str) -> VerificationStats:
+        # Counts from store_sum (kept by deltas), min/max are index lookups; only the
+        # median walks half of the store's verified copies (an index range, no table).
         with self._read(snapshot=True) as c:
-            copies, never, oldest, newest = c.execute(
-                "SELECT count(*), count(*) - count(verified), min(verified), max(verified)"
-                " FROM copy WHERE store_id=?",
+            row = c.execute(
+                "SELECT copies, never FROM store_sum WHERE store_id=?", (store_id,)
+            ).fetchone()
+            copies, never = row if row else (0, 0)
+            verified = copies - never
+            if not verified:
+                return VerificationStats(copies, never, None, None, None)
+            oldest, newest = c.execute(
+                "SELECT (SELECT min(verified) FROM copy WHERE store_id=?1"
+                " AND verified IS NOT NULL), (SELECT max(verified) FROM copy WHERE store_id=?1)",
                 (store_id,),
             ).fetchone()
-            median = None
-            verified = copies - never
-            if verified:
-                # The lower median: an actual verification time, never an average.
-                median = c.execute(
-                    "SELECT verified FROM copy WHERE store_id=? AND verified IS NOT NULL"
-                    " ORDER BY verified LIMIT 1 OFFSET ?",
-                    (store_id, (verified - 1) // 2),
-                ).fetchone()[0]
+            # The lower median: an actual verification time, never an average.
+            median = c.execute(
+                "SELECT verified FROM copy WHERE store_id=? AND verified IS NOT NULL"
+                " ORDER BY verified LIMIT 1 OFFSET ?",
+                (store_id, (verified - 1) // 2),
+            ).fetchone()[0]
         return VerificationStats(copies, never, oldest, median, newest)
 
     def events(

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmedia_tui import durability
-from dmedia_tui.db import DatabaseOffline, open_library
+from dmedia_tui.db import DatabaseOffline, VerificationStats, open_library
 from dmedia_tui.db.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteLibrary, _file_row
 from dmedia_tui.protocol import random_id
 
@@ -68,6 +68,31 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
         assert again.docs.update_seq() == seq
     finally:
         again.close()
+
+
+def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "library.sqlite3"
+    store = random_id()
+    lib = SQLiteLibrary(path)
+    lib.docs.save_many(
+        [
+            {"_id": random_id(30), "type": "dmedia/file", "bytes": 1, "stored": {store: v}}
+            for v in ({"copies": 1}, {"copies": 1, "verified": 5}, {"copies": 0, "verified": 9})
+        ]
+    )
+    lib.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE store_sum")  # what a schema-1 file looks like
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    lib = SQLiteLibrary(path, create=False)
+    try:
+        assert lib.verification_stats(store) == VerificationStats(3, 1, 5, 5, 9)
+    finally:
+        lib.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
 
 
 def test_an_empty_file_is_initialised(tmp_path: Path) -> None:
