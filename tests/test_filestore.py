@@ -567,3 +567,47 @@ def test_source_read_error_midway_leaves_nothing(
     with pytest.raises(OSError):
         store.import_file(src)
     assert listing(store.path / ".dmedia") == ["store.json"]
+
+
+def test_import_files_in_order_with_per_file_errors(store: FileStore, tmp_path: Path) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    names = ["a.MOV", "b.JPG", "dup.MOV", "empty.JPG", "missing.JPG", "sub", "c.CR2"]
+    (card / "a.MOV").write_bytes(data(BIG))
+    (card / "b.JPG").write_bytes(data(5000, seed=1))
+    (card / "dup.MOV").write_bytes(data(BIG))
+    (card / "empty.JPG").write_bytes(b"")
+    (card / "sub").mkdir()
+    (card / "c.CR2").write_bytes(data(LEAF_SIZE, seed=2))
+    seen: list[int] = []
+    out = list(store.import_files((card / n for n in names), seen.append))
+    assert [src.name for src, _ in out] == names
+    res = dict((src.name, r) for src, r in out)
+    assert res["a.MOV"].new and res["b.JPG"].new and res["c.CR2"].new  # type: ignore[union-attr]
+    assert not res["dup.MOV"].new  # type: ignore[union-attr]
+    assert res["dup.MOV"].content_hash == res["a.MOV"].content_hash  # type: ignore[union-attr]
+    assert isinstance(res["empty.JPG"], FileStoreError)
+    assert isinstance(res["missing.JPG"], FileNotFoundError)
+    assert isinstance(res["sub"], FileStoreError)
+    ids = sorted(r.content_hash.id for r in res.values() if not isinstance(r, Exception))
+    assert [s.id for s in store] == sorted(set(ids))
+    for file_id in set(ids):
+        assert store.verify(file_id).status == VerifyStatus.OK
+        assert stat.S_IMODE(store.file_path(file_id).stat().st_mode) == 0o444
+    assert sum(seen) == 2 * BIG + 5000 + LEAF_SIZE
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_import_files_stopped_early_leaves_nothing_half_done(
+    store: FileStore, tmp_path: Path
+) -> None:
+    srcs = []
+    for i in range(3):
+        srcs.append(tmp_path / f"f{i}")
+        srcs[-1].write_bytes(data(1000 + i))
+    gen = store.import_files(srcs)
+    first_src, first = next(gen)
+    gen.close()  # the second file was already read: it is committed, not left in tmp/
+    assert first_src == srcs[0] and first.new  # type: ignore[union-attr]
+    assert len(list(store)) == 2
+    assert list(store.tmp_dir.iterdir()) == []
