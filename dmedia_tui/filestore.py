@@ -617,34 +617,30 @@ class FileStore:
             return CopyResult(src.status, written, failed, src)
 
         tmps: dict[str, _TmpFile] = {}
-        stores: dict[str, FileStore] = {}
         try:
-            for dst in dsts:
-                if dst.id in written or dst.id in tmps or dst.id in failed:
-                    continue
-                try:
-                    written[dst.id] = dst.stat(file_id).mtime
-                    continue
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    failed[dst.id] = _errstr(e)
-                    continue
-                try:
-                    tmps[dst.id] = _TmpFile(dst)
-                    stores[dst.id] = dst
-                except OSError as e:
-                    failed[dst.id] = _errstr(e)
-
             with f:
-                st = os.fstat(f.fileno())
-                mtime = int(st.st_mtime)
+                for dst in dsts:
+                    if dst.id in written or dst.id in tmps or dst.id in failed:
+                        continue
+                    try:
+                        written[dst.id] = dst.stat(file_id).mtime  # already there: leave it
+                        continue
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        failed[dst.id] = _errstr(e)
+                        continue
+                    try:
+                        tmps[dst.id] = _TmpFile(dst)
+                    except OSError as e:
+                        failed[dst.id] = _errstr(e)
+                mtime = int(os.fstat(f.fileno()).st_mtime)
                 try:
                     h = _pump(f, tmps, failed, progress)
-                    ch = h.content_hash() if h.file_size else None
                 except OSError as e:
                     src = VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
                     return CopyResult(src.status, {}, {}, src)
+            ch = h.content_hash() if h.file_size else None
             if ch is None or ch.id != file_id:
                 src = self._quarantine(file_id, mtime=mtime, content_hash=ch)
                 return CopyResult(src.status, {}, {}, src)
