@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -26,8 +27,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from dmedia_tui import protocol
 from dmedia_tui.durability import rank
 from dmedia_tui.filestore import FileStore, VerifyStatus
 from dmedia_tui.metastore import MetaStore, store_label
@@ -156,68 +159,149 @@ class Engine:
     # --- connected stores ------------------------------------------------------------
 
     def refresh_connected(self) -> dict[str, FileStore]:
-        """Stores present now: known folders plus FileStores at the root of mounted drives."""
+        """Stores present now: known folders plus FileStores on mounted drives."""
+        found, added, removed = self._refresh(self._partitions() if self.watch_drives else None)
+        if added or removed:
+            self._announce(found, added, removed)
+        return found
+
+    def drive_pass(self) -> RoundSummary:
+        """What a drive coming or going needs at once: find the connected stores, write the
+        heartbeat (store atimes, the machine doc listing them), purge the stores whose drive
+        is back without its FileStore. One partition scan serves all three."""
+        s = RoundSummary()
+        parts = self._partitions() if self.watch_drives else None
+        found, added, removed = self._refresh(parts)
+        self.ms.heartbeat(found)
+        if parts is not None:
+            s.purged += self.purge_wiped_drives(parts, connected=found)
+        if added or removed:
+            self._announce(found, added, removed)
+        return s
+
+    def _partitions(self) -> list[Any] | None:
+        """Every filesystem known now (mounted or not); None when discovery fails."""
+        try:
+            from dmedia_tui import drives
+
+            return drives.list_partitions()
+        except Exception as e:
+            log.info("drive discovery failed: %s", e)
+            return None
+
+    def _refresh(
+        self, partitions: list[Any] | None
+    ) -> tuple[dict[str, FileStore], set[str], set[str]]:
         found = self.ms.connected_filestores()
-        if self.watch_drives:
-            found.update(self._stores_on_drives(found))
+        if partitions:
+            found.update(self._stores_on_drives(found, partitions))
         with self._conn_lock:
             before = set(self.connected)
             self.connected = found
-        if set(found) != before:
-            self.emit("changed", {"connected": sorted(found)})
-            self._wake_verify.set()
-            self._wake_copy.set()
-            if self._store_watcher is not None:
-                for sid in before - set(found):
-                    self._store_watcher.unwatch(sid)
-                for sid in set(found) - before:
-                    self._store_watcher.watch(sid, str(found[sid].path))
-        return found
+        self._sync_store_watches(found)
+        return found, set(found) - before, before - set(found)
 
-    def _stores_on_drives(self, known: dict[str, FileStore]) -> dict[str, FileStore]:
+    def _announce(self, found: dict[str, FileStore], added: set[str], removed: set[str]) -> None:
+        for sid in sorted(added):
+            log.info("store %s connected at %s", sid, found[sid].path)
+        for sid in sorted(removed):
+            log.info("store %s disconnected", sid)
+        self.emit(
+            "changed",
+            {"connected": sorted(found), "added": sorted(added), "removed": sorted(removed)},
+        )
+        self._wake_verify.set()
+        self._wake_copy.set()
+
+    def _sync_store_watches(self, found: dict[str, FileStore]) -> None:
+        """Watch exactly the connected stores, at the folder each is connected at now (a
+        drive mounted elsewhere, or a watch dropped when the drive went, is watched again)."""
+        watcher = self._store_watcher
+        if watcher is None:
+            return
         try:
-            from dmedia_tui import drives
+            from dmedia_tui.fswatch import files_dir
 
-            parts = drives.list_partitions()
-        except Exception as e:
-            log.debug("drive discovery failed: %s", e)
-            return {}
+            watched = watcher.watched()
+            for sid in set(watched) - set(found):
+                watcher.unwatch(sid)
+            for sid, fs in found.items():
+                if watched.get(sid) != str(files_dir(fs.path)):
+                    watcher.watch(sid, fs.path)
+        except Exception as e:  # watching is a help, never a condition
+            log.info("store watches not updated: %s", e)
+
+    def _stores_on_drives(
+        self, known: dict[str, FileStore], partitions: list[Any]
+    ) -> dict[str, FileStore]:
+        """Stores of this library on mounted partitions: at the root of the filesystem, or at
+        the folder their doc records on it (`relative_path`, matched by partition UUID or
+        drive serial), wherever the partition is mounted now. A store found where this
+        machine did not know it is remembered there."""
+        from dmedia_tui import drives
+
         out: dict[str, FileStore] = {}
-        for p in parts:
+        stores: list[dict[str, Any]] | None = None
+        try:
+            remembered = self.ms.config.known_stores()
+        except Exception:
+            remembered = {}
+        for p in partitions:
             if not p.mount_point:
                 continue
-            try:
-                fs = FileStore(p.mount_point)
-            except Exception:
-                continue
-            if fs.id in known or self.ms.store_doc(fs.id) is None:
-                continue  # only stores of this library
-            self.ms.config.remember_store(fs.id, fs.path)
-            out[fs.id] = fs
+            if stores is None:
+                stores = self.ms.stores()
+            paths = [Path(p.mount_point)]
+            paths += [m.expected_path for m in drives.match_store(p, stores) if m.expected_path]
+            for path in dict.fromkeys(paths):
+                try:
+                    fs = FileStore(path)
+                except Exception:
+                    continue
+                if fs.id in known or fs.id in out or self.ms.store_doc(fs.id) is None:
+                    continue  # already found, or not a store of this library
+                out[fs.id] = fs
+                if remembered.get(fs.id) != os.path.realpath(fs.path):
+                    try:
+                        self.ms.config.remember_store(fs.id, fs.path)
+                    except Exception as e:
+                        log.warning("cannot remember store %s at %s: %s", fs.id, fs.path, e)
         return out
 
-    def purge_wiped_drives(self) -> int:
-        """Purge stores whose drive is mounted without their FileStore (reformatted, wiped)."""
-        try:
-            from dmedia_tui import drives
+    def purge_wiped_drives(
+        self,
+        partitions: list[Any] | None = None,
+        connected: dict[str, FileStore] | None = None,
+    ) -> int:
+        """Purge stores whose drive is mounted without their FileStore (wiped, re-initialised).
 
-            parts = drives.list_partitions()
-        except Exception as e:
-            log.debug("drive discovery failed: %s", e)
-            return 0
+        Any doubt means no purge: a store connected now is never purged, and a place we
+        cannot read (I/O error, unreadable store.json) or that stopped being the mounted
+        filesystem while we looked (an unmount racing us) counts as "cannot tell".
+        """
+        from dmedia_tui import drives
+
+        if partitions is None:
+            partitions = self._partitions()
+            if partitions is None:
+                return 0
+        if connected is None:
+            with self._conn_lock:
+                connected = dict(self.connected)
         stores = self.ms.stores()
-        n = 0
-
-        def filestore_id_at(path: os.PathLike[str] | str) -> str | None:
-            try:
-                return FileStore(path).id
-            except Exception:
-                return None
-
-        for p in parts:
+        look = _filestore_lookup(partitions)
+        purged: list[str] = []
+        for p in partitions:
             if not p.mount_point:
                 continue
-            for decision in drives.find_missing_filestores(p, stores, filestore_id_at):
+            for decision in drives.find_missing_filestores(p, stores, look, partitions):
+                if decision.store_id in connected:
+                    log.warning(
+                        "not purging store %s: it is connected at %s (a cloned drive?)",
+                        decision.store_id,
+                        connected[decision.store_id].path,
+                    )
+                    continue
                 if self.ms.store_doc(decision.store_id) is None:
                     continue
                 extra = {
@@ -226,28 +310,33 @@ class Engine:
                     if k not in ("store_id", "reason")
                 }
                 self.ms.purge_store(decision.store_id, reason=decision.reason, **extra)
-                n += 1
-        if n:
-            self.emit("changed", {"purged": n})
-        return n
+                purged.append(decision.store_id)
+        if purged:
+            self.emit("changed", {"purged": purged})
+        return len(purged)
 
     # --- rounds (each bounded; used by threads and by run_once) ---------------------
 
-    def housekeeping(self) -> RoundSummary:
-        s = RoundSummary()
-        connected = self.refresh_connected()
-        self.ms.heartbeat(connected)
-        if self.watch_drives:
-            s.purged += self.purge_wiped_drives()
+    def housekeeping(self, check: bool = True) -> RoundSummary:
+        """The drive pass, then the time policies, then (when due and `check`) the schema
+        and consistency pass. The threaded engine runs the check on its own thread."""
+        s = self.drive_pass()
+        with self._conn_lock:
+            connected = dict(self.connected)
         online = self.ms.online(connected)
         s.events += len(self.ms.run_time_policies(online))
-        now = self.ms.now()
-        if now - self._last_check >= self.ms.thresholds.schema_check_interval:
-            report = self.ms.check()
-            s.check_invalid = report.invalid + report.inconsistent
-            self._last_check = now
+        if check:
+            s.check_invalid += self._check_if_due()
         self.emit("changed", None)
         return s
+
+    def _check_if_due(self) -> int:
+        now = self.ms.now()
+        if now - self._last_check < self.ms.thresholds.schema_check_interval:
+            return 0
+        report = self.ms.check()
+        self._last_check = now
+        return report.invalid + report.inconsistent
 
     def verify_round(self, limit: int = 50) -> RoundSummary:
         """Verify up to `limit` due copies (priority requests first) across stores."""
@@ -256,15 +345,18 @@ class Engine:
         while self._priority and len(todo) < limit:
             sid, fid = self._priority.popleft()
             todo.extend(self._priority_items(sid, fid))
+        urgent = len(todo)
         now = self.ms.now()
+        self._retry_after = {k: t for k, t in self._retry_after.items() if t > now}
         with self._conn_lock:
             connected = dict(self.connected)
         for sid in sorted(connected):
             if len(todo) >= limit:
                 break
-            for due in self.ms.copies_due(sid, limit=limit):
+            waiting = sum(1 for k in self._retry_after if k[0] == sid)
+            for due in self.ms.copies_due(sid, limit=limit + waiting):
                 if self._retry_after.get((sid, due.file_id), 0) > now:
-                    continue
+                    continue  # unreadable lately: retried after verify_retry_after
                 todo.append((sid, due.file_id))
                 if len(todo) >= limit:
                     break
@@ -272,10 +364,15 @@ class Engine:
         for i, (sid, fid) in enumerate(todo):
             if self._stop.is_set():
                 break
+            if i >= urgent and self._priority:
+                break  # a copy was touched behind our back: verify it first
             fs = connected.get(sid)
             if fs is None:
                 continue
-            self._verify_one(fs, fid, s, i, len(todo))
+            try:
+                self._verify_one(fs, fid, s, i, len(todo))
+            except _Stopping:
+                break
         self.activity.pop("verify", None)
         if todo:
             self.emit("changed", None)
@@ -310,6 +407,8 @@ class Engine:
         started = time.monotonic()
 
         def progress(nbytes: int) -> None:
+            if self._stop.is_set():
+                raise _Stopping  # stop() must not wait for a whole file to be hashed
             act.done += nbytes
             self.emit("activity", act)
 
@@ -359,11 +458,15 @@ class Engine:
                 self.activity["copy"] = act
 
                 def progress(nbytes: int, act: Activity = act) -> None:
+                    if self._stop.is_set():
+                        raise _Stopping  # the partial copy is discarded by the FileStore
                     act.done += nbytes
                     self.emit("activity", act)
 
                 try:
                     gained = self.ms.make_copy(doc, connected, progress=progress)
+                except _Stopping:
+                    break
                 except Exception as e:  # one bad file must not stop the worker
                     log.warning("copy of %s failed: %s", doc["_id"], e)
                     gained = 0
@@ -387,15 +490,20 @@ class Engine:
 
         self._last_check = 0.0
         add(self.housekeeping())
-        for _ in range(10_000):
-            r = self.verify_round(limit=200)
-            add(r)
-            if not (r.verified or r.corrupt or r.missing):
-                break
-        for _ in range(10_000):
-            r = self.copy_round(limit=500)
-            add(r)
-            if not r.copies:
+        for _ in range(100):  # new copies are never-verified: verify them in the same call
+            for _ in range(10_000):
+                r = self.verify_round(limit=200)
+                add(r)
+                if not (r.verified or r.corrupt or r.missing or r.unreadable):
+                    break
+            made = 0
+            for _ in range(10_000):
+                r = self.copy_round(limit=500)
+                add(r)
+                made += r.copies
+                if not r.copies:
+                    break
+            if not made or self._stop.is_set():
                 break
         self._last_check = 0.0
         add(self.housekeeping())
@@ -404,7 +512,15 @@ class Engine:
     # --- threads ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker threads (call acquire_lock first)."""
+        """Start the worker threads (call acquire_lock first); a second call does nothing.
+
+        Every thread waits on an Event between rounds: housekeeping wakes for a drive or
+        store-folder event or its interval, verify and copy for a connected store, a touched
+        copy or a request (and every `idle` seconds as a safety net), the schema check on
+        its own thread every schema_check_interval, so it never delays a drive event.
+        """
+        if self._threads:
+            return
         self._stop.clear()
         if self.watch_folders:
             self._start_store_watcher()
@@ -414,23 +530,29 @@ class Engine:
             ("housekeeping", self._house_loop),
             ("verify", self._verify_loop),
             ("copy", self._copy_loop),
+            ("check", self._check_loop),
         ):
             t = threading.Thread(target=fn, name=f"dmedia-{name}", daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread and watcher and release the lock. A verify or copy in progress
+        is abandoned at its next leaf (nothing is recorded for it)."""
         self._stop.set()
         for ev in (self._wake_verify, self._wake_copy, self._wake_house):
             ev.set()
-        for t in self._threads:
-            t.join(timeout)
-        self._threads.clear()
         for w in (self._drive_watcher, self._store_watcher):
             if w is not None:
                 with contextlib.suppress(Exception):
                     w.stop()
         self._drive_watcher = self._store_watcher = None
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning("engine thread %s did not stop in time", t.name)
+        self._threads.clear()
         self.release_lock()
 
     def request_verify(self, store_id: str | None = None, file_id: str | None = None) -> None:
@@ -448,7 +570,7 @@ class Engine:
             try:
                 busy = fn()
             except Exception as e:
-                log.error("worker error: %s", e)
+                log.exception("worker error: %s", e)
                 self.emit("error", str(e))
             if self._stop.is_set():
                 break
@@ -457,16 +579,42 @@ class Engine:
                 wake.clear()
 
     def _house_loop(self) -> None:
-        def round_() -> bool:
-            self.housekeeping()
-            return False  # always wait for the next interval (or a drive event)
+        """A full housekeeping pass every housekeeping_interval; a drive pass (connected
+        stores, heartbeat, wiped-drive purge) as soon as a drive or store folder changes."""
+        interval = max(1.0, float(self.ms.thresholds.housekeeping_interval))
+        next_full = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_full:
+                    self.housekeeping(check=False)
+                    next_full = time.monotonic() + interval
+                else:
+                    self.drive_pass()
+                    self.emit("changed", None)
+            except Exception as e:
+                log.exception("housekeeping error: %s", e)
+                self.emit("error", str(e))
+            if self._stop.is_set():
+                break
+            self._wake_house.wait(max(0.0, next_full - time.monotonic()))
+            self._wake_house.clear()
 
-        self._loop(self._wake_house, round_, self.ms.thresholds.housekeeping_interval)
+    def _check_loop(self) -> None:
+        interval = max(1.0, float(self.ms.thresholds.schema_check_interval))
+        while not self._stop.is_set():
+            try:
+                invalid = self._check_if_due()
+                if invalid:
+                    self.emit("changed", None)
+            except Exception as e:
+                log.exception("schema check error: %s", e)
+                self.emit("error", str(e))
+            self._stop.wait(interval)
 
     def _verify_loop(self) -> None:
         def round_() -> bool:
             r = self.verify_round()
-            return bool(r.verified or r.corrupt or r.missing)
+            return bool(r.verified or r.corrupt or r.missing or self._priority)
 
         self._loop(self._wake_verify, round_, 30.0)
 
@@ -482,6 +630,10 @@ class Engine:
             )
         except Exception as e:
             log.info("folder watching unavailable: %s", e)
+            return
+        with self._conn_lock:
+            connected = dict(self.connected)
+        self._sync_store_watches(connected)
 
     def _on_store_files_changed(self, store_id: str, file_ids: set[str]) -> None:
         for fid in sorted(file_ids):
@@ -491,7 +643,7 @@ class Engine:
     def _on_store_event(self, store_id: str, what: str) -> None:
         if what == "rescan":  # a whole prefix folder went: check every copy there
             self.request_verify(store_id)
-        else:  # "gone": the store folder vanished (unplugged, unmounted)
+        else:  # "gone": the store folder vanished (unplugged, unmounted, wiped)
             self._wake_house.set()
 
     def _start_drive_watcher(self) -> None:
@@ -504,7 +656,54 @@ class Engine:
             log.info("watching drives via %s", self.drive_source)
         except Exception as e:
             log.info("drive watching unavailable: %s", e)
+            self._drive_watcher = None
 
     def _on_drives_changed(self, added: list[Any], removed: list[Any]) -> None:
-        self.emit("drives", {"added": added, "removed": removed})
         self._wake_house.set()
+        self.emit("drives", {"added": added, "removed": removed})
+
+
+class _Stopping(Exception):
+    """Raised from a progress callback to abandon a verify or copy when the engine stops."""
+
+
+def _filestore_lookup(partitions: list[Any]) -> Callable[[Path], str | None]:
+    """`filestore_exists` for drives.find_missing_filestores, made safe for a purge.
+
+    It answers None ("no FileStore there") only when store.json is certainly absent: the
+    lookup found nothing *and* the partition was the filesystem mounted there both before
+    and after we looked (an unmount racing us shows the empty folder underneath). An I/O
+    error, an unreadable or invalid store.json, or a path on no known mount raises, which
+    the rule treats as "cannot tell" (no purge). FileStore() is not used: it reads an
+    EIO as "not a FileStore" and creates folders.
+    """
+    mounts = sorted(
+        ((Path(p.mount_point), p.dev) for p in partitions if p.mount_point and p.dev is not None),
+        key=lambda m: len(str(m[0])),
+        reverse=True,
+    )
+
+    def look(path: Path) -> str | None:
+        path = Path(path)
+        owner = next((m for m in mounts if path == m[0] or m[0] in path.parents), None)
+        if owner is None:
+            raise LookupError(f"{path} is on no mounted partition")
+        mount_point, dev = owner
+
+        def still_mounted() -> None:
+            if os.stat(mount_point).st_dev != dev:
+                raise LookupError(f"{mount_point} is no longer the partition we looked at")
+
+        still_mounted()
+        try:
+            data = (path / ".dmedia" / "store.json").read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            still_mounted()
+            return None
+        doc = json.loads(data)
+        store_id = doc.get("_id") if isinstance(doc, dict) else None
+        if not protocol.is_store_id(store_id):
+            raise ValueError(f"invalid store.json at {path}")
+        return store_id
+
+    return look
