@@ -14,7 +14,6 @@ import mmap
 import os
 import secrets
 import struct
-import threading
 import sys
 import threading
 from collections import deque
