@@ -23,6 +23,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.logging import TextualHandler
 from textual.message import Message
+from textual.worker import WorkerCancelled
 
 import dmedia_tui
 from dmedia_tui.health import Alert, database_offline
@@ -198,15 +199,18 @@ class DmediaApp(App[int]):
     def _refresh_loop(self) -> None:
         last: tuple[str, str] | None = None
         while not self._stop.is_set():
-            generation = self._requested
             try:
                 token = (self.ms.lib.docs.update_seq(), self.ms.lib.log.update_seq())
             except Exception as e:  # the database went away: say so, keep polling
                 token = None
-                data = DashboardData(database_offline(str(e), self.ms.now()))
-                self.post_message(DataReady(data, generation))
-            if token is not None and (token != last or self._changed.is_set()):
                 self._changed.clear()
+                data = DashboardData(database_offline(str(e), self.ms.now()))
+                self.post_message(DataReady(data, self._requested))
+            if token is not None and (token != last or self._changed.is_set()):
+                # Clear first, then read the generation: a request arriving in between
+                # sets the flag again and gets its own pass.
+                self._changed.clear()
+                generation = self._requested
                 try:
                     data = load_dashboard(self.ms, self._local())
                     last = token
@@ -224,6 +228,8 @@ class DmediaApp(App[int]):
         self.refreshes += 1
         self.online_ids = {r.store_id for r in message.data.health.store_rows if r.online}
         self.dashboard.show(message.data)
+        if self.refreshes == 1:
+            self.on_activity_tick(ActivityTick())
         for screen in self.screen_stack:
             if screen is not self.dashboard and hasattr(screen, "refresh_data"):
                 screen.refresh_data()
@@ -254,7 +260,9 @@ class DmediaApp(App[int]):
         generation = self.request_refresh()
         while self._applied < generation:
             await asyncio.sleep(0.01)
-        await self.workers.wait_for_complete()
+        while any(w.is_running for w in self.workers):
+            with contextlib.suppress(WorkerCancelled):
+                await self.workers.wait_for_complete()
         await asyncio.sleep(0)
 
     @property

@@ -138,7 +138,8 @@ def event_line(doc: Doc, labels: dict[str, str], names: dict[str, str]) -> Event
     if doc.get("reason"):
         extra.append(str(doc["reason"]))
     if isinstance(doc.get("count"), int) and not fid:
-        extra.append(f"{doc['count']:,} files")
+        n = doc["count"]
+        extra.append(f"{n:,} file" if n == 1 else f"{n:,} files")
     subject = " ".join(parts) or str(doc.get("doc_id") or "")
     if extra:
         subject += f" ({', '.join(extra)})"

@@ -52,7 +52,7 @@ async def test_dashboard_shows_alerts_stores_histogram_events(tlib):
         codes = [b.alert.code for b in banners]
         assert DRIVE_FAILURE in codes and "DISCONNECTED_ONLY_COPY" in codes
         failure = next(b for b in banners if b.alert.code == DRIVE_FAILURE)
-        assert "[a] acknowledge" in text_of(failure)
+        assert "[a] acknowledge" in failure.plain
         assert failure.has_class("-panic")
         table = screen.query_one(StoresTable)
         assert table.row_count == 3
@@ -282,7 +282,7 @@ async def test_read_only_refuses_every_modifying_action(tlib):
         footer_keys = {b.binding.key for b in app.active_bindings.values() if b.binding.show}
         assert not {"d", "p", "a", "v"} & footer_keys
         banner = next(b for b in app.screen.query(AlertBanner) if b.alert.code == DRIVE_FAILURE)
-        assert "[a] acknowledge" not in text_of(banner)
+        assert "[a] acknowledge" not in banner.plain
         assert "read-only" in str(app.screen.query_one("#header").render())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -81,7 +82,7 @@ class EventsScreen(Screen):
         for e in lines:
             table.add_row(
                 fmt_datetime(e.time),
-                (e.short, TYPE_STYLES.get(e.short, "cyan")),
+                Text(e.short, TYPE_STYLES.get(e.short, "cyan")),
                 e.subject,
                 key=e.id,
             )

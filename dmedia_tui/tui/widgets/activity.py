@@ -37,7 +37,9 @@ class ActivityPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(Text("idle", "dim"), id="activity-text")
         yield Static("", id="activity-rate")
-        yield Sparkline([], id="activity-spark")
+        spark = Sparkline([], id="activity-spark")
+        spark.display = False
+        yield spark
 
     def show(self, activities: list[Any], rates: list[float], engine: bool = True) -> None:
         rate = rates[-1] if rates else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -41,7 +42,7 @@ class AlertBanner(Static, can_focus=True):
         self.alert = alert
         self.read_only = read_only
 
-    def render(self) -> Text:
+    def render(self) -> Table:
         a = self.alert
         text = Text.assemble(
             ("▌", "bold"),
@@ -51,11 +52,25 @@ class AlertBanner(Static, can_focus=True):
         )
         if a.action:
             text.append(f". {a.action}", "italic")
-        if a.code == DRIVE_FAILURE and a.acknowledgeable and not self.read_only:
-            text.append("  [a] acknowledge", "bold reverse")
         text.no_wrap = True
         text.overflow = "ellipsis"
-        return text
+        grid = Table.grid(expand=True)
+        grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        grid.add_column(no_wrap=True, justify="right")
+        suffix = Text()
+        if a.code == DRIVE_FAILURE and a.acknowledgeable and not self.read_only:
+            suffix = Text(" [a] acknowledge", "bold")
+        grid.add_row(text, suffix)
+        return grid
+
+    @property
+    def plain(self) -> str:
+        """The banner's text as shown, without styles (tests, tmux)."""
+        a = self.alert
+        ack = a.code == DRIVE_FAILURE and a.acknowledgeable and not self.read_only
+        return f"{a.severity.name} {alert_title(a)} {a.message}. {a.action}" + (
+            "  [a] acknowledge" if ack else ""
+        )
 
     def action_open(self) -> None:
         self.post_message(self.Selected(self.alert))

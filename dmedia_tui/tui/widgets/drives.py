@@ -17,12 +17,12 @@ def drives_text(rows: tuple[StoreRow, ...], source: str | None = None) -> Text:
         if i:
             text.append("\n")
         serial = r.drive_serial or ("internal" if r.internal else "-")
-        text.append(f"{serial[:14]:<14} ")
-        text.append(f"{r.label[:16]:<16}", "bold")
+        text.append(f"{serial[:12]:<12} ")
+        text.append(f"{r.label[:14]:<14}", "bold")
         if r.state == StoreState.FAILING:
             text.append(" ! FAILING", "bold red")
         elif r.removable:
-            text.append(" removable", "dim")
+            text.append(" usb", "dim")
     if source:
         text.append(f"\nwatching drives via {source}", "dim")
     return text

@@ -7,14 +7,16 @@ from textual.widgets import Static
 
 
 def header_text(library: str, machine: str, engine_state: str, simulated: bool) -> Text:
-    t = Text.assemble((" dmedia-tui ", "bold reverse"), "  library ", (library, "bold"))
+    t = Text.assemble((" dmedia-tui ", "bold reverse"))
+    if simulated:  # first, so a narrow pane still shows it
+        t.append(" ")
+        t.append(" SIMULATED TIME ", "bold black on yellow")
+    t.append("  library ")
+    t.append(library, "bold")
     t.append(" · machine ")
     t.append(machine, "bold")
     t.append(" · ")
     t.append(engine_state, "bold green" if engine_state == "engine running" else "bold yellow")
-    if simulated:
-        t.append("  ")
-        t.append(" SIMULATED TIME ", "bold black on yellow")
     t.no_wrap = True
     t.overflow = "ellipsis"
     return t

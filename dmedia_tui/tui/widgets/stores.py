@@ -30,7 +30,7 @@ def space_text(row: StoreRow) -> Text:
     if not row.bytes_total:
         return Text("?", "dim")
     used = 1 - row.bytes_avail / row.bytes_total
-    t = Text(bar(used, 6), "cyan")
+    t = Text(bar(used, 4), "cyan")
     t.append(f" {fmt_size(row.bytes_avail)}")
     return t
 
@@ -47,10 +47,10 @@ def verify_age(row: StoreRow, now: float) -> str:
 class StoresTable(DataTable):
     """Rows keyed by store ID so the cursor stays on its store across refreshes."""
 
-    COLUMNS = ("label", "machine", "online", "state", "×", "used / free", "files", "seen", "verif.")
+    COLUMNS = ("store", "machine", "state", "×", "used / free", "files", "seen", "verif.")
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=False, cell_padding=1, **kwargs)
         self.rows_shown: tuple[StoreRow, ...] = ()
 
     def on_mount(self) -> None:
@@ -64,9 +64,11 @@ class StoresTable(DataTable):
         self.clear()
         for r in rows:
             self.add_row(
-                Text(r.label, "bold" if r.online else ""),
+                Text.assemble(
+                    ("● ", "green") if r.online else ("○ ", "dim"),
+                    (r.label, "bold" if r.online else ""),
+                ),
                 r.machine_name or "-",
-                Text("online", "green") if r.online else Text("offline", "dim"),
                 state_text(r, now),
                 str(r.copies),
                 space_text(r),
