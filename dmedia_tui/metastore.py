@@ -22,11 +22,12 @@ from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
-from dmedia_tui.db.base import Doc, Library, NotFound
+from dmedia_tui.db.base import Conflict, Doc, Library, NotFound
 from dmedia_tui.durability import durability, file_origin, rank
 from dmedia_tui.filestore import (
     FileStore,
     FileStoreError,
+    ImportResult,
     NotAFileStore,
     VerifyResult,
     VerifyStatus,
@@ -318,7 +319,12 @@ class MetaStore:
 
     def import_file(self, path: Path, fs: FileStore, origin: str = "user") -> tuple[str, bool]:
         """Copy one file into fs and record it; returns (file_id, new_to_library)."""
-        result = fs.import_file(path)
+        return self.record_import(path, fs, fs.import_file(path), origin)
+
+    def record_import(
+        self, path: Path, fs: FileStore, result: ImportResult, origin: str = "user"
+    ) -> tuple[str, bool]:
+        """Record a copy that is already durable in fs: a new doc, or a merged location."""
         ch = result.content_hash
         store = self.store_doc(fs.id)
         weight = transitions.store_copies_weight(store) if store else fs.copies
@@ -329,7 +335,7 @@ class MetaStore:
             try:
                 self.lib.docs.save(doc)
                 return ch.id, True
-            except Exception:
+            except Conflict:
                 pass  # a concurrent import saved it first: merge below
         self.lib.docs.update(ch.id, _merge_import, fs.id, weight, result.mtime, origin, self.now())
         return ch.id, False
@@ -341,17 +347,34 @@ class MetaStore:
         origin: str = "user",
         on_file: Callable[[Path, int], None] | None = None,
     ) -> ImportReport:
+        """Import files and folders (recursively); empty files are skipped and counted.
+
+        Uses FileStore.import_files so each file's fsync overlaps reading the next; a
+        doc is written only after its copy is durable.
+        """
         report = ImportReport()
-        for path in walk_files(paths):
-            try:
-                size = path.stat().st_size
+        sizes: dict[Path, int] = {}
+
+        def non_empty() -> Iterator[Path]:
+            for path in walk_files(paths):
+                try:
+                    size = path.stat().st_size
+                except OSError as e:
+                    report.errors.append(f"{path}: {e.strerror or e}")
+                    continue
                 if size == 0:
                     report.empty += 1
                     continue
-                file_id, new = self.import_file(path, fs, origin)
-            except (OSError, FileStoreError) as e:
-                report.errors.append(f"{path}: {e}")
+                sizes[path] = size
+                yield path
+
+        for path, result in fs.import_files(non_empty()):
+            if isinstance(result, Exception):
+                msg = result.strerror if isinstance(result, OSError) and result.strerror else result
+                report.errors.append(f"{path}: {msg}")
                 continue
+            file_id, new = self.record_import(path, fs, result, origin)
+            size = sizes.pop(path, result.content_hash.file_size)
             report.files += 1
             report.bytes += size
             report.new += new
