@@ -24,8 +24,15 @@ Why it looks like this:
   `_changes?filter=_selector` is never sent: it kills PouchDB Server.
 - Design docs are internal: `page`, `count` and `changes` never show them.
 - PouchDB (unlike CouchDB) does not cache reductions: every reduce query costs O(rows in
-  range). `placement_summary` is therefore cached per `update_seq` (one cheap db-info
-  request when nothing changed), and the other queries are map-only key ranges.
+  range), and building a view index is slow (100,000 docs: about 5 minutes; a grouped
+  reduce after a few changes: 11 s, see bench/couch.py). So `placement_summary`, the
+  dashboard's query, has two implementations: on Apache CouchDB the grouped `placement`
+  view (cached reductions); on PouchDB Server (or when asked, `summary="changes"`) a
+  summary kept in this process and brought up to date from `_changes?include_docs=true`
+  with the functions of `durability.py` themselves: O(changed docs) per refresh, one
+  full read of the docs at the first call, about 100 bytes of memory per file doc.
+  Both are cached per `update_seq` (one cheap db-info request when nothing changed).
+  The other queries are map-only key ranges.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import Any
 
 from couchdb import http as couch_http
 
-from dmedia_tui import protocol
+from dmedia_tui import durability, protocol
 from dmedia_tui.db import couch_views
 from dmedia_tui.db.base import (
     DOCS_DB,
@@ -64,6 +71,8 @@ from dmedia_tui.db.base import (
 )
 
 BATCH = 500  # docs per _bulk_docs / _all_docs keys request
+CHANGES_PAGE = 5000  # changes per request while bringing the placement tally up to date
+FILE_TYPE = "dmedia/file"
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 600.0  # a first view build over 100k docs on PouchDB takes minutes
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -179,6 +188,39 @@ def _since_prefix(since: float) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _PlacementTally:
+    """The placement summary kept in memory: file ID -> its (origin, placement), bytes."""
+
+    def __init__(self) -> None:
+        self.info_seq: str | None = None  # update_seq when last brought up to date
+        self.changes_seq: str | None = None  # where the _changes feed continues
+        self.files: dict[str, tuple[tuple[str, str], int]] = {}
+        self.totals: dict[tuple[str, str], list[int]] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}  # one tuple per group
+
+    def apply(self, doc_id: str, doc: Doc | None) -> None:
+        """Replace what a doc contributes (a change may be seen twice: idempotent)."""
+        old = self.files.pop(doc_id, None)
+        if old is not None:
+            total = self.totals[old[0]]
+            total[0] -= 1
+            total[1] -= old[1]
+            if total[0] <= 0:
+                del self.totals[old[0]]
+        if doc is None or doc.get("type") != FILE_TYPE:
+            return
+        key = (durability.file_origin(doc), durability.placement_key(doc))
+        key = self._keys.setdefault(key, key)
+        size = durability.file_bytes(doc)
+        self.files[doc_id] = (key, size)
+        total = self.totals.setdefault(key, [0, 0])
+        total[0] += 1
+        total[1] += size
+
+    def rows(self) -> list[PlacementRow]:
+        return [PlacementRow(o, p, n, b) for (o, p), (n, b) in sorted(self.totals.items())]
 
 
 class CouchDatabase(Database):
@@ -431,19 +473,31 @@ class CouchLibrary(Library):
     """A library in two databases of a CouchDB (or PouchDB Server) at `url`."""
 
     def __init__(
-        self, url: str, create: bool = True, *, read_timeout: float | None = READ_TIMEOUT
+        self,
+        url: str,
+        create: bool = True,
+        *,
+        read_timeout: float | None = READ_TIMEOUT,
+        summary: str = "auto",
     ) -> None:
+        """`summary`: "view", "changes" or "auto" (view on Apache CouchDB), see above."""
         self._parse(url)
         self._closed = False
         self._session = _session(read_timeout)
         self._summary_lock = threading.Lock()
         self._summary: tuple[str, list[PlacementRow]] | None = None
+        self._tally = _PlacementTally()
         self.docs = CouchDatabase(self, DOCS_DB, self.prefix + DOCS_DB)
         self.log = CouchDatabase(self, LOG_DB, self.prefix + LOG_DB)
         for db in (self.docs, self.log):
             self._open_db(db, create)
         self._install(self.docs, couch_views.docs_design())
         self._install(self.log, couch_views.log_design())
+        if summary not in ("auto", "view", "changes"):
+            raise ValueError(f"summary must be auto, view or changes, not {summary!r}")
+        if summary == "auto":
+            summary = "view" if self._is_apache_couchdb() else "changes"
+        self.summary_mode = summary
 
     def __repr__(self) -> str:
         return f"<CouchLibrary {self.display_url}>"
@@ -539,6 +593,11 @@ class CouchLibrary(Library):
         except ValueError:
             raise self._offline("not a CouchDB server (the answer is not JSON)") from None
 
+    def _is_apache_couchdb(self) -> bool:
+        with self._guard("server", ""):
+            _, _, data = self._server()._request_json("GET")
+        return isinstance(data, dict) and "couchdb" in data
+
     def _reachable(self) -> bool:
         try:
             with self._guard("server", ""):
@@ -596,11 +655,9 @@ class CouchLibrary(Library):
     # --- named queries -------------------------------------------------------------
 
     def placement_summary(self) -> list[PlacementRow]:
-        """Grouped reduce of the `placement` view, cached per update_seq.
-
-        CouchDB answers from its cached reductions; PouchDB reduces every row on each
-        query, so an unchanged library costs one db-info request instead.
-        """
+        """The summary by `summary_mode`, cached per update_seq (see the module doc)."""
+        if self.summary_mode == "changes":
+            return self._summary_from_changes()
         seq = self.docs.update_seq()
         with self._summary_lock:
             if self._summary is not None and self._summary[0] == seq:
@@ -615,6 +672,27 @@ class CouchLibrary(Library):
         with self._summary_lock:
             self._summary = (seq, rows)
         return list(rows)
+
+    def _summary_from_changes(self) -> list[PlacementRow]:
+        tally = self._tally
+        with self._summary_lock:
+            seq = self.docs.update_seq()  # read first: the feed below reaches at least it
+            if tally.info_seq != seq:
+                since = tally.changes_seq
+                while True:
+                    params: dict[str, Any] = {"include_docs": "true", "limit": CHANGES_PAGE}
+                    if since is not None:
+                        params["since"] = since
+                    data = self.docs._request("GET", ["_changes"], **params)
+                    results = data.get("results", [])
+                    for r in results:
+                        doc = None if r.get("deleted") else r.get("doc")
+                        tally.apply(r["id"], doc if isinstance(doc, dict) else None)
+                    since = _seq(data.get("last_seq"))
+                    if len(results) < CHANGES_PAGE:
+                        break
+                tally.changes_seq, tally.info_seq = since, seq
+            return tally.rows()
 
     def _docs_of(self, data: dict[str, Any]) -> list[Doc]:
         return [r["doc"] for r in data.get("rows", []) if isinstance(r.get("doc"), dict)]

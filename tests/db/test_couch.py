@@ -495,3 +495,26 @@ def test_views_agree_with_durability_on_random_docs(lib: CouchLibrary) -> None:
             (durability.rank(d), d["_id"]) for d in files if s in dict(durability.stored_items(d))
         )
         assert [d["_id"] for d in lib.files_by_store(s, limit=1000)] == [i for _, i in on_store]
+
+
+def test_summary_modes_agree_through_updates_and_deletes(url: str) -> None:
+    by_view = CouchLibrary(url, summary="view")
+    by_changes = CouchLibrary(url, summary="changes")
+    assert by_view.summary_mode == "view" and by_changes.summary_mode == "changes"
+    assert CouchLibrary(url).summary_mode == "changes"  # PouchDB Server: auto
+    rng = random.Random(7)
+    stores = [random_id() for _ in range(4)]
+    docs = [file_doc(_random_stored(rng, stores), size=rng.randint(1, 99)) for _ in range(60)]
+    by_view.docs.save_many(docs)
+    assert by_changes.placement_summary() == by_view.placement_summary() != []
+    for d in docs[:20]:
+        d["stored"] = _random_stored(rng, stores)
+    by_view.docs.save_many(docs[:20])
+    for d in docs[20:30]:
+        by_view.docs.delete(d)
+    docs[30]["type"] = "dmedia/not-a-file-any-more"
+    by_view.docs.save(docs[30])
+    assert by_changes.placement_summary() == by_view.placement_summary()
+    assert sum(r.count for r in by_changes.placement_summary()) == 60 - 11
+    with pytest.raises(ValueError):
+        CouchLibrary(url, summary="magic")
