@@ -361,16 +361,18 @@ class Engine:
                 if len(todo) >= limit:
                     break
         todo = list(dict.fromkeys(todo))  # a due copy may also be a priority request
+        gone: set[str] = set()
         for i, (sid, fid) in enumerate(todo):
             if self._stop.is_set():
                 break
             if i >= urgent and self._priority:
                 break  # a copy was touched behind our back: verify it first
             fs = connected.get(sid)
-            if fs is None:
+            if fs is None or sid in gone:
                 continue
             try:
-                self._verify_one(fs, fid, s, i, len(todo))
+                if not self._verify_one(fs, fid, s, i, len(todo)):
+                    gone.add(sid)
             except _Stopping:
                 break
         self.activity.pop("verify", None)
@@ -396,7 +398,8 @@ class Engine:
                 after = (rank(page[-1]), page[-1]["_id"])
         return out
 
-    def _verify_one(self, fs: FileStore, fid: str, s: RoundSummary, i: int, n: int) -> None:
+    def _verify_one(self, fs: FileStore, fid: str, s: RoundSummary, i: int, n: int) -> bool:
+        """Verify one copy and record the outcome; False when the store itself is gone."""
         store = self.ms.store_doc(fs.id)
         act = Activity("verify", store_label(store, fs.id), fid, queue_done=i, queue_total=n)
         try:
@@ -412,7 +415,16 @@ class Engine:
             act.done += nbytes
             self.emit("activity", act)
 
-        result = self.ms.verify_copy(fs, fid, progress=progress)
+        mark = _store_mark(fs)
+        result = fs.verify(fid, progress=progress)
+        if result.status == VerifyStatus.MISSING and (mark is None or _store_mark(fs) != mark):
+            # The store went (unmounted, unplugged, moved) rather than the copy: the empty
+            # folder left behind must not make its copies "missing". Let housekeeping see.
+            log.info("store %s went away while verifying %s", fs.id, fid)
+            self.activity.pop("verify", None)
+            self._wake_house.set()
+            return False
+        self.ms.apply_verify_result(fs, result)
         elapsed = time.monotonic() - started
         if result.status == VerifyStatus.OK:
             s.verified += 1
@@ -428,6 +440,7 @@ class Engine:
             s.unreadable += 1
             self._retry_after[(fs.id, fid)] = self.ms.now() + self.ms.thresholds.verify_retry_after
         self.emit("activity", act)
+        return True
 
     def copy_round(self, limit: int = 50) -> RoundSummary:
         """Make copies for up to `limit` fragile user files, most fragile first."""
@@ -661,6 +674,17 @@ class Engine:
     def _on_drives_changed(self, added: list[Any], removed: list[Any]) -> None:
         self._wake_house.set()
         self.emit("drives", {"added": added, "removed": removed})
+
+
+def _store_mark(fs: FileStore) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the store's files folder while its store.json names it, else None:
+    equal marks before and after a "missing" verdict mean the store itself stayed put."""
+    try:
+        st = os.stat(fs.files_dir)
+        doc = json.loads((fs.path / ".dmedia" / "store.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if isinstance(doc, dict) and doc.get("_id") == fs.id else None
 
 
 class _Stopping(Exception):

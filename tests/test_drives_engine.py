@@ -32,9 +32,12 @@ blockdevs = blockdev.blockdevs  # the loop-device fixture
 WAIT = 10.0  # bound for every wait; the state is asserted, not the time it took
 
 
-def wait_for(what: str, pred: Callable[[], object], timeout: float = WAIT) -> float:
-    """Poll `pred` until true; return the seconds it took (fail after `timeout`)."""
-    t0 = time.monotonic()
+def wait_for(
+    what: str, pred: Callable[[], object], timeout: float = WAIT, since: float | None = None
+) -> float:
+    """Poll `pred` until true; return the seconds since `since` (default: now) that took
+    (fail after `timeout`)."""
+    t0 = time.monotonic() if since is None else since
     while True:
         if pred():
             return time.monotonic() - t0
@@ -154,18 +157,21 @@ def _plug_unplug(blockdevs: BlockDevs, ms: MetaStore, running, source: str, fsty
     assert r.engine.drive_source == source
     assert r.offline(sid)
 
-    t_mount = time.time()
+    t_mount, t0 = time.time(), time.monotonic()
     if fstype == "ext4":
         d.mount(mp)
     else:
         d.mount_fuse_exfat(mp)
-    report(f"{source}/{fstype} mount -> connected", wait_for("connected", lambda: r.online(sid)))
+    took = wait_for("connected", lambda: r.online(sid), since=t0)
+    report(f"{source}/{fstype} mount command -> connected", took)
     assert r.changed("added", sid)
     assert ms.store_doc(sid)["atime"] >= int(t_mount)
     assert ms.lib.docs.get(ms.machine_id)["atime"] >= int(t_mount)
 
+    t0 = time.monotonic()
     d.umount()
-    report(f"{source}/{fstype} umount -> offline", wait_for("offline", lambda: r.offline(sid)))
+    took = wait_for("offline", lambda: r.offline(sid), since=t0)
+    report(f"{source}/{fstype} umount command -> offline", took)
     assert r.changed("removed", sid)
     assert ms.store_doc(sid) is not None  # an unplugged drive is kept...
     assert purge_events(ms, sid) == []
@@ -254,10 +260,11 @@ def _wipe_and_plug(blockdevs: BlockDevs, ms, running, replace_with: Path | None)
     in_private_namespace(script + f"umount {priv}")
     assert ms.store_doc(sid) is not None
 
+    t0 = time.monotonic()
     d.mount(mp)
     report(
-        "wiped stick mount -> purged" + (" (re-initialised)" if replace_with else ""),
-        wait_for("purged", lambda: purge_events(ms, sid)),
+        "wiped stick mount command -> purged" + (" (re-initialised)" if replace_with else ""),
+        wait_for("purged", lambda: purge_events(ms, sid), since=t0),
     )
     [event] = purge_events(ms, sid)
     assert ms.store_doc(sid) is None
