@@ -226,6 +226,8 @@ def test_store_in_a_folder_on_a_stick_mounted_elsewhere_is_found_and_remembered(
     stick, mounted at a new place: found through the doc's partition UUID and relative
     path, connected, and remembered at its new folder."""
     d, sid, _mp = stick_with_store(blockdevs, ms, folder="Library")
+    doc = ms.store_doc(sid)  # what `store init` recorded, so the store can be found again
+    assert doc["relative_path"] == "Library" and doc["partition_uuid"]
     ms.config.forget_store(sid)
     r = running()
     new_mp = blockdevs.workdir / "run" / "media" / "user" / "STICK"
