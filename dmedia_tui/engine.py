@@ -172,7 +172,10 @@ class Engine:
         s = RoundSummary()
         parts = self._partitions() if self.watch_drives else None
         found, added, removed = self._refresh(parts)
-        self.ms.heartbeat(found)
+        for sid in sorted(self.ms.heartbeat(found)):
+            # Back after a purge or a days-long absence: its copies count 0 (or are not
+            # recorded) until verified, so verify them all now rather than in 15 days.
+            self.request_verify(sid)
         if parts is not None:
             s.purged += self.purge_wiped_drives(parts, connected=found)
         if added or removed:
@@ -389,6 +392,7 @@ class Engine:
             return [(s, fid) for s in stored if s in connected and (sid is None or s == sid)]
         out = []
         for s in [sid] if sid else sorted(connected):
+            # Every copy the library records there (a missing one is found missing)...
             after = None
             while True:
                 page = self.ms.lib.files_by_store(s, limit=1000, after=after)
@@ -396,7 +400,14 @@ class Engine:
                 if len(page) < 1000:
                     break
                 after = (rank(page[-1]), page[-1]["_id"])
-        return out
+            # ...and every copy on disk, so a store re-attached after a purge is relinked.
+            fs = connected.get(s)
+            if fs is not None:
+                try:
+                    out.extend((s, st.id) for st in fs)
+                except OSError as e:
+                    log.warning("cannot list store %s: %s", s, e)
+        return list(dict.fromkeys(out))
 
     def _verify_one(self, fs: FileStore, fid: str, s: RoundSummary, i: int, n: int) -> bool:
         """Verify one copy and record the outcome; False when the store itself is gone."""

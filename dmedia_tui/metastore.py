@@ -246,6 +246,7 @@ class MetaStore:
                 doc.pop("_rev", None)
                 self.lib.docs.save(doc)
             self.config.remember_store(existing.id, folder)
+            self.relink(existing)
             return existing, doc, False
         peers = self.filesystem_peers(folder)
         if peers and not same_filesystem:
@@ -300,6 +301,7 @@ class MetaStore:
                 doc.pop("_rev", None)
                 transitions.touch_store(doc, now, total, avail, self.machine_id)
                 self.lib.docs.save(doc)
+                self.relink(fs)
                 back.add(sid)
                 continue
             after = self.lib.docs.update(
@@ -314,6 +316,25 @@ class MetaStore:
             new["time"] = machine.get("time", now)
         self.lib.docs.save(new)
         return back
+
+    def relink(self, fs: FileStore) -> int:
+        """Track again the copies on a re-attached store that the library forgot.
+
+        Each copy whose file doc exists but has no entry for this store gets one worth 0
+        and never verified, so it is verified first (as the original Dmedia's relink):
+        cheap here (a listing, no hashing), durable once the verify worker reads it.
+        """
+        n = 0
+        for st in fs:
+            doc = self.lib.docs.get_or_none(st.id)
+            stored = doc.get("stored") if doc else None
+            if doc is None or (isinstance(stored, dict) and fs.id in stored):
+                continue
+            if self.lib.docs.update(st.id, transitions.mark_added, fs.id, 0, st.mtime):
+                n += 1
+        if n:
+            log.info("relinked %d copies on store %s", n, fs.id)
+        return n
 
     # --- import ----------------------------------------------------------------------
 
@@ -409,6 +430,10 @@ class MetaStore:
         elif result.status == VerifyStatus.CORRUPT:
             self.handle_corrupt(fs.id, file_id, result)
         elif result.status == VerifyStatus.MISSING:
+            if not _store_still_there(fs):
+                # The whole store went (unplugged, unmounted mid-read): not a missing copy.
+                log.warning("store %s is gone; %s not marked missing", fs.id, file_id)
+                return
             try:
                 changed = self.lib.docs.update(file_id, _mark_missing_if_present, fs.id)
             except NotFound:
@@ -851,6 +876,15 @@ class MetaStore:
             if self.lib.docs.update(fid, transitions.purge_store_in_file, store_id):
                 n += 1
         return n
+
+
+def _store_still_there(fs: FileStore) -> bool:
+    """Is the FileStore still at its folder (its store.json names it)?"""
+    try:
+        with open(fs.path / ".dmedia" / "store.json", encoding="utf-8") as f:
+            return json.load(f).get("_id") == fs.id
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _copies_of(entry: Any) -> int:

@@ -276,3 +276,17 @@ def test_engine_threads_start_and_stop_quickly(ms, tmp_path):
     engine.stop(timeout=10)
     assert all(not t.is_alive() for t in engine._threads)
     assert any(e.kind == "changed" for e in seen)
+
+
+def test_reattached_store_is_relinked_then_verified_back_to_durability(ms, tmp_path):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"w" * 500), a)
+    ms.purge_store(a.id)
+    assert ms.lib.docs.get(fid)["stored"] == {}
+    fs, _doc, created = ms.init_store(tmp_path / "a")
+    assert not created and fs.id == a.id
+    entry = ms.lib.docs.get(fid)["stored"][a.id]
+    assert entry["copies"] == 0 and "verified" not in entry  # tracked, worth 0 until read
+    assert [d.file_id for d in ms.copies_due(a.id)] == [fid]
+    assert ms.verify_copy(fs, fid).status == VerifyStatus.OK
+    assert durability(ms.lib.docs.get(fid)) == 1
