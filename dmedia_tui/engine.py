@@ -393,13 +393,7 @@ class Engine:
         out = []
         for s in [sid] if sid else sorted(connected):
             # Every copy the library records there (a missing one is found missing)...
-            after = None
-            while True:
-                page = self.ms.lib.files_by_store(s, limit=1000, after=after)
-                out.extend((s, d["_id"]) for d in page)
-                if len(page) < 1000:
-                    break
-                after = (rank(page[-1]), page[-1]["_id"])
+            out.extend((s, d["_id"]) for d in self.ms.iter_files_on(s))
             # ...and every copy on disk, so a store re-attached after a purge is relinked.
             fs = connected.get(s)
             if fs is not None:

@@ -640,20 +640,14 @@ class MetaStore:
     # --- user actions (CLI and TUI) --------------------------------------------------
 
     def preview(self, action: str, store_id: str) -> ActionPreview:
+        """What an action on the store would change (counts only; changes nothing)."""
         store = self.store_doc(store_id)
         files = copies = only = 0
-        after = None
-        while True:
-            page = self.lib.files_by_store(store_id, limit=1000, after=after)
-            for doc in page:
-                files += 1
-                entry = doc["stored"].get(store_id, {})
-                copies += _copies_of(entry)
-                if file_origin(doc) == "user" and len(doc.get("stored") or {}) == 1:
-                    only += 1
-            if len(page) < 1000:
-                break
-            after = (rank(page[-1]), page[-1]["_id"])
+        for doc in self.iter_files_on(store_id):
+            files += 1
+            copies += _copies_of(doc["stored"].get(store_id))
+            if file_origin(doc) == "user" and len(doc.get("stored") or {}) == 1:
+                only += 1
         return ActionPreview(action, store_id, store_label(store, store_id), files, copies, only)
 
     def downgrade_store(self, store_id: str, reason: str = "user") -> Doc:
@@ -851,17 +845,19 @@ class MetaStore:
             if store.get(k) is not None
         }
 
-    def _each_file_on(self, store_id: str) -> Iterator[str]:
-        """File IDs with an entry for the store (snapshot, so updating while paging is safe)."""
-        ids = []
+    def iter_files_on(self, store_id: str, page_size: int = 1000) -> Iterator[Doc]:
+        """Every file doc with an entry for the store, most fragile first, a page at a time."""
         after = None
         while True:
-            page = self.lib.files_by_store(store_id, limit=1000, after=after)
-            ids.extend(d["_id"] for d in page)
-            if len(page) < 1000:
-                break
+            page = self.lib.files_by_store(store_id, limit=page_size, after=after)
+            yield from page
+            if len(page) < page_size:
+                return
             after = (rank(page[-1]), page[-1]["_id"])
-        yield from ids
+
+    def _each_file_on(self, store_id: str) -> list[str]:
+        """File IDs on the store, snapshotted first so updating them while paging is safe."""
+        return [d["_id"] for d in self.iter_files_on(store_id)]
 
     def _zero_copies_on(self, store_id: str) -> int:
         n = 0
