@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.logging import TextualHandler
 from textual.message import Message
 from textual.worker import WorkerCancelled
@@ -163,6 +164,10 @@ class DmediaApp(App[int]):
         self._thread.daemon = True
         self._thread.start()
 
+    async def action_quit(self) -> None:
+        self._stop.set()  # no more refreshes while the widgets go away
+        await super().action_quit()
+
     def on_unmount(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -224,18 +229,30 @@ class DmediaApp(App[int]):
             self._wake.clear()
 
     def on_data_ready(self, message: DataReady) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self._apply(message)
+        except NoMatches:  # the app is closing and its widgets are going away
+            return
+
+    def _apply(self, message: DataReady) -> None:
         self.data = message.data
         self.refreshes += 1
         self.online_ids = {r.store_id for r in message.data.health.store_rows if r.online}
         self.dashboard.show(message.data)
         if self.refreshes == 1:
-            self.on_activity_tick(ActivityTick())
+            self._show_activity()
         for screen in self.screen_stack:
             if screen is not self.dashboard and hasattr(screen, "refresh_data"):
                 screen.refresh_data()
         self._applied = max(self._applied, message.generation)
 
     def on_activity_tick(self, _: ActivityTick) -> None:
+        with contextlib.suppress(NoMatches):
+            self._show_activity()
+
+    def _show_activity(self) -> None:
         engine = self.engine
         if engine is None or not self.engine_running:
             self._activity_shown = False

@@ -73,6 +73,15 @@ def fmt_time(t: float | None) -> str:
     return time.strftime("%H:%M", time.localtime(t))
 
 
+def fmt_when(t: float | None, now: float) -> str:
+    """Clock time for the last day, else the date: 6 cells, e.g. '13:58 ' or '23 Nov'."""
+    if t is None:
+        return "--:-- "
+    if abs(now - t) < 20 * 3600:
+        return time.strftime("%H:%M ", time.localtime(t))
+    return time.strftime("%d %b", time.localtime(t))
+
+
 def fmt_datetime(t: float | None) -> str:
     if t is None:
         return "-"

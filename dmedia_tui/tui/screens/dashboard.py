@@ -89,7 +89,7 @@ class DashboardScreen(Screen):
         self.query_one(DrivesPanel).show_rows(
             h.store_rows, getattr(engine, "drive_source", None) if engine else None
         )
-        self.query_one(EventList).show_events(data.events)
+        self.query_one(EventList).show_events(data.events, h.now)
 
     def show_activity(self, activities: list[Any], rates: list[float], engine: bool) -> None:
         self.query_one(ActivityPanel).show(activities, rates, engine)

@@ -100,7 +100,7 @@ class FileScreen(Screen):
         self.query_one("#file-summary", Static).update(file_summary(data))
         self.query_one("#file-locations", Static).update(locations_table(data))
         self.query_one("#file-corrupt", Static).update(corrupt_text(data))
-        events = Text("\n").join(event_text(e) for e in data.events)
+        events = Text("\n").join(event_text(e, data.now) for e in data.events)
         self.query_one("#file-events", Static).update(events or Text("no events", "dim"))
 
     def context(self) -> tuple[str | None, str | None]:

@@ -22,7 +22,7 @@ def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
         frac = act.fraction
         text.append(f"{act.kind:<7}", "bold")
         what = act.name or (act.file_id or "")[:12]
-        text.append(f"{act.label} {what}"[:40].ljust(40))
+        text.append(f"{act.label} {what}"[:32].ljust(32))
         text.append(f" {bar(frac, 10)} {frac * 100:3.0f} %", "cyan")
         if act.queue_total:
             text.append(f"  {act.queue_done}/{act.queue_total}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from dmedia_tui.tui.data import EventLine, fmt_time
+from dmedia_tui.tui.data import EventLine, fmt_when
 
 TYPE_STYLES = {
     "file/corrupt": "bold red",
@@ -18,8 +18,8 @@ TYPE_STYLES = {
 }
 
 
-def event_text(e: EventLine) -> Text:
-    t = Text(f"{fmt_time(e.time)} ")
+def event_text(e: EventLine, now: float) -> Text:
+    t = Text(f"{fmt_when(e.time, now)} ")
     t.append(f"{e.short:<18}", TYPE_STYLES.get(e.short, "cyan"))
     t.append(e.subject)
     t.no_wrap = True
@@ -28,8 +28,8 @@ def event_text(e: EventLine) -> Text:
 
 
 class EventList(Static):
-    def show_events(self, events: tuple[EventLine, ...]) -> None:
+    def show_events(self, events: tuple[EventLine, ...], now: float) -> None:
         if not events:
             self.update(Text("no events yet", "dim"))
             return
-        self.update(Text("\n").join(event_text(e) for e in events))
+        self.update(Text("\n").join(event_text(e, now) for e in events))
