@@ -6,7 +6,7 @@ import asyncio
 
 from textual.widgets import Button, DataTable, Select
 
-from dmedia_tui.health import DRIVE_FAILURE, StoreState
+from dmedia_tui.health import DRIVE_FAILURE, StoreRow, StoreState
 from dmedia_tui.tui.app import ENGINE_MONITOR, DmediaApp
 from dmedia_tui.tui.screens.alert import AlertScreen
 from dmedia_tui.tui.screens.confirm import ConfirmScreen
@@ -373,9 +373,15 @@ async def test_verify_with_a_running_engine(tlib):
         await pilot.press("v")
         sid = tlib.stores["studio-int"]
         await until(pilot, lambda: tlib.ms.lib.verification_stats(sid).never == 0)
-        await app.settle()
-        row = next(r for r in app.data.health.store_rows if r.store_id == sid)
-        assert row.verification.never == 0
+
+        def shown() -> StoreRow:
+            return next(r for r in app.data.health.store_rows if r.store_id == sid)
+
+        app.request_refresh()
+        await until(pilot, lambda: shown().verification.never == 0)
+        table = app.screen.query_one(StoresTable)
+        verif = table.get_cell(sid, list(table.columns)[-1])  # updated in place
+        assert verif in ("59m", "now")  # the oldest verification; none left "never"
     assert not engine._threads  # stopped with the app
 
 
@@ -410,3 +416,23 @@ async def test_database_error_is_shown_not_raised(tlib):
             ),
         )
         await asyncio.sleep(0)
+
+
+async def test_mouse_click_on_a_banner_and_a_store_row(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        await pilot.pause()
+        assert app.focused is app.screen.query_one(StoresTable)  # actions target a store
+        banner = next(b for b in app.screen.query(AlertBanner) if b.alert.code == DRIVE_FAILURE)
+        assert await pilot.click(banner)
+        assert isinstance(app.screen, AlertScreen) and app.screen.alert.code == DRIVE_FAILURE
+        await pilot.press("escape")
+        table = app.screen.query_one(StoresTable)
+        row = table.get_row_index(tlib.stores["usb-backup-2"])
+        await pilot.click(table, offset=(4, row + 2))  # border, header
+        await pilot.click(table, offset=(4, row + 2))  # border, header
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, StoreScreen)
+        assert app.screen.store_id == tlib.stores["usb-backup-2"]

@@ -34,6 +34,8 @@ def is_compact(width: int, height: int) -> bool:
 class DashboardScreen(Screen):
     """Receives DashboardData from the app and hands each panel its part."""
 
+    AUTO_FOCUS = "#stores"  # actions target the selected store; banners are a tab away
+
     def __init__(self, compact: bool | None = None) -> None:
         super().__init__(id="dashboard")
         self.forced_compact = compact
@@ -74,22 +76,26 @@ class DashboardScreen(Screen):
         self.set_class(compact, "-compact")
 
     def show(self, data: DashboardData) -> None:
-        """Render fresh data (UI thread)."""
-        self.data = data
+        """Render fresh data (UI thread); panels whose input did not change are left alone."""
+        previous, self.data = self.data, data
         h = data.health
+        old = previous.health if previous else None
         self.query_one(Banners).show_alerts(h.alerts)
-        self.query_one(CompactSummary).show_health(h)
-        first = self.query_one("#first-run", Static)
+        if old is None or old.histogram != h.histogram or old.files != h.files:
+            self.query_one(CompactSummary).show_health(h)
         empty = not h.store_rows and not h.files
-        first.update(Text(FIRST_RUN, "bold"))
+        if old is None:
+            self.query_one("#first-run", Static).update(Text(FIRST_RUN, "bold"))
         self.set_class(empty, "-first-run")
         self.query_one(StoresTable).show_rows(h.store_rows, h.now)
         self.query_one(DurabilityHistogram).show_buckets(h.histogram)
-        engine = getattr(self.app, "engine", None)
-        self.query_one(DrivesPanel).show_rows(
-            h.store_rows, getattr(engine, "drive_source", None) if engine else None
-        )
-        self.query_one(EventList).show_events(data.events, h.now)
+        if old is None or old.store_rows != h.store_rows:
+            engine = getattr(self.app, "engine", None)
+            self.query_one(DrivesPanel).show_rows(
+                h.store_rows, getattr(engine, "drive_source", None) if engine else None
+            )
+        if previous is None or previous.events != data.events:
+            self.query_one(EventList).show_events(data.events, h.now)
 
     def show_activity(self, activities: list[Any], rates: list[float], engine: bool) -> None:
         self.query_one(ActivityPanel).show(activities, rates, engine)

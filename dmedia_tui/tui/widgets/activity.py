@@ -34,6 +34,8 @@ def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
 
 
 class ActivityPanel(Vertical):
+    _last: Text | None = None
+
     def compose(self) -> ComposeResult:
         yield Static(Text("idle", "dim"), id="activity-text")
         yield Static("", id="activity-rate")
@@ -46,6 +48,9 @@ class ActivityPanel(Vertical):
         body = activity_text(activities, rate)
         if not engine:
             body = Text("no engine in this process", "dim")
+        if body == self._last:
+            return
+        self._last = body
         self.query_one("#activity-text", Static).update(body)
         self.query_one("#activity-rate", Static).update(
             Text(f"verify {fmt_rate(rate)}", "dim") if rate else ""

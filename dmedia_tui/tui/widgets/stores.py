@@ -56,27 +56,42 @@ class StoresTable(DataTable):
     def on_mount(self) -> None:
         self.add_columns(*self.COLUMNS)
 
+    def _cells(self, r: StoreRow, now: float) -> tuple:
+        return (
+            Text.assemble(
+                ("● ", "green") if r.online else ("○ ", "dim"),
+                (r.label, "bold" if r.online else ""),
+            ),
+            r.machine_name or "-",
+            state_text(r, now),
+            str(r.copies),
+            space_text(r),
+            fmt_count(r.files),
+            fmt_age(r.last_seen, now) if not r.online else "now",
+            verify_age(r, now),
+        )
+
     def show_rows(self, rows: tuple[StoreRow, ...], now: float) -> None:
         if rows == self.rows_shown:
             return
-        keep = self.selected_store_id
+        old = self.rows_shown
         self.rows_shown = rows
+        if [r.store_id for r in old] == [r.store_id for r in rows]:
+            # Same stores in the same order: touch only the cells that changed.
+            columns = list(self.columns)
+            for before, after in zip(old, rows, strict=True):
+                if before == after:
+                    continue
+                for col, a, b in zip(
+                    columns, self._cells(before, now), self._cells(after, now), strict=True
+                ):
+                    if a != b:
+                        self.update_cell(after.store_id, col, b)
+            return
+        keep = self.selected_store_id
         self.clear()
         for r in rows:
-            self.add_row(
-                Text.assemble(
-                    ("● ", "green") if r.online else ("○ ", "dim"),
-                    (r.label, "bold" if r.online else ""),
-                ),
-                r.machine_name or "-",
-                state_text(r, now),
-                str(r.copies),
-                space_text(r),
-                fmt_count(r.files),
-                fmt_age(r.last_seen, now) if not r.online else "now",
-                verify_age(r, now),
-                key=r.store_id,
-            )
+            self.add_row(*self._cells(r, now), key=r.store_id)
         if keep is not None and keep in {r.store_id for r in rows}:
             self.move_cursor(row=self.get_row_index(keep))
 
