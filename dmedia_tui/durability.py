@@ -3,7 +3,7 @@
 Pure functions over a `dmedia/file` doc that tolerate malformed input (junk store keys,
 non-int or negative copies count as nothing), because both database backends index
 with them and a bad doc must never stop the index. The CouchDB views in
-`db/couch_views.js` compute the same values; the contract tests prove it.
+`db/couch_views.py` compute the same values; the contract tests prove it.
 """
 
 from __future__ import annotations
