@@ -690,6 +690,73 @@ def _collect_events(lib: Library, since: float | None, types, store_id, limit) -
         cursor = page[-1]["_id"]
 
 
+# --- migrate -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--to", "to_url", required=True, metavar="URL", help="Target library (CouchDB URL).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace target docs whose content differs (default: keep)."
+)
+@click.option("--json", "as_json", is_flag=True)
+@_db_option
+@pass_ctx
+@_handle_errors
+def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
+    """Copy this library (files, stores, machines and the log-1 history) into URL.
+
+    Idempotent and resumable: docs already there are skipped, so run it again after an
+    interruption. Then use the new library with --db URL (or DMEDIA_DB, config.toml).
+    """
+    from dmedia_tui.migrate import count_docs
+    from dmedia_tui.migrate import migrate as run_migrate
+
+    try:
+        source = open_library(ctx.config.db_url(ctx.db), create=False)
+    except DatabaseError as e:
+        raise UserError(f"source: {e}") from None
+    try:
+        try:
+            target = open_library(to_url, create=True)
+        except DatabaseError as e:
+            raise UserError(f"target: {e}") from None
+        try:
+            if sys.stderr.isatty() and not as_json:
+                with click.progressbar(
+                    length=count_docs(source), label="migrating", file=sys.stderr
+                ) as bar:
+                    report = run_migrate(
+                        source, target, overwrite=overwrite, progress=lambda _db, n: bar.update(n)
+                    )
+            else:
+                report = run_migrate(source, target, overwrite=overwrite)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        parts = [
+            f"{d.name}: {d.copied} copied, {d.same} already there"
+            + (f", {d.overwritten} overwritten" if d.overwritten else "")
+            for d in report.dbs
+        ]
+        click.echo(f"migrated {report.source} -> {report.target}: " + "; ".join(parts))
+    if report.differing:
+        ids = ", ".join(i for d in report.dbs for i in d.differing_ids)
+        click.echo(
+            f"dmedia-tui: {report.differing} docs differ in the target and were kept "
+            f"(rerun with --overwrite to replace them): {ids}",
+            err=True,
+        )
+    for d in report.dbs:
+        for err in d.errors:
+            click.echo(f"dmedia-tui: {err}", err=True)
+    if report.differing or report.failed:
+        sys.exit(1)
+
+
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, not bad input
 
 
