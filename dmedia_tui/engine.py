@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dmedia_tui import protocol
+from dmedia_tui.conflicts import resolve_conflicts
 from dmedia_tui.durability import rank
 from dmedia_tui.filestore import FileStore, VerifyStatus
 from dmedia_tui.metastore import MetaStore, store_label
@@ -324,6 +325,8 @@ class Engine:
         """The drive pass, then the time policies, then (when due and `check`) the schema
         and consistency pass. The threaded engine runs the check on its own thread."""
         s = self.drive_pass()
+        # Replication conflicts merged first, so the policies see every copy (no-op on SQLite).
+        resolve_conflicts(self.ms.lib)
         with self._conn_lock:
             connected = dict(self.connected)
         online = self.ms.online(connected)

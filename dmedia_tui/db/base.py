@@ -116,6 +116,22 @@ class Database(abc.ABC):
     def wait_changes(self, since: str, timeout: float) -> str:
         """Block up to `timeout` s until update_seq() differs from `since`; return it."""
 
+    def leaves(self, doc_id: str) -> list[Doc]:
+        """The current doc, then every other live revision of it (replication conflicts).
+
+        A single-writer backend never has conflicts: just the doc. NotFound if absent.
+        """
+        return [self.get(doc_id)]
+
+    def resolve(self, merged: Doc, losing_revs: list[str]) -> Doc:
+        """Save `merged` over the current revision and delete the losing revisions.
+
+        Conflict when the current revision moved on meanwhile (merge again later).
+        """
+        if losing_revs:
+            raise DatabaseError(f"{self.name}/{merged.get('_id')}: no revisions to resolve here")
+        return self.save(merged)
+
     def update(self, doc_id: str, fn: Callable[..., Doc | None], *args: Any) -> Doc | None:
         """Read-modify-write with retry on Conflict.
 
@@ -245,6 +261,13 @@ class Library(abc.ABC):
         Paged by log `_id` (which sorts by time): `cursor` is the `_id` of the last row
         of the previous page; rows strictly before it (newest_first) or after it.
         """
+
+    def conflicted_ids(self) -> list[str]:
+        """`dmedia-1` doc IDs that may hold conflicting revisions (from replication).
+
+        Candidates: `docs.leaves()` says which really do. A single-writer backend has none.
+        """
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""

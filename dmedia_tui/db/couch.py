@@ -442,6 +442,52 @@ class CouchDatabase(Database):
             return NotFound(f"{what}: not found")
         return DatabaseError(f"{what}: {error or 'error'}: {reason}".rstrip(": "))
 
+    # --- replication conflicts --------------------------------------------------------
+
+    def leaves(self, doc_id: str) -> list[Doc]:
+        """The winning revision, then every live conflicting one (in `_conflicts` order).
+
+        `open_revs` with an explicit JSON list and `Accept: application/json` answers
+        JSON on CouchDB and PouchDB alike; a revision gone meanwhile is skipped.
+        """
+        what = f"{self.name}/{doc_id}"
+        if not isinstance(doc_id, str) or not doc_id or doc_id.startswith("_"):
+            raise NotFound(f"{what}: not found")
+        path = self._doc_path(doc_id)
+        winner = self._request("GET", path, what=what, conflicts="true")
+        revs = winner.pop("_conflicts", None)
+        out = [winner]
+        if isinstance(revs, list) and revs:
+            rows = self._request("GET", path, what=what, open_revs=json.dumps(revs))
+            by_rev = {}
+            for row in rows if isinstance(rows, list) else []:
+                doc = row.get("ok") if isinstance(row, dict) else None
+                if isinstance(doc, dict) and not doc.get("_deleted"):
+                    by_rev[doc.get("_rev")] = doc
+            out.extend(by_rev[r] for r in revs if r in by_rev)
+        if len(out) == 1 and self.name == DOCS_DB:
+            self._lib._conflict_settled(doc_id)
+        return out
+
+    def resolve(self, merged: Doc, losing_revs: list[str]) -> Doc:
+        """One `_bulk_docs`: the merged doc on the winning `_rev`, a tombstone per loser.
+
+        Conflict when the winner moved on (nothing is deleted then: a loser is only
+        dropped once its content is in the saved merge). A loser already deleted (by the
+        same resolution on another machine) is fine.
+        """
+        doc_id = self._check_doc(merged)
+        merged.pop("_conflicts", None)
+        saved = self.save_many([merged])[0]
+        if isinstance(saved, DatabaseError):
+            raise saved
+        if losing_revs:
+            stones = [{"_id": doc_id, "_rev": r, "_deleted": True} for r in losing_revs]
+            for res in self.save_many(stones):
+                if isinstance(res, DatabaseError) and not isinstance(res, Conflict | NotFound):
+                    raise res
+        return saved
+
     def delete(self, doc: Doc) -> None:
         doc_id = self._check_doc(doc)
         what = f"{self.name}/{doc_id}"
@@ -487,6 +533,8 @@ class CouchLibrary(Library):
         self._summary_lock = threading.Lock()
         self._summary: tuple[str, list[PlacementRow]] | None = None
         self._tally = _PlacementTally()
+        self._conflict_seq: str | None = None  # conflicted_ids: where _changes continues
+        self._conflict_pending: set[str] = set()
         self.docs = CouchDatabase(self, DOCS_DB, self.prefix + DOCS_DB)
         self.log = CouchDatabase(self, LOG_DB, self.prefix + LOG_DB)
         for db in (self.docs, self.log):
@@ -651,6 +699,46 @@ class CouchLibrary(Library):
     def close(self) -> None:
         self._closed = True
         self._session.connection_pool.close()
+
+    # --- replication conflicts -----------------------------------------------------
+
+    def conflicted_ids(self) -> list[str]:
+        """Docs whose latest change lists several leaf revisions (`style=all_docs`).
+
+        Incremental: this library remembers where the `_changes` feed was read up to,
+        plus the candidates returned before (each stays until `docs.leaves()` finds it has
+        one live revision), so a long-running engine pays O(changed docs) per call. A
+        resolved doc keeps its deleted leaves: it is a candidate again only when it changes.
+        """
+        with self._summary_lock:
+            since = self._conflict_seq
+        found: set[str] = set(self._conflict_pending)
+        while True:
+            params: dict[str, Any] = {"style": "all_docs", "limit": CHANGES_PAGE}
+            if since is not None:
+                params["since"] = since
+            data = self.docs._request("GET", ["_changes"], **params)
+            results = data.get("results", [])
+            for r in results:
+                doc_id = r.get("id")
+                if not isinstance(doc_id, str) or doc_id.startswith("_design/"):
+                    continue
+                if len(r.get("changes") or ()) > 1 and not r.get("deleted"):
+                    found.add(doc_id)
+                else:
+                    found.discard(doc_id)
+            since = _seq(data.get("last_seq"))
+            if len(results) < CHANGES_PAGE:
+                break
+        with self._summary_lock:
+            self._conflict_seq = since
+            self._conflict_pending = set(found)
+        return sorted(found)
+
+    def _conflict_settled(self, doc_id: str) -> None:
+        """A candidate has one live revision: not returned again until it changes."""
+        with self._summary_lock:
+            self._conflict_pending.discard(doc_id)
 
     # --- named queries -------------------------------------------------------------
 
