@@ -229,8 +229,9 @@ class Library(abc.ABC):
         """Files of `origin` with durability < 3, ordered by (rank, _id)."""
 
     @abc.abstractmethod
-    def files_by_placement(self, placement: str, limit: int = 100,
-                           after: str | None = None, origin: str = "user") -> list[Doc]:
+    def files_by_placement(
+        self, placement: str, limit: int = 100, after: str | None = None, origin: str = "user"
+    ) -> list[Doc]:
         """Files of `origin` whose placement key is exactly `placement`, by `_id`."""
 
     @abc.abstractmethod
