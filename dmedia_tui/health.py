@@ -621,30 +621,48 @@ def _low_durability_alert(groups: list[_Group], th: Thresholds) -> Alert | None:
 
 
 def _shared_alerts(pairs: Any, stores: dict[str, _Store]) -> list[Alert]:
-    """SHARED_FILESYSTEM: two stores on one filesystem are not independent copies."""
-    seen: set[tuple[str, str]] = set()
-    alerts = []
+    """SHARED_FILESYSTEM: stores on one filesystem are not independent copies.
+
+    Pairs are joined into groups (a, b) + (b, c) -> {a, b, c}: one alert per filesystem.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
     for pair in pairs if isinstance(pairs, list | tuple | set) else ():
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             continue
         a, b = pair
         if not (isinstance(a, str) and isinstance(b, str)) or a == b:
             continue
-        key = (min(a, b), max(a, b))
-        if key in seen:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = {}
+    for x in parent:
+        groups.setdefault(find(x), []).append(x)
+    alerts = []
+    for members in groups.values():
+        if len(members) < 2:
             continue
-        seen.add(key)
-        la, lb = (stores[x].label if x in stores else x[:8] for x in key)
+        key = tuple(sorted(members))
+        labels = [stores[x].label if x in stores else x[:8] for x in key]
+        names = ", ".join(labels[:-1]) + " and " + labels[-1]
         alerts.append(
             Alert(
                 code=SHARED_FILESYSTEM,
                 severity=Severity.WARNING,
-                message=f"{la} and {lb} are on the same filesystem: their copies fail together",
-                action="Move one of them to another drive, then purge the old store",
+                message=f"{names} are on the same filesystem: their copies fail together",
+                action="Keep one store per drive: move the others to other drives, then purge "
+                "the old stores",
                 store_ids=key,
             )
         )
-    return alerts
+    return sorted(alerts, key=lambda a: a.store_ids)
 
 
 def _metadata_alert(problems: Any) -> Alert | None:

@@ -682,11 +682,18 @@ class TestWarnings:
         assert "alpha and beta are on the same filesystem" in a.message
         assert h.exit_code == 1
 
-    def test_one_alert_per_pair_and_junk_pairs_skipped(self):
+    def test_one_alert_per_filesystem_and_junk_pairs_skipped(self):
         pairs: Any = [(A, B), (B, A), (A, C), (A, A), (A,), None, (1, 2), [B, C]]
         h = assess([], three_stores(), [], NOW, {A}, shared_filesystems=pairs)
         got = [a.store_ids for a in h.alerts if a.code == SHARED_FILESYSTEM]
-        assert sorted(got) == sorted([(A, B), (A, C), (B, C)])
+        assert got == [tuple(sorted((A, B, C)))]
+        assert " and " in only(h, SHARED_FILESYSTEM).message
+
+    def test_separate_filesystems_get_separate_alerts(self):
+        stores = [store(x, x[:4]) for x in (A, B, C, E)]
+        h = assess([], stores, [], NOW, {A}, shared_filesystems=[(A, B), (C, E)])
+        got = [a.store_ids for a in h.alerts if a.code == SHARED_FILESYSTEM]
+        assert sorted(got) == sorted([tuple(sorted((A, B))), tuple(sorted((C, E)))])
 
     def test_shared_with_an_unknown_store(self):
         h = assess([], [store(A, "alpha")], [], NOW, {A}, shared_filesystems=[(A, E)])
