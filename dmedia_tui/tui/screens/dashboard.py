@@ -105,6 +105,8 @@ class DashboardScreen(Screen):
         focused = self.focused
         if isinstance(focused, AlertBanner) and focused.alert.store_ids:
             return focused.alert.store_ids[0], None
+        if self.has_class("-compact"):  # the stores table is hidden: no silent target
+            return None, None
         return self.query_one(StoresTable).selected_store_id, None
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
