@@ -498,6 +498,7 @@ class Engine:
                 break
         self.activity.pop("copy", None)
         if s.copies:
+            self._wake_verify.set()  # new copies are never verified: they are due at once
             self.emit("changed", None)
         return s
 
