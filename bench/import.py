@@ -77,10 +77,12 @@ def main() -> int:
         print(f"import_file     {U.rate(total, t_imp)}   (hash + fsync per file)")
         print(f"import_files    {U.rate(total, t_batch)}   (same, fsync overlaps the next file)")
         ratio = t_cp_sync / t_imp
-        print(f"ratio (import / cp+sync speed): {ratio:.2f}   goal >= 0.80   {U.verdict(ratio >= 0.8)}")
+        verdict = U.verdict(ratio >= 0.8)
+        print(f"ratio (import / cp+sync speed): {ratio:.2f}   goal >= 0.80   {verdict}")
         ratio = t_cp_sync / t_batch
         print(
-            f"ratio (import_files / cp+sync speed): {ratio:.2f}  goal >= 0.80  {U.verdict(ratio >= 0.8)}"
+            f"ratio (import_files / cp+sync speed): {ratio:.2f}  goal >= 0.80  "
+            f"{U.verdict(ratio >= 0.8)}"
         )
         print(f"ratio (import / cp alone, no fsync): {t_cp / t_imp:.2f}")
     finally:

@@ -70,7 +70,8 @@ def main() -> int:
             return 1
         print(f"b3sum                   {U.rate(total, best['b3sum'])}")
         ratio = best["b3sum"] / best["verify"]
-        print(f"ratio (verify / b3sum speed): {ratio:.2f}   goal >= 0.95   {U.verdict(ratio >= 0.95)}")
+        verdict = U.verdict(ratio >= 0.95)
+        print(f"ratio (verify / b3sum speed): {ratio:.2f}   goal >= 0.95   {verdict}")
     finally:
         if not args.keep:
             U.rmtree(work)
