@@ -39,7 +39,20 @@ def open_library(url: str, *, create: bool = True) -> Library:
 
 
 __all__ = [
-    "DOCS_DB", "LOG_DB", "Change", "Changes", "Conflict", "CopyDue", "Database",
-    "DatabaseError", "DatabaseOffline", "Doc", "Library", "NotFound", "PlacementRow",
-    "VerificationStats", "is_couch_url", "open_library",
+    "DOCS_DB",
+    "LOG_DB",
+    "Change",
+    "Changes",
+    "Conflict",
+    "CopyDue",
+    "Database",
+    "DatabaseError",
+    "DatabaseOffline",
+    "Doc",
+    "Library",
+    "NotFound",
+    "PlacementRow",
+    "VerificationStats",
+    "is_couch_url",
+    "open_library",
 ]
