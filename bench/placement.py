@@ -95,6 +95,37 @@ def timed(fn: Any, runs: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
+def build_library(
+    path: Path, files: int, store_docs: list[dict[str, Any]] | None = None, progress: bool = True
+) -> tuple[list[str], float]:
+    """Create a synthetic library of `files` file docs at `path` (other benches reuse this).
+
+    `store_docs` (default: STORES plain ones) are saved first; the file docs spread over
+    their IDs in sorted order, the last of which holds only downgraded (copies 0) entries.
+    Returns the sorted store IDs and the seconds spent on the file docs. The library is
+    closed (WAL checkpointed) on return.
+    """
+    lib = SQLiteLibrary(path)
+    if store_docs is None:
+        store_docs = [
+            {"_id": s, "type": "dmedia/store", "label": f"s{i}", "copies": 1}
+            for i, s in enumerate(sorted(random_id() for _ in range(STORES)))
+        ]
+    lib.docs.save_many(store_docs)
+    stores = sorted(d["_id"] for d in store_docs)
+    t0 = time.perf_counter()
+    done = 0
+    for batch in synthetic_files(files, stores):
+        lib.docs.save_many(batch)
+        done += len(batch)
+        if progress and done % 100_000 == 0:
+            rate = done / (time.perf_counter() - t0)
+            print(f"  {done:>9,} files  {rate:,.0f} docs/s", file=sys.stderr)
+    build = time.perf_counter() - t0
+    lib.close()  # checkpoint the WAL so the file size is the real one
+    return stores, build
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1_000_000, help="file docs to create")
@@ -113,24 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.mkdtemp(prefix="dmedia-bench-")
         path = Path(tmp) / "library.sqlite3"
 
-    lib = SQLiteLibrary(path)
-    stores = sorted(random_id() for _ in range(STORES))
-    lib.docs.save_many(
-        [
-            {"_id": s, "type": "dmedia/store", "label": f"s{i}", "copies": 1}
-            for i, s in enumerate(stores)
-        ]
-    )
-    t0 = time.perf_counter()
-    done = 0
-    for batch in synthetic_files(args.files, stores):
-        lib.docs.save_many(batch)
-        done += len(batch)
-        if done % 100_000 == 0:
-            rate = done / (time.perf_counter() - t0)
-            print(f"  {done:>9,} files  {rate:,.0f} docs/s", file=sys.stderr)
-    build = time.perf_counter() - t0
-    lib.close()  # checkpoint the WAL so the size below is the real file
+    stores, build = build_library(path, args.files)
 
     lib = SQLiteLibrary(path, create=False)
     size = sum(os.path.getsize(p) for p in (path, Path(f"{path}-wal")) if p.exists())
