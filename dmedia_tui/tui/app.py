@@ -364,6 +364,17 @@ class DmediaApp(App[int]):
         self._store_action("purge")
 
     def action_ack(self) -> None:
+        """Acknowledge the selected store's failure; with none selected (or a store that
+        is not failing), the one unacknowledged DRIVE_FAILURE banner if there is just one."""
+        store_id = self._target()[0]
+        failing = [
+            a.store_ids[0]
+            for a in (self.data.health.alerts if self.data else ())
+            if a.code == "DRIVE_FAILURE" and a.store_ids
+        ]
+        if store_id not in failing and len(failing) == 1:
+            self._run_store_action("ack", failing[0])
+            return
         self._store_action("ack")
 
     def action_trust(self) -> None:

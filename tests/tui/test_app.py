@@ -264,6 +264,20 @@ async def test_acknowledge_removes_the_failure_banner(tlib):
         assert row.state == StoreState.FAILING and row.failure_acknowledged
 
 
+async def test_ack_with_a_healthy_store_selected_acks_the_one_failing_drive(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        await pilot.press("a")
+        await app.workers.wait_for_complete()
+        await app.settle()
+        await pilot.pause()
+        assert DRIVE_FAILURE not in [b.alert.code for b in app.screen.query(AlertBanner)]
+        assert store_doc(tlib, "usb-backup-2")["failure"]["acknowledged"] is True
+        assert "failure" not in store_doc(tlib, "studio-int")
+
+
 async def test_read_only_refuses_every_modifying_action(tlib):
     app = DmediaApp(tlib.ms, read_only=True)
     async with app.run_test(size=SIZE) as pilot:
