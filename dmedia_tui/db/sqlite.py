@@ -705,9 +705,13 @@ class SQLiteLibrary(Library):
         return [PlacementRow(o, p, n, b) for o, p, n, b in rows]
 
     def _by_type(self, typ: str) -> list[Doc]:
+        # INDEXED BY: without statistics SQLite walks the primary key (every doc of the
+        # library: 0.5 s at 1M files) instead of this partial index (0.07 ms).
         with self._read() as c:
             rows = c.execute(
-                "SELECT json FROM doc WHERE db=1 AND type=? AND deleted=0 ORDER BY id", (typ,)
+                "SELECT json FROM doc INDEXED BY doc_type"
+                " WHERE db=1 AND type=? AND deleted=0 ORDER BY id",
+                (typ,),
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
