@@ -64,6 +64,8 @@ class Alert:
     files: int = 0
     bytes: int = 0
     acknowledgeable: bool = False
+    # The placement keys of the files concerned (for drill-down: files_by_placement).
+    placements: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -364,6 +366,11 @@ class _Group:
     durability: int = field(init=False)
     store_ids: frozenset[str] = field(init=False)
 
+    @property
+    def key(self) -> str:
+        """The placement key as the database groups by it (durability.placement_key)."""
+        return ",".join(f"{sid}:{c}" for sid, c in self.placement)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "durability", sum(c for _, c in self.placement))
         object.__setattr__(self, "store_ids", frozenset(sid for sid, _ in self.placement))
@@ -529,6 +536,7 @@ def _disconnected_alerts(
     one alert per set; any one of those places is enough, so the advice joins them with "or".
     """
     by_places: dict[frozenset[tuple[str, str]], tuple[set[str], int, int]] = {}
+    keys: dict[frozenset[tuple[str, str]], list[str]] = {}
     for g in groups:
         sids = g.store_ids
         if not sids or sids & online:
@@ -536,6 +544,7 @@ def _disconnected_alerts(
         places = frozenset(_place(sid, stores) for sid in sids)
         ids, n, b = by_places.get(places, (set(), 0, 0))
         by_places[places] = (ids | sids, n + g.count, b + g.bytes)
+        keys.setdefault(places, []).append(g.key)
     alerts = []
     for places, (ids, n, b) in by_places.items():
         labels = ", ".join(
@@ -556,6 +565,7 @@ def _disconnected_alerts(
                 store_ids=tuple(sorted(ids)),
                 files=n,
                 bytes=b,
+                placements=tuple(sorted(keys[places])),
             )
         )
     return alerts
@@ -577,6 +587,7 @@ def _no_known_copy_alert(groups: list[_Group]) -> Alert | None:
         ),
         files=n,
         bytes=b,
+        placements=("",),
     )
 
 
@@ -617,6 +628,7 @@ def _low_durability_alert(groups: list[_Group], th: Thresholds) -> Alert | None:
         action="dmedia-tui is making copies; keep drives connected",
         files=n,
         bytes=b,
+        placements=tuple(sorted(g.key for g in low)),
     )
 
 

@@ -850,6 +850,15 @@ class MetaStore:
         self._vstats_cache[store_id] = (now, stats)
         return stats
 
+    def files_for_alert(self, alert: Any, limit: int = 200) -> list[Doc]:
+        """Up to `limit` user files an alert is about (its placement groups), by ID."""
+        out: list[Doc] = []
+        for placement in getattr(alert, "placements", ()):
+            if len(out) >= limit:
+                break
+            out.extend(self.lib.files_by_placement(placement, limit=limit - len(out)))
+        return out
+
     # --- helpers ---------------------------------------------------------------------
 
     def _drive_fields(self, store_id: str) -> dict[str, Any]:

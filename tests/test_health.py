@@ -1039,3 +1039,16 @@ def test_more_free_space_never_creates_a_storage_alert(summary, stores, more):
     bigger = [{**s, "bytes_avail": s["bytes_avail"] + more} for s in stores]
     after = INSUFFICIENT_STORAGE in codes(assess(summary, bigger, [], NOW, online))
     assert after <= before
+
+
+def test_alerts_name_the_placement_groups_of_their_files():
+    offline_only = pl((B, 1))
+    low = pl((A, 1))
+    nowhere = ""
+    healthy = pl((A, 1), (C, 1))
+    summary = [row(offline_only, 2, 20), row(low, 3, 30), row(nowhere, 1, 5), row(healthy, 4, 40)]
+    h = assess(summary, three_stores(), [], NOW, {A, C})
+    by_code = {a.code: a for a in h.alerts}
+    assert by_code[DISCONNECTED_ONLY_COPY].placements == (offline_only,)
+    assert by_code[NO_KNOWN_COPY].placements == ("",)
+    assert set(by_code[LOW_DURABILITY].placements) == {offline_only, low, nowhere}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from textual.widgets import Button, DataTable, Select
+from textual.widgets import Button, DataTable, OptionList, Select
 
 from dmedia_tui.health import DRIVE_FAILURE, StoreState
 from dmedia_tui.tui.app import ENGINE_MONITOR, DmediaApp
@@ -185,6 +185,26 @@ async def test_enter_on_banner_and_bang_open_the_alert_screen(tlib):
         assert isinstance(app.screen, AlertScreen)
         assert app.screen.alert.code == "DISCONNECTED_ONLY_COPY"
         assert "Boot kestrel" in str(app.screen.query_one("#alert-text").render())
+
+
+async def test_alert_screen_lists_the_files_concerned_and_opens_one(tlib):
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        alert = next(a for a in app.data.health.alerts if a.code == "DISCONNECTED_ONLY_COPY")
+        app.open_alert(alert)
+        await pilot.pause()
+        await app.screen.workers.wait_for_complete()
+        await pilot.pause()
+        files = app.screen.query_one("#alert-files", OptionList)
+        shown = {files.get_option_at_index(i).id for i in range(files.option_count)}
+        laptop_only = {tlib.files[f"IMG_{100 + i}.CR2"] for i in range(3)}
+        assert shown == laptop_only and alert.files == 3
+        files.focus()
+        files.highlighted = 0
+        await pilot.press("enter")
+        assert isinstance(app.screen, FileScreen)
+        assert app.screen.file_id in laptop_only
 
 
 async def test_downgrade_confirmed_with_y(tlib):

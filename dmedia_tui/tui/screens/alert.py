@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -13,6 +14,8 @@ from dmedia_tui.health import Alert
 from dmedia_tui.tui.data import fmt_size
 from dmedia_tui.tui.widgets.banners import alert_title
 from dmedia_tui.tui.widgets.header import AppHeader
+
+FILES_SHOWN = 200
 
 
 def alert_text(alert: Alert) -> Text:
@@ -55,10 +58,37 @@ class AlertScreen(Screen):
         stores.border_title = "Stores concerned (enter: open)"
         stores.display = bool(options)
         yield stores
+        files = OptionList(id="alert-files")
+        files.border_title = "Files concerned (enter: open)"
+        files.display = bool(self.alert.placements)
+        yield files
         yield Footer()
 
+    def on_mount(self) -> None:
+        if self.alert.placements:
+            self._load_files()
+
+    @work(thread=True, exclusive=True, group="alert-files")
+    def _load_files(self) -> None:
+        docs = self.app.ms.files_for_alert(self.alert, limit=FILES_SHOWN)
+        self.app.call_from_thread(self._show_files, docs)
+
+    def _show_files(self, docs: list[dict]) -> None:
+        files = self.query_one("#alert-files", OptionList)
+        files.clear_options()
+        for doc in docs:
+            name = doc.get("name") or doc["_id"][:12]
+            size = fmt_size(doc.get("bytes", 0))
+            files.add_option(Option(f"{name:<28} {size:>9}", id=doc["_id"]))
+        if self.alert.files > len(docs):
+            files.border_subtitle = f"first {len(docs):,} of {self.alert.files:,}"
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id:
+        if not event.option.id:
+            return
+        if event.option_list.id == "alert-files":
+            self.app.open_file(event.option.id)
+        else:
             self.app.open_store(event.option.id)
 
     def context(self) -> tuple[str | None, str | None]:
