@@ -62,6 +62,14 @@ class NotAFileStore(FileStoreError):
     """No valid .dmedia/store.json at the path."""
 
 
+class StoreUnreadable(FileStoreError):
+    """store.json exists (or may) but cannot be read: an I/O error, not an absent store.
+
+    Callers must not take this for "no FileStore here": a yanked or failing drive gives
+    EIO, and treating that as absence could purge a store that is merely unreadable.
+    """
+
+
 class WrongStore(FileStoreError):
     """The folder holds a FileStore, but not the one expected."""
 
@@ -260,7 +268,7 @@ class FileStore:
         except ValueError:
             raise NotAFileStore(f"not a FileStore (invalid {STORE_JSON}): {path}") from None
         except OSError as e:
-            raise NotAFileStore(f"cannot read {doc_path}: {_errstr(e)}") from None
+            raise StoreUnreadable(f"cannot read {doc_path}: {_errstr(e)}") from None
         if not isinstance(doc, dict) or not is_store_id(doc.get("_id")):
             raise NotAFileStore(f"not a FileStore (invalid store ID in {STORE_JSON}): {path}")
         return doc

@@ -611,3 +611,24 @@ def test_import_files_stopped_early_leaves_nothing_half_done(
     assert first_src == srcs[0] and first.new  # type: ignore[union-attr]
     assert len(list(store)) == 2
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_an_unreadable_store_json_is_not_taken_for_no_store(tmp_path, monkeypatch):
+    from pathlib import Path as _Path
+
+    import dmedia_tui.filestore as fsmod
+
+    fs = FileStore.create(tmp_path, doc=None)
+    real = _Path.read_bytes
+
+    def eio(self):
+        if self.name == "store.json":
+            raise OSError(5, "Input/output error")
+        return real(self)
+
+    # An EIO cannot be made on a real disk here; the store.json read is the one patched.
+    monkeypatch.setattr(fsmod.Path, "read_bytes", eio)
+    with pytest.raises(fsmod.StoreUnreadable, match="Input/output error"):
+        FileStore(tmp_path)
+    monkeypatch.undo()
+    assert FileStore(tmp_path).id == fs.id
