@@ -15,10 +15,25 @@ from dmedia_tui.protocol import is_store_id
 TARGET = 3
 
 
+def _whole(value: Any) -> int | None:
+    """value as an int when it is a whole number (2 or 2.0, never a bool), else None.
+
+    JSON does not tell 2 from 2.0, and CouchDB's JavaScript views see both as 2, so the
+    Python side must too, or the two backends would disagree about the same doc.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _copies(value: Any) -> int:
     if isinstance(value, dict):
-        c = value.get("copies")
-        if isinstance(c, int) and not isinstance(c, bool) and c > 0:
+        c = _whole(value.get("copies"))
+        if c is not None and c > 0:
             return c
     return 0
 
@@ -64,5 +79,5 @@ def file_origin(doc: dict[str, Any]) -> str:
 
 
 def file_bytes(doc: dict[str, Any]) -> int:
-    b = doc.get("bytes")
-    return b if isinstance(b, int) and not isinstance(b, bool) and b > 0 else 0
+    b = _whole(doc.get("bytes"))
+    return b if b is not None and b > 0 else 0

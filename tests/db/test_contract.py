@@ -450,6 +450,20 @@ def test_placement_summary_tolerates_malformed_stored(library: Library) -> None:
     }
 
 
+def test_whole_float_copies_and_bytes_count_like_ints(library: Library) -> None:
+    # JSON cannot tell 2 from 2.0; both backends must read them alike.
+    a, b = sid(), sid()
+    library.docs.save(
+        file_doc({a: {"copies": 2.0, "mtime": NOW}, b: {"copies": 1.5, "mtime": NOW}}, size=1000)
+    )
+    doc = file_doc({a: 1}, size=1000)
+    doc["bytes"] = 500.0
+    library.docs.save(doc)
+    both = ",".join(f"{s}:{c}" for s, c in sorted([(a, 2), (b, 0)]))
+    rows = {(r.placement, r.count, r.bytes) for r in library.placement_summary()}
+    assert rows == {(both, 1, 1000), (f"{a}:1", 1, 500)}
+
+
 def test_placement_summary_follows_updates_and_deletes(library: Library) -> None:
     a, b = sid(), sid()
     f1 = file_doc({a: 1}, size=10)
