@@ -305,13 +305,13 @@ def _store_action(ctx: Context, name: str, action: str, yes: bool, dry_run: bool
     with ctx.metastore() as ms:
         doc = ms.resolve_store(name)
         sid = doc["_id"]
-        preview = ms.preview(action, sid)
         if dry_run:
-            click.echo(preview.describe())
+            click.echo(ms.preview(action, sid).describe())
             return
         if action in ("downgrade", "purge") and not yes:
+            preview = ms.preview(action, sid)  # counts every file on the store: only here
             if not sys.stdin.isatty():
-                raise UserError(f"{preview.describe()}\nrefusing without --yes (not a terminal)")
+                raise UserError(f"refusing without --yes (not a terminal); {preview.describe()}")
             click.echo(preview.describe())
             if not click.confirm("Proceed?", default=False):
                 raise UserError("nothing changed", 1)
