@@ -139,6 +139,7 @@ class MetaStore:
         self._problems_logged: set[tuple[str, str, str]] | None = None
         self._metadata_problems = self._read_check_state()
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
+        self._last_unverified_pass = float("-inf")
 
     def now(self) -> float:
         return self.clock.now()
@@ -612,15 +613,26 @@ class MetaStore:
                             count=n,
                         )
                     )
-        events.extend(self.downgrade_unverified(online))
+        # Verification ages move by the day: once an hour is plenty, and keeps an idle
+        # engine's housekeeping to a few index lookups.
+        if now - self._last_unverified_pass >= 3600:
+            self._last_unverified_pass = now
+            events.extend(self.downgrade_unverified(online))
         return events
 
     def downgrade_unverified(self, online: set[str]) -> list[Doc]:
-        """Copies not verified for 30 days count 0 until verified again."""
+        """Copies not verified for 30 days count 0 until verified again.
+
+        A store whose oldest verification is recent enough is skipped on the strength of
+        its verification stats, so the common pass costs one cheap query per store.
+        """
         before = int(self.now()) - self.thresholds.verify_downgrade_after
         out = []
         for store in self.lib.stores():
             sid = store["_id"]
+            oldest = self.lib.verification_stats(sid).oldest
+            if oldest is None or oldest >= before:
+                continue
             n = 0
             for due in self.lib.copies_due(sid, before, limit=100000):
                 if due.verified is None:

@@ -290,3 +290,18 @@ def test_reattached_store_is_relinked_then_verified_back_to_durability(ms, tmp_p
     assert [d.file_id for d in ms.copies_due(a.id)] == [fid]
     assert ms.verify_copy(fs, fid).status == VerifyStatus.OK
     assert durability(ms.lib.docs.get(fid)) == 1
+
+
+def test_time_policies_downgrade_stale_verifications_at_most_hourly(ms, tmp_path, clock):
+    a = new_store(ms, tmp_path, "a")
+    fid, _ = ms.import_file(source_file(tmp_path, "f", b"h" * 100), a)
+    ms.verify_copy(a, fid)
+    assert ms.run_time_policies(online={a.id}) == []  # the hourly pass ran: nothing stale
+    clock.t = NOW + 30 * DAY + 1
+    (ev,) = ms.run_time_policies(online={a.id})
+    assert (ev["type"], ev["reason"]) == (schema.LOG_STORE_DOWNGRADE, "unverified")
+    ms.lib.docs.update(fid, lambda d: {**d, "stored": {a.id: {**d["stored"][a.id], "copies": 1}}})
+    clock.t += 3599
+    assert ms.run_time_policies(online={a.id}) == []  # within the hour: not looked at again
+    clock.t += 1
+    assert len(ms.run_time_policies(online={a.id})) == 1
