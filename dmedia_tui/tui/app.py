@@ -3,8 +3,12 @@
 Data flow: one refresh thread polls `update_seq()` of both databases every POLL seconds
 (a primary-key lookup) and recomputes the dashboard only when a token moved or the engine
 said something changed; the result is posted to the UI thread as a message. Engine events
-arrive on worker threads and only set flags, so workers never wait for the UI. Actions
-call the core (MetaStore / Engine) in thread workers; destructive ones ask first.
+arrive on worker threads and only set flags, so workers never wait for the UI. While the
+engine works flat out (a "changed" event per verified copy), recomputations are coalesced
+to one per COALESCE seconds: each one costs the UI thread a repaint, and keypresses must
+not queue behind a dozen of them a second. A refresh the user (or a test) asks for is never
+held back. Actions call the core (MetaStore / Engine) in thread workers; destructive ones
+ask first.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
     from dmedia_tui.metastore import MetaStore
 
 POLL = 0.5  # seconds between update_seq() polls
+COALESCE = 1.0  # at least this many seconds between recomputations nobody asked for
 
 ENGINE_RUNNING = "engine running"
 ENGINE_MONITOR = "read-only monitor: another engine runs"
@@ -123,6 +129,7 @@ class DmediaApp(App[int]):
         read_only: bool = False,
         compact: bool | None = None,
         poll: float = POLL,
+        coalesce: float = COALESCE,
     ) -> None:
         super().__init__()
         self.ms = ms
@@ -130,6 +137,7 @@ class DmediaApp(App[int]):
         self.read_only = read_only
         self.compact = compact
         self.poll = poll
+        self.coalesce = coalesce
         self.data: DashboardData | None = None
         self.library_name = short_path(ms.lib.display_url)
         self.machine_name = ms.hostname
@@ -140,6 +148,8 @@ class DmediaApp(App[int]):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._changed = threading.Event()
+        self._urgent = threading.Event()  # a refresh was requested: do not coalesce it
+        self._next_allowed = 0.0  # time.monotonic() before which engine changes wait
         self._activity = threading.Event()
         self._activity_shown = False
         self._requested = 0
@@ -187,11 +197,13 @@ class DmediaApp(App[int]):
             self._activity.set()
         else:
             self._changed.set()
-            self._wake.set()
+            if time.monotonic() >= self._next_allowed:
+                self._wake.set()  # otherwise the refresh loop picks it up when due
 
     def request_refresh(self) -> int:
         """Recompute soon even if no token moved; returns the generation to wait for."""
         self._requested += 1
+        self._urgent.set()
         self._changed.set()
         self._wake.set()
         return self._requested
@@ -211,21 +223,29 @@ class DmediaApp(App[int]):
                 self._changed.clear()
                 data = DashboardData(database_offline(str(e), self.ms.now()))
                 self.post_message(DataReady(data, self._requested))
-            if token is not None and (token != last or self._changed.is_set()):
-                # Clear first, then read the generation: a request arriving in between
-                # sets the flag again and gets its own pass.
-                self._changed.clear()
-                generation = self._requested
-                try:
-                    data = load_dashboard(self.ms, self._local())
-                    last = token
-                except Exception as e:
-                    data = DashboardData(database_offline(str(e), self.ms.now()))
-                self.post_message(DataReady(data, generation))
+            pending = token is not None and (token != last or self._changed.is_set())
+            wait = self.poll
+            if pending:
+                early = self._next_allowed - time.monotonic()
+                if early > 0 and not self._urgent.is_set():
+                    wait = min(wait, early)  # coalesce: come back when it is due
+                else:
+                    # Clear first, then read the generation: a request arriving in
+                    # between sets the flags again and gets its own pass.
+                    self._urgent.clear()
+                    self._changed.clear()
+                    generation = self._requested
+                    try:
+                        data = load_dashboard(self.ms, self._local())
+                        last = token
+                    except Exception as e:
+                        data = DashboardData(database_offline(str(e), self.ms.now()))
+                    self._next_allowed = time.monotonic() + self.coalesce
+                    self.post_message(DataReady(data, generation))
             if self._activity.is_set() or self._activity_shown:
                 self._activity.clear()
                 self.post_message(ActivityTick())
-            self._wake.wait(self.poll)
+            self._wake.wait(wait)
             self._wake.clear()
 
     def on_data_ready(self, message: DataReady) -> None:

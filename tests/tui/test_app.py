@@ -83,6 +83,26 @@ async def test_idle_app_recomputes_nothing_until_the_library_changes(tlib):
         assert row.state == StoreState.DOWNGRADED
 
 
+async def test_engine_changes_are_coalesced_but_requested_refreshes_are_not(tlib):
+    """A busy engine says "changed" per verified copy; each recompute costs the UI a
+    repaint, so within the coalescing interval they wait, while `r` is served at once."""
+    from dmedia_tui.engine import EngineEvent
+
+    app = DmediaApp(tlib.ms, poll=0.01, coalesce=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        before = app.refreshes
+        tlib.ms.downgrade_store(tlib.stores["studio-int"], reason="test")
+        for _ in range(20):  # about 20 polls, each with an engine change
+            app._on_engine_event(EngineEvent("changed"))
+            await pilot.pause(0.01)
+        assert app.refreshes == before  # held back: the interval has not passed
+        await pilot.press("r")
+        await until(pilot, lambda: app.refreshes > before)
+        row = next(r for r in app.data.health.store_rows if r.label == "studio-int")
+        assert row.state == StoreState.DOWNGRADED
+
+
 async def test_store_screen_pages_files_most_fragile_first(tlib, monkeypatch):
     monkeypatch.setattr(StoreScreen, "PAGE_SIZE", 5)
     app = DmediaApp(tlib.ms)
