@@ -103,6 +103,38 @@ async def test_engine_changes_are_coalesced_but_requested_refreshes_are_not(tlib
         assert row.state == StoreState.DOWNGRADED
 
 
+async def test_banners_with_a_changed_count_are_repainted_in_place(tlib):
+    """While the engine verifies, alert messages change (counts) far more often than the
+    set of alerts: the banners stay mounted, and keep their focus, and show the news."""
+    import dataclasses
+
+    from dmedia_tui.health import Severity
+    from dmedia_tui.tui.widgets.banners import Banners
+
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        banners = app.screen.query_one(Banners)
+        before = list(app.screen.query(AlertBanner))
+        assert len(before) >= 2
+        before[-1].focus()
+        changed = tuple(
+            dataclasses.replace(a, message=f"{i} changed", severity=Severity.INFO)
+            for i, a in enumerate(banners.alerts)
+        )
+        banners.show_alerts(changed)
+        await pilot.pause()
+        after = list(app.screen.query(AlertBanner))
+        assert after == before and app.screen.focused is before[-1]
+        assert [b.alert for b in after] == list(changed)
+        assert all(b.has_class("-info") and not b.has_class("-critical") for b in after)
+        assert "0 changed" in after[0].plain
+        # One alert fewer: the stack is rebuilt.
+        banners.show_alerts(changed[1:])
+        await pilot.pause()
+        assert [b.alert for b in app.screen.query(AlertBanner)] == list(changed[1:])
+
+
 async def test_store_screen_pages_files_most_fragile_first(tlib, monkeypatch):
     monkeypatch.setattr(StoreScreen, "PAGE_SIZE", 5)
     app = DmediaApp(tlib.ms)

@@ -11,6 +11,7 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from dmedia_tui.tui.data import bar, fmt_eta, fmt_rate
+from dmedia_tui.tui.widgets.repaint import repaint
 
 
 def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
@@ -51,10 +52,12 @@ class ActivityPanel(Vertical):
         if body == self._last:
             return
         self._last = body
-        self.query_one("#activity-text", Static).update(body)
-        self.query_one("#activity-rate", Static).update(
-            Text(f"verify {fmt_rate(rate)}", "dim") if rate else ""
-        )
+        # Progress moves twice a second while the engine works: repaint, no relayout
+        # unless the number of activities changed (the text does not wrap, see tcss).
+        repaint(self.query_one("#activity-text", Static), body)
+        rate_text = Text(f"verify {fmt_rate(rate)}", "dim") if rate else Text("")
+        repaint(self.query_one("#activity-rate", Static), rate_text, fixed=True)
         spark = self.query_one("#activity-spark", Sparkline)
         spark.data = list(rates)
-        spark.display = bool(rates)
+        if spark.display != bool(rates):
+            spark.display = bool(rates)

@@ -42,6 +42,15 @@ class AlertBanner(Static, can_focus=True):
         self.alert = alert
         self.read_only = read_only
 
+    def show_alert(self, alert: Alert) -> None:
+        """Show another alert in this banner (same height: no relayout)."""
+        if alert == self.alert:
+            return
+        self.remove_class(f"-{self.alert.severity.name.lower()}")
+        self.alert = alert
+        self.add_class(f"-{alert.severity.name.lower()}")
+        self.refresh()
+
     def render(self) -> Table:
         a = self.alert
         text = Text.assemble(
@@ -85,16 +94,25 @@ class Banners(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._alerts: tuple[Alert, ...] | None = None
+        self._banners: list[AlertBanner] = []
         self.read_only = False
 
     def show_alerts(self, alerts: tuple[Alert, ...]) -> None:
         if alerts == self._alerts:
+            return
+        if self._alerts is not None and len(self._banners) == len(alerts):
+            # Same number of alerts (a count in a message moved): repaint the banners in
+            # place; removing and mounting them would lay out the whole screen again.
+            self._alerts = alerts
+            for banner, alert in zip(self._banners, alerts, strict=True):
+                banner.show_alert(alert)
             return
         self._alerts = alerts
         focused = self.screen.focused if self.is_mounted else None
         had_focus = isinstance(focused, AlertBanner)
         self.remove_children()
         banners = [AlertBanner(a, self.read_only) for a in alerts]
+        self._banners = banners
         self.mount_all(banners)
         self.display = bool(alerts)
         if had_focus and banners:

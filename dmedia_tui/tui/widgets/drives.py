@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dmedia_tui.health import StoreRow, StoreState
+from dmedia_tui.tui.widgets.repaint import repaint
 
 
 def drives_text(rows: tuple[StoreRow, ...], source: str | None = None) -> Text:
@@ -30,4 +31,4 @@ def drives_text(rows: tuple[StoreRow, ...], source: str | None = None) -> Text:
 
 class DrivesPanel(Static):
     def show_rows(self, rows: tuple[StoreRow, ...], source: str | None = None) -> None:
-        self.update(drives_text(rows, source))
+        repaint(self, drives_text(rows, source))  # one line per drive, never wrapped

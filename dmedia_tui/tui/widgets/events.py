@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dmedia_tui.tui.data import EventLine, fmt_when
+from dmedia_tui.tui.widgets.repaint import repaint
 
 TYPE_STYLES = {
     "file/corrupt": "bold red",
@@ -30,6 +31,6 @@ def event_text(e: EventLine, now: float) -> Text:
 class EventList(Static):
     def show_events(self, events: tuple[EventLine, ...], now: float) -> None:
         if not events:
-            self.update(Text("no events yet", "dim"))
+            repaint(self, Text("no events yet", "dim"), fixed=True)
             return
-        self.update(Text("\n").join(event_text(e, now) for e in events))
+        repaint(self, Text("\n").join(event_text(e, now) for e in events), fixed=True)

@@ -22,12 +22,13 @@ class DurabilityHistogram(Static):
     def show_buckets(self, buckets: tuple[Bucket, ...]) -> None:
         if buckets == self.buckets:
             return
+        first = not self.buckets
         self.buckets = buckets
-        self.update(self._table())
+        self.update(self._table(), layout=first)  # its size is set by the tcss
 
     def on_resize(self) -> None:
         if self.buckets:
-            self.update(self._table())
+            self.update(self._table(), layout=False)
 
     def _table(self) -> Table:
         width = max(4, self.size.width - 26) if self.size.width else 16

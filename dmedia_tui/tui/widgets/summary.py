@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dmedia_tui.health import Health
+from dmedia_tui.tui.widgets.repaint import repaint
 
 
 def summary_line(health: Health) -> Text:
@@ -21,4 +22,4 @@ def summary_line(health: Health) -> Text:
 
 class CompactSummary(Static):
     def show_health(self, health: Health) -> None:
-        self.update(summary_line(health))
+        repaint(self, summary_line(health), fixed=True)  # one line high (tcss)
