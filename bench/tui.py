@@ -67,7 +67,7 @@ def keep_verifying(engine: Engine, store_id: str, stop: threading.Event) -> None
         stop.wait(0.05)
 
 
-async def latency(ms: MetaStore, presses: int) -> tuple[list[float], int, float]:
+async def latency(ms: MetaStore, presses: int) -> tuple[list[float], int, float, int]:
     engine = Engine(ms, watch_drives=False, watch_folders=False)
     app = DmediaApp(ms, engine)
     stop = threading.Event()
@@ -86,6 +86,7 @@ async def latency(ms: MetaStore, presses: int) -> tuple[list[float], int, float]
             lambda ev: seen.add(id(ev.data)) if ev.kind == "activity" else None
         )
         t_start = time.perf_counter()
+        refreshes = app.refreshes
         for i in range(presses):
             before = frames.count
             key = events.Key("down" if i % 2 == 0 else "up", None)
@@ -98,6 +99,7 @@ async def latency(ms: MetaStore, presses: int) -> tuple[list[float], int, float]
                 await asyncio.sleep(0.0005)
             samples.append(frames.last - t0)
         elapsed = time.perf_counter() - t_start
+        applied = app.refreshes - refreshes
         stop.set()
         feeder.join()
         rate = statistics.median(list(engine.rates)[-20:]) if engine.rates else 0.0
@@ -105,7 +107,7 @@ async def latency(ms: MetaStore, presses: int) -> tuple[list[float], int, float]
         verified = len(seen)
         await pilot.press("q")
     del elapsed
-    return samples, verified, rate
+    return samples, verified, rate, applied
 
 
 async def idle_cpu(ms: MetaStore, seconds: float) -> tuple[float, int]:
@@ -141,11 +143,12 @@ def main(argv: list[str]) -> int:
         lib = open_library(str(demo.db_path))
         ms = MetaStore(lib, config, OffsetClock(now))
 
-        samples, verified, rate = asyncio.run(latency(ms, args.presses))
+        samples, verified, rate, applied = asyncio.run(latency(ms, args.presses))
         ms_samples = [s * 1000 for s in samples]
         print(
             f"keypress-to-frame while verifying ({len(samples)} presses, "
-            f"{verified} copies verified meanwhile, {rate / 1e6:.0f} MB/s):"
+            f"{verified} copies verified and {applied} dashboard refreshes applied meanwhile, "
+            f"{rate / 1e6:.0f} MB/s):"
         )
         print(
             f"  p50 {percentile(ms_samples, 50):.1f} ms  p99 {percentile(ms_samples, 99):.1f} ms"

@@ -14,6 +14,7 @@ ask first.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -263,6 +264,10 @@ class DmediaApp(App[int]):
         self.dashboard.show(message.data)
         if self.refreshes == 1:
             self._show_activity()
+            # What exists now (Textual, the widgets, the first data) lives as long as the
+            # app: keep it out of the collector's full passes, which would otherwise walk
+            # it all (~30 ms with the UI thread stopped) while the engine allocates.
+            gc.freeze()
         for screen in self.screen_stack:
             if screen is not self.dashboard and hasattr(screen, "refresh_data"):
                 screen.refresh_data()
