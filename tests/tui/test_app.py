@@ -505,6 +505,15 @@ async def test_database_error_is_shown_not_raised(tlib):
             ),
         )
         await asyncio.sleep(0)
+        await pilot.pause()
+        # An unreadable library is not an empty one: no "No stores yet" advice.
+        assert not app.screen.has_class("-first-run")
+        from rich.console import Console
+
+        console = Console(width=200, color_system=None)
+        with console.capture() as shown:
+            console.print(app.screen.query_one(AlertBanner).render())
+        assert "CRITICAL DATABASE OFFLINE" in shown.get()
 
 
 async def test_mouse_click_on_a_banner_and_a_store_row(tlib):

@@ -83,7 +83,8 @@ class DashboardScreen(Screen):
         self.query_one(Banners).show_alerts(h.alerts)
         if old is None or old.histogram != h.histogram or old.files != h.files:
             self.query_one(CompactSummary).show_health(h)
-        empty = not h.store_rows and not h.files
+        offline = any(a.code == "DATABASE_OFFLINE" for a in h.alerts)
+        empty = not h.store_rows and not h.files and not offline  # offline is not first run
         if old is None:
             self.query_one("#first-run", Static).update(Text(FIRST_RUN, "bold"))
         self.set_class(empty, "-first-run")

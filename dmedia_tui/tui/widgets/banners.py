@@ -55,7 +55,7 @@ class AlertBanner(Static, can_focus=True):
         a = self.alert
         text = Text.assemble(
             ("▌", "bold"),
-            (f"{a.severity.name:<8}", "bold"),
+            (f"{a.severity.name:<8} ", "bold"),
             (f"{alert_title(a)}  ", "bold"),
             a.message,
         )
