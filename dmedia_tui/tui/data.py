@@ -189,9 +189,12 @@ def load_events(
     store_id: str | None = None,
     file_id: str | None = None,
     labels: dict[str, str] | None = None,
+    cursor: str | None = None,
 ) -> tuple[EventLine, ...]:
-    """Newest first, described."""
-    docs = ms.lib.events(limit, newest_first=True, types=types, store_id=store_id, file_id=file_id)
+    """Newest first, described; `cursor`: the ID of the last event of the previous page."""
+    docs = ms.lib.events(
+        limit, newest_first=True, types=types, store_id=store_id, file_id=file_id, cursor=cursor
+    )
     labels = labels if labels is not None else _labels(ms)
     names = _names(ms, (d["file_id"] for d in docs if isinstance(d.get("file_id"), str)))
     return tuple(event_line(d, labels, names) for d in docs)

@@ -197,6 +197,34 @@ async def test_enter_on_a_file_row_opens_the_file(tlib):
         assert app.screen.file_id == app.screen_stack[-2].files[0].id
 
 
+async def test_events_screen_loads_the_next_page_near_the_end(tlib, monkeypatch):
+    import dmedia_tui.tui.screens.events as events_mod
+
+    monkeypatch.setattr(events_mod, "PAGE", 3)
+    for _ in range(8):
+        tlib.ms.log_event("dmedia/store/trust", store_id=tlib.stores["studio-int"])
+    every = [d["_id"] for d in tlib.ms.lib.events(1000, newest_first=True)]
+    assert len(every) > 6
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        shown = [e.id for e in screen.lines]
+        assert 3 <= len(shown) < len(every) and shown == every[: len(shown)]  # pages, in order
+        table = screen.query_one("#event-table", DataTable)
+        while len(screen.lines) < len(every):
+            before = len(screen.lines)
+            table.move_cursor(row=len(screen.lines) - 1)
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert len(screen.lines) > before
+        assert [e.id for e in screen.lines] == every  # newest first, no gap, no repeat
+
+
 async def test_events_screen_filters_by_type_and_store(tlib):
     app = DmediaApp(tlib.ms)
     async with app.run_test(size=SIZE) as pilot:

@@ -15,7 +15,7 @@ from dmedia_tui.tui.data import EventLine, fmt_datetime, load_events
 from dmedia_tui.tui.widgets.events import TYPE_STYLES
 from dmedia_tui.tui.widgets.header import AppHeader
 
-LIMIT = 500
+PAGE = 200  # events fetched at a time; the next page loads when the cursor nears the end
 
 
 class EventsScreen(Screen):
@@ -26,6 +26,7 @@ class EventsScreen(Screen):
         self.store_id = store_id
         self.event_type = event_type
         self.lines: tuple[EventLine, ...] = ()
+        self._more = False
 
     def compose(self) -> ComposeResult:
         yield AppHeader(id="header")
@@ -63,22 +64,35 @@ class EventsScreen(Screen):
         self.load()
 
     @work(thread=True, exclusive=True, group="events")
-    def load(self) -> None:
-        types = [self.event_type] if self.event_type else None
+    def load(self, limit: int | None = None) -> None:
+        """(Re)load from the newest event, keeping as many rows as are shown now."""
+        n = limit or max(PAGE, len(self.lines))
+        self.app.call_from_thread(self._show, self._fetch(n, None), False, n)
+
+    @work(thread=True, exclusive=True, group="events")
+    def load_more(self) -> None:
+        if not self.lines or not self._more:
+            return
+        self.app.call_from_thread(self._show, self._fetch(PAGE, self.lines[-1].id), True, PAGE)
+
+    def _fetch(self, limit: int, cursor: str | None) -> tuple[EventLine, ...]:
         data = getattr(self.app, "data", None)
-        lines = load_events(
+        return load_events(
             self.app.ms,
-            LIMIT,
-            types=types,
+            limit,
+            types=[self.event_type] if self.event_type else None,
             store_id=self.store_id,
             labels=data.labels if data else None,
+            cursor=cursor,
         )
-        self.app.call_from_thread(self._show, lines)
 
-    def _show(self, lines: tuple[EventLine, ...]) -> None:
-        self.lines = lines
+    def _show(self, lines: tuple[EventLine, ...], append: bool, asked: int) -> None:
         table = self.query_one("#event-table", DataTable)
-        table.clear()
+        if not append:
+            self.lines = ()
+            table.clear()
+        self.lines += lines
+        self._more = len(lines) >= asked
         for e in lines:
             table.add_row(
                 fmt_datetime(e.time),
@@ -86,9 +100,12 @@ class EventsScreen(Screen):
                 e.subject,
                 key=e.id,
             )
-        table.border_subtitle = f"{len(lines):,} events" + (
-            " (newest)" if len(lines) >= LIMIT else ""
-        )
+        more = " (more below)" if self._more else ""
+        table.border_subtitle = f"{len(self.lines):,} events{more}"
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self._more and event.cursor_row >= len(self.lines) - 5:
+            self.load_more()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         line = next((e for e in self.lines if e.id == event.row_key.value), None)
