@@ -23,7 +23,7 @@ import humanize
 from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError
-from dmedia_tui.db import DatabaseError, Library, open_library
+from dmedia_tui.db import DatabaseError, Library, is_couch_url, open_library
 from dmedia_tui.filestore import FileStoreError
 from dmedia_tui.metastore import MetaStore, MetaStoreError, UnknownStore, store_label
 from dmedia_tui.protocol import ProtocolError
@@ -77,7 +77,10 @@ class Context:
         try:
             lib = open_library(url, create=create)
         except DatabaseError as e:
-            raise UserError(str(e), unreadable_exit) from None
+            hint = ""
+            if not create and not is_couch_url(url) and not Path(url).exists():
+                hint = " (a new library starts with: dmedia-tui store init PATH)"
+            raise UserError(f"{e}{hint}", unreadable_exit) from None
         try:
             yield MetaStore(lib, self.config, self.clock(ticking))
         except DatabaseError as e:
@@ -566,7 +569,9 @@ def _print_status(h) -> None:
             f"  store {r.label:16} {r.state.value:10} {r.files:>8} files "
             f"{'online' if r.online else 'offline'}"
         )
-    if not h.alerts:
+    if not h.store_rows:
+        click.echo("no stores yet: dmedia-tui store init /media/<drive>")
+    elif not h.alerts:
         click.echo("OK: every user file has enough copies")
     for a in h.alerts:
         click.echo(f"{a.severity.name:8} {a.code}: {a.message}")

@@ -592,3 +592,12 @@ def test_import_refuses_a_store_flagged_after_corrupt_data(machine, tmp_path, db
     assert snapshot(db_path.parent, s) == before
     machine.ok("store", "trust", "s")
     assert machine.ok("import", str(b), "--json").json()["new"] == 1
+
+
+def test_status_of_a_library_that_does_not_exist_yet_says_how_to_start(machine, db_path):
+    r = machine.run("status")
+    one_line_error(r, 3, "no such file", "dmedia-tui store init PATH")
+    assert not db_path.exists()  # status never creates a library
+    machine.ok("store", "list")  # any other command does
+    r = machine.run("status")
+    assert r.exit_code == 0 and "no stores yet" in r.stdout
