@@ -127,6 +127,9 @@ def test_corrupt_copy_is_quarantined_logged_flagged_and_healed(machine, mounts, 
     _, st = machine.status()
     assert alert(st, "DRIVE_FAILURE") is None
     assert store_row(st, ids[0])["state"] == "failing"
+    # Every doc and event written along the way passes the schema and consistency check.
+    report = machine.ok("check", "--json").json()
+    assert report["docs"] > 6 and (report["invalid"], report["inconsistent"]) == (0, 0)
 
 
 def test_truncated_copy_is_corrupt_and_deleted_copy_is_missing(machine, mounts, tmp_path):
