@@ -573,9 +573,6 @@ class MetaStore:
             return len(new)
         return 0
 
-    def fragile_files(self, limit: int = 100) -> list[Doc]:
-        return self.lib.fragile_files(limit=limit, origin="user")
-
     # --- time policies ---------------------------------------------------------------
 
     def run_time_policies(self, online: set[str]) -> list[Doc]:
