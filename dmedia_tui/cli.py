@@ -447,13 +447,7 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
             engine.connected = {sid: engine.connected[sid]}
         if all_:
             engine.request_verify(sid)
-        total = None
-        while True:
-            r = engine.verify_round(limit=500)
-            total = r if total is None else _add(total, r)
-            if not (r.verified or r.corrupt or r.missing):
-                break
-    summary = total.to_json()
+        summary = engine.verify_until_done(limit=500).to_json()
     if as_json:
         _emit_json(summary)
     else:
@@ -462,12 +456,6 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
             f"missing {summary['missing']}, unreadable {summary['unreadable']}"
         )
     sys.exit(2 if summary["corrupt"] else 0)
-
-
-def _add(a, b):
-    for k, v in b.__dict__.items():
-        setattr(a, k, getattr(a, k) + v)
-    return a
 
 
 @cli.command()

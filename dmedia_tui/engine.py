@@ -78,9 +78,11 @@ class RoundSummary:
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
 
-
-class EngineLocked(Exception):
-    """Another engine already runs for this machine and library."""
+    def add(self, other: RoundSummary) -> RoundSummary:
+        """Add another round's counts to this one (in place); returns self."""
+        for k, v in other.__dict__.items():
+            setattr(self, k, getattr(self, k) + v)
+        return self
 
 
 class Engine:
@@ -505,30 +507,31 @@ class Engine:
     def run_once(self) -> RoundSummary:
         """Every worker until its present backlog is empty; leaves the library settled."""
         total = RoundSummary()
-
-        def add(r: RoundSummary) -> None:
-            for k, v in r.__dict__.items():
-                setattr(total, k, getattr(total, k) + v)
-
         self._last_check = 0.0
-        add(self.housekeeping())
+        total.add(self.housekeeping())
         for _ in range(100):  # new copies are never-verified: verify them in the same call
-            for _ in range(10_000):
-                r = self.verify_round(limit=200)
-                add(r)
-                if not (r.verified or r.corrupt or r.missing or r.unreadable):
-                    break
+            total.add(self.verify_until_done())
             made = 0
             for _ in range(10_000):
                 r = self.copy_round(limit=500)
-                add(r)
+                total.add(r)
                 made += r.copies
                 if not r.copies:
                     break
             if not made or self._stop.is_set():
                 break
         self._last_check = 0.0
-        add(self.housekeeping())
+        total.add(self.housekeeping())
+        return total
+
+    def verify_until_done(self, limit: int = 200) -> RoundSummary:
+        """Verify rounds until one finds nothing to do (requests and due copies)."""
+        total = RoundSummary()
+        for _ in range(10_000):
+            r = self.verify_round(limit=limit)
+            total.add(r)
+            if not (r.verified or r.corrupt or r.missing or r.unreadable):
+                break
         return total
 
     # --- threads ---------------------------------------------------------------------
