@@ -30,7 +30,8 @@ def _whole(value: Any) -> int | None:
     return None
 
 
-def _copies(value: Any) -> int:
+def copies_of(value: Any) -> int:
+    """The durability one `stored` entry contributes (0 for anything malformed)."""
     if isinstance(value, dict):
         c = _whole(value.get("copies"))
         if c is not None and c > 0:
@@ -43,7 +44,7 @@ def stored_items(doc: dict[str, Any]) -> list[tuple[str, int]]:
     stored = doc.get("stored")
     if not isinstance(stored, dict):
         return []
-    return sorted((sid, _copies(v)) for sid, v in stored.items() if is_store_id(sid))
+    return sorted((sid, copies_of(v)) for sid, v in stored.items() if is_store_id(sid))
 
 
 def durability(doc: dict[str, Any]) -> int:

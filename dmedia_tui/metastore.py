@@ -24,7 +24,7 @@ from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
 from dmedia_tui.db.base import Conflict, Doc, Library, NotFound
-from dmedia_tui.durability import durability, file_origin, rank
+from dmedia_tui.durability import copies_of, durability, file_origin, parse_placement, rank
 from dmedia_tui.filestore import (
     FileStore,
     FileStoreError,
@@ -534,7 +534,7 @@ class MetaStore:
         stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
         sources = [
             connected[s]
-            for s in sorted(stored, key=lambda s: -_copies_of(stored[s]))
+            for s in sorted(stored, key=lambda s: -copies_of(stored[s]))
             if s in connected
         ]
         dsts_all = self.destinations(doc, connected)
@@ -597,8 +597,7 @@ class MetaStore:
                 events.append(self.downgrade_store(sid, reason="atime"))
         known = {s["_id"] for s in self.lib.stores()}
         for row in self.lib.placement_summary():
-            for part in row.placement.split(",") if row.placement else ():
-                sid = part.partition(":")[0]
+            for sid, _copies in parse_placement(row.placement):
                 if sid not in known:
                     known.add(sid)
                     n = self._purge_entries(sid)
@@ -656,7 +655,7 @@ class MetaStore:
         files = copies = only = 0
         for doc in self.iter_files_on(store_id):
             files += 1
-            copies += _copies_of(doc["stored"].get(store_id))
+            copies += copies_of(doc["stored"].get(store_id))
             if file_origin(doc) == "user" and len(doc.get("stored") or {}) == 1:
                 only += 1
         return ActionPreview(action, store_id, store_label(store, store_id), files, copies, only)
@@ -914,11 +913,6 @@ def _store_still_there(fs: FileStore) -> bool:
             return json.load(f).get("_id") == fs.id
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _copies_of(entry: Any) -> int:
-    c = entry.get("copies") if isinstance(entry, dict) else None
-    return c if isinstance(c, int) and not isinstance(c, bool) and c > 0 else 0
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):
