@@ -693,10 +693,9 @@ def _store_mark(fs: FileStore) -> tuple[int, int] | None:
     equal marks before and after a "missing" verdict mean the store itself stayed put."""
     try:
         st = os.stat(fs.files_dir)
-        doc = json.loads((fs.path / ".dmedia" / "store.json").read_bytes())
-    except (OSError, ValueError):
+    except OSError:
         return None
-    return (st.st_dev, st.st_ino) if isinstance(doc, dict) and doc.get("_id") == fs.id else None
+    return (st.st_dev, st.st_ino) if fs.still_here() else None
 
 
 class _Stopping(Exception):

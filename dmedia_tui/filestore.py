@@ -344,6 +344,17 @@ class FileStore:
 
     # --- queries -------------------------------------------------------------------
 
+    def still_here(self) -> bool:
+        """Is this FileStore still at its folder (its store.json names this store)?
+
+        False when the drive went away, was unmounted or wiped, or store.json cannot be
+        read: a "missing" copy on a store that is not here is not a missing copy.
+        """
+        try:
+            return self._read_doc(self.path).get("_id") == self.id
+        except FileStoreError:
+            return False
+
     def stat(self, file_id: str) -> Stat:
         """Size and mtime of the canonical copy; FileNotFoundError if absent."""
         st = os.stat(self.file_path(file_id))

@@ -433,7 +433,7 @@ class MetaStore:
         elif result.status == VerifyStatus.CORRUPT:
             self.handle_corrupt(fs.id, file_id, result)
         elif result.status == VerifyStatus.MISSING:
-            if not _store_still_there(fs):
+            if not fs.still_here():
                 # The whole store went (unplugged, unmounted mid-read): not a missing copy.
                 log.warning("store %s is gone; %s not marked missing", fs.id, file_id)
                 return
@@ -904,15 +904,6 @@ class MetaStore:
             if self.lib.docs.update(fid, transitions.purge_store_in_file, store_id):
                 n += 1
         return n
-
-
-def _store_still_there(fs: FileStore) -> bool:
-    """Is the FileStore still at its folder (its store.json names it)?"""
-    try:
-        with open(fs.path / ".dmedia" / "store.json", encoding="utf-8") as f:
-            return json.load(f).get("_id") == fs.id
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):

@@ -632,3 +632,10 @@ def test_an_unreadable_store_json_is_not_taken_for_no_store(tmp_path, monkeypatc
         FileStore(tmp_path)
     monkeypatch.undo()
     assert FileStore(tmp_path).id == fs.id
+
+
+def test_still_here_until_the_store_folder_is_gone(tmp_path):
+    fs = FileStore.create(tmp_path)
+    assert fs.still_here()
+    (fs.path / ".dmedia" / "store.json").rename(fs.path / "moved.json")
+    assert not fs.still_here()
