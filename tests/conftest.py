@@ -10,6 +10,7 @@ import pytest
 
 from dmedia_tui.clock import FixedClock
 from dmedia_tui.db import Library, open_library
+from tests.integration.harness import Mounts
 
 # A fixed, realistic "now" for every test that needs one (2026-11-25 12:00:00 UTC).
 NOW = 1_795_608_000
@@ -50,6 +51,14 @@ def sqlite_library(tmp_path: Path) -> Iterator[Library]:
     lib = open_library(str(tmp_path / "library.sqlite3"))
     yield lib
     lib.close()
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    """Store folders on separate tmpfs mounts when root (plain folders otherwise)."""
+    m = Mounts(tmp_path / "mnt")
+    yield m
+    m.cleanup()
 
 
 @pytest.fixture(autouse=True)

@@ -39,13 +39,6 @@ HOUR = 3600
 
 
 @pytest.fixture
-def mounts(tmp_path: Path):
-    m = Mounts(tmp_path / "mnt")
-    yield m
-    m.cleanup()
-
-
-@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "library.sqlite3"
 

@@ -17,13 +17,6 @@ from tests.conftest import NOW
 from tests.integration.harness import Machine, Mounts, canonical, flip_bit, make_camera_files
 
 
-@pytest.fixture
-def mounts(tmp_path: Path):
-    m = Mounts(tmp_path / "mnt")
-    yield m
-    m.cleanup()
-
-
 def _no_rev(docs: list[dict]) -> list[dict]:
     return [{k: v for k, v in d.items() if k != "_rev"} for d in docs]
 

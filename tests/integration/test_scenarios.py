@@ -28,13 +28,6 @@ DAY = 86400
 
 
 @pytest.fixture
-def mounts(tmp_path: Path):
-    m = Mounts(tmp_path / "mnt")
-    yield m
-    m.cleanup()
-
-
-@pytest.fixture
 def machine(tmp_path: Path, db_url: str) -> Machine:
     return Machine(tmp_path / "machines", "studio", db_url, NOW)
 
