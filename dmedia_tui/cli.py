@@ -352,35 +352,6 @@ _make_store_action("trust", "Clear STORE's flags: new copies allowed, copies cou
 # --- import / verify / check / daemon ------------------------------------------------------
 
 
-def _pick_store(ms: MetaStore, name: str | None):
-    connected = ms.connected_filestores()
-    if name:
-        doc = ms.resolve_store(name)
-        sid = doc["_id"]
-        if sid not in connected:
-            raise UserError(f"store {name} is not connected to this machine")
-        if doc.get("no_new_copies"):
-            raise UserError(
-                f"store {store_label(doc)} takes no new copies (it returned corrupt data): "
-                f"import into another store, or `dmedia-tui store trust {name}` once the "
-                "drive is checked"
-            )
-        return connected[sid]
-    usable, refused = [], []
-    for sid, fs in sorted(connected.items()):
-        d = ms.store_doc(sid)
-        (refused if d is None or d.get("no_new_copies") else usable).append((d, fs))
-    if not usable:
-        if refused:
-            names = ", ".join(store_label(d, fs.id) for d, fs in refused)
-            raise UserError(
-                f"no connected store takes new copies ({names}: flagged after corrupt data): "
-                "connect another store or dmedia-tui store init PATH"
-            )
-        raise UserError("no connected store to import into: dmedia-tui store init PATH")
-    return max((fs for _, fs in usable), key=lambda fs: fs.statvfs()[1])
-
-
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--store", "store_name", help="Store to copy into (default: the one with most room).")
@@ -402,7 +373,7 @@ def import_(
         if not p.exists():
             raise UserError(f"no such file or folder: {p}")
     with ctx.metastore() as ms:
-        fs = _pick_store(ms, store_name)
+        fs = ms.import_destination(store_name)
         show = sys.stderr.isatty() and not as_json
         if show:
             from dmedia_tui.metastore import walk_files

@@ -320,6 +320,37 @@ class MetaStore:
         self.lib.docs.save(new)
         return back
 
+    def import_destination(self, name: str | None = None) -> FileStore:
+        """The connected store an import copies into: the one named, or the trusted one
+        with the most free space. A store flagged after corrupt data takes no new copies."""
+        connected = self.connected_filestores()
+        if name:
+            doc = self.resolve_store(name)
+            sid = doc["_id"]
+            if sid not in connected:
+                raise MetaStoreError(f"store {name} is not connected to this machine")
+            if not transitions.is_store_trusted(doc):
+                raise MetaStoreError(
+                    f"store {store_label(doc)} takes no new copies (it returned corrupt data): "
+                    f"import into another store, or `dmedia-tui store trust {name}` once the "
+                    "drive is checked"
+                )
+            return connected[sid]
+        usable, refused = [], []
+        for sid, fs in sorted(connected.items()):
+            d = self.store_doc(sid)
+            trusted = d is not None and transitions.is_store_trusted(d)
+            (usable if trusted else refused).append((d, fs))
+        if not usable:
+            if refused:
+                names = ", ".join(store_label(d, fs.id) for d, fs in refused)
+                raise MetaStoreError(
+                    f"no connected store takes new copies ({names}: flagged after corrupt "
+                    "data): connect another store or dmedia-tui store init PATH"
+                )
+            raise MetaStoreError("no connected store to import into: dmedia-tui store init PATH")
+        return max((fs for _, fs in usable), key=lambda fs: fs.statvfs()[1])
+
     def relink(self, fs: FileStore) -> int:
         """Track again the copies on a re-attached store that the library forgot.
 
