@@ -190,8 +190,12 @@ def test_two_machines_share_a_library(couch_server, tmp_path: Path, libs, capsys
 def test_concurrent_edits_converge_without_losing_a_copy(couch_server, tmp_path: Path, libs):
     server = couch_server.url
     url_a, url_b = couch_server.fresh_url(), couch_server.fresh_url()
-    a = Machine(tmp_path / "machines", "alpha", url_a, NOW)
-    b = Machine(tmp_path / "machines", "bravo", url_b, NOW)
+    # The copies written here carry real mtimes, and the merge compares them with the
+    # simulated times of the corrupt mark: so this scenario's clock starts at the real
+    # time (a fixed date would fall behind the mtimes as the calendar moves on).
+    start = int(time.time())
+    a = Machine(tmp_path / "machines", "alpha", url_a, start)
+    b = Machine(tmp_path / "machines", "bravo", url_b, start)
     for name in ("alpha-1", "alpha-2", "bravo-int"):
         (tmp_path / name).mkdir()
     a.init_store(tmp_path / "alpha-1", "alpha-1", SAME_FS)
@@ -208,9 +212,10 @@ def test_concurrent_edits_converge_without_losing_a_copy(couch_server, tmp_path:
 
     # Apart: A finds the copy of F on alpha-2 corrupt; B imports the same bytes (the
     # card was read on both machines) and edits alpha-2's doc (a newer atime).
-    # (Store mtimes are the real files' mtimes: the simulated clock runs after them, as a
-    # real one would, or the merge would take B's older entry for a newer copy.)
-    t = max(NOW, la.docs.get(fid)["stored"][sa2]["mtime"]) + 60
+    # (Store mtimes are the real files' mtimes: the clock runs after them, as a real one
+    # would, or the merge would take B's older entry for a newer copy.)
+    t = max(start, la.docs.get(fid)["stored"][sa2]["mtime"]) + 60
+    assert t - start < FRESH, "the scenario must stay inside one heartbeat window"
     flip_bit(canonical(tmp_path / "alpha-2", fid))
     assert a.run("verify", "--all", "--store", "alpha-2", now=t).exit_code == 2
     b.ok("import", str(files[0]), "--store", "bravo-int", now=t + 30)
