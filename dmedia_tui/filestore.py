@@ -34,6 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dmedia_tui.faults import fault_point
 from dmedia_tui.protocol import (
     LEAF_SIZE,
     ContentHash,
@@ -190,12 +191,14 @@ class _TmpFile:
         )
         with contextlib.suppress(OSError):  # no locking on this filesystem: best effort
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fault_point("tmp.created")
 
     def write(self, data: memoryview) -> None:
         assert self.fd is not None
         _write_all(self.fd, data)
         _start_writeback(self.fd, self.written, len(data))
         self.written += len(data)
+        fault_point("tmp.write")
 
     def commit(self, file_id: str) -> tuple[int, bool]:
         """fsync, make read-only, rename into place; return (mtime of the copy, new).
@@ -206,6 +209,7 @@ class _TmpFile:
         assert self.fd is not None
         os.fchmod(self.fd, 0o444)  # before the fsync, so the mode is durable too
         os.fsync(self.fd)
+        fault_point("tmp.fsynced")
         dst = self.store.file_path(file_id)
         try:
             existing = self.store.stat(file_id).mtime
@@ -218,10 +222,12 @@ class _TmpFile:
         dst.parent.mkdir(parents=True, exist_ok=True)
         mtime = int(os.fstat(self.fd).st_mtime)
         os.rename(self.path, dst)
+        fault_point("files.renamed")
         self.close()
         _fsync_dir(dst.parent)
         if made:
             _fsync_dir(dst.parent.parent)
+        fault_point("files.committed")
         return mtime, True
 
     def close(self) -> None:
@@ -466,12 +472,17 @@ class FileStore:
                     n += 1
                     dst = self.corrupt_dir / f"{file_id}.{n}"
                 os.rename(src, dst)
+                fault_point("quarantine.moved")
                 _fsync_dir(self.corrupt_dir)
                 _fsync_dir(src.parent)
+                fault_point("quarantine.done")
                 return dst
+        fault_point("quarantine.linked")
         os.unlink(src)
+        fault_point("quarantine.moved")
         _fsync_dir(self.corrupt_dir)
         _fsync_dir(src.parent)
+        fault_point("quarantine.done")
         return dst
 
     # --- writing -------------------------------------------------------------------

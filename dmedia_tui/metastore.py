@@ -25,6 +25,7 @@ from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
 from dmedia_tui.db.base import Conflict, Doc, Library, NotFound
 from dmedia_tui.durability import copies_of, durability, file_origin, parse_placement, rank
+from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
     FileStore,
     FileStoreError,
@@ -389,10 +390,12 @@ class MetaStore:
             doc = schema.create_file(self.now(), ch, stored, origin=origin, name=path.name)
             try:
                 self.lib.docs.save(doc)
+                fault_point("import.doc_saved")
                 return ch.id, True
             except Conflict:
                 pass  # a concurrent import saved it first: merge below
         self.lib.docs.update(ch.id, _merge_import, fs.id, weight, result.mtime, origin, self.now())
+        fault_point("import.doc_saved")
         return ch.id, False
 
     def import_paths(
@@ -495,6 +498,7 @@ class MetaStore:
             self.lib.docs.update(file_id, transitions.mark_corrupt, store_id, now)
         except NotFound:
             pass
+        fault_point("corrupt.doc_marked")
         drive = self._drive_fields(store_id)
         self.log_event(
             schema.LOG_FILE_CORRUPT,
@@ -504,11 +508,13 @@ class MetaStore:
             quarantine=str(result.quarantine) if result and result.quarantine else None,
             **drive,
         )
+        fault_point("corrupt.logged")
         store = self.store_doc(store_id)
         if store is None:
             return
         was_failing = bool(store.get("failure"))
         self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
+        fault_point("corrupt.flagged")
         if not was_failing:
             self.log_event(
                 schema.LOG_STORE_FAILING,
@@ -518,6 +524,7 @@ class MetaStore:
                 count=1,
                 **drive,
             )
+            fault_point("corrupt.failing_logged")
         if not store.get("downgraded"):
             self.downgrade_store(store_id, reason="corrupt")
         else:
@@ -580,6 +587,7 @@ class MetaStore:
             return 0
         for src in sources:
             result = src.copy_to(file_id, dsts, progress=progress)
+            fault_point("copy.written")
             self.apply_verify_result(src, result.source)
             if result.source.status != VerifyStatus.OK:
                 continue  # corrupt / missing / unreadable source: try the next one
@@ -601,6 +609,7 @@ class MetaStore:
                     result.source.mtime,
                     new,
                 )
+                fault_point("copy.doc_saved")
             return len(new)
         return 0
 
@@ -698,7 +707,9 @@ class MetaStore:
             self.lib.docs.update(store_id, transitions.downgrade_store, now, reason)
         except NotFound:
             raise UnknownStore(f"unknown store {store_id}") from None
+        fault_point("downgrade.store_marked")
         n = self._zero_copies_on(store_id)
+        fault_point("downgrade.files_done")
         return self.log_event(
             schema.LOG_STORE_DOWNGRADE,
             store_id=store_id,
@@ -711,13 +722,16 @@ class MetaStore:
         """Forget a store: remove it from every file and delete its doc. Files on disk stay."""
         drive = self._drive_fields(store_id)
         n = self._purge_entries(store_id)
+        fault_point("purge.files_done")
         store = self.store_doc(store_id)
         if store is not None:
             try:
                 self.lib.docs.delete(store)
             except NotFound:
                 pass
+        fault_point("purge.store_deleted")
         self.config.forget_store(store_id)
+        fault_point("purge.forgotten")
         fields = {**drive, **{k: v for k, v in extra.items() if v is not None}}
         return self.log_event(
             schema.LOG_STORE_PURGE, store_id=store_id, reason=reason, count=n, **fields
@@ -927,6 +941,7 @@ class MetaStore:
         for fid in self._each_file_on(store_id):
             if self.lib.docs.update(fid, transitions.downgrade_store_in_file, store_id):
                 n += 1
+                fault_point("downgrade.file")
         return n
 
     def _purge_entries(self, store_id: str) -> int:
@@ -934,6 +949,7 @@ class MetaStore:
         for fid in self._each_file_on(store_id):
             if self.lib.docs.update(fid, transitions.purge_store_in_file, store_id):
                 n += 1
+                fault_point("purge.file")
         return n
 
 
