@@ -23,7 +23,7 @@ import humanize
 from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError
-from dmedia_tui.db import DatabaseError, Library, is_couch_url, open_library
+from dmedia_tui.db import DatabaseError, DatabaseOffline, Library, is_couch_url, open_library
 from dmedia_tui.filestore import FileStoreError
 from dmedia_tui.metastore import MetaStore, MetaStoreError, UnknownStore, store_label
 from dmedia_tui.protocol import ProtocolError
@@ -71,22 +71,36 @@ class Context:
 
     @contextmanager
     def metastore(
-        self, *, ticking: bool = False, unreadable_exit: int = 1, create: bool = True
+        self, *, ticking: bool = False, unreadable_exit: int = EXIT_UNREADABLE, create: bool = False
     ) -> Iterator[MetaStore]:
+        """The library, opened. Only `store init` passes create=True: any other command on a
+        missing, empty or damaged library refuses (exit 3) rather than start a new one."""
         url = self.config.db_url(self.db)
         try:
             lib = open_library(url, create=create)
         except DatabaseError as e:
-            hint = ""
-            if not create and not is_couch_url(url) and not Path(url).exists():
-                hint = " (a new library starts with: dmedia-tui store init PATH)"
-            raise UserError(f"{e}{hint}", unreadable_exit) from None
+            raise UserError(f"{e}{_open_hint(url, str(e))}", unreadable_exit) from None
         try:
             yield MetaStore(lib, self.config, self.clock(ticking))
+        except DatabaseOffline as e:
+            raise UserError(f"{e}{_open_hint(url, str(e))}", unreadable_exit) from None
         except DatabaseError as e:
-            raise UserError(str(e), unreadable_exit) from None
+            raise UserError(str(e)) from None
         finally:
             lib.close()
+
+
+def _open_hint(url: str, error: str) -> str:
+    """What to do when the library cannot be opened: start one, or rebuild a lost one."""
+    if is_couch_url(url):
+        if "does not exist" in error:
+            return " (a new library starts with: dmedia-tui store init PATH --db URL)"
+        return ""
+    if not Path(url).exists():
+        return " (a new library starts with: dmedia-tui store init PATH)"
+    if error.endswith("file is empty") or "damaged" in error:
+        return " (rebuild it from its stores: dmedia-tui rebuild --db NEW_PATH)"
+    return ""
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -191,7 +205,7 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with ctx.metastore(ticking=True, unreadable_exit=EXIT_UNREADABLE) as ms:
+    with ctx.metastore(ticking=True) as ms:
         engine = None
         if not ctx.read_only:
             engine = Engine(ms)
@@ -270,7 +284,7 @@ def store_init(
         raise UserError(f"no such folder: {path} (create it or mount the drive first)")
     if not path.is_dir():
         raise UserError(f"not a folder: {path}")
-    with ctx.metastore() as ms:
+    with ctx.metastore(create=True) as ms:
         fs, doc, created = ms.init_store(path, copies, label, same_filesystem)
     if as_json:
         _emit_json({"created": created, "path": str(fs.path), "store": doc})
@@ -437,6 +451,7 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
 def check(ctx: Context, as_json: bool) -> None:
     """Schema and consistency pass over every doc; new problems go to log-1."""
     with ctx.metastore() as ms:
+        ms.lib.check_storage()  # every page of an SQLite library (too slow for every open)
         report = ms.check()
     data = report.__dict__
     if as_json:
@@ -502,7 +517,7 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
 def status(ctx: Context, as_json: bool) -> None:
     """Is the library safe? Exit 0 healthy, 1 low durability only, 2 panic, 3 unreadable."""
     try:
-        with ctx.metastore(unreadable_exit=EXIT_UNREADABLE, create=False) as ms:
+        with ctx.metastore() as ms:
             h = ms.health(with_verification=False)
     except UserError as e:
         # Any failure is "cannot tell": exit 1 or 2 would read as a health verdict.
@@ -593,7 +608,7 @@ def events(
                 + ", ".join(sorted(x.removeprefix("dmedia/") for x in LOG_TYPES))
             )
         full_types.append(full)
-    with ctx.metastore(create=False) as ms:
+    with ctx.metastore() as ms:
         now = ms.now()
         since_t = _parse_since(since, now)
         sid = None
@@ -678,7 +693,7 @@ def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
     try:
         source = open_library(ctx.config.db_url(ctx.db), create=False)
     except DatabaseError as e:
-        raise UserError(f"source: {e}") from None
+        raise UserError(f"source: {e}{_open_hint(ctx.config.db_url(ctx.db), str(e))}", 3) from None
     try:
         try:
             target = open_library(to_url, create=True)

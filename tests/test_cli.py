@@ -48,6 +48,15 @@ def machine(tmp_path: Path, db_path: Path) -> Machine:
     return Machine(tmp_path / "machines", "studio", str(db_path), NOW)
 
 
+def start_library(machine: Machine) -> None:
+    """An empty library and this machine's identity (only `store init` creates a library
+    from the CLI, and it adds a store)."""
+    from dmedia_tui.db import open_library
+
+    open_library(machine.db_url).close()
+    machine.ok("store", "list")
+
+
 def one_line_error(r: Result, code: int = 1, *words: str) -> str:
     """The error contract: exit `code`, one stderr line prefixed dmedia-tui:, no traceback."""
     assert r.exit_code == code, f"exit {r.exit_code} != {code}\nstdout={r.stdout}\n{r.stderr}"
@@ -89,7 +98,7 @@ def jsonl(r: Result) -> list[dict]:
 
 
 def test_store_init_errors_are_one_line_and_change_nothing(machine, tmp_path, db_path):
-    machine.ok("store", "list")  # the library and this machine's identity exist
+    start_library(machine)
     afile = tmp_path / "afile"
     afile.write_bytes(b"x")
     s1 = tmp_path / "s1"
@@ -193,8 +202,7 @@ def test_bad_library_every_command(machine, tmp_path, kind):
     before = snapshot(*watched)
     for args in EVERY_COMMAND:
         argv = ["--db", url, *(a.replace("{dir}", str(d)).replace("{file}", str(f)) for a in args)]
-        code = 3 if args[0] == "status" else 1
-        line = one_line_error(machine.run(*argv), code, words)
+        line = one_line_error(machine.run(*argv), 3, words)
         assert "cannot open library" in line, args
     assert snapshot(*watched) == before
     assert sorted(tmp_path.glob("*.sqlite3*")) == sorted(
@@ -204,7 +212,7 @@ def test_bad_library_every_command(machine, tmp_path, kind):
 
 def test_status_exits_3_on_every_failure(machine, db_path):
     """Exit 1 or 2 from status would read as a health verdict: any failure is 3."""
-    machine.ok("store", "list")
+    start_library(machine)
     one_line_error(machine.run("status", "--db", str(db_path.parent / "absent.sqlite3")), 3)
     assert not (db_path.parent / "absent.sqlite3").exists()
     r = Machine.run(machine, "status")  # sanity: the real library is fine
@@ -236,7 +244,7 @@ def test_status_exits_3_on_every_failure(machine, db_path):
     ids=["syntax", "unknown-threshold", "bad-value", "not-a-table", "not-utf8", "db-type"],
 )
 def test_bad_config_toml(machine, db_path, toml, words):
-    machine.ok("store", "list")
+    start_library(machine)
     path = machine.config_home / "dmedia-tui" / "config.toml"
     if isinstance(toml, bytes):
         path.write_bytes(toml)
@@ -250,7 +258,7 @@ def test_bad_config_toml(machine, db_path, toml, words):
 
 
 def test_dmedia_now_garbage_every_command(machine, db_path):
-    machine.ok("store", "list")
+    start_library(machine)
     before = snapshot(db_path.parent)
     for args in (("store", "list"), ("events",), ("check",), ("verify",), ("daemon", "--once")):
         one_line_error(_run_now(machine, "abc", args), 1, "DMEDIA_NOW must be unix seconds")
@@ -528,7 +536,7 @@ def _subprocess_env(machine: Machine) -> dict[str, str]:
 
 
 def test_real_processes_entry_points_and_no_traceback(machine, tmp_path):
-    machine.ok("store", "list")  # the library exists
+    start_library(machine)
     env = _subprocess_env(machine)
     script = Path(sys.executable).with_name("dmedia-tui")
     for argv in ([sys.executable, "-m", "dmedia_tui"], [str(script)]):
@@ -536,7 +544,7 @@ def test_real_processes_entry_points_and_no_traceback(machine, tmp_path):
         assert r.returncode == 0 and r.stdout.startswith("dmedia-tui, version"), r.stderr
     url, _ = bad_libraries(tmp_path)["corrupt"]
     base = [sys.executable, "-m", "dmedia_tui", "--db", url]
-    for args, code in (([], 3), (["status"], 3), (["store", "list"], 1), (["events"], 1)):
+    for args, code in (([], 3), (["status"], 3), (["store", "list"], 3), (["events"], 3)):
         r = subprocess.run([*base, *args], env=env, capture_output=True, text=True)
         assert r.returncode == code, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("dmedia-tui: "), r.stderr
@@ -552,7 +560,7 @@ def test_real_processes_entry_points_and_no_traceback(machine, tmp_path):
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv not installed")
 def test_uv_run_console_script(machine):
     """The README's `uv run dmedia-tui ...` (no PYTHONPATH: the installed package only)."""
-    machine.ok("store", "list")  # the library exists
+    start_library(machine)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DMEDIA_", "XDG_"))}
     env.update(machine.env())
     env["UV_OFFLINE"] = "1"
@@ -591,6 +599,9 @@ def test_status_of_a_library_that_does_not_exist_yet_says_how_to_start(machine, 
     r = machine.run("status")
     one_line_error(r, 3, "no such file", "dmedia-tui store init PATH")
     assert not db_path.exists()  # status never creates a library
-    machine.ok("store", "list")  # any other command does
+    for args in (("store", "list"), ("check",), ("events",), ("verify",), ("daemon", "--once")):
+        one_line_error(machine.run(*args), 3, "no such file", "dmedia-tui store init PATH")
+        assert not db_path.exists()  # nor does any command but store init
+    start_library(machine)
     r = machine.run("status")
     assert r.exit_code == 0 and "no stores yet" in r.stdout

@@ -270,5 +270,9 @@ class Library(abc.ABC):
         """
         return []
 
+    def check_storage(self) -> None:  # noqa: B027 - optional hook
+        """Check the storage itself (every page of an SQLite file); DatabaseOffline if
+        damaged. A server backend checks its own storage: nothing to do."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""

@@ -14,9 +14,11 @@ Why it looks like this:
   placement) -> (count, bytes), kept by +/- deltas so `placement_summary()` reads a
   table whose size is the number of distinct placements, not files. The numbers come
   from `dmedia_tui.durability`, like the CouchDB views', so both backends agree.
-- A file we did not create is never touched: a non-SQLite file, a corrupt one, or an
-  SQLite file without our `application_id` raises DatabaseOffline before anything is
-  written. Only a missing, zero-length or schema-less empty SQLite file is initialised.
+- A file we did not create is never touched: a non-SQLite file, a corrupt one (header,
+  or any page: `PRAGMA quick_check` at open), an empty one (a lost library must not
+  silently become a new empty one), or an SQLite file without our `application_id`
+  raises DatabaseOffline before anything is written. Only a file this call created
+  (`create=True` and the path did not exist) is initialised.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.1  # wait_changes() polls update_seq this often
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+QUICK_CHECK_OPEN_BYTES = 32 * 1024 * 1024  # whole-file quick_check at open up to this size
+QUICK_CHECK_OPEN_SECONDS = 0.5  # ...and never longer than this
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 _DB_KEYS = {DOCS_DB: 1, LOG_DB: 2}
 FILE_TYPE = "dmedia/file"
@@ -459,8 +463,11 @@ def _index_events(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
 class SQLiteLibrary(Library):
     """A library in one SQLite file (created mode 0600, its folder created as needed)."""
 
-    def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], create: bool = True, quick_check: bool = True
+    ) -> None:
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.quick_check = quick_check
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
@@ -487,6 +494,7 @@ class SQLiteLibrary(Library):
         path = self.path
         if os.path.isdir(path):
             raise self._offline("is a directory")
+        created = False
         if not os.path.exists(path):
             if not create:
                 raise self._offline("no such file")
@@ -494,6 +502,7 @@ class SQLiteLibrary(Library):
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
                 os.close(fd)
+                created = True
             except FileExistsError:
                 pass  # another process created it first: check it like any other file
             except OSError as e:
@@ -507,11 +516,13 @@ class SQLiteLibrary(Library):
             raise self._offline(_reason(e)) from None
         if head and head != _SQLITE_MAGIC:
             raise self._offline("file is not a database")
-        if not head and not create:
+        if not head and not created:
+            # A library that was there and is now empty (truncated, a failed restore): a
+            # new empty one in its place would silently forget every file.
             raise self._offline("file is empty")
         conn = self._connect()
         try:
-            self._check_or_init(conn, create)
+            self._check_or_init(conn, created)
         except DatabaseOffline:
             conn.close()
             raise
@@ -535,10 +546,10 @@ class SQLiteLibrary(Library):
             raise self._offline(_reason(e)) from None
         return conn
 
-    def _check_or_init(self, conn: sqlite3.Connection, create: bool) -> None:
+    def _check_or_init(self, conn: sqlite3.Connection, created: bool) -> None:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if app_id == 0 and version == 0 and create and self._schema_empty(conn):
+        if app_id == 0 and version == 0 and created and self._schema_empty(conn):
             self._init_schema(conn)
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -557,8 +568,58 @@ class SQLiteLibrary(Library):
         if str(mode).lower() != "wal":
             raise self._offline(f"cannot use WAL mode (journal mode is {mode})")
         self._tune(conn)
-        # Reading a real table proves the file is not corrupt beyond its header.
+        # Reading a real table proves the file is not corrupt beyond its header...
         conn.execute("SELECT count(*) FROM dbinfo").fetchone()
+        # ...and quick_check that no page of it is (a damaged page would otherwise look
+        # like a healthy library with some files missing).
+        if self.quick_check:
+            self._quick_check(conn, at_open=True)
+
+    def _quick_check(self, conn: sqlite3.Connection, at_open: bool) -> bool:
+        """PRAGMA quick_check; DatabaseOffline naming the damage. True when the whole file
+        was checked.
+
+        It reads every page: measured 1.8 s warm (3.6 s cold) for 100k file docs (258 MB)
+        and ~10x that at 1M. So at open the whole file is checked only up to
+        QUICK_CHECK_OPEN_BYTES (about 0.2 s), and never for longer than
+        QUICK_CHECK_OPEN_SECONDS; a larger library gets the small tables `status` reads
+        checked at open and the whole file by `check_storage()` (the `check` command and
+        the engine's schema pass).
+        """
+        whole = not at_open or os.path.getsize(self.path) <= QUICK_CHECK_OPEN_BYTES
+        targets = [None] if whole else ["meta", "dbinfo", "placement_sum", "store_sum"]
+        timer = None
+        if at_open:
+            timer = threading.Timer(QUICK_CHECK_OPEN_SECONDS, conn.interrupt)
+            timer.daemon = True
+            timer.start()
+        problems: list[str] = []
+        try:
+            for table in targets:
+                sql = "PRAGMA quick_check(3)" if table is None else f"PRAGMA quick_check({table})"
+                rows = [str(r[0]) for r in conn.execute(sql)]
+                if rows != ["ok"]:
+                    problems.extend(rows)
+        except sqlite3.OperationalError as e:
+            if "interrupt" not in str(e):
+                raise
+            whole = False  # out of time: the engine's schema pass checks it all
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if problems:
+            lines = [ln.strip() for p in problems for ln in p.splitlines()]
+            detail = "; ".join(ln for ln in lines if ln and not ln.startswith("***"))
+            raise self._offline(f"the file is damaged ({detail[:200]})")
+        return whole
+
+    def check_storage(self) -> None:
+        """Every page of the file checked (PRAGMA quick_check); DatabaseOffline if damaged."""
+        conn = self._conn()
+        try:
+            self._quick_check(conn, at_open=False)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
         """Bring a schema-1 library to schema 2 (in one transaction; re-checked under lock)."""

@@ -95,14 +95,12 @@ def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_an_empty_file_is_initialised(tmp_path: Path) -> None:
+def test_an_empty_file_is_refused_even_with_create(tmp_path: Path) -> None:
+    """A library truncated to 0 bytes is a lost library, not a place for a new one."""
     path = tmp_path / "library.sqlite3"
     path.touch()
-    lib = open_library(str(path))
-    try:
-        assert lib.docs.count() == 0
-    finally:
-        lib.close()
+    _refused(path, "file is empty", create=True)
+    assert path.read_bytes() == b""
 
 
 def test_closed_library_raises_offline(tmp_path: Path) -> None:
