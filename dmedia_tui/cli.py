@@ -669,6 +669,73 @@ def _collect_events(lib: Library, since: float | None, types, store_id, limit) -
         cursor = page[-1]["_id"]
 
 
+# --- rebuild -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@_db_option
+@pass_ctx
+@_handle_errors
+def rebuild(ctx: Context, folders: tuple[Path, ...], as_json: bool) -> None:
+    """Re-create a lost library from the stores' own contents (every copy re-hashed).
+
+    FOLDERS are store folders (default: every store folder this machine knows). The
+    library (--db) must be new or empty: an emptied library file is replaced, anything
+    else is refused. File names, origins and the event history cannot be recovered.
+    """
+    from dmedia_tui.rebuild import bytes_to_hash, check_target_empty
+    from dmedia_tui.rebuild import rebuild as run_rebuild
+
+    for f in folders:
+        if not f.is_dir():
+            raise UserError(f"not a folder: {f}")
+    url = ctx.config.db_url(ctx.db)
+    if not is_couch_url(url):
+        _clear_emptied_library(Path(url))
+    targets = [str(f) for f in folders] or list(ctx.config.known_stores().values())
+    if not targets:
+        raise UserError("no store folders known on this machine: name them (rebuild FOLDER...)")
+    with ctx.metastore(create=True) as ms:
+        check_target_empty(ms)
+        if sys.stderr.isatty() and not as_json:
+            total = bytes_to_hash(targets)
+            with click.progressbar(length=total, label="hashing", file=sys.stderr) as bar:
+                report = run_rebuild(ms, targets, progress=lambda _f, n: bar.update(n))
+        else:
+            report = run_rebuild(ms, targets)
+        where = ms.lib.display_url
+    if as_json:
+        _emit_json({"library": where, **report.to_json()})
+    else:
+        click.echo(
+            f"rebuilt {where} from {len(report.stores)} stores: {report.files} files, "
+            f"{report.copies} copies ({_size(report.bytes)} hashed), "
+            f"{report.corrupt} corrupt copies quarantined"
+        )
+    for err in report.errors:
+        click.echo(f"dmedia-tui: {err}", err=True)
+    if report.errors:
+        sys.exit(1)
+
+
+def _clear_emptied_library(path: Path) -> None:
+    """An SQLite library emptied to 0 bytes holds nothing: rebuild may start a new one there.
+    A WAL beside it that still holds data is not thrown away."""
+    try:
+        if not path.is_file() or path.stat().st_size != 0:
+            return
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{path}{suffix}")
+            if side.exists() and side.stat().st_size and suffix == "-wal":
+                raise UserError(f"{side} still holds data: move it aside first", EXIT_UNREADABLE)
+        for suffix in ("-wal", "-shm", ""):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot replace the empty library {path}: {e}", EXIT_UNREADABLE) from None
+
+
 # --- migrate -------------------------------------------------------------------------------
 
 

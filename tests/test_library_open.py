@@ -162,3 +162,78 @@ def test_a_damaged_page_of_a_large_library_is_caught_by_check_and_the_daemon(
     monkeypatch.setattr(sqlite, "QUICK_CHECK_OPEN_BYTES", 4096)
     one_line(m.run("check"), 3, "damaged", "dmedia-tui rebuild")
     one_line(m.run("daemon", "--once"), 3, "damaged", "dmedia-tui rebuild")
+
+
+# --- rebuild: the way back ---------------------------------------------------------------
+
+
+def _settled(m: Machine, tmp_path: Path) -> tuple[list[Path], list[str]]:
+    """Three stores, 12 files copied to all of them."""
+    paths, sids = [], []
+    for name in ("a", "b", "c"):
+        p = tmp_path / name
+        p.mkdir()
+        sids.append(m.init_store(p, name, "--same-filesystem"))
+        paths.append(p)
+    make_camera_files(tmp_path / "photos", 12, max_kb=40)
+    m.ok("import", str(tmp_path / "photos"), "--store", "a")
+    m.once()
+    return paths, sids
+
+
+def _library_facts(m: Machine) -> tuple[dict, int, list]:
+    _code, st = m.status()
+    stores = sorted((s["_id"], s["label"]) for s in m.ok("store", "list", "--json").json())
+    return st["histogram"], st["files"], stores
+
+
+def test_rebuild_an_emptied_library_from_the_known_stores(tmp_path):
+    db = tmp_path / "lib" / "library.sqlite3"
+    m = Machine(tmp_path / "machines", "studio", str(db), NOW)
+    paths, _sids = _settled(m, tmp_path)
+    before = _library_facts(m)
+    assert before[0]["3"] == 12
+    for p in db.parent.glob("library.sqlite3-*"):
+        p.unlink()
+    os.truncate(db, 0)
+    one_line(m.run("status"), 3, "file is empty", "dmedia-tui rebuild")
+    r = m.ok("rebuild", "--json", now=NOW + 60)
+    report = r.json()
+    assert report["files"] == 12 and report["copies"] == 36 and report["corrupt"] == 0
+    assert report["errors"] == []
+    assert _library_facts(m) == before
+    assert m.ok("check").exit_code == 0  # every rebuilt doc is valid and consistent
+    # A second rebuild would overwrite a library that has docs: refused, nothing changed.
+    snap = db.read_bytes()
+    one_line(m.run("rebuild"), 1, "not empty", "--db NEW_PATH")
+    assert db.read_bytes() == snap
+
+
+def test_rebuild_on_both_backends_into_a_new_library_from_named_folders(
+    tmp_path, db_url, request
+):
+    m = Machine(tmp_path / "machines", "studio", db_url, NOW)
+    paths, _sids = _settled(m, tmp_path)
+    a = paths[0]
+    # One copy on store a rots: rebuild finds it, quarantines it and flags a.
+    victim = sorted((a / ".dmedia" / "files").rglob("*"))[-1]
+    os.chmod(victim, 0o644)
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 1
+    victim.write_bytes(bytes(data))
+    if db_url.startswith("http"):
+        new_url = request.getfixturevalue("couch_server").fresh_url()
+    else:
+        new_url = str(tmp_path / "new.sqlite3")
+    # A new machine (nothing known) names the folders.
+    other = Machine(tmp_path / "machines", "laptop", new_url, NOW + 60)
+    r = other.run("rebuild", *map(str, paths), "--json")
+    assert r.exit_code == 0, r.stderr
+    report = r.json()
+    assert (report["files"], report["copies"], report["corrupt"]) == (12, 35, 1)
+    assert sorted(report["stores"]) == sorted(_sids)
+    assert list((a / ".dmedia" / "corrupt").iterdir())  # quarantined, never deleted
+    code, st = other.status()
+    assert st["files"] == 12 and st["histogram"]["2"] + st["histogram"]["3"] == 12
+    assert "DRIVE_FAILURE" in {x["code"] for x in st["alerts"]}
+    assert {e["type"] for e in other.events()} >= {"dmedia/file/corrupt"}
