@@ -622,14 +622,24 @@ def events(
         if as_json:
             click.echo(json.dumps(ev, sort_keys=True, default=str))
         else:
-            t = datetime.fromtimestamp(ev.get("time", 0), UTC).strftime("%Y-%m-%d %H:%M:%S")
-            what = ev.get("type", "").removeprefix("dmedia/")
+            t = _event_time(ev.get("time"))
+            what = str(ev.get("type", "")).removeprefix("dmedia/")
             detail = " ".join(
                 f"{k}={ev[k]}"
                 for k in ("label", "store_id", "file_id", "reason", "count")
                 if ev.get(k) is not None
             )
             click.echo(f"{t}  {what:18} {detail}")
+
+
+def _event_time(value: Any) -> str:
+    """A log doc's time for people; a junk one (a damaged or foreign doc) shows as such."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"{'(bad time)':19}"
 
 
 def _purged_store_id(lib: Library, name: str) -> str:

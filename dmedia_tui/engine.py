@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmedia_tui import protocol
+from dmedia_tui import protocol, schema
 from dmedia_tui.conflicts import resolve_conflicts
+from dmedia_tui.db.base import InvalidDoc
 from dmedia_tui.durability import rank
 from dmedia_tui.filestore import FileStore, VerifyStatus
 from dmedia_tui.metastore import MetaStore, store_label
@@ -380,26 +381,42 @@ class Engine:
             if fs is None or sid in gone:
                 continue
             try:
+                if not protocol.is_file_id(fid):
+                    raise ValueError(f"invalid file ID: {fid!r:.60}")
                 if not self._verify_one(fs, fid, s, i, len(todo)):
                     gone.add(sid)
             except _Stopping:
                 break
+            except Exception as e:
+                # One bad doc (a junk _id, a damaged row, an absurd field) is reported once
+                # and set aside until the next schema pass; the round goes on.
+                self._bad_item(sid, fid, e)
         self.activity.pop("verify", None)
         if todo:
             self.emit("changed", None)
         return s
 
+    def _bad_item(self, sid: str, fid: Any, error: BaseException) -> None:
+        log.warning("skipping %r on store %s: %s", fid, sid, error)
+        self.ms.report_invalid(fid, error)
+        retry = self.ms.now() + self.ms.thresholds.schema_check_interval
+        self._retry_after[(sid, str(fid))] = retry
+
     def _priority_items(self, sid: str | None, fid: str | None) -> list[tuple[str, str]]:
         with self._conn_lock:
             connected = dict(self.connected)
         if fid is not None:
-            doc = self.ms.lib.docs.get_or_none(fid) or {}
+            try:
+                doc = self.ms.lib.docs.get_or_none(fid) or {}
+            except InvalidDoc as e:
+                self.ms.report_invalid(fid, e)
+                return []
             stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
             return [(s, fid) for s in stored if s in connected and (sid is None or s == sid)]
         out = []
         for s in [sid] if sid else sorted(connected):
             # Every copy the library records there (a missing one is found missing)...
-            out.extend((s, d["_id"]) for d in self.ms.iter_files_on(s))
+            out.extend((s, d["_id"]) for d in self.ms.iter_files_on(s) if "_id" in d)
             # ...and every copy on disk, so a store re-attached after a purge is relinked.
             fs = connected.get(s)
             if fs is not None:
@@ -470,33 +487,18 @@ class Engine:
                 if tried >= limit or self._stop.is_set():
                     break
                 tried += 1
-                act = Activity(
-                    "copy",
-                    "",
-                    doc["_id"],
-                    doc.get("name"),
-                    total=doc.get("bytes", 0),
-                    queue_done=tried,
-                    queue_total=limit,
-                )
-                self.activity["copy"] = act
-
-                def progress(nbytes: int, act: Activity = act) -> None:
-                    if self._stop.is_set():
-                        raise _Stopping  # the partial copy is discarded by the FileStore
-                    act.done += nbytes
-                    self.emit("activity", act)
-
                 try:
-                    gained = self.ms.make_copy(doc, connected, progress=progress)
+                    gained = self._copy_one(doc, connected, tried, limit)
                 except _Stopping:
                     break
                 except Exception as e:  # one bad file must not stop the worker
-                    log.warning("copy of %s failed: %s", doc["_id"], e)
+                    log.warning("copy of %r failed: %s", doc.get("_id"), e)
+                    if not protocol.is_file_id(doc.get("_id")) or schema.check_doc(doc):
+                        self.ms.report_invalid(doc.get("_id"), e)
                     gained = 0
                 if gained:
                     s.copies += 1
-            after = (rank(page[-1]), page[-1]["_id"])
+            after = (rank(page[-1]), str(page[-1].get("_id", "")))
             if len(page) < 100:
                 break
         self.activity.pop("copy", None)
@@ -504,6 +506,31 @@ class Engine:
             self._wake_verify.set()  # new copies are never verified: they are due at once
             self.emit("changed", None)
         return s
+
+    def _copy_one(
+        self, doc: dict[str, Any], connected: dict[str, FileStore], i: int, n: int
+    ) -> int:
+        if not protocol.is_file_id(doc.get("_id")):
+            raise ValueError(f"invalid file ID: {doc.get('_id')!r:.60}")
+        size = doc.get("bytes")
+        act = Activity(
+            "copy",
+            "",
+            doc["_id"],
+            doc.get("name") if isinstance(doc.get("name"), str) else None,
+            total=size if isinstance(size, int) and not isinstance(size, bool) else 0,
+            queue_done=i,
+            queue_total=n,
+        )
+        self.activity["copy"] = act
+
+        def progress(nbytes: int) -> None:
+            if self._stop.is_set():
+                raise _Stopping  # the partial copy is discarded by the FileStore
+            act.done += nbytes
+            self.emit("activity", act)
+
+        return self.ms.make_copy(doc, connected, progress=progress)
 
     def run_once(self) -> RoundSummary:
         """Every worker until its present backlog is empty; leaves the library settled."""

@@ -23,7 +23,7 @@ from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
-from dmedia_tui.db.base import Conflict, Doc, Library, NotFound
+from dmedia_tui.db.base import Conflict, Doc, InvalidDoc, Library, NotFound
 from dmedia_tui.durability import copies_of, durability, file_origin, parse_placement, rank
 from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
@@ -154,6 +154,40 @@ class MetaStore:
         detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
         log.log(level, "%s %s", type, detail)
         return doc
+
+    def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = "dmedia-1") -> None:
+        """A doc a worker could not use: log `dmedia/doc/invalid` once (the same key as
+        check() uses, so the check does not log it again) and let the worker go on."""
+        problems = self._problems_of(doc_id, db)
+        if not problems:
+            problems = [f"unusable: {str(error).splitlines()[0][:200] if str(error) else error!r}"]
+        key = (schema.LOG_DOC_INVALID, str(doc_id), "|".join(problems))
+        seen = self._load_logged_problems()
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            self.log_event(
+                schema.LOG_DOC_INVALID,
+                level=logging.ERROR,
+                doc_id=str(doc_id)[:200],
+                db=db,
+                errors=problems,
+            )
+        except Exception as e:  # reporting must never be what stops a worker
+            log.error("invalid doc %r (%s); cannot log it: %s", doc_id, problems, e)
+
+    def _problems_of(self, doc_id: Any, db: str) -> list[str]:
+        if not isinstance(doc_id, str) or not doc_id:
+            return [f"_id: must be a non-empty str, got {doc_id!r:.60}"]
+        database = self.lib.docs if db == "dmedia-1" else self.lib.log
+        try:
+            doc = database.get(doc_id)
+        except InvalidDoc as e:
+            return [f"doc: damaged: {e.problem}"]
+        except Exception:
+            return []
+        return schema.check_doc(doc)
 
     # --- stores ----------------------------------------------------------------------
 
@@ -361,12 +395,15 @@ class MetaStore:
         """
         n = 0
         for st in fs:
-            doc = self.lib.docs.get_or_none(st.id)
-            stored = doc.get("stored") if doc else None
-            if doc is None or (isinstance(stored, dict) and fs.id in stored):
-                continue
-            if self.lib.docs.update(st.id, transitions.mark_added, fs.id, 0, st.mtime):
-                n += 1
+            try:
+                doc = self.lib.docs.get_or_none(st.id)
+                stored = doc.get("stored") if doc else None
+                if doc is None or (isinstance(stored, dict) and fs.id in stored):
+                    continue
+                if self.lib.docs.update(st.id, transitions.mark_added, fs.id, 0, st.mtime):
+                    n += 1
+            except (InvalidDoc, ValueError, TypeError) as e:
+                self.report_invalid(st.id, e)
         if n:
             log.info("relinked %d copies on store %s", n, fs.id)
         return n
@@ -625,20 +662,26 @@ class MetaStore:
         events = []
         stores = self.lib.stores()
         for store in stores:
-            sid = store["_id"]
+            sid = store.get("_id")
+            if not protocol.is_store_id(sid):
+                self.report_invalid(sid, "store doc with an invalid _id")
+                continue  # one bad doc never stops the policies for the others
             if sid in online:
                 continue
             atime = store.get("atime")
             atime = atime if isinstance(atime, int | float) and not isinstance(atime, bool) else 0
             age = now - atime
-            if age >= t.store_purge_after:
-                events.append(self.purge_store(sid, reason="atime"))
-            elif age >= t.store_downgrade_after and not store.get("downgraded"):
-                events.append(self.downgrade_store(sid, reason="atime"))
-        known = {s["_id"] for s in self.lib.stores()}
+            try:
+                if age >= t.store_purge_after:
+                    events.append(self.purge_store(sid, reason="atime"))
+                elif age >= t.store_downgrade_after and not store.get("downgraded"):
+                    events.append(self.downgrade_store(sid, reason="atime"))
+            except (InvalidDoc, schema.SchemaError, ValueError, TypeError) as e:
+                self.report_invalid(sid, e)
+        known = {s.get("_id") for s in self.lib.stores()}
         for row in self.lib.placement_summary():
             for sid, _copies in parse_placement(row.placement):
-                if sid not in known:
+                if sid not in known and protocol.is_store_id(sid):
                     known.add(sid)
                     n = self._purge_entries(sid)
                     events.append(
@@ -665,7 +708,9 @@ class MetaStore:
         before = int(self.now()) - self.thresholds.verify_downgrade_after
         out = []
         for store in self.lib.stores():
-            sid = store["_id"]
+            sid = store.get("_id")
+            if not protocol.is_store_id(sid):
+                continue  # reported by run_time_policies
             oldest = self.lib.verification_stats(sid).oldest
             if oldest is None or oldest >= before:
                 continue
@@ -673,8 +718,11 @@ class MetaStore:
             for due in self.lib.copies_due(sid, before, limit=100000):
                 if due.verified is None:
                     continue  # never verified: judged by the verify worker first
-                if self.lib.docs.update(due.file_id, transitions.downgrade_store_in_file, sid):
-                    n += 1
+                try:
+                    if self.lib.docs.update(due.file_id, transitions.downgrade_store_in_file, sid):
+                        n += 1
+                except (InvalidDoc, NotFound) as e:
+                    self.report_invalid(due.file_id, e)
             if n:
                 out.append(
                     self.log_event(
@@ -937,19 +985,24 @@ class MetaStore:
         return [d["_id"] for d in self.iter_files_on(store_id)]
 
     def _zero_copies_on(self, store_id: str) -> int:
-        n = 0
-        for fid in self._each_file_on(store_id):
-            if self.lib.docs.update(fid, transitions.downgrade_store_in_file, store_id):
-                n += 1
-                fault_point("downgrade.file")
-        return n
+        return self._each_update(store_id, transitions.downgrade_store_in_file, "downgrade.file")
 
     def _purge_entries(self, store_id: str) -> int:
+        return self._each_update(store_id, transitions.purge_store_in_file, "purge.file")
+
+    def _each_update(self, store_id: str, fn: Callable[..., Doc | None], fault: str) -> int:
+        """fn(doc, store_id) on every file on the store; a doc that cannot be updated is
+        reported and skipped, never the end of the pass."""
         n = 0
         for fid in self._each_file_on(store_id):
-            if self.lib.docs.update(fid, transitions.purge_store_in_file, store_id):
+            try:
+                changed = self.lib.docs.update(fid, fn, store_id)
+            except (InvalidDoc, NotFound, ValueError, TypeError) as e:
+                self.report_invalid(fid, e)
+                continue
+            if changed:
                 n += 1
-                fault_point("purge.file")
+                fault_point(fault)
         return n
 
 

@@ -116,6 +116,9 @@ _EXT_RE = re.compile(r"[a-z0-9]+(?:\.[a-z0-9]+)?")
 _B64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
+# db.base.DAMAGED: the key of the placeholder a backend's page() gives for a damaged row.
+DAMAGED = "_damaged"
+
 _KNOWN_TYPES = frozenset({TYPE_FILE, TYPE_STORE, TYPE_MACHINE, *LOG_TYPES})
 
 
@@ -438,6 +441,8 @@ def check_doc(doc: Any) -> list[str]:
     bad = _not_dict(doc)
     if bad:
         return bad
+    if isinstance(doc.get(DAMAGED), str):  # a stored row the backend could not decode
+        return [f"doc: damaged: {doc[DAMAGED]}"]
     _id = doc.get("_id")
     if doc.get("_deleted") is True or (
         isinstance(_id, str) and _id.startswith(("_design/", "_local/"))

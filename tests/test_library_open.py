@@ -209,9 +209,7 @@ def test_rebuild_an_emptied_library_from_the_known_stores(tmp_path):
     assert db.read_bytes() == snap
 
 
-def test_rebuild_on_both_backends_into_a_new_library_from_named_folders(
-    tmp_path, db_url, request
-):
+def test_rebuild_on_both_backends_into_a_new_library_from_named_folders(tmp_path, db_url, request):
     m = Machine(tmp_path / "machines", "studio", db_url, NOW)
     paths, _sids = _settled(m, tmp_path)
     a = paths[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dmedia_tui.db.base import (
+    DAMAGED,
     DOCS_DB,
     LOG_DB,
     Change,
@@ -13,6 +14,7 @@ from dmedia_tui.db.base import (
     DatabaseError,
     DatabaseOffline,
     Doc,
+    InvalidDoc,
     Library,
     NotFound,
     PlacementRow,
@@ -39,6 +41,7 @@ def open_library(url: str, *, create: bool = True) -> Library:
 
 
 __all__ = [
+    "DAMAGED",
     "DOCS_DB",
     "LOG_DB",
     "Change",
@@ -49,6 +52,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseOffline",
     "Doc",
+    "InvalidDoc",
     "Library",
     "NotFound",
     "PlacementRow",

@@ -42,6 +42,29 @@ class NotFound(DatabaseError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+# The key of a placeholder doc standing for a stored row that cannot be decoded (not JSON,
+# not an object, nested too deeply). Only `page()` (the schema check's walk) returns such
+# placeholders, so the check reports them; no backend saves a doc carrying it (CouchDB
+# forbids unknown `_` members anyway), so a placeholder can never overwrite the row.
+DAMAGED = "_damaged"
+
+
+class InvalidDoc(DatabaseError):
+    """A stored doc cannot be decoded (a damaged row). Skipped by the named queries."""
+
+    def __init__(self, doc_id: Any, problem: str) -> None:
+        super().__init__(f"{str(doc_id)[:80]!r}: damaged doc: {problem}")
+        self.doc_id = doc_id
+        self.problem = problem
+
+    def placeholder(self) -> Doc:
+        return {"_id": self.doc_id, DAMAGED: self.problem}
+
+
+def is_damaged(doc: Any) -> bool:
+    return isinstance(doc, dict) and DAMAGED in doc
+
+
 @dataclass(frozen=True)
 class Change:
     id: str

@@ -64,10 +64,12 @@ from dmedia_tui.db.base import (
     DatabaseError,
     DatabaseOffline,
     Doc,
+    InvalidDoc,
     Library,
     NotFound,
     PlacementRow,
     VerificationStats,
+    is_damaged,
 )
 
 BATCH = 500  # docs per _bulk_docs / _all_docs keys request
@@ -253,11 +255,34 @@ class CouchDatabase(Database):
             if not isinstance(body, bytes):
                 body = _encode(body)
             headers = {"Content-Type": "application/json"}
-        with self._lib._guard(what or self.name, self.dbname):
-            _, _, data = res._request_json(method, path, body=body, headers=headers, **params)
+        try:
+            with self._lib._guard(what or self.name, self.dbname):
+                _, _, data = res._request_json(method, path, body=body, headers=headers, **params)
+        except RecursionError:
+            # A doc nested deeper than Python's JSON decoder goes (PouchDB stores 1000
+            # levels): one damaged doc must not make its whole page unreadable.
+            if params.get("include_docs") in (True, "true") and method in ("GET", "POST"):
+                params = {k: v for k, v in params.items() if k != "include_docs"}
+                data = self._request(method, path, body, what, resource, **params)
+                self._attach_docs(data)
+                return data
+            raise InvalidDoc(what or self.name, "nested too deeply to read") from None
         if not isinstance(data, dict | list):
             raise self._lib._offline("not a CouchDB server (the answer is not JSON)")
         return data
+
+    def _attach_docs(self, data: Any) -> None:
+        """Fetch each row's doc on its own; a damaged one becomes a placeholder."""
+        for row in data.get("rows", []) if isinstance(data, dict) else []:
+            doc_id = row.get("id") if isinstance(row, dict) else None
+            if not isinstance(doc_id, str) or "value" in row and row["value"] is None:
+                continue
+            try:
+                row["doc"] = self._request("GET", self._doc_path(doc_id), what=doc_id)
+            except InvalidDoc as e:
+                row["doc"] = e.placeholder()
+            except NotFound:
+                row["doc"] = None
 
     def _doc_path(self, doc_id: str) -> list[str]:
         if doc_id.startswith("_design/"):
@@ -281,7 +306,10 @@ class CouchDatabase(Database):
         what = f"{self.name}/{doc_id}"
         if not isinstance(doc_id, str) or not doc_id or doc_id.startswith("_"):
             raise NotFound(f"{what}: not found")
-        return self._request("GET", self._doc_path(doc_id), what=what)
+        try:
+            return self._request("GET", self._doc_path(doc_id), what=what)
+        except InvalidDoc as e:
+            raise InvalidDoc(doc_id, e.problem) from None
 
     def get_many(self, doc_ids: list[str]) -> list[Doc | None]:
         out: list[Doc | None] = []
@@ -291,7 +319,7 @@ class CouchDatabase(Database):
             rows = data.get("rows", [])
             for row in rows:
                 doc = row.get("doc") if isinstance(row, dict) else None
-                out.append(doc if isinstance(doc, dict) else None)
+                out.append(doc if isinstance(doc, dict) and not is_damaged(doc) else None)
         return out
 
     def page(self, limit: int = 1000, start_after: str | None = None) -> list[Doc]:
@@ -390,6 +418,8 @@ class CouchDatabase(Database):
         doc_id = doc.get("_id")
         if not isinstance(doc_id, str) or not doc_id:
             raise DatabaseError(f"{self.name}: document without a valid _id")
+        if is_damaged(doc):
+            raise DatabaseError(f"{self.name}: a damaged doc's placeholder is never saved")
         return doc_id
 
     def _encode_doc(self, doc: Doc, doc_id: str) -> bytes:
@@ -783,7 +813,11 @@ class CouchLibrary(Library):
             return tally.rows()
 
     def _docs_of(self, data: dict[str, Any]) -> list[Doc]:
-        return [r["doc"] for r in data.get("rows", []) if isinstance(r.get("doc"), dict)]
+        return [
+            r["doc"]
+            for r in data.get("rows", [])
+            if isinstance(r.get("doc"), dict) and not is_damaged(r["doc"])
+        ]
 
     def _by_type(self, typ: str) -> list[Doc]:
         return self._docs_of(self.docs._query("by_type", key=typ, include_docs=True))
@@ -898,7 +932,11 @@ class CouchLibrary(Library):
             fresh = [r for r in rows if r["id"] != skip_id]
             for row in fresh[:page]:
                 doc = row.get("doc")
-                if isinstance(doc, dict) and not row["id"].startswith("_design/"):
+                if (
+                    isinstance(doc, dict)
+                    and not is_damaged(doc)
+                    and not row["id"].startswith("_design/")
+                ):
                     yield doc
             if len(fresh) <= page:
                 return

@@ -24,6 +24,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -38,6 +39,7 @@ from typing import Any
 
 from dmedia_tui import durability
 from dmedia_tui.db.base import (
+    DAMAGED,
     DOCS_DB,
     LOG_DB,
     Change,
@@ -48,6 +50,7 @@ from dmedia_tui.db.base import (
     DatabaseError,
     DatabaseOffline,
     Doc,
+    InvalidDoc,
     Library,
     NotFound,
     PlacementRow,
@@ -63,6 +66,9 @@ QUICK_CHECK_OPEN_BYTES = 32 * 1024 * 1024  # whole-file quick_check at open up t
 QUICK_CHECK_OPEN_SECONDS = 0.5  # ...and never longer than this
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 _DB_KEYS = {DOCS_DB: 1, LOG_DB: 2}
+# Named queries skip damaged rows in SQL, so a page is only short at the end of its range
+# (paging stops on a short page); _decode_rows still guards what SQLite calls valid.
+_VALID = " AND json_valid(d.json) AND json_type(d.json) = 'object'"
 FILE_TYPE = "dmedia/file"
 
 # Schema 2 added store_sum (per-store copy counts, for verification_stats at scale).
@@ -114,6 +120,35 @@ CREATE INDEX event_time ON event (time);
 CREATE INDEX event_store ON event (store_id, id);
 CREATE INDEX event_file ON event (file_id, id);
 """
+
+
+log = logging.getLogger("dmedia_tui.db")
+
+
+def _decode(text: Any, doc_id: Any) -> Doc:
+    """One stored row as a doc; InvalidDoc when the row is damaged."""
+    try:
+        doc = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidDoc(doc_id, f"not readable JSON ({_reason(e)[:80]})") from None
+    if not isinstance(doc, dict):
+        raise InvalidDoc(doc_id, f"not a JSON object ({type(doc).__name__})")
+    return doc
+
+
+def _decode_rows(rows: Iterable[tuple[Any, Any]], keep_damaged: bool = False) -> list[Doc]:
+    """(id, json) rows as docs. A damaged row is skipped (or, for the schema check's walk,
+    stands as a placeholder doc), so one bad row never stops a query."""
+    out: list[Doc] = []
+    for doc_id, text in rows:
+        try:
+            out.append(_decode(text, doc_id))
+        except InvalidDoc as e:
+            if keep_damaged:
+                out.append(e.placeholder())
+            else:
+                log.warning("skipped %s", e)
+    return out
 
 
 def _reason(e: BaseException) -> str:
@@ -199,7 +234,7 @@ class SQLiteDatabase(Database):
             ).fetchone()
         if row is None:
             raise NotFound(f"{self.name}/{doc_id}: not found")
-        return json.loads(row[0])
+        return _decode(row[0], doc_id)
 
     def get_many(self, doc_ids: list[str]) -> list[Doc | None]:
         found: dict[str, str] = {}
@@ -213,15 +248,19 @@ class SQLiteDatabase(Database):
                     )
                 )
         # Decoded per position: callers may edit a doc they asked for twice.
-        return [json.loads(found[i]) if i in found else None for i in doc_ids]
+        out: list[Doc | None] = []
+        for i in doc_ids:
+            docs = _decode_rows([(i, found[i])]) if i in found else []
+            out.append(docs[0] if docs else None)
+        return out
 
     def page(self, limit: int = 1000, start_after: str | None = None) -> list[Doc]:
         with self._lib._read() as c:
             rows = c.execute(
-                "SELECT json FROM doc WHERE db=? AND id>? AND deleted=0 ORDER BY id LIMIT ?",
+                "SELECT id, json FROM doc WHERE db=? AND id>? AND deleted=0 ORDER BY id LIMIT ?",
                 (self._key, start_after if start_after is not None else "", max(0, limit)),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return _decode_rows(rows, keep_damaged=True)
 
     def count(self) -> int:
         with self._lib._read() as c:
@@ -337,6 +376,8 @@ class SQLiteDatabase(Database):
         """Check one doc against the current revs: (new rev, body, JSON text) or raise."""
         if not isinstance(doc, dict):
             raise DatabaseError(f"{self.name}: not a document: {type(doc).__name__}")
+        if DAMAGED in doc:
+            raise DatabaseError(f"{self.name}: a damaged doc's placeholder is never saved")
         doc_id = doc.get("_id")
         if not isinstance(doc_id, str) or not doc_id:
             raise DatabaseError(f"{self.name}: document without a valid _id")
@@ -770,11 +811,12 @@ class SQLiteLibrary(Library):
         # library: 0.5 s at 1M files) instead of this partial index (0.07 ms).
         with self._read() as c:
             rows = c.execute(
-                "SELECT json FROM doc INDEXED BY doc_type"
-                " WHERE db=1 AND type=? AND deleted=0 ORDER BY id",
+                "SELECT id, json FROM doc INDEXED BY doc_type"
+                " WHERE db=1 AND type=? AND deleted=0 AND json_valid(json)"
+                " AND json_type(json) = 'object' ORDER BY id",
                 (typ,),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     def stores(self) -> list[Doc]:
         return self._by_type("dmedia/store")
@@ -788,12 +830,13 @@ class SQLiteLibrary(Library):
         rank, after_id = after if after is not None else (-1, "")
         with self._read() as c:
             rows = c.execute(
-                "SELECT d.json FROM copy c JOIN doc d ON d.db=1 AND d.id=c.file_id"
+                "SELECT d.id, d.json FROM copy c JOIN doc d ON d.db=1 AND d.id=c.file_id"
                 " WHERE c.store_id=? AND (c.rank, c.file_id) > (?, ?)"
-                " ORDER BY c.rank, c.file_id LIMIT ?",
+                + _VALID
+                + " ORDER BY c.rank, c.file_id LIMIT ?",
                 (store_id, rank, after_id, max(0, limit)),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     def fragile_files(
         self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"
@@ -801,23 +844,25 @@ class SQLiteLibrary(Library):
         rank, after_id = after if after is not None else (-1, "")
         with self._read() as c:
             rows = c.execute(
-                "SELECT d.json FROM file f JOIN doc d ON d.db=1 AND d.id=f.id"
+                "SELECT d.id, d.json FROM file f JOIN doc d ON d.db=1 AND d.id=f.id"
                 f" WHERE f.origin=? AND f.durability < {durability.TARGET}"
-                " AND (f.rank, f.id) > (?, ?) ORDER BY f.rank, f.id LIMIT ?",
+                " AND (f.rank, f.id) > (?, ?)" + _VALID + " ORDER BY f.rank, f.id LIMIT ?",
                 (origin, rank, after_id, max(0, limit)),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     def files_by_placement(
         self, placement: str, limit: int = 100, after: str | None = None, origin: str = "user"
     ) -> list[Doc]:
         with self._read() as c:
             rows = c.execute(
-                "SELECT d.json FROM file f JOIN doc d ON d.db=1 AND d.id=f.id"
-                " WHERE f.origin=? AND f.placement=? AND f.id > ? ORDER BY f.id LIMIT ?",
+                "SELECT d.id, d.json FROM file f JOIN doc d ON d.db=1 AND d.id=f.id"
+                " WHERE f.origin=? AND f.placement=? AND f.id > ?"
+                + _VALID
+                + " ORDER BY f.id LIMIT ?",
                 (origin, placement, after if after is not None else "", max(0, limit)),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     def copies_due(self, store_id: str, verified_before: int, limit: int = 100) -> list[CopyDue]:
         # NULL sorts first in SQLite: never-verified copies come out first, by file ID.
@@ -888,8 +933,8 @@ class SQLiteLibrary(Library):
         order = "DESC" if newest_first else "ASC"
         with self._read() as c:
             rows = c.execute(
-                "SELECT d.json FROM event e JOIN doc d ON d.db=2 AND d.id=e.id"
-                f" WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?",
+                "SELECT d.id, d.json FROM event e JOIN doc d ON d.db=2 AND d.id=e.id"
+                f" WHERE {' AND '.join(where)}{_VALID} ORDER BY e.id {order} LIMIT ?",
                 (*args, max(0, limit)),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return _decode_rows(rows)
