@@ -25,7 +25,13 @@ from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError
 from dmedia_tui.db import DatabaseError, DatabaseOffline, Library, is_couch_url, open_library
 from dmedia_tui.filestore import FileStoreError
-from dmedia_tui.metastore import MetaStore, MetaStoreError, UnknownStore, store_label
+from dmedia_tui.metastore import (
+    MetaStore,
+    MetaStoreError,
+    UnknownStore,
+    failure_warning,
+    store_label,
+)
 from dmedia_tui.protocol import ProtocolError
 
 log = logging.getLogger("dmedia_tui")
@@ -286,6 +292,9 @@ def store_init(
         raise UserError(f"not a folder: {path}")
     with ctx.metastore(create=True) as ms:
         fs, doc, created = ms.init_store(path, copies, label, same_filesystem)
+    warning = failure_warning(doc)
+    if warning:
+        click.echo(f"dmedia-tui: {warning}", err=True)
     if as_json:
         _emit_json({"created": created, "path": str(fs.path), "store": doc})
     else:
@@ -480,7 +489,9 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
 
     logging.getLogger().setLevel(logging.INFO if verbose or not once else logging.WARNING)
     with ctx.metastore(ticking=not once) as ms:
-        engine = Engine(ms, watch_drives=not once, watch_folders=not once)
+        # --once scans the partitions once per housekeeping pass (a wiped drive is purged,
+        # a store on a drive mounted somewhere new is found) but starts no watcher.
+        engine = Engine(ms, watch_drives=True, watch_folders=not once)
         if not engine.acquire_lock():
             raise UserError("another dmedia-tui engine already runs for this library here")
         try:

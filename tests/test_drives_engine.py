@@ -343,3 +343,37 @@ def test_deleted_copy_on_a_stick_is_found_missing_and_the_watch_survives_unplug(
     report("delete after replug -> missing", wait_for("missing", lambda: missing_logged(ids[1])))
     assert missing_logged(ids[2]) is False
     r.stop()
+
+
+# --- `daemon --once` settles drives too (issue 9 point 12) ---------------------------------
+
+
+def test_daemon_once_purges_a_wiped_stick_and_finds_a_store_at_a_new_mount_point(
+    blockdevs: BlockDevs, tmp_path: Path
+):
+    """No engine runs: one `daemon --once` scans the partitions, so a stick plugged in
+    wiped is purged (filestore_missing) and a store on a stick mounted at a new place is
+    connected there and remembered, exactly as the running engine would do."""
+    from tests.conftest import NOW
+    from tests.integration.harness import Machine
+
+    m = Machine(tmp_path / "machines", "studio", str(tmp_path / "library.sqlite3"), NOW)
+    wiped = blockdevs.ext4("wiped", "WIPED")
+    moved = blockdevs.ext4("moved", "MOVED")
+    (moved.mount_point / "Library").mkdir()
+    wiped_id = m.init_store(wiped.mount_point, "wiped")
+    moved_id = m.init_store(moved.mount_point / "Library", "moved")
+    m.once()
+
+    shutil.rmtree(wiped.mount_point / ".dmedia")  # wiped, and plugged in again
+    new_mp = blockdevs.workdir / "run" / "media" / "user" / "MOVED"
+    moved.umount()
+    moved.mount(new_mp)  # the same stick, mounted somewhere else
+
+    m.once()
+    [event] = m.events(schema.LOG_STORE_PURGE)
+    assert (event["store_id"], event["reason"]) == (wiped_id, "filestore_missing")
+    rows = {s["_id"]: s for s in m.ok("store", "list", "--json").json()}
+    assert wiped_id not in rows
+    assert rows[moved_id]["path"] == str((new_mp / "Library").resolve())
+    assert rows[moved_id]["online"] is True, rows[moved_id]
