@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmedia_tui import protocol, schema
+from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.conflicts import resolve_conflicts
 from dmedia_tui.db.base import InvalidDoc
 from dmedia_tui.durability import rank
@@ -53,6 +53,7 @@ class Activity:
     queue_done: int = 0  # items done this round
     queue_total: int = 0  # items known this round
     started: float = field(default_factory=time.monotonic)
+    waiting: str | None = None  # "waiting for usb-archive, ...": nothing can be done now
 
     @property
     def fraction(self) -> float:
@@ -116,6 +117,12 @@ class Engine:
         self._drive_watcher: Any = None
         self._store_watcher: Any = None
         self._conn_lock = threading.Lock()
+        # The copy worker's place in the fragile list: each round goes on where the last
+        # stopped, so files that cannot be copied now never hide the ones behind them.
+        self._copy_after: tuple[int, str] | None = None
+        self._copy_pass = _CopyPass()
+        self._copy_more = False  # the last round stopped before the end of the list
+        self._copy_stalled: tuple[Any, float] | None = None  # (what it saw, when)
 
     # --- lock ------------------------------------------------------------------------
 
@@ -259,7 +266,11 @@ class Engine:
             if stores is None:
                 stores = self.ms.stores()
             paths = [Path(p.mount_point)]
-            paths += [m.expected_path for m in drives.match_store(p, stores) if m.expected_path]
+            paths += [
+                m.expected_path
+                for m in drives.match_store(p, stores)
+                if m.expected_path and self._claimable_in_folder(m.store_id, stores)
+            ]
             for path in dict.fromkeys(paths):
                 try:
                     fs = FileStore(path)
@@ -274,6 +285,16 @@ class Engine:
                     except Exception as e:
                         log.warning("cannot remember store %s at %s: %s", fs.id, fs.path, e)
         return out
+
+    def _claimable_in_folder(self, store_id: str, stores: list[dict[str, Any]]) -> bool:
+        """May a store found in a folder of a partition (not at its root) be taken as
+        connected here? Yes for this machine's stores and for removable drives. A folder
+        of another machine's internal disk seen here is a disk both can reach (a shared or
+        simulated one): claiming it would make the two machines fight over the store."""
+        doc = next((d for d in stores if d.get("_id") == store_id), None)
+        if doc is None:
+            return False
+        return doc.get("machine_id") in (None, self.ms.machine_id) or doc.get("removable") is True
 
     def purge_wiped_drives(
         self,
@@ -470,22 +491,53 @@ class Engine:
         self.emit("activity", act)
         return True
 
-    def copy_round(self, limit: int = 50) -> RoundSummary:
-        """Make copies for up to `limit` fragile user files, most fragile first."""
+    # A pass that copied nothing is not repeated while nothing it depends on changed
+    # (connected stores, their flags, the placements), except this often: a copy that
+    # failed on an I/O error is worth another try.
+    COPY_STALL_RETRY = 600.0
+
+    def copy_round(self, limit: int = 50, scan_limit: int = 2000) -> RoundSummary:
+        """Make copies for up to `limit` fragile user files, most fragile first.
+
+        The round goes on where the previous one stopped (a pass over the fragile list
+        spans rounds), skips at once the files none of whose copies is connected, and reads
+        at most `scan_limit` docs. At the end of a pass that made no copy the worker is
+        waiting: `activity["copy"].waiting` names the stores it waits for.
+        """
         s = RoundSummary()
+        self._copy_more = False
         with self._conn_lock:
             connected = dict(self.connected)
+        key = self._copy_key(connected)
+        stalled = self._copy_stalled
+        if (
+            stalled is not None
+            and stalled[0] == key
+            and time.monotonic() - stalled[1] < self.COPY_STALL_RETRY
+        ):
+            return s  # the last pass found nothing to do and nothing changed since
+        self._copy_stalled = None
         if not connected:
+            self._end_copy_pass(key, connected)
             return s
-        after = None
-        tried = 0
-        while tried < limit and not self._stop.is_set():
-            page = self.ms.lib.fragile_files(limit=100, after=after, origin="user")
-            if not page:
+        self.activity.pop("copy", None)
+        tried = scanned = 0
+        pas = self._copy_pass
+        while not self._stop.is_set():
+            if tried >= limit or scanned >= scan_limit:
+                self._copy_more = True  # bounded round: the next one goes on from here
                 break
+            want = min(100, scan_limit - scanned)
+            page = self.ms.lib.fragile_files(limit=want, after=self._copy_after, origin="user")
             for doc in page:
                 if tried >= limit or self._stop.is_set():
                     break
+                scanned += 1
+                self._copy_after = (rank(doc), str(doc.get("_id", "")))
+                stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+                if not any(sid in connected for sid in stored):
+                    pas.offline.update(stored)  # every copy is on a store not here
+                    continue
                 tried += 1
                 try:
                     gained = self._copy_one(doc, connected, tried, limit)
@@ -498,10 +550,18 @@ class Engine:
                     gained = 0
                 if gained:
                     s.copies += 1
-            after = (rank(page[-1]), str(page[-1].get("_id", "")))
-            if len(page) < 100:
-                break
-        self.activity.pop("copy", None)
+                    pas.copies += 1
+                else:
+                    pas.no_destination += 1
+            else:
+                if len(page) < want:
+                    self._end_copy_pass(key, connected)  # the end of the fragile list
+                    break
+                continue
+            self._copy_more = True  # stopped inside a page
+            break
+        if self.activity.get("copy") is not None and self.activity["copy"].waiting is None:
+            self.activity.pop("copy", None)
         if s.copies:
             self._wake_verify.set()  # new copies are never verified: they are due at once
             self.emit("changed", None)
@@ -532,6 +592,57 @@ class Engine:
 
         return self.ms.make_copy(doc, connected, progress=progress)
 
+    def _copy_key(self, connected: dict[str, FileStore]) -> Any:
+        """What decides whether a fragile file can be copied now (cheap: no file docs)."""
+        stores = tuple(
+            (
+                d["_id"],
+                transitions.is_store_trusted(d),
+                transitions.store_copies_weight(d),
+                d.get("bytes_avail"),
+            )
+            for d in self.ms.stores()
+        )
+        placements = tuple(
+            (r.origin, r.placement, r.count) for r in self.ms.lib.placement_summary()
+        )
+        return (frozenset(connected), stores, placements)
+
+    def _end_copy_pass(self, key: Any, connected: dict[str, FileStore]) -> None:
+        """The pass reached the end of the fragile list: start the next one at the top;
+        if this one made no copy, say what the worker waits for and rest until a change."""
+        pas, self._copy_pass, self._copy_after = self._copy_pass, _CopyPass(), None
+        if pas.copies:
+            self.activity.pop("copy", None)
+            self._copy_more = True  # copies made may leave files wanting one more
+            return
+        self._copy_stalled = (key, time.monotonic())
+        waiting = self._waiting_text(pas, connected)
+        if waiting:
+            self.activity["copy"] = Activity("copy", "", waiting=waiting)
+        else:
+            self.activity.pop("copy", None)
+        self.emit("activity", self.activity.get("copy"))
+
+    def _waiting_text(self, pas: _CopyPass, connected: dict[str, FileStore]) -> str | None:
+        """ "waiting for usb-archive, laptop-ssd (kestrel)" / "... a store with room"."""
+        parts = []
+        hosts = {m["_id"]: m.get("hostname") for m in self.ms.lib.machines() if m.get("hostname")}
+        for sid in sorted(pas.offline - set(connected)):
+            doc = self.ms.store_doc(sid)
+            name = store_label(doc, sid)
+            mid = (doc or {}).get("machine_id")
+            if doc and not doc.get("removable") and mid != self.ms.machine_id and hosts.get(mid):
+                name += f" ({hosts[mid]})"  # an internal disk: its machine must be on
+            parts.append(name)
+        if pas.no_destination:
+            parts.append("another store with room")
+        if not parts:
+            return None
+        if len(parts) > 4:
+            parts = [*parts[:4], f"{len(parts) - 4} more"]
+        return "waiting for " + ", ".join(parts)
+
     def run_once(self) -> RoundSummary:
         """Every worker until its present backlog is empty; leaves the library settled."""
         total = RoundSummary()
@@ -540,11 +651,12 @@ class Engine:
         for _ in range(100):  # new copies are never-verified: verify them in the same call
             total.add(self.verify_until_done())
             made = 0
-            for _ in range(10_000):
+            self._copy_stalled = None  # one whole pass of the fragile list at least
+            for _ in range(100_000):
                 r = self.copy_round(limit=500)
                 total.add(r)
                 made += r.copies
-                if not r.copies:
+                if not (r.copies or self._copy_more):
                     break
             if not made or self._stop.is_set():
                 break
@@ -672,7 +784,11 @@ class Engine:
         self._loop(self._wake_verify, round_, 30.0)
 
     def _copy_loop(self) -> None:
-        self._loop(self._wake_copy, lambda: bool(self.copy_round().copies), 30.0)
+        def round_() -> bool:
+            r = self.copy_round()
+            return bool(r.copies or self._copy_more)
+
+        self._loop(self._wake_copy, round_, 30.0)
 
     def _start_store_watcher(self) -> None:
         try:
@@ -724,6 +840,15 @@ def _store_mark(fs: FileStore) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if fs.still_here() else None
+
+
+@dataclass
+class _CopyPass:
+    """What one pass of the copy worker over the fragile list met."""
+
+    copies: int = 0
+    offline: set[str] = field(default_factory=set)  # stores holding files with no source here
+    no_destination: int = 0  # files with a source here but no store to copy to
 
 
 class _Stopping(Exception):

@@ -265,3 +265,42 @@ def test_start_twice_and_stop_join_every_thread(ms, tmp_path):
     assert not any(t.is_alive() for t in threads)
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert [t.name for t in leftover if t.name.startswith("dmedia")] == []
+
+
+# --- the copy worker never stalls (issue 9 point 11) ---------------------------------------
+
+
+def test_copy_worker_goes_past_files_it_cannot_copy_and_says_what_it_waits_for(
+    ms, tmp_path, engines
+):
+    """The most fragile files (only on a store that is offline now) fill more than one
+    round of the copy worker; the copyable files behind them still get their copies from
+    the running engine, without a restart, and then the worker says it waits for that store."""
+    a, b, c = (new_store(ms, tmp_path, n) for n in "abc")
+    usb = new_store(ms, tmp_path, "usb-archive")
+    src = tmp_path / "usb-src"
+    src.mkdir()
+    for i in range(120):  # more than two rounds (limit 50) of files that cannot be copied now
+        (src / f"u{i}.bin").write_bytes(b"u%d" % i * 50)
+    stuck = ms.import_paths([src], usb).file_ids
+    copyable = import_files(ms, a, tmp_path, 5)
+    ms.downgrade_store(usb.id)  # copies there count 0: those files rank first
+    (tmp_path / "usb-archive").rename(tmp_path / "usb-unplugged")
+
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    engines.append(engine)
+    assert engine.acquire_lock()
+    engine.start()
+    wait_for(
+        "every copyable file has 3 copies",
+        lambda: all(len(ms.lib.docs.get(f)["stored"]) == 3 for f in copyable),
+    )
+    assert {a.id, b.id, c.id} == set(ms.lib.docs.get(copyable[0])["stored"])
+    assert all(list(ms.lib.docs.get(f)["stored"]) == [usb.id] for f in stuck)
+
+    def waiting() -> str:
+        act = engine.activity.get("copy")
+        return (act.waiting or "") if act is not None else ""
+
+    wait_for("the copy worker says what it waits for", lambda: "usb-archive" in waiting())
+    assert waiting().startswith("waiting for")

@@ -20,8 +20,12 @@ def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
     for act in activities:
         if text:
             text.append("\n")
-        frac = act.fraction
         text.append(f"{act.kind:<7}", "bold")
+        waiting = getattr(act, "waiting", None)
+        if waiting:  # nothing can be done now: say what would unblock it
+            text.append(waiting, "yellow")
+            continue
+        frac = act.fraction
         what = act.name or (act.file_id or "")[:12]
         text.append(f"{act.label} {what}"[:32].ljust(32))
         text.append(f" {bar(frac, 10)} {frac * 100:3.0f} %", "cyan")
