@@ -276,8 +276,10 @@ class Engine:
                     fs = FileStore(path)
                 except Exception:
                     continue
-                if fs.id in known or fs.id in out or self.ms.store_doc(fs.id) is None:
-                    continue  # already found, or not a store of this library
+                if fs.id in known or fs.id in out:
+                    continue  # already found
+                if self.ms.store_doc(fs.id) is None and not self.ms.purged_by_policy(fs.id):
+                    continue  # not a store of this library (or one the user purged)
                 out[fs.id] = fs
                 if remembered.get(fs.id) != os.path.realpath(fs.path):
                     try:

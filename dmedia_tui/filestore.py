@@ -326,6 +326,27 @@ class FileStore:
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r}, {self.id!r})"
 
+    def set_failure(self, failure: dict[str, Any] | None) -> None:
+        """Write (or, with None, clear) the store's failure mark into its own store.json.
+
+        The drive carries the memory that it returned corrupt data, so the mark survives
+        the library forgetting the store (a purge) and comes back with the drive. Atomic:
+        store.json is rewritten through a temp file and a rename. OSError if it cannot be.
+        """
+        doc = self._read_doc(self.path)
+        if doc.get("_id") != self.id:
+            raise WrongStore(f"{self.path} no longer holds store {self.id}")
+        if failure is None:
+            if "failure" not in doc and not doc.get("no_new_copies"):
+                return
+            doc.pop("failure", None)
+            doc.pop("no_new_copies", None)
+        else:
+            doc["failure"] = dict(failure)
+            doc["no_new_copies"] = True
+        _write_json_atomic(self.path / DOTDIR / STORE_JSON, doc)
+        self.doc = doc
+
     # --- paths ---------------------------------------------------------------------
 
     @property

@@ -40,6 +40,29 @@ log = logging.getLogger("dmedia_tui")
 Progress = Callable[[int], None]
 
 
+# A new store on a drive where another store of the library returned corrupt data.
+REASON_DRIVE_FAILED_BEFORE = "drive_failed_before"
+
+
+def failure_warning(doc: Doc) -> str | None:
+    """The loud line `store init` prints when the store it made or re-attached is FAILING."""
+    failure = doc.get("failure") if isinstance(doc, dict) else None
+    if not isinstance(failure, dict):
+        return None
+    label = store_label(doc)
+    if failure.get("reason") == REASON_DRIVE_FAILED_BEFORE:
+        what = (
+            f"this drive held store {', '.join(failure.get('previous_store_ids') or [])}, "
+            "which returned corrupt data"
+        )
+    else:
+        what = f"store {label} returned corrupt data before it was forgotten"
+    return (
+        f"WARNING: {what}: {label} is FAILING and takes no new copies. Check the drive, then "
+        f"`dmedia-tui store trust {label}` if it is sound."
+    )
+
+
 class MetaStoreError(Exception):
     """A user-level error: one line, fit for stderr or a banner."""
 
@@ -280,9 +303,11 @@ class MetaStore:
         if existing is not None:
             doc = self.lib.docs.get_or_none(existing.id)
             if doc is None:
-                doc = dict(existing.doc)
-                doc.pop("_rev", None)
-                self.lib.docs.save(doc)
+                try:
+                    total, avail = existing.statvfs()
+                except OSError:
+                    total, avail = 0, 0
+                doc = self._record_again(existing, total, avail)
             self.config.remember_store(existing.id, folder)
             self.relink(existing)
             return existing, doc, False
@@ -310,12 +335,34 @@ class MetaStore:
             bytes_avail=st.f_frsize * st.f_bavail,
             **fields,
         )
+        failed_before = self.failed_stores_on_drive(doc)
+        if failed_before:
+            # The drive returned corrupt data as another store (wiped and re-initialised
+            # since): the hardware is the suspect, so the new store starts FAILING too.
+            doc["failure"] = {
+                "time": now,
+                "reason": REASON_DRIVE_FAILED_BEFORE,
+                "corrupt_count": 0,
+                "acknowledged": False,
+                "previous_store_ids": [e["store_id"] for e in failed_before],
+            }
+            doc["no_new_copies"] = True
         try:
             fs = FileStore.create(folder, doc=doc)
         except (FileStoreError, OSError) as e:
             raise MetaStoreError(f"cannot create a store in {folder}: {e}") from None
         self.lib.docs.save(doc)
         self.config.remember_store(doc["_id"], folder)
+        if failed_before:
+            self.log_event(
+                schema.LOG_STORE_FAILING,
+                level=logging.ERROR,
+                store_id=doc["_id"],
+                reason=REASON_DRIVE_FAILED_BEFORE,
+                count=0,
+                previous_store_ids=[e["store_id"] for e in failed_before],
+                **self._drive_fields(doc["_id"]),
+            )
         return fs, doc, True
 
     def heartbeat(self, connected: dict[str, FileStore]) -> set[str]:
@@ -335,10 +382,7 @@ class MetaStore:
             before = self.store_doc(sid)
             if before is None:
                 # The FileStore is here but the library forgot it (purged): record it again.
-                doc = dict(fs.doc)
-                doc.pop("_rev", None)
-                transitions.touch_store(doc, now, total, avail, self.machine_id)
-                self.lib.docs.save(doc)
+                self._record_again(fs, total, avail)
                 self.relink(fs)
                 back.add(sid)
                 continue
@@ -407,6 +451,114 @@ class MetaStore:
         if n:
             log.info("relinked %d copies on store %s", n, fs.id)
         return n
+
+    def _record_again(self, fs: FileStore, total: int, avail: int) -> Doc:
+        """Record a store the library forgot (purged) whose FileStore is here again.
+
+        A store that was failing comes back FAILING (no new copies, the banner until
+        acknowledged): the mark is read from the drive's store.json and from log-1, where
+        a purge cannot erase it. Without a later `store trust`, it is not forgiven.
+        """
+        now = self.now()
+        doc = dict(fs.doc)
+        doc.pop("_rev", None)
+        doc.pop("failure", None)
+        doc.pop("downgraded", None)
+        doc["no_new_copies"] = False
+        transitions.touch_store(doc, now, total, avail, self.machine_id)
+        failure, source = self.remembered_failure(fs.id, fs.doc)
+        if failure is not None:
+            doc["failure"] = {**failure, "acknowledged": False}
+            doc["no_new_copies"] = True
+            transitions.downgrade_store(doc, now, transitions.REASON_CORRUPT)
+        try:
+            self.lib.docs.save(doc)
+        except Conflict:  # recorded meanwhile (another machine, another process)
+            return self.lib.docs.get(fs.id)
+        if failure is not None:
+            self.mark_drive(fs, doc["failure"])
+            self.log_event(
+                schema.LOG_STORE_FAILING,
+                level=logging.ERROR,
+                store_id=fs.id,
+                reason=str(failure.get("reason") or transitions.REASON_CORRUPT),
+                count=int(failure.get("corrupt_count") or 0),
+                remembered=source,
+                **self._drive_fields(fs.id),
+            )
+        return doc
+
+    def remembered_failure(
+        self, store_id: str, store_json: Doc | None = None
+    ) -> tuple[Doc | None, str | None]:
+        """The failure a store had before the library forgot it, and where it was found
+        ("store.json" on the drive or "log-1"); (None, None) when none, or when the user
+        trusted the store after it. Cheap: two lookups in the events index."""
+        trusted = self.lib.events(1, types=[schema.LOG_STORE_TRUST], store_id=store_id)
+        trusted_at = trusted[0].get("time", 0) if trusted else None
+
+        def forgiven(t: Any) -> bool:
+            return trusted_at is not None and isinstance(t, int | float) and trusted_at >= t
+
+        mark = (store_json or {}).get("failure")
+        if isinstance(mark, dict) and not forgiven(mark.get("time")):
+            return dict(mark), "store.json"
+        failing = self.lib.events(1, types=[schema.LOG_STORE_FAILING], store_id=store_id)
+        if failing and not forgiven(failing[0].get("time")):
+            ev = failing[0]
+            count = ev.get("count")
+            return {
+                "time": ev.get("time"),
+                "reason": ev.get("reason") if isinstance(ev.get("reason"), str) else "corrupt",
+                "corrupt_count": count if isinstance(count, int) and count >= 0 else 0,
+            }, "log-1"
+        return None, None
+
+    def failed_stores_on_drive(self, identity: Doc) -> list[Doc]:
+        """The newest unforgiven `dmedia/store/failing` event of each other store that was
+        on this drive (same partition UUID, or same plausible drive serial)."""
+        from dmedia_tui.drives import plausible_serial
+
+        uuid = identity.get("partition_uuid")
+        serial = identity.get("drive_serial")
+        serial = serial if isinstance(serial, str) and plausible_serial(serial) else None
+        if not uuid and not serial:
+            return []
+        out: dict[str, Doc] = {}
+        cursor = None
+        while True:  # failing events are rare: a few per failed drive, ever
+            page = self.lib.events(500, types=[schema.LOG_STORE_FAILING], cursor=cursor)
+            for ev in page:
+                sid = ev.get("store_id")
+                if not isinstance(sid, str) or sid == identity.get("_id") or sid in out:
+                    continue
+                same_uuid = (
+                    uuid
+                    and isinstance(ev.get("partition_uuid"), str)
+                    and (ev["partition_uuid"].lower() == str(uuid).lower())
+                )
+                if same_uuid or (serial and ev.get("drive_serial") == serial):
+                    out[sid] = ev
+            if len(page) < 500:
+                break
+            cursor = page[-1]["_id"]
+        return [ev for sid, ev in sorted(out.items()) if self.remembered_failure(sid)[0]]
+
+    def purged_by_policy(self, store_id: str) -> bool:
+        """Did the library forget this store by a policy (unseen for days, its drive seen
+        without it), not by the user's `store purge`? Such a store found again is ours."""
+        purged = self.lib.events(1, types=[schema.LOG_STORE_PURGE], store_id=store_id)
+        return bool(purged) and purged[0].get("reason") != transitions.REASON_USER
+
+    def mark_drive(self, fs: FileStore | None, failure: Doc | None) -> None:
+        """Write the failure mark into the store's own store.json (None clears it); best
+        effort: a read-only or vanished drive keeps only the library's record."""
+        if fs is None:
+            return
+        try:
+            fs.set_failure(failure)
+        except (FileStoreError, OSError) as e:
+            log.warning("cannot write the failure mark into %s: %s", fs.path, e)
 
     # --- import ----------------------------------------------------------------------
 
@@ -502,7 +654,7 @@ class MetaStore:
             except NotFound:
                 log.info("verified an untracked copy %s on %s", file_id, fs.id)
         elif result.status == VerifyStatus.CORRUPT:
-            self.handle_corrupt(fs.id, file_id, result)
+            self.handle_corrupt(fs.id, file_id, result, fs=fs)
         elif result.status == VerifyStatus.MISSING:
             if not fs.still_here():
                 # The whole store went (unplugged, unmounted mid-read): not a missing copy.
@@ -523,7 +675,11 @@ class MetaStore:
             log.warning("cannot read %s on store %s: %s (will retry)", file_id, fs.id, result.error)
 
     def handle_corrupt(
-        self, store_id: str, file_id: str, result: VerifyResult | None = None
+        self,
+        store_id: str,
+        file_id: str,
+        result: VerifyResult | None = None,
+        fs: FileStore | None = None,
     ) -> None:
         """A corrupt copy was found (and already moved to quarantine by the FileStore).
 
@@ -550,8 +706,12 @@ class MetaStore:
         if store is None:
             return
         was_failing = bool(store.get("failure"))
-        self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
+        flagged = self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
         fault_point("corrupt.flagged")
+        if flagged is not None:  # the drive itself remembers it, beyond any purge
+            if fs is None:
+                fs = self.connected_filestores().get(store_id)
+            self.mark_drive(fs, flagged.get("failure"))
         if not was_failing:
             self.log_event(
                 schema.LOG_STORE_FAILING,
@@ -798,6 +958,9 @@ class MetaStore:
         if self.store_doc(store_id) is None:
             raise UnknownStore(f"unknown store {store_id}")
         self.lib.docs.update(store_id, transitions.trust_store)
+        # The log's trust event forgives the failure library-wide; the drive's own mark
+        # is cleared when it is here (otherwise its newer trust event wins when it returns).
+        self.mark_drive(self.connected_filestores().get(store_id), None)
         return self.log_event(schema.LOG_STORE_TRUST, level=logging.INFO, store_id=store_id)
 
     # --- schema and consistency check ------------------------------------------------
