@@ -164,7 +164,8 @@ def _plug_unplug(blockdevs: BlockDevs, ms: MetaStore, running, source: str, fsty
         d.mount_fuse_exfat(mp)
     took = wait_for("connected", lambda: r.online(sid), since=t0)
     report(f"{source}/{fstype} mount command -> connected", took)
-    assert r.changed("added", sid)
+    # announced right after the heartbeat that made it online (not before): poll
+    wait_for("added announced", lambda: r.changed("added", sid))
     assert ms.store_doc(sid)["atime"] >= int(t_mount)
     assert ms.lib.docs.get(ms.machine_id)["atime"] >= int(t_mount)
 
@@ -172,7 +173,8 @@ def _plug_unplug(blockdevs: BlockDevs, ms: MetaStore, running, source: str, fsty
     d.umount()
     took = wait_for("offline", lambda: r.offline(sid), since=t0)
     report(f"{source}/{fstype} umount command -> offline", took)
-    assert r.changed("removed", sid)
+    # announced right after the heartbeat that made it online (not before): poll
+    wait_for("removed announced", lambda: r.changed("removed", sid))
     assert ms.store_doc(sid) is not None  # an unplugged drive is kept...
     assert purge_events(ms, sid) == []
     r.stop()
