@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -678,15 +679,33 @@ def _shared_alerts(pairs: Any, stores: dict[str, _Store]) -> list[Alert]:
 
 
 def _metadata_alert(problems: Any) -> Alert | None:
-    """METADATA_INVALID: the schema/consistency check found invalid docs."""
-    n = max(0, _int(problems))
+    """METADATA_INVALID: the schema/consistency check found invalid or inconsistent docs.
+
+    `problems`: a count, or {"invalid": n, "inconsistent": m} (the newest check result).
+    """
+    if isinstance(problems, Mapping):
+        invalid = max(0, _int(problems.get("invalid")))
+        inconsistent = max(0, _int(problems.get("inconsistent")))
+    else:
+        invalid, inconsistent = max(0, _int(problems)), 0
+    n = invalid + inconsistent
     if not n:
         return None
+    parts = []
+    if invalid:
+        parts.append(f"{invalid:,} document{'s' if invalid != 1 else ''} failed the schema check")
+    if inconsistent:
+        parts.append(
+            f"{inconsistent:,} file doc{'s' if inconsistent != 1 else ''} whose ID, size and "
+            "leaf hashes do not tie"
+        )
     return Alert(
         code=METADATA_INVALID,
         severity=Severity.WARNING,
-        message=f"{n:,} document{'s' if n != 1 else ''} failed the schema check",
-        action="See dmedia-tui events --type dmedia/doc/invalid",
+        message="; ".join(parts),
+        action="List them: dmedia-tui events --type dmedia/doc/invalid "
+        "--type dmedia/file/inconsistent "
+        "(nothing was rewritten; fix or restore those docs, then dmedia-tui check)",
         files=n,
     )
 

@@ -10,7 +10,6 @@ not on disk.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -161,7 +160,6 @@ class MetaStore:
         self.machine_id = config.machine_id
         self.hostname = config.hostname
         self._problems_logged: set[tuple[str, str, str]] | None = None
-        self._metadata_problems = self._read_check_state()
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
 
@@ -1029,45 +1027,33 @@ class MetaStore:
                                 errors=errs,
                             )
                             logged += 1
-        self._metadata_problems = invalid + inconsistent
-        self._write_check_state(docs)
+        last = self.metadata_problems()
+        if (invalid, inconsistent) != (last["invalid"], last["inconsistent"]):
+            level = logging.ERROR if invalid or inconsistent else logging.INFO
+            self.log_event(
+                schema.LOG_CHECK_RESULT,
+                level=level,
+                docs=docs,
+                invalid=invalid,
+                inconsistent=inconsistent,
+            )
+            logged += 1
         return CheckReport(docs, invalid, inconsistent, logged)
 
-    # The last check's result is remembered per library in this machine's data dir, so
-    # `status` (a new process) can show METADATA_INVALID without walking every doc again.
+    def metadata_problems(self) -> dict[str, int]:
+        """Invalid and inconsistent docs as the newest check pass of any machine found
+        them (log-1, so every machine shows the same): one lookup in the events index.
 
-    @property
-    def _check_state_path(self) -> Path:
-        return self.config.data_dir / "check-state.json"
-
-    def _read_check_state(self) -> int:
-        try:
-            data = json.loads(self._check_state_path.read_text(encoding="utf-8"))
-            entry = data.get(self.lib.display_url) or {}
-            return int(entry.get("problems", 0))
-        except (OSError, ValueError, AttributeError, TypeError):
-            return 0
-
-    def _write_check_state(self, docs: int) -> None:
-        path = self._check_state_path
-        try:
-            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
-        data[self.lib.display_url] = {
-            "time": self.now(),
-            "docs": docs,
-            "problems": self._metadata_problems,
-        }
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as e:
-            log.warning("cannot remember the check result in %s: %s", path, e)
+        A pass logs its result only when it differs from the newest one, so the newest
+        result is the truth until a pass finds otherwise (a fixed doc resolves itself).
+        """
+        found = self.lib.events(1, types=[schema.LOG_CHECK_RESULT])
+        ev = found[0] if found else {}
+        out = {}
+        for key in ("invalid", "inconsistent"):
+            v = ev.get(key)
+            out[key] = v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+        return out
 
     # --- health ----------------------------------------------------------------------
 
@@ -1097,7 +1083,7 @@ class MetaStore:
             online,
             self.thresholds,
             verification=verification,
-            metadata_problems=self._metadata_problems,
+            metadata_problems=self.metadata_problems(),
             shared_filesystems=_shared_filesystems(stores),
         )
 

@@ -44,6 +44,9 @@ LOG_STORE_PURGE = "dmedia/store/purge"
 LOG_STORE_FAILING = "dmedia/store/failing"
 LOG_STORE_TRUST = "dmedia/store/trust"  # the user cleared a store's safety flags
 LOG_STORE_ACK = "dmedia/store/ack"  # the user acknowledged a store's failure
+# The result of a schema/consistency pass, logged when it differs from the last one: the
+# newest says how many docs are invalid / inconsistent now, for every machine.
+LOG_CHECK_RESULT = "dmedia/check/result"
 LOG_TYPES = frozenset(
     {
         LOG_FILE_CORRUPT,
@@ -56,6 +59,7 @@ LOG_TYPES = frozenset(
         LOG_STORE_FAILING,
         LOG_STORE_TRUST,
         LOG_STORE_ACK,
+        LOG_CHECK_RESULT,
     }
 )
 # Log types whose subject is one copy of one file: file_id and store_id must be valid IDs.

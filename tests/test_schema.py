@@ -72,6 +72,7 @@ def test_log_types_are_the_data_safety_events():
         "dmedia/store/failing",
         "dmedia/store/trust",
         "dmedia/store/ack",
+        "dmedia/check/result",
     }
     assert expected == schema.LOG_TYPES
     assert schema.ORIGINS[0] == "user"

@@ -169,3 +169,56 @@ def test_failing_stick_purged_while_unplugged_comes_back_failing_when_plugged_in
     assert code == 2 and sid in alert(st, "DRIVE_FAILURE")["store_ids"]
     [back] = [e for e in m.events(schema.LOG_STORE_FAILING) if e.get("remembered")]
     assert back["store_id"] == sid and back["remembered"] == "store.json"
+
+
+# --- METADATA_INVALID is library-wide (issue 9 point 8) ------------------------------------
+
+
+def test_metadata_invalid_found_by_one_machine_shows_on_every_machine_until_fixed(
+    db_url: str, tmp_path: Path
+):
+    """The check result lives in log-1: bravo shows what alpha's check found, with both
+    kinds and the command to list them; once the doc is fixed, a pass on either clears it
+    everywhere."""
+    from dmedia_tui.db import open_library
+
+    alpha = Machine(tmp_path / "machines", "alpha", db_url, NOW)
+    bravo = Machine(tmp_path / "machines", "bravo", db_url, NOW)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    alpha.init_store(folder, "s")
+    make_camera_files(tmp_path / "cam", 2)
+    fids = alpha.ok("import", str(tmp_path / "cam"), "--json").json()["file_ids"]
+    lib = open_library(db_url)
+    try:
+        good = lib.docs.get(fids[0])
+        bad = dict(good, bytes=good["bytes"] + 1)  # the size no longer ties to the ID
+        lib.docs.save(bad)
+        lib.docs.save({"_id": "junk-doc", "type": "dmedia/file", "time": -5})
+    finally:
+        lib.close()
+    assert "METADATA_INVALID" not in codes(bravo.status()[1])
+    assert alpha.run("check").exit_code == 1
+
+    for m in (alpha, bravo):
+        a = alert(m.status()[1], "METADATA_INVALID")
+        assert a is not None and a["files"] == 2, a
+        assert "schema check" in a["message"] and "do not tie" in a["message"]
+        assert "events --type dmedia/doc/invalid --type dmedia/file/inconsistent" in a["action"]
+    listed = bravo.events("doc/invalid", "file/inconsistent")
+    assert {e.get("doc_id") or e.get("file_id") for e in listed} == {"junk-doc", fids[0]}
+
+    lib = open_library(db_url)
+    try:
+        fixed = lib.docs.get(fids[0])
+        fixed["bytes"] = good["bytes"]
+        lib.docs.save(fixed)
+        lib.docs.delete(lib.docs.get("junk-doc"))
+    finally:
+        lib.close()
+    assert bravo.run("check").exit_code == 0
+    for m in (alpha, bravo):
+        assert "METADATA_INVALID" not in codes(m.status()[1])
+    before = len(alpha.events())
+    assert bravo.run("check").exit_code == 0  # an unchanged result logs nothing
+    assert len(alpha.events()) == before
