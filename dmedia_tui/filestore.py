@@ -4,13 +4,25 @@ Layout under the store folder (DESIGN.md §2):
 
     .dmedia/store.json               the store doc as created
     .dmedia/files/<id[:2]>/<id[2:]>  canonical copies, mode 0444
-    .dmedia/tmp/<random>             partial writes (flock-ed while being written)
+    .dmedia/tmp/<pid>.<random>       partial writes (owner's PID; flock-ed while written)
     .dmedia/corrupt/<id>[.n]         quarantine: corrupt copies are moved here, never deleted
+    .dmedia/corrupt/<id>.not-a-file  something that was not a regular file at a copy's path
 
 Crash safety: every copy is written to tmp/, fsync-ed, made read-only, then renamed into
 files/ and the directory fsync-ed, so a crash at any point leaves either the whole file or
-nothing under files/. Partial writes left by a crash are purged when a store is opened;
-a tmp file whose writer is still alive holds an flock and is left alone.
+nothing under files/. Partial writes left by a crash are removed by `purge_tmp`, which
+only the writers call (the engine when a store connects, an import before it starts):
+opening a store writes nothing, so read-only commands never change a store. A tmp file
+whose owner process is alive is left alone (its name carries the PID, so the window
+between creating it and locking it is covered too); a dead owner's file is removed.
+
+Links are never followed inside a store. Every path under the store folder is walked
+from the store folder's own directory fd with O_NOFOLLOW (openat-style, `dir_fd=`), so a
+symlinked `.dmedia`, `files`, `files/XX`, `tmp`, `corrupt` or `store.json` cannot make us
+read, count, write or delete anything outside the store: opening such a store raises
+`StoreUnsafe` naming the link, and a link that appears later fails the operation. Only a
+regular file is a copy: a directory, FIFO, device or symlink at a copy's path is reported
+MISSING (with the reason) and set aside into corrupt/, never opened for reading.
 
 Every file ID goes through protocol.check_file_id before it becomes part of a path.
 """
@@ -23,6 +35,7 @@ import errno
 import fcntl
 import io
 import json
+import logging
 import os
 import stat as stat_mod
 import sys
@@ -49,10 +62,17 @@ from dmedia_tui.protocol import (
 )
 
 Progress = Callable[[int], None]
+log = logging.getLogger("dmedia_tui.filestore")
 
 DOTDIR = ".dmedia"
 STORE_JSON = "store.json"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+_O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
+SUBDIRS = ("files", "tmp", "corrupt")
+NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
+TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) is stale
 
 
 class FileStoreError(Exception):
@@ -73,6 +93,15 @@ class StoreUnreadable(FileStoreError):
 
 class WrongStore(FileStoreError):
     """The folder holds a FileStore, but not the one expected."""
+
+
+class StoreUnsafe(FileStoreError, OSError):
+    """A path inside the store is a symlink (or not a directory where one must be).
+
+    Never followed: the store is not read, counted or written until the user fixes it.
+    It is an OSError too, so an operation that meets a link appearing mid-run fails like
+    any I/O error (UNREADABLE: nothing recorded) instead of crashing a worker.
+    """
 
 
 @dataclass(frozen=True)
@@ -179,16 +208,29 @@ def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
 
 
 class _TmpFile:
-    """A partial write in a store's tmp/: locked while alive, removed unless committed."""
+    """A partial write in a store's tmp/: locked while alive, removed unless committed.
+
+    Named `<pid>.<random>`: purge_tmp leaves the files of a live process alone, so the
+    moment between O_EXCL-creating the file and flock-ing it is safe from another process.
+    """
 
     def __init__(self, store: FileStore) -> None:
         self.store = store
-        store.tmp_dir.mkdir(exist_ok=True)
-        self.path = store.tmp_dir / random_id()
+        self.name = f"{os.getpid()}.{random_id()}"
+        self.path = store.tmp_dir / self.name
         self.written = 0
-        self.fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600
-        )
+        self.dir_fd: int | None = store._open_dir("tmp", create=True)
+        try:
+            self.fd: int | None = os.open(
+                self.name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                0o600,
+                dir_fd=self.dir_fd,
+            )
+        except BaseException:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+            raise
         with contextlib.suppress(OSError):  # no locking on this filesystem: best effort
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fault_point("tmp.created")
@@ -206,27 +248,27 @@ class _TmpFile:
         If the canonical file appeared meanwhile (another writer of the same content),
         the existing one is kept: this tmp is discarded and (its mtime, False) returned.
         """
-        assert self.fd is not None
+        assert self.fd is not None and self.dir_fd is not None
+        check_file_id(file_id)
         os.fchmod(self.fd, 0o444)  # before the fsync, so the mode is durable too
         os.fsync(self.fd)
         fault_point("tmp.fsynced")
-        dst = self.store.file_path(file_id)
+        pd = self.store._open_dir("files", file_id[:2], create=True)
         try:
-            existing = self.store.stat(file_id).mtime
-        except FileNotFoundError:
-            pass
-        else:
-            self.discard()
-            return existing, False
-        made = not dst.parent.is_dir()
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        mtime = int(os.fstat(self.fd).st_mtime)
-        os.rename(self.path, dst)
-        fault_point("files.renamed")
-        self.close()
-        _fsync_dir(dst.parent)
-        if made:
-            _fsync_dir(dst.parent.parent)
+            name = file_id[2:]
+            st = _lstat_at(pd, name)
+            if st is not None and stat_mod.S_ISREG(st.st_mode):
+                self.discard()
+                return int(st.st_mtime), False
+            if st is not None:  # a link, folder, FIFO... where the copy goes: set it aside
+                self.store._set_aside(pd, file_id)
+            mtime = int(os.fstat(self.fd).st_mtime)
+            os.rename(self.name, name, src_dir_fd=self.dir_fd, dst_dir_fd=pd)
+            fault_point("files.renamed")
+            self.close()
+            os.fsync(pd)
+        finally:
+            os.close(pd)
         fault_point("files.committed")
         return mtime, True
 
@@ -234,13 +276,17 @@ class _TmpFile:
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
+        if self.dir_fd is not None:
+            dfd, self.dir_fd = self.dir_fd, None
+            os.close(dfd)
 
     def discard(self) -> None:
         """Close and remove; never raises (it runs on error paths)."""
+        if self.dir_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.name, dir_fd=self.dir_fd)
         with contextlib.suppress(OSError):
             self.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
 
 
 class FileStore:
@@ -256,28 +302,106 @@ class FileStore:
         if not _valid_copies(copies):
             raise NotAFileStore(f"{self.path}: invalid copies in {DOTDIR}/{STORE_JSON}")
         self.copies: int = copies
-        for d in (self.files_dir, self.tmp_dir, self.corrupt_dir):
-            with contextlib.suppress(OSError):  # a read-only mount can still be verified
-                d.mkdir(exist_ok=True)
-        with contextlib.suppress(OSError):
-            self.purge_tmp()
+        # Nothing is created or purged here: opening a store (status, the read-only app)
+        # never writes. Writers create folders as they need them and call purge_tmp.
+        self._check_layout()
 
     @staticmethod
     def _read_doc(path: Path) -> dict[str, Any]:
         doc_path = path / DOTDIR / STORE_JSON
         try:
-            doc = json.loads(doc_path.read_bytes())
-        except FileNotFoundError:
-            raise NotAFileStore(f"not a FileStore (no {DOTDIR}/{STORE_JSON}): {path}") from None
-        except NotADirectoryError:
+            root = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             raise NotAFileStore(f"not a FileStore (not a directory): {path}") from None
+        except OSError as e:
+            raise StoreUnreadable(f"cannot read {path}: {_errstr(e)}") from None
+        try:
+            dot = _open_dir_at(root, DOTDIR, path, DOTDIR)
+            try:
+                fd = os.open(STORE_JSON, _O_READ, dir_fd=dot)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+                    _raise_if_link(dot, STORE_JSON, path, f"{DOTDIR}/{STORE_JSON}")
+                raise
+            finally:
+                os.close(dot)
+            with os.fdopen(fd, "rb") as f:
+                if not stat_mod.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise NotAFileStore(f"not a FileStore ({STORE_JSON} is not a file): {path}")
+                doc = json.loads(f.read(1 << 20))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotAFileStore(f"not a FileStore (no {DOTDIR}/{STORE_JSON}): {path}") from None
         except ValueError:
             raise NotAFileStore(f"not a FileStore (invalid {STORE_JSON}): {path}") from None
+        except FileStoreError:
+            raise
         except OSError as e:
             raise StoreUnreadable(f"cannot read {doc_path}: {_errstr(e)}") from None
+        finally:
+            os.close(root)
         if not isinstance(doc, dict) or not is_store_id(doc.get("_id")):
             raise NotAFileStore(f"not a FileStore (invalid store ID in {STORE_JSON}): {path}")
         return doc
+
+    def _check_layout(self) -> None:
+        """Raise StoreUnsafe if .dmedia/{files,tmp,corrupt} or a files/XX is a link (or
+        not a folder). Absent folders are fine: the writers create them."""
+        try:
+            dot = self._open_dir()
+        except StoreUnsafe:
+            raise
+        except OSError as e:
+            raise StoreUnreadable(f"cannot read {self.path / DOTDIR}: {_errstr(e)}") from None
+        try:
+            for sub in SUBDIRS:
+                st = _lstat_at(dot, sub)
+                if st is not None and not stat_mod.S_ISDIR(st.st_mode):
+                    raise _unsafe(self.path, f"{DOTDIR}/{sub}", st)
+            try:
+                fd = os.open("files", _O_DIR, dir_fd=dot)
+            except FileNotFoundError:
+                return
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        if entry.is_symlink():
+                            st = entry.stat(follow_symlinks=False)
+                            raise _unsafe(self.path, f"{DOTDIR}/files/{entry.name}", st)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if isinstance(e, FileStoreError):
+                raise
+            raise StoreUnreadable(f"cannot read {self.path / DOTDIR}: {_errstr(e)}") from None
+        finally:
+            os.close(dot)
+
+    def _open_dir(self, *parts: str, create: bool = False) -> int:
+        """An fd of .dmedia/<parts...>, walked from the store folder without following any
+        link (StoreUnsafe names the link). `create`: make missing folders (and fsync their
+        parents). FileNotFoundError when absent and not `create`. The caller closes it."""
+        root = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        fd = root
+        rel = DOTDIR
+        try:
+            for name in (DOTDIR, *parts):
+                if name != DOTDIR:
+                    rel = f"{rel}/{name}"
+                try:
+                    nxt = _open_dir_at(fd, name, self.path, rel)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                        os.fsync(fd)
+                    nxt = _open_dir_at(fd, name, self.path, rel)
+                os.close(fd)
+                fd = nxt
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
 
     @classmethod
     def create(
@@ -295,6 +419,9 @@ class FileStore:
         if not path.is_dir():
             raise FileStoreError(f"not a directory: {path}")
         dot = path / DOTDIR
+        for p in (dot, *(dot / sub for sub in (*SUBDIRS, STORE_JSON))):
+            if p.is_symlink():
+                raise StoreUnsafe(f"{p} is a symbolic link: not creating a FileStore there")
         if (dot / STORE_JSON).exists():
             raise FileStoreError(f"a FileStore already exists at {path}")
         if doc is None:
@@ -383,8 +510,17 @@ class FileStore:
             return False
 
     def stat(self, file_id: str) -> Stat:
-        """Size and mtime of the canonical copy; FileNotFoundError if absent."""
-        st = os.stat(self.file_path(file_id))
+        """Size and mtime of the canonical copy; FileNotFoundError if absent or if what is
+        there is not a regular file (a link, folder, FIFO or device is never a copy)."""
+        path = self.file_path(file_id)
+        pd = self._open_dir("files", file_id[:2])
+        try:
+            st = _lstat_at(pd, file_id[2:])
+        finally:
+            os.close(pd)
+        if st is None or not stat_mod.S_ISREG(st.st_mode):
+            what = "no such file" if st is None else f"not a regular file ({_kind(st)})"
+            raise FileNotFoundError(errno.ENOENT, what, str(path))
         return Stat(file_id, st.st_size, int(st.st_mtime))
 
     def exists(self, file_id: str) -> bool:
@@ -397,27 +533,58 @@ class FileStore:
     def __iter__(self) -> Iterator[Stat]:
         """Every canonical copy, in ID order; names that are not valid IDs are skipped."""
         try:
-            prefixes = sorted(os.scandir(self.files_dir), key=lambda e: e.name)
+            files = self._open_dir("files")
         except FileNotFoundError:
             return
-        for prefix in prefixes:
-            if len(prefix.name) != 2 or not prefix.is_dir(follow_symlinks=False):
-                continue
-            try:
-                entries = sorted(os.scandir(prefix.path), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                file_id = prefix.name + entry.name
-                if not is_file_id(file_id):
-                    continue
+        try:
+            with os.scandir(files) as it:
+                prefixes = sorted(
+                    e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+                )
+            for prefix in prefixes:
                 try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
+                    pd = _open_dir_at(files, prefix, self.path, f"{DOTDIR}/files/{prefix}")
+                except StoreUnsafe:
+                    raise
                 except OSError:
                     continue
-                yield Stat(file_id, st.st_size, int(st.st_mtime))
+                try:
+                    with os.scandir(pd) as it:
+                        entries = sorted(it, key=lambda e: e.name)
+                    out = []
+                    for entry in entries:
+                        file_id = prefix + entry.name
+                        if not is_file_id(file_id):
+                            continue
+                        try:
+                            if not entry.is_file(follow_symlinks=False):
+                                continue  # links, folders, FIFOs, devices are never copies
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        out.append(Stat(file_id, st.st_size, int(st.st_mtime)))
+                finally:
+                    os.close(pd)
+                yield from out
+        finally:
+            os.close(files)
+
+    def quarantined(self) -> Iterator[tuple[str, str]]:
+        """(file_id, name) of every corrupt copy in corrupt/ (`<id>` or `<id>.<n>`); things
+        set aside because they were not regular files are not corrupt copies."""
+        try:
+            cd = self._open_dir("corrupt")
+        except FileNotFoundError:
+            return
+        try:
+            with os.scandir(cd) as it:
+                names = sorted(e.name for e in it if e.is_file(follow_symlinks=False))
+        finally:
+            os.close(cd)
+        for name in names:
+            file_id, _, n = name.partition(".")
+            if is_file_id(file_id) and (not n or n.isdigit()):
+                yield file_id, name
 
     def statvfs(self) -> tuple[int, int]:
         """(bytes_total, bytes_avail) of the filesystem holding the store."""
@@ -440,71 +607,122 @@ class FileStore:
     # --- maintenance ---------------------------------------------------------------
 
     def purge_tmp(self) -> int:
-        """Remove partial writes left by a crash; files still being written are kept."""
+        """Remove partial writes left by a crash (writers only: see the module docstring).
+
+        Kept: files of a live owner process (by the PID in the name, unless older than
+        TMP_STALE_AFTER: a reused PID), files another process holds an flock on, and
+        anything that is not a regular file (never followed, never removed).
+        """
         count = 0
         try:
-            entries = list(os.scandir(self.tmp_dir))
+            tfd = self._open_dir("tmp")
         except FileNotFoundError:
             return 0
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
-            except OSError:
-                continue
-            try:
+        try:
+            with os.scandir(tfd) as it:
+                names = [e.name for e in it]
+            for name in names:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live writer holds it
+                    fd = os.open(name, _O_READ, dir_fd=tfd)
                 except OSError:
-                    pass  # no locking here: a tmp file at open time is stale
-                os.unlink(entry.path)
-                count += 1
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
+                    continue  # gone, or a link (ELOOP): left alone
+                try:
+                    st = os.fstat(fd)
+                    if not stat_mod.S_ISREG(st.st_mode):
+                        continue
+                    owner = _tmp_owner(name)
+                    if (
+                        owner is not None
+                        and _pid_alive(owner)
+                        and time.time() - st.st_mtime < TMP_STALE_AFTER
+                    ):
+                        continue  # its writer is alive (maybe not flock-ed yet)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live writer holds it
+                    except OSError:
+                        pass  # no locking here: judged by its owner alone
+                    os.unlink(name, dir_fd=tfd)
+                    count += 1
+                except OSError:
+                    continue
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(tfd)
         return count
+
+    def _free_corrupt_name(self, cd: int, base: str) -> str:
+        name, n = base, 0
+        while _lstat_at(cd, name) is not None:
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def move_to_corrupt(self, file_id: str) -> Path:
         """Quarantine the canonical copy (never delete it); return where it went.
 
         A copy already quarantined under that ID is kept: the new one gets a suffix.
         """
-        src = self.file_path(file_id)
-        self.corrupt_dir.mkdir(exist_ok=True)
-        dst = self.corrupt_path(file_id)
-        n = 0
-        while True:
+        check_file_id(file_id)
+        name = file_id[2:]
+        pd = self._open_dir("files", file_id[:2])
+        try:
+            cd = self._open_dir("corrupt", create=True)
             try:
-                # link + unlink: never replaces an earlier quarantined copy
-                os.link(src, dst)
-                break
-            except FileExistsError:
-                n += 1
-                dst = self.corrupt_dir / f"{file_id}.{n}"
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
-                # No hard links (FAT, exFAT): a plain rename to a name that is free.
-                while dst.exists():
-                    n += 1
-                    dst = self.corrupt_dir / f"{file_id}.{n}"
-                os.rename(src, dst)
+                dst = file_id
+                n = 0
+                while True:
+                    try:
+                        # link + unlink: never replaces an earlier quarantined copy
+                        os.link(name, dst, src_dir_fd=pd, dst_dir_fd=cd, follow_symlinks=False)
+                        break
+                    except FileExistsError:
+                        n += 1
+                        dst = f"{file_id}.{n}"
+                    except OSError as e:
+                        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                            raise
+                        # No hard links (FAT, exFAT): a plain rename to a name that is free.
+                        dst = self._free_corrupt_name(cd, dst)
+                        os.rename(name, dst, src_dir_fd=pd, dst_dir_fd=cd)
+                        fault_point("quarantine.moved")
+                        os.fsync(cd)
+                        os.fsync(pd)
+                        fault_point("quarantine.done")
+                        return self.corrupt_dir / dst
+                fault_point("quarantine.linked")
+                os.unlink(name, dir_fd=pd)
                 fault_point("quarantine.moved")
-                _fsync_dir(self.corrupt_dir)
-                _fsync_dir(src.parent)
+                os.fsync(cd)
+                os.fsync(pd)
                 fault_point("quarantine.done")
-                return dst
-        fault_point("quarantine.linked")
-        os.unlink(src)
-        fault_point("quarantine.moved")
-        _fsync_dir(self.corrupt_dir)
-        _fsync_dir(src.parent)
-        fault_point("quarantine.done")
-        return dst
+                return self.corrupt_dir / dst
+            finally:
+                os.close(cd)
+        finally:
+            os.close(pd)
+
+    def _set_aside(self, pd: int, file_id: str) -> Path | None:
+        """Move what is at a copy's path but is not a regular file (a link, folder, FIFO,
+        device) into corrupt/<id>.not-a-file: never deleted, and out of the copy's way."""
+        try:
+            cd = self._open_dir("corrupt", create=True)
+        except OSError as e:
+            log.warning("cannot set aside %s on store %s: %s", file_id, self.id, _errstr(e))
+            return None
+        try:
+            dst = self._free_corrupt_name(cd, f"{file_id}.{NOT_A_FILE}")
+            os.rename(file_id[2:], dst, src_dir_fd=pd, dst_dir_fd=cd)
+            os.fsync(cd)
+            os.fsync(pd)
+            return self.corrupt_dir / dst
+        except OSError as e:
+            log.warning("cannot set aside %s on store %s: %s", file_id, self.id, _errstr(e))
+            return None
+        finally:
+            os.close(cd)
 
     # --- writing -------------------------------------------------------------------
 
@@ -614,26 +832,67 @@ class FileStore:
             )
         return VerifyResult(VerifyStatus.CORRUPT, file_id, quarantine=where, **kw)
 
-    def verify(self, file_id: str, progress: Progress | None = None) -> VerifyResult:
-        """Re-hash the canonical copy; quarantine it if its content is not its ID.
+    def _open_copy(self, file_id: str) -> tuple[Any, os.stat_result] | VerifyResult:
+        """The canonical copy opened for reading (never following a link, never blocking),
+        or the verdict when there is none to read.
 
-        An I/O error while reading is UNREADABLE (nothing is moved: a failing read is not
-        evidence of corruption). `progress(n)` gets the bytes of each leaf hashed.
+        MISSING: nothing there, or something that is not a regular file (a symlink, even to
+        a good copy elsewhere; a folder; a FIFO; a device): it is no copy, is set aside into
+        corrupt/ so a real copy can take its place, and `error` says what it was.
+        UNREADABLE: an I/O error, or a link on the way (StoreUnsafe): nothing is changed.
         """
-        path = self.file_path(file_id)
+        check_file_id(file_id)
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+            pd = self._open_dir("files", file_id[:2])
         except FileNotFoundError:
             return VerifyResult(VerifyStatus.MISSING, file_id)
         except OSError as e:
             return VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
         try:
+            name = file_id[2:]
+            try:
+                st = _lstat_at(pd, name)
+                if st is None:
+                    return VerifyResult(VerifyStatus.MISSING, file_id)
+                if stat_mod.S_ISREG(st.st_mode):
+                    fd = os.open(name, _O_READ, dir_fd=pd)
+                    st = os.fstat(fd)  # what we opened, not what lstat saw a moment ago
+                    if stat_mod.S_ISREG(st.st_mode):
+                        return os.fdopen(fd, "rb", buffering=0), st
+                    os.close(fd)
+            except FileNotFoundError:
+                return VerifyResult(VerifyStatus.MISSING, file_id)
+            except OSError as e:
+                if e.errno != errno.ELOOP:  # ELOOP: replaced by a link since the lstat
+                    return VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
+                st = _lstat_at(pd, name) or st
+            kind = _kind(st)
+            where = self._set_aside(pd, file_id)
+            log.warning(
+                "store %s: %s is a %s, not a copy (set aside to %s)", self.id, file_id, kind, where
+            )
+            return VerifyResult(
+                VerifyStatus.MISSING,
+                file_id,
+                quarantine=where,
+                error=f"not a regular file ({kind}): never counted as a copy",
+            )
+        finally:
+            os.close(pd)
+
+    def verify(self, file_id: str, progress: Progress | None = None) -> VerifyResult:
+        """Re-hash the canonical copy; quarantine it if its content is not its ID.
+
+        An I/O error while reading is UNREADABLE (nothing is moved: a failing read is not
+        evidence of corruption). `progress(n)` gets the bytes of each leaf hashed. Only a
+        regular file is read (see _open_copy): verify never follows a link nor blocks.
+        """
+        opened = self._open_copy(file_id)
+        if isinstance(opened, VerifyResult):
+            return opened
+        f, st = opened
+        try:
             with f:
-                st = os.fstat(f.fileno())
-                if not stat_mod.S_ISREG(st.st_mode):
-                    return VerifyResult(
-                        VerifyStatus.UNREADABLE, file_id, error="not a regular file"
-                    )
                 if st.st_size == 0:
                     return self._quarantine(file_id, mtime=int(st.st_mtime))
                 ch = hash_file(f, progress)
@@ -655,17 +914,12 @@ class FileStore:
         leaves everything as it was. One destination failing (ENOSPC, EIO) does not stop
         the others. A destination that already has the file is left alone.
         """
-        path = self.file_path(file_id)
         written: dict[str, int] = {}
         failed: dict[str, str] = {}
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
-            src = VerifyResult(VerifyStatus.MISSING, file_id)
-            return CopyResult(src.status, written, failed, src)
-        except OSError as e:
-            src = VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
-            return CopyResult(src.status, written, failed, src)
+        opened = self._open_copy(file_id)
+        if isinstance(opened, VerifyResult):
+            return CopyResult(opened.status, written, failed, opened)
+        f, _st = opened
 
         tmps: dict[str, _TmpFile] = {}
         try:
@@ -707,6 +961,80 @@ class FileStore:
         finally:
             for tmp in tmps.values():
                 tmp.discard()
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """lstat of name in the folder dir_fd; None if absent."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _kind(st: os.stat_result) -> str:
+    m = st.st_mode
+    for test, name in (
+        (stat_mod.S_ISLNK, "symbolic link"),
+        (stat_mod.S_ISDIR, "folder"),
+        (stat_mod.S_ISFIFO, "FIFO"),
+        (stat_mod.S_ISCHR, "character device"),
+        (stat_mod.S_ISBLK, "block device"),
+        (stat_mod.S_ISSOCK, "socket"),
+    ):
+        if test(m):
+            return name
+    return "regular file" if stat_mod.S_ISREG(m) else "special file"
+
+
+def _unsafe(store_path: Path, rel: str, st: os.stat_result | None) -> StoreUnsafe:
+    what = _kind(st) if st is not None else "not a folder"
+    return StoreUnsafe(
+        f"store {store_path}: {rel} is a {what}, not a folder of the store "
+        "(links are never followed inside a store; nothing is read or written there "
+        "until it is fixed)"
+    )
+
+
+def _raise_if_link(dir_fd: int, name: str, store_path: Path, rel: str) -> None:
+    st = _lstat_at(dir_fd, name)
+    if st is not None and stat_mod.S_ISLNK(st.st_mode):
+        raise StoreUnsafe(
+            f"store {store_path}: {rel} is a symbolic link "
+            "(links are never followed inside a store)"
+        )
+
+
+def _open_dir_at(dir_fd: int, name: str, store_path: Path, rel: str) -> int:
+    """openat(dir_fd, name, O_DIRECTORY | O_NOFOLLOW); a link or non-folder: StoreUnsafe."""
+    try:
+        return os.open(name, _O_DIR, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        st = _lstat_at(dir_fd, name)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), rel) from None
+        if rel == DOTDIR and not stat_mod.S_ISLNK(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), rel) from None
+        raise _unsafe(store_path, rel, st) from None
+
+
+def _tmp_owner(name: str) -> int | None:
+    """The PID in a tmp file name `<pid>.<random>` (None for other names)."""
+    pid, dot, _ = name.partition(".")
+    return int(pid) if dot and pid.isdigit() and 0 < len(pid) < 11 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
+    return True
 
 
 def _result(

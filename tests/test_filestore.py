@@ -284,6 +284,8 @@ def test_crash_midway_leaves_no_canonical_file(store: FileStore, tmp_path: Path)
     leftovers = list(store.tmp_dir.iterdir())
     assert len(leftovers) == 1 and leftovers[0].stat().st_size == 1000
     reopened = FileStore(store.path)
+    assert len(list(store.tmp_dir.iterdir())) == 1  # opening writes nothing...
+    assert reopened.purge_tmp() == 1  # ...the writers purge (the child is dead)
     assert list(store.tmp_dir.iterdir()) == []
     assert list(reopened) == []
     assert listing(store.path / ".dmedia") == ["store.json"]
@@ -294,7 +296,7 @@ def test_purge_tmp_keeps_live_writes(store: FileStore) -> None:
     (store.tmp_dir / "stale2").write_bytes(b"")
     live = fs_mod._TmpFile(store)  # a write in progress: holds its flock
     try:
-        FileStore(store.path)  # opening purges stale tmp files only
+        assert store.purge_tmp() == 2  # stale tmp files only
         assert [p.name for p in store.tmp_dir.iterdir()] == [live.path.name]
         assert store.purge_tmp() == 0
     finally:
@@ -371,10 +373,14 @@ def test_verify_unreadable_on_open(
 ) -> None:
     """EIO (a failing drive cannot be produced here) is retried later, never corrupt."""
 
-    def eio(*a: object, **k: object) -> None:
-        raise OSError(errno.EIO, "Input/output error")
+    real_open = os.open
 
-    monkeypatch.setattr(fs_mod, "open", eio, raising=False)
+    def eio(path, *a: object, **k: object) -> int:
+        if path == imported[2:]:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(fs_mod.os, "open", eio)
     r = store.verify(imported)
     assert r.status == VerifyStatus.UNREADABLE
     assert r.error == "Input/output error (EIO)"
@@ -400,13 +406,18 @@ def test_verify_unreadable_midway(
     assert store.verify(imported).status == VerifyStatus.OK
 
 
-def test_verify_unreadable_directory_in_place(store: FileStore, imported: str) -> None:
+def test_a_directory_in_place_of_a_copy_is_missing_and_set_aside(
+    store: FileStore, imported: str
+) -> None:
+    """Not a copy (MISSING, with the reason), moved out of the copy's way, never deleted."""
     path = store.file_path(imported)
     os.unlink(path)
     path.mkdir()
+    (path / "inside").write_bytes(b"kept")
     r = store.verify(imported)
-    assert r.status == VerifyStatus.UNREADABLE
-    assert path.is_dir() and listing(store.corrupt_dir) == []
+    assert r.status == VerifyStatus.MISSING and "folder" in (r.error or "")
+    assert not path.exists() and r.quarantine is not None
+    assert (r.quarantine / "inside").read_bytes() == b"kept"
 
 
 # --- iteration ----------------------------------------------------------------------
@@ -614,20 +625,19 @@ def test_import_files_stopped_early_leaves_nothing_half_done(
 
 
 def test_an_unreadable_store_json_is_not_taken_for_no_store(tmp_path, monkeypatch):
-    from pathlib import Path as _Path
 
     import dmedia_tui.filestore as fsmod
 
     fs = FileStore.create(tmp_path, doc=None)
-    real = _Path.read_bytes
+    real = os.open
 
-    def eio(self):
-        if self.name == "store.json":
+    def eio(path, *a, **k):
+        if path == "store.json":
             raise OSError(5, "Input/output error")
-        return real(self)
+        return real(path, *a, **k)
 
-    # An EIO cannot be made on a real disk here; the store.json read is the one patched.
-    monkeypatch.setattr(fsmod.Path, "read_bytes", eio)
+    # An EIO cannot be made on a real disk here; the store.json open is the one patched.
+    monkeypatch.setattr(fsmod.os, "open", eio)
     with pytest.raises(fsmod.StoreUnreadable, match="Input/output error"):
         FileStore(tmp_path)
     monkeypatch.undo()
