@@ -51,6 +51,9 @@ class Thresholds:
     housekeeping_interval: int = 60  # policies run this often in the engine
     schema_check_interval: int = 6 * 3600  # the full schema/consistency pass
     verify_retry_after: int = 600  # an unreadable copy is retried after this long
+    io_error_log_interval: int = 600  # per store: at most one dmedia/file/unreadable this often
+    read_error_window: int = DAY  # a store's I/O error count restarts after a quiet window
+    read_error_alert: int = 10  # this many I/O errors within the window: DRIVE_READ_ERRORS
 
     def reserve_for(self, bytes_total: int) -> int:
         """Free space that new copies must leave on a store of `bytes_total`."""

@@ -212,6 +212,13 @@ class Engine:
         with self._conn_lock:
             before = set(self.connected)
             self.connected = found
+        for sid in sorted(set(found) - before):
+            # A store just connected (or the engine just started): finish what a crashed
+            # writer left (tmp files, a quarantine or a copy not yet in the docs).
+            try:
+                self.ms.recover_store(found[sid])
+            except Exception as e:  # recovery is retried next time; never stop the pass
+                log.warning("recovery of store %s failed: %s", sid, e)
         self._sync_store_watches(found)
         return found, set(found) - before, before - set(found)
 
@@ -674,6 +681,7 @@ class Engine:
             total.add(r)
             if not (r.verified or r.corrupt or r.missing or r.unreadable):
                 break
+        self.ms.flush_io_errors()  # the errors the log rate limit held back: counted now
         return total
 
     # --- threads ---------------------------------------------------------------------
@@ -885,6 +893,8 @@ def _filestore_lookup(partitions: list[Any]) -> Callable[[Path], str | None]:
                 raise LookupError(f"{mount_point} is no longer the partition we looked at")
 
         still_mounted()
+        if (path / ".dmedia").is_symlink():
+            raise LookupError(f"{path}/.dmedia is a symbolic link: cannot tell")
         try:
             data = (path / ".dmedia" / "store.json").read_bytes()
         except (FileNotFoundError, NotADirectoryError):

@@ -17,6 +17,7 @@ The alerts, worst first (each rule is written out in the docstring of its functi
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Mapping
@@ -38,6 +39,8 @@ NO_KNOWN_COPY = "NO_KNOWN_COPY"
 SHARED_FILESYSTEM = "SHARED_FILESYSTEM"
 METADATA_INVALID = "METADATA_INVALID"
 DATABASE_OFFLINE = "DATABASE_OFFLINE"
+STORE_UNSAFE = "STORE_UNSAFE"
+DRIVE_READ_ERRORS = "DRIVE_READ_ERRORS"
 
 
 class Severity(enum.IntEnum):
@@ -708,6 +711,72 @@ def _metadata_alert(problems: Any) -> Alert | None:
         "(nothing was rewritten; fix or restore those docs, then dmedia-tui check)",
         files=n,
     )
+
+
+def store_safety_alerts(
+    h: Health,
+    unsafe: dict[str, str],
+    stores: list[Doc],
+    now: float,
+    thresholds: Thresholds | None = None,
+) -> Health:
+    """`h` with the alerts about stores as this machine finds them on disk added.
+
+    STORE_UNSAFE (panic): a store's folder holds a link (or a non-folder) where its layout
+    has a folder: it is never read or written (links are never followed out of a store)
+    until fixed. `unsafe`: store_id -> the reason (from the FileStore).
+    DRIVE_READ_ERRORS (panic): a store whose doc counts `read_error_alert` or more I/O
+    errors (EIO, permission, a write EIO) within `read_error_window` of now: the drive
+    keeps failing reads; copy its files elsewhere. Pure, like assess.
+    """
+    th = thresholds or Thresholds()
+    labels = {}
+    docs = {}
+    for doc in stores if isinstance(stores, list | tuple) else ():
+        s = _store(doc)
+        if s is not None:
+            labels[s.id] = s.label
+            docs[s.id] = doc
+    alerts = list(h.alerts)
+    for sid, reason in sorted((unsafe or {}).items()):
+        alerts.append(
+            Alert(
+                code=STORE_UNSAFE,
+                severity=Severity.PANIC,
+                message=f"store {labels.get(sid, sid[:8])} is not used: {reason}",
+                action="remove the link (or move the thing) inside its .dmedia folder; "
+                "nothing outside the store was touched",
+                store_ids=(sid,),
+            )
+        )
+    for sid, doc in sorted(docs.items()):
+        errs = doc.get("read_errors")
+        if not isinstance(errs, dict):
+            continue
+        count, last = _int(errs.get("count")), _time(errs.get("last"))
+        if (
+            count >= max(1, th.read_error_alert)
+            and last is not None
+            and (now - last <= th.read_error_window)
+        ):
+            alerts.append(
+                Alert(
+                    code=DRIVE_READ_ERRORS,
+                    severity=Severity.PANIC,
+                    message=f"store {labels[sid]} failed {count} reads or writes since "
+                    f"{_ago_text(now, _time(errs.get('first')) or last)}",
+                    action=f"check the drive of {labels[sid]} (cable, SMART) and copy its "
+                    "files to another store",
+                    store_ids=(sid,),
+                )
+            )
+    if len(alerts) == len(h.alerts):
+        return h
+    return dataclasses.replace(h, alerts=_sort_alerts(alerts))
+
+
+def _ago_text(now: float, t: float) -> str:
+    return humanize.naturaldelta(max(0.0, now - t)) + " ago"
 
 
 def database_offline(reason: str, now: float = 0.0) -> Health:

@@ -30,6 +30,7 @@ from dmedia_tui.filestore import (
     FileStoreError,
     ImportResult,
     NotAFileStore,
+    StoreUnsafe,
     VerifyResult,
     VerifyStatus,
 )
@@ -157,14 +158,26 @@ class MetaStore:
         self.config = config
         self.clock = clock
         self.thresholds = config.thresholds
-        self.machine_id = config.machine_id
-        self.hostname = config.hostname
+        # Stores whose folder holds a link (or a non-folder) where the layout has a folder:
+        # never read or written; shown as STORE_UNSAFE. store_id -> the reason.
+        self.unsafe_stores: dict[str, str] = {}
+        self._read_errors: dict[str, _ReadErrors] = {}
         self._problems_logged: set[tuple[str, str, str]] | None = None
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
 
     def now(self) -> float:
         return self.clock.now()
+
+    # Read lazily: machine.json is created on first use, and a read-only command (status,
+    # events, the read-only app) never needs it, so it never writes it.
+    @property
+    def machine_id(self) -> str:
+        return self.config.machine_id
+
+    @property
+    def hostname(self) -> str:
+        return self.config.hostname
 
     # --- log-1 -----------------------------------------------------------------------
 
@@ -237,11 +250,23 @@ class MetaStore:
         raise UnknownStore(f"unknown store {name!r} (see: dmedia-tui store list)")
 
     def open_filestore(self, store_id: str, path: str | os.PathLike[str]) -> FileStore | None:
-        """The FileStore at path if it is the expected store, else None."""
+        """The FileStore at path if it is the expected store, else None.
+
+        A store whose layout holds a link is never opened: it is remembered in
+        `unsafe_stores` (shown as STORE_UNSAFE) and treated as not connected.
+        """
         try:
-            return FileStore(path, expected_id=store_id)
-        except (FileStoreError, OSError):
+            fs = FileStore(path, expected_id=store_id)
+        except StoreUnsafe as e:
+            if self.unsafe_stores.get(store_id) != str(e):
+                log.error("store %s not used: %s", store_id, e)
+            self.unsafe_stores[store_id] = str(e)
             return None
+        except (FileStoreError, OSError):
+            self.unsafe_stores.pop(store_id, None)
+            return None
+        self.unsafe_stores.pop(store_id, None)
+        return fs
 
     def connected_filestores(self) -> dict[str, FileStore]:
         """Stores this machine knows whose FileStore is present at their folder now."""
@@ -599,6 +624,10 @@ class MetaStore:
         """
         report = ImportReport()
         sizes: dict[Path, int] = {}
+        try:  # partial writes a crashed writer left (opening a store never purges)
+            fs.purge_tmp()
+        except OSError as e:
+            log.warning("cannot clean %s: %s", fs.tmp_dir, e)
 
         def non_empty() -> Iterator[Path]:
             for path in walk_files(paths):
@@ -667,10 +696,67 @@ class MetaStore:
                     schema.LOG_FILE_MISSING,
                     file_id=file_id,
                     store_id=fs.id,
+                    reason=result.error,
                     **self._drive_fields(fs.id),
                 )
         else:
-            log.warning("cannot read %s on store %s: %s (will retry)", file_id, fs.id, result.error)
+            # Unreadable: neither corrupt nor missing, and never marked verified.
+            self.note_io_error(fs.id, file_id, result.error or "unreadable", op="read")
+
+    # --- I/O errors ------------------------------------------------------------------
+
+    def note_io_error(
+        self, store_id: str, file_id: str, error: str, op: str = "read", counts: bool = True
+    ) -> Doc | None:
+        """An I/O error reading (or writing) a copy: logged to log-1 and counted per store.
+
+        Rate-limited per store: the first error is logged at once, later ones are summed
+        and logged (as `count`) at most every `io_error_log_interval` seconds, or by
+        flush_io_errors. The store doc's `read_errors` {count, first, last} counts them
+        within `read_error_window`; health raises READ_ERRORS past `read_error_alert`.
+        `counts=False` (a full disk): logged, but it is not the drive failing.
+        """
+        log.warning("cannot %s %s on store %s: %s (will retry)", op, file_id, store_id, error)
+        r = self._read_errors.setdefault(store_id, _ReadErrors())
+        r.pending += 1
+        r.counted += counts
+        r.sample = (file_id, error, op)
+        if self.now() - r.last_flush >= self.thresholds.io_error_log_interval:
+            return self._flush_io_errors(store_id, r)
+        return None
+
+    def flush_io_errors(self) -> list[Doc]:
+        """Log and count the I/O errors held back by the rate limit (end of a run)."""
+        out = []
+        for sid, r in list(self._read_errors.items()):
+            if r.pending:
+                ev = self._flush_io_errors(sid, r)
+                if ev is not None:
+                    out.append(ev)
+        return out
+
+    def _flush_io_errors(self, store_id: str, r: _ReadErrors) -> Doc | None:
+        now = self.now()
+        file_id, error, op = r.sample
+        n, counted = r.pending, r.counted
+        r.pending = r.counted = 0
+        r.last_flush = now
+        if counted:
+            try:
+                self.lib.docs.update(
+                    store_id, _count_read_errors, counted, now, self.thresholds.read_error_window
+                )
+            except NotFound:
+                pass
+        return self.log_event(
+            schema.LOG_FILE_UNREADABLE,
+            file_id=file_id,
+            store_id=store_id,
+            reason=error,
+            op=op,
+            count=n,
+            **self._drive_fields(store_id),
+        )
 
     def handle_corrupt(
         self,
@@ -683,13 +769,13 @@ class MetaStore:
 
         The file loses that location (and gets a corrupt mark), the event is logged,
         and the store is downgraded at once and flagged failing (no new copies).
+
+        Crash order: the quarantined copy in corrupt/ is the durable record of intent.
+        Until the file doc is marked corrupt, `recover_store` finds it there (the doc
+        still lists the store) and runs this again; so the store is flagged first and
+        the file doc last, and each step is idempotent.
         """
         now = self.now()
-        try:
-            self.lib.docs.update(file_id, transitions.mark_corrupt, store_id, now)
-        except NotFound:
-            pass
-        fault_point("corrupt.doc_marked")
         drive = self._drive_fields(store_id)
         self.log_event(
             schema.LOG_FILE_CORRUPT,
@@ -701,30 +787,118 @@ class MetaStore:
         )
         fault_point("corrupt.logged")
         store = self.store_doc(store_id)
+        if store is not None:
+            was_failing = bool(store.get("failure"))
+            flagged = self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
+            fault_point("corrupt.flagged")
+            if flagged is not None:  # the drive itself remembers it, beyond any purge
+                if fs is None:
+                    fs = self.connected_filestores().get(store_id)
+                self.mark_drive(fs, flagged.get("failure"))
+            if not was_failing:
+                self.log_event(
+                    schema.LOG_STORE_FAILING,
+                    level=logging.ERROR,
+                    store_id=store_id,
+                    reason="corrupt",
+                    count=1,
+                    **drive,
+                )
+                fault_point("corrupt.failing_logged")
+        try:
+            self.lib.docs.update(file_id, transitions.mark_corrupt, store_id, now)
+        except NotFound:
+            pass
+        fault_point("corrupt.doc_marked")
         if store is None:
             return
-        was_failing = bool(store.get("failure"))
-        flagged = self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
-        fault_point("corrupt.flagged")
-        if flagged is not None:  # the drive itself remembers it, beyond any purge
-            if fs is None:
-                fs = self.connected_filestores().get(store_id)
-            self.mark_drive(fs, flagged.get("failure"))
-        if not was_failing:
-            self.log_event(
-                schema.LOG_STORE_FAILING,
-                level=logging.ERROR,
-                store_id=store_id,
-                reason="corrupt",
-                count=1,
-                **drive,
-            )
-            fault_point("corrupt.failing_logged")
         if not store.get("downgraded"):
             self.downgrade_store(store_id, reason="corrupt")
         else:
             # Already downgraded: still make sure no copy on it counts.
             self._zero_copies_on(store_id)
+
+    # --- recovery after a crash ------------------------------------------------------
+
+    def recover_store(self, fs: FileStore) -> dict[str, int]:
+        """Finish what a crashed writer left half done on a connected store (engine start,
+        drive plugged in). Returns counts {tmp, quarantines, adopted, relinked}.
+
+        - partial writes in tmp/ are removed (purge_tmp: dead owners only);
+        - a copy in corrupt/ whose file doc still lists this store (a crash between the
+          quarantine and the docs) is handled as the corrupt copy it is;
+        - a failing store left not downgraded is downgraded;
+        - copies in files/ the library does not record on this store (a crash between
+          the rename into files/ and the doc) are adopted: a known file is relinked
+          (counts 0, verified first); an unknown one is verified now and recorded.
+        """
+        out = {"tmp": 0, "quarantines": 0, "adopted": 0, "relinked": 0}
+        try:
+            out["tmp"] = fs.purge_tmp()
+        except OSError as e:
+            log.warning("cannot clean %s: %s", fs.tmp_dir, e)
+        sid = fs.id
+        try:
+            quarantined = dict(fs.quarantined())  # the last (newest) name of each ID
+        except OSError as e:
+            log.warning("cannot list %s: %s", fs.corrupt_dir, e)
+            quarantined = {}
+        for fid, name in quarantined.items():
+            doc = self.lib.docs.get_or_none(fid)
+            stored = doc.get("stored") if isinstance(doc, dict) else None
+            if not isinstance(stored, dict) or sid not in stored or fs.exists(fid):
+                continue  # handled already, or a good copy is back: an old quarantine
+            log.warning("finishing an interrupted quarantine of %s on store %s", fid, sid)
+            where = fs.corrupt_dir / name
+            self.handle_corrupt(
+                sid, fid, VerifyResult(VerifyStatus.CORRUPT, fid, quarantine=where), fs=fs
+            )
+            out["quarantines"] += 1
+        store = self.store_doc(sid)
+        if store is not None and store.get("failure") and not store.get("downgraded"):
+            self.downgrade_store(sid, reason="corrupt")
+        out["adopted"], out["relinked"] = self.adopt_orphans(fs)
+        return out
+
+    def adopt_orphans(self, fs: FileStore) -> tuple[int, int]:
+        """Record the copies in fs that the library does not list on fs: (adopted, relinked).
+
+        Cheap when nothing is missing from the docs: the copies on disk are counted
+        against the store's recorded copies first, and only a surplus costs a diff.
+        """
+        sid = fs.id
+        try:
+            on_disk = {st.id: st for st in fs}
+        except OSError as e:
+            log.warning("cannot list store %s: %s", sid, e)
+            return 0, 0
+        if len(on_disk) <= self.lib.verification_stats(sid).copies:
+            return 0, 0
+        recorded = {d["_id"] for d in self.iter_files_on(sid)}
+        adopted = relinked = 0
+        for fid in sorted(on_disk.keys() - recorded):
+            doc = self.lib.docs.get_or_none(fid)
+            if doc is not None:
+                if self.lib.docs.update(fid, _relink_entry, sid, on_disk[fid].mtime):
+                    relinked += 1
+                continue
+            result = fs.verify(fid)
+            if result.status != VerifyStatus.OK or result.content_hash is None:
+                self.apply_verify_result(fs, result)
+                continue
+            store = self.store_doc(sid)
+            weight = transitions.store_copies_weight(store) if store else 0
+            stored = {sid: schema.create_stored_value(weight, result.mtime or 0, self.now())}
+            new = schema.create_file(self.now(), result.content_hash, stored, origin="user")
+            try:
+                self.lib.docs.save(new)
+            except Conflict:
+                self.lib.docs.update(fid, _relink_entry, sid, on_disk[fid].mtime)
+            log.warning("adopted copy %s found on store %s without a doc", fid, sid)
+            adopted += 1
+        if adopted or relinked:
+            log.info("store %s: %d orphan copies adopted, %d relinked", sid, adopted, relinked)
+        return adopted, relinked
 
     def copies_due(self, store_id: str, limit: int = 100) -> list:
         before = int(self.now()) - self.thresholds.verify_due_after
@@ -794,6 +968,8 @@ class MetaStore:
                 new[sid] = (weight, mtime)
             for sid, err in result.failed.items():
                 log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
+                full = any(f"({name})" in err for name in _FULL)
+                self.note_io_error(sid, file_id, err, op="write", counts=not full)
             if new:
                 self.lib.docs.update(
                     file_id,
@@ -1075,7 +1251,7 @@ class MetaStore:
             if with_verification
             else None
         )
-        return health_mod.assess(
+        h = health_mod.assess(
             self.lib.placement_summary(),
             stores,
             machines,
@@ -1086,6 +1262,7 @@ class MetaStore:
             metadata_problems=self.metadata_problems(),
             shared_filesystems=_shared_filesystems(stores),
         )
+        return health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
 
     VERIFICATION_STATS_TTL = 30.0
 
@@ -1168,6 +1345,52 @@ def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str,
         doc["atime"] = int(now)
         return doc
     return None
+
+
+_FULL = ("ENOSPC", "EDQUOT", "EFBIG")  # a full disk is not a failing drive
+
+
+@dataclass
+class _ReadErrors:
+    """I/O errors of one store held back by the log rate limit."""
+
+    pending: int = 0  # errors not logged yet
+    counted: int = 0  # ... of which count toward the drive alert
+    last_flush: float = float("-inf")
+    sample: tuple[str, str, str] = ("", "", "")  # the latest (file_id, error, op)
+
+
+def _count_read_errors(doc: Doc, n: int, now: float, window: int) -> Doc | None:
+    """Add n I/O errors to the store doc's `read_errors` {count, first, last}; a count
+    whose last error is older than `window` starts again."""
+    if not isinstance(doc, dict) or n <= 0:
+        return None
+    old = doc.get("read_errors")
+    old = old if isinstance(old, dict) else {}
+    last = old.get("last")
+    count = old.get("count")
+    fresh = (
+        isinstance(last, int | float)
+        and not isinstance(last, bool)
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and now - last <= window
+    )
+    doc["read_errors"] = {
+        "count": (count if fresh else 0) + n,
+        "first": old.get("first", int(now)) if fresh else int(now),
+        "last": int(now),
+    }
+    return doc
+
+
+def _relink_entry(doc: Doc, store_id: str, mtime: int):
+    """A copy found on disk that the doc does not list on this store: tracked again,
+    counting 0 and never verified (verified first), unless it is marked corrupt there."""
+    stored = doc.get("stored")
+    if isinstance(stored, dict) and store_id in stored:
+        return None
+    return transitions.mark_added(doc, store_id, 0, mtime)
 
 
 def _mark_missing_if_present(doc: Doc, store_id: str):

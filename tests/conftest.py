@@ -68,7 +68,7 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
-    for var in ("DMEDIA_DB", "DMEDIA_NOW"):
+    for var in ("DMEDIA_DB", "DMEDIA_NOW", "DMEDIA_FAULT"):
         monkeypatch.delenv(var, raising=False)
     os.environ.setdefault("TERM", "xterm-256color")
 
