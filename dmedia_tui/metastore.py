@@ -696,7 +696,7 @@ class MetaStore:
                     schema.LOG_FILE_MISSING,
                     file_id=file_id,
                     store_id=fs.id,
-                    reason=result.error,
+                    **({"reason": result.error} if result.error else {}),
                     **self._drive_fields(fs.id),
                 )
         else:

@@ -18,7 +18,7 @@ import pytest
 from dmedia_tui import schema
 from dmedia_tui.config import DAY, Config
 from dmedia_tui.engine import Activity, Engine, EngineEvent
-from dmedia_tui.filestore import FileStore
+from dmedia_tui.filestore import FileStore, VerifyResult, VerifyStatus
 from dmedia_tui.metastore import MetaStore
 from dmedia_tui.protocol import LEAF_SIZE
 
@@ -104,13 +104,17 @@ def test_request_verify_of_one_file_verifies_only_that_copy(ms, tmp_path, clock)
     assert verified_at(ms, f2, a.id) == t0
 
 
-def test_unreadable_copy_is_retried_only_after_verify_retry_after(ms, tmp_path, clock):
+def test_unreadable_copy_is_retried_only_after_verify_retry_after(ms, tmp_path, clock, monkeypatch):
     a = new_store(ms, tmp_path, "a")
     [fid] = import_files(ms, a, tmp_path, 1)
-    path = a.file_path(fid)
-    data = path.read_bytes()
-    path.unlink()
-    path.mkdir()  # not a regular file: the read fails (an I/O error to us, even as root)
+    # A read error cannot be made on a real disk here (root reads a chmod-000 file, and a
+    # folder in place of a copy is MISSING): the FileStore's read answers EIO instead.
+    real_verify = FileStore.verify
+
+    def eio(self, file_id, progress=None):
+        return VerifyResult(VerifyStatus.UNREADABLE, file_id, error="Input/output error (EIO)")
+
+    monkeypatch.setattr(FileStore, "verify", eio)
     engine = Engine(ms, watch_drives=False, watch_folders=False)
     engine.refresh_connected()
 
@@ -124,8 +128,7 @@ def test_unreadable_copy_is_retried_only_after_verify_retry_after(ms, tmp_path, 
 
     clock.advance(1)
     assert engine.verify_round().unreadable == 1  # retried, still unreadable
-    path.rmdir()
-    path.write_bytes(data)
+    monkeypatch.setattr(FileStore, "verify", real_verify)
     clock.advance(retry)
     assert engine.verify_round().verified == 1
     assert verified_at(ms, fid, a.id) == int(clock.now())
@@ -198,7 +201,13 @@ def test_deleted_and_modified_copies_are_verified_at_once(ms, tmp_path, engines)
     os.chmod(p, 0o644)
     with open(p, "r+b") as f:
         f.write(b"\xff")  # bit rot, or a program writing where it should not
-    wait_for("corrupt logged", lambda: ms.lib.events(types=[schema.LOG_FILE_CORRUPT]))
+    wait_for(
+        "corrupt handled",
+        lambda: (
+            ms.lib.events(types=[schema.LOG_FILE_CORRUPT])
+            and a.id not in ms.lib.docs.get(f2)["stored"]
+        ),
+    )
     [corrupt] = ms.lib.events(types=[schema.LOG_FILE_CORRUPT])
     assert (corrupt["file_id"], corrupt["store_id"]) == (f2, a.id)
     assert a.corrupt_path(f2).exists()  # quarantined, never deleted

@@ -101,8 +101,9 @@ def test_unreadable_copy_changes_nothing(ms, tmp_path):
 
     r = ms.verify_copy(a, fid, progress=drive_gone)
     assert r.status == VerifyStatus.UNREADABLE
-    assert ms.lib.docs.get(fid) == before
-    assert ms.lib.events(10) == []
+    assert ms.lib.docs.get(fid) == before  # not corrupt, not missing, not re-verified
+    [event] = ms.lib.events(10)  # only the unreadable event (issue 10, defect 6)
+    assert event["type"] == schema.LOG_FILE_UNREADABLE and event["store_id"] == a.id
     assert a.file_path(fid).exists()
 
 

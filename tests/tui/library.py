@@ -91,10 +91,12 @@ def build_library(root: Path, *, empty: bool = False) -> TestLibrary:
     with deterministic_ids():
         lib = open_library(str(root / "library.sqlite3"))
         ms = MetaStore(lib, _config(root, "studio", "studio"), clock)
+        ms.machine_id  # noqa: B018 (machine.json is created lazily: keep the ID order stable)
         if empty:
             clock.t = NOW
             return TestLibrary(ms, clock, {}, {}, root)
         other = MetaStore(lib, _config(root, "kestrel", "kestrel"), clock)
+        other.machine_id  # noqa: B018
         stores: dict[str, str] = {}
         fss = {}
         for label, owner, removable in (
