@@ -172,5 +172,7 @@ def test_copy_enospc_on_one_destination_leaves_no_half_copy_there(lib: Lib) -> N
     assert list(backing.joinpath("tmp").iterdir()) == []
     for doc in (d for d in lib.docs(1) if d.get("type") == "dmedia/file"):
         assert lib.ids["a"] not in doc["stored"]
-        assert set(doc["stored"]) == {lib.ids[x] for x in "bcd"}  # the others got theirs
+        # the others still get copies (statfs says a has room, so it may be chosen again
+        # for the last one: a file can stay at 2 copies this round, never fewer)
+        assert set(doc["stored"]) <= {lib.ids[x] for x in "bcd"} and len(doc["stored"]) >= 2
     assert check(lib, before) == []
