@@ -77,29 +77,20 @@ FAST = {
 
 # Known defects (issue 10), each a strict xfail: when the fix lands the case passes, the
 # xfail turns into a failure, and whoever fixed it removes the line.
-_ORPHAN = "issue 10 #3: a copy renamed into files/ before its doc is saved is never adopted"
-_QUARANTINE = "issue 10 #3: a crash between quarantine and the docs loses the corruption"
-_CORRUPT = "issue 10 #3: handle_corrupt half done (mark, log, flag, downgrade) is never finished"
+_QUARANTINE = (
+    "issue 10 #3: killed between the link into corrupt/ and the unlink from files/, the bad "
+    "copy stays in files/, claimed, and the corruption is never recorded"
+)
 _DOWNGRADE = (
     "downgrade_store marks the store first: killed before every copy is zeroed and the event "
     "logged, nothing finishes it (its copies still count)"
 )
 _PURGE = "purge_store deletes the store doc before logging dmedia/store/purge: the event is lost"
 KNOWN: dict[str, str] = {
-    "import:files.renamed": _ORPHAN,
-    "import:files.committed": _ORPHAN,
-    "import:files.committed@2": _ORPHAN,
-    "import:import.doc_saved": _ORPHAN,  # the next file's copy is committed meanwhile
     "verify:quarantine.linked": _QUARANTINE,
-    "verify:quarantine.moved": _QUARANTINE,
-    "verify:quarantine.done": _QUARANTINE,
-    "verify:corrupt.doc_marked": _CORRUPT,
-    "verify:corrupt.logged": _CORRUPT,
-    "verify:corrupt.flagged": _CORRUPT,
-    "verify:corrupt.failing_logged": _CORRUPT,
-    "verify:downgrade.store_marked": _CORRUPT,
-    "verify:downgrade.file": _CORRUPT,
-    "verify:downgrade.files_done": _CORRUPT,
+    "verify:downgrade.store_marked": _DOWNGRADE,
+    "verify:downgrade.file": _DOWNGRADE,
+    "verify:downgrade.files_done": _DOWNGRADE,
     "downgrade:downgrade.store_marked": _DOWNGRADE,
     "downgrade:downgrade.file": _DOWNGRADE,
     "downgrade:downgrade.file@2": _DOWNGRADE,
