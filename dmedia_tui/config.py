@@ -24,6 +24,7 @@ from typing import Any
 import platformdirs
 
 from dmedia_tui import protocol
+from dmedia_tui.durability import TARGET
 
 APP_NAME = "dmedia-tui"
 DAY = 86400
@@ -37,7 +38,6 @@ class ConfigError(ValueError):
 class Thresholds:
     """Every policy threshold, in one place (seconds unless named otherwise)."""
 
-    target_copies: int = 3
     low_durability: int = 2  # user files below this many good copies: LOW_DURABILITY
     store_downgrade_after: int = 3 * DAY  # store unseen this long: its copies count 0
     store_purge_after: int = 8 * DAY  # store unseen this long: forgotten
@@ -47,13 +47,22 @@ class Thresholds:
     reserve_max_bytes: int = 4_000_000_000  # ... at most this much
     heartbeat_interval: int = 60  # machine doc + store atimes refreshed this often
     heartbeat_fresh: int = 180  # a machine doc younger than this counts as online
-    recently_seen: int = 3 * DAY  # a store seen this recently counts toward storage
     housekeeping_interval: int = 60  # policies run this often in the engine
     schema_check_interval: int = 6 * 3600  # the full schema/consistency pass
     verify_retry_after: int = 600  # an unreadable copy is retried after this long
     io_error_log_interval: int = 600  # per store: at most one dmedia/file/unreadable this often
     read_error_window: int = DAY  # a store's I/O error count restarts after a quiet window
     read_error_alert: int = 10  # this many I/O errors within the window: DRIVE_READ_ERRORS
+
+    @property
+    def target_copies(self) -> int:
+        """Copies every user file should have: durability.TARGET, not a setting.
+
+        The rank the copier works by, the durability buckets 0/1/2/3+ and the database
+        indexes (SQLite rank column, CouchDB views) are all built on 3; a setting that
+        only some of them followed would make them disagree, so config.toml refuses it.
+        """
+        return TARGET
 
     def reserve_for(self, bytes_total: int) -> int:
         """Free space that new copies must leave on a store of `bytes_total`."""
@@ -64,6 +73,16 @@ class Thresholds:
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in data.items():
+            if key == "target_copies":
+                if value == TARGET and not isinstance(value, bool):
+                    continue  # says what is true anyway
+                raise ConfigError(
+                    f"[thresholds] target_copies = {value!r}: the target is fixed at {TARGET} "
+                    "copies (ranks, durability buckets and database indexes are built on it); "
+                    "remove the key"
+                )
+            if key in RETIRED_THRESHOLDS:
+                raise ConfigError(f"[thresholds] {key}: {RETIRED_THRESHOLDS[key]}; remove the key")
             if key not in known:
                 raise ConfigError(f"unknown threshold {key!r} in [thresholds]")
             want = float if known[key].type in ("float", float) else int
@@ -72,6 +91,16 @@ class Thresholds:
             values[key] = want(value)
         return cls(**values)
 
+
+# Keys a previous version accepted, and why they are gone (refused like unknown keys).
+RETIRED_THRESHOLDS = {
+    "recently_seen": "no longer a setting: a store counts as storage until "
+    "store_downgrade_after, the same boundary at which it is downgraded",
+}
+
+# The top-level keys of config.toml. Any other key is refused (one line naming it):
+# a misspelt data-safety setting must never run silently with its default.
+KNOWN_KEYS = ("db", "hostname", "thresholds")
 
 DEFAULT_CONFIG_TOML = """\
 # dmedia-tui configuration. Every key is optional; the defaults are shown.
@@ -84,7 +113,6 @@ DEFAULT_CONFIG_TOML = """\
 # hostname = "{hostname}"
 
 [thresholds]
-# target_copies = 3
 # low_durability = 2
 # store_downgrade_after = 259200    # 3 days, in seconds
 # store_purge_after = 691200        # 8 days
@@ -147,10 +175,18 @@ class Config:
             pass
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read {toml_path}: {e}") from None
+        for key in data:
+            if key not in KNOWN_KEYS:
+                raise ConfigError(
+                    f"{toml_path}: unknown key {key!r} (known: {', '.join(KNOWN_KEYS)})"
+                )
         raw_thresholds = data.get("thresholds", {}) or {}
         if not isinstance(raw_thresholds, dict):
             raise ConfigError(f"{toml_path}: [thresholds] must be a table")
-        thresholds = Thresholds.from_mapping(raw_thresholds)
+        try:
+            thresholds = Thresholds.from_mapping(raw_thresholds)
+        except ConfigError as e:
+            raise ConfigError(f"{toml_path}: {e}") from None
         db = data.get("db")
         host = data.get("hostname")
         if db is not None and not isinstance(db, str):

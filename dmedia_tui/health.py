@@ -29,6 +29,7 @@ import humanize
 from dmedia_tui.config import DAY, Thresholds
 from dmedia_tui.db.base import Doc, PlacementRow, VerificationStats
 from dmedia_tui.protocol import is_store_id
+from dmedia_tui.transitions import takes_new_copies
 
 # Stable alert codes (scripts and harnesses match on these).
 INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
@@ -246,11 +247,8 @@ class _Store:
     acknowledged: bool
     corrupt_count: int
     failure_reason: str | None
-
-    @property
-    def trusted(self) -> bool:
-        """New copies may be placed here."""
-        return not (self.failing or self.no_new_copies)
+    # transitions.takes_new_copies of the doc: the one rule the copier follows too.
+    takes_copies: bool = False
 
 
 def _store(doc: Any) -> _Store | None:
@@ -278,6 +276,7 @@ def _store(doc: Any) -> _Store | None:
         acknowledged=_flag(fdict.get("acknowledged")),
         corrupt_count=max(0, _int(fdict.get("corrupt_count"))),
         failure_reason=_text(fdict.get("reason")),
+        takes_copies=takes_new_copies(doc),
     )
 
 
@@ -340,18 +339,23 @@ def online_store_ids(
     now: float,
     thresholds: Thresholds,
     local: set[str] | frozenset[str] = frozenset(),
+    this_machine: str | None = None,
 ) -> set[str]:
     """Stores we can count on reaching right now.
 
-    `local` (the stores this machine has connected) plus every valid store ID listed in
-    `stores` of a machine doc whose heartbeat `atime` is at most
-    `thresholds.heartbeat_fresh` seconds old (the boundary itself is fresh; future times are
-    fresh too, see `_fresh`). Malformed machine docs and junk entries are ignored.
+    `local` (the stores this machine has connected, as found on its disks now) plus every
+    valid store ID listed in `stores` of *another* machine's doc whose heartbeat `atime` is
+    at most `thresholds.heartbeat_fresh` seconds old (the boundary itself is fresh; future
+    times are fresh too, see `_fresh`). The doc of `this_machine` is skipped: for its own
+    stores, what the disk says now beats what its last heartbeat said (a folder that
+    vanished is offline at once). Malformed machine docs and junk entries are ignored.
     """
     online = set(local)
     for doc in machines if isinstance(machines, list | tuple) else ():
         m = _machine(doc)
-        if m is not None and _fresh(m.atime, now, thresholds.heartbeat_fresh):
+        if m is None or (this_machine is not None and m.id == this_machine):
+            continue
+        if _fresh(m.atime, now, thresholds.heartbeat_fresh):
             online.update(m.stores)
     return online
 
@@ -406,6 +410,39 @@ def _histogram(groups: list[_Group]) -> tuple[Bucket, Bucket, Bucket, Bucket]:
 _ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 
 
+def _filesystems(pairs: Any) -> dict[str, str]:
+    """Store ID -> a representative of its filesystem, from pairs of stores that share one
+    ((a, b) + (b, c) -> {a, b, c}). Stores in no pair are their own filesystem (absent)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for pair in pairs if isinstance(pairs, list | tuple | set) else ():
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            continue
+        a, b = pair
+        if not (isinstance(a, str) and isinstance(b, str)) or a == b:
+            continue
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {x: find(x) for x in parent}
+
+
+def recently_seen(s: _Store, online: set[str], now: float, th: Thresholds) -> bool:
+    """Does the store count as storage now? Online, or seen less than
+    `store_downgrade_after` ago: the same boundary as the downgrade policy
+    (MetaStore.run_time_policies downgrades at age >= store_downgrade_after), so at no
+    instant is a store both due for downgrade and counted as recent storage."""
+    if s.id in online:
+        return True
+    return s.atime is not None and now - s.atime < th.store_downgrade_after
+
+
 def _storage_alert(
     groups: list[_Group],
     stores: dict[str, _Store],
@@ -413,53 +450,76 @@ def _storage_alert(
     online: set[str],
     th: Thresholds,
     extra: dict[str, Any],
+    shared: dict[str, str] | None = None,
 ) -> Alert | None:
     """INSUFFICIENT_STORAGE: can the recently seen stores hold `target` copies of every
     user file?
 
     The rule, in durability-bytes (a copy of b bytes on a store of weight w is worth w*b):
-    let U = total bytes of user files and k = target_copies. The library needs k*U. A
-    store counts when it is *recent* (online, or its atime within `recently_seen`):
-    - a trusted store (no `failure`, no `no_new_copies`) of weight w can hold each user
-      file at most once, in the space its user copies already use plus its free space above
-      the reserve, so it offers  min(w, k) * min(U, held + max(0, avail - reserve(total)));
-    - an untrusted store takes no new copies: it offers only what its present copies are
-      counted for (sum of min(copies, k) * bytes over its entries; 0 when failing);
-    - stores not seen recently offer nothing (they are about to be downgraded).
+    let U = total bytes of user files and k = target_copies. The library needs k*U.
+    Storage is counted per *place*: a filesystem (stores that share one, see `shared`,
+    are one place: their free space is there once, and copies on them fail together) or
+    a store on its own filesystem. A store counts when it is recent (`recently_seen`):
+    - a place with a store that takes new copies (transitions.takes_new_copies: not
+      failing, not `no_new_copies`, not downgraded, weight >= 1), of best weight w, can
+      hold each user file at most once, in the space its user copies already use plus
+      its free space above the reserve (counted once), so it offers
+      min(w, k) * min(U, held + max(0, avail - reserve(total)));
+    - a place whose stores take no new copies offers only what the present copies on its
+      stores that are not failing are counted for (per file, the best one of the place:
+      min(copies, k) * bytes; a downgraded store's copies count 0);
+    - stores not seen recently offer nothing (they are downgraded at that same age).
     The alert fires when the offers sum to less than k*U. Summing per file shows the
     condition is necessary (no placement can do better), and with weights of 1 it is also
     sufficient up to whole-file granularity: this is the classic bound for spreading k
     replicas over bins that may each hold one replica of an item. "Too few distinct
-    stores" is the special case: n weight-1 stores offer at most n*U < k*U.
+    places" is the special case: n weight-1 places offer at most n*U < k*U.
     Files with no known copy still count in U: they need room once found. No user files,
     no alert (nothing to protect, so even an empty library with one store is healthy).
     """
     k = th.target_copies
+    shared = shared or {}
     total_u = sum(g.bytes for g in groups)
+
+    def place(sid: str) -> str:
+        return shared.get(sid, sid)
+
     held: dict[str, int] = {}
     counted: dict[str, int] = {}
     for g in groups:
+        best: dict[str, int] = {}
         for sid, c in g.placement:
-            held[sid] = held.get(sid, 0) + g.bytes
-            counted[sid] = counted.get(sid, 0) + min(c, k) * g.bytes
-    offer = 0
-    trusted_ids = []
+            s = stores.get(sid)
+            p = place(sid)
+            best.setdefault(p, 0)
+            if s is not None and not s.failing:
+                best[p] = max(best[p], min(c, k))
+        for p, c in best.items():
+            held[p] = held.get(p, 0) + g.bytes
+            counted[p] = counted.get(p, 0) + c * g.bytes
+    members: dict[str, list[_Store]] = {}
     for sid, s in stores.items():
-        if not (sid in online or _fresh(s.atime, now, th.recently_seen)):
-            continue
-        if s.trusted:
-            free = max(0, s.avail - th.reserve_for(s.total))
-            offer += min(s.weight, k) * min(total_u, held.get(sid, 0) + free)
-            if s.weight > 0:
-                trusted_ids.append(sid)
-        elif not s.failing:
-            offer += counted.get(sid, 0)
+        if recently_seen(s, online, now, th):
+            members.setdefault(place(sid), []).append(s)
+    offer = 0
+    trusted_ids: list[str] = []
+    places = 0
+    for p, ss in members.items():
+        takers = [s for s in ss if s.takes_copies and s.weight > 0]
+        if takers:
+            w = min(k, max(s.weight for s in takers))
+            free = max(max(0, s.avail - th.reserve_for(s.total)) for s in takers)
+            offer += w * min(total_u, held.get(p, 0) + free)
+            trusted_ids += [s.id for s in takers]
+            places += 1
+        else:
+            offer += counted.get(p, 0)
     need = k * total_u
     extra["storage"] = {"need": need, "offered": offer, "trusted_recent": sorted(trusted_ids)}
     if total_u == 0 or offer >= need:
         return None
     deficit = need - offer
-    n = len(trusted_ids)
+    n = places
     drives = -(-deficit // total_u)  # a new weight-1 drive offers at most U
     if drives > 1:
         where = f"on at least {drives} more drives"
@@ -502,15 +562,24 @@ def _place_advice(
     machines: dict[str, _Machine],
     fresh_hosts: list[str],
     fresh_ids: set[str],
+    this_machine: str | None = None,
 ) -> str:
+    """One place's advice. The machine running the command (`this_machine`) is on by
+    definition: its own stores get "connect ... here", never "boot" it; `fresh_hosts` are
+    the other machines running now."""
     kind, key = place
     if kind == "drive":
         s = stores[key]
         serial = f" (serial {s.serial})" if s.serial else ""
+        if this_machine is not None:
+            others = f" or into one of: {', '.join(fresh_hosts)}" if fresh_hosts else ""
+            return f"plug {s.label}{serial} in here{others}"
         into = f"one of: {', '.join(fresh_hosts)}" if fresh_hosts else "this machine"
         return f"plug {s.label}{serial} into {into}"
     if kind == "machine":
         labels = ", ".join(stores[sid].label for sid in sids)
+        if key == this_machine:
+            return f"connect {labels} here (mount its drive, or bring its folder back)"
         m = machines.get(key)
         if m is None:
             return f"boot the machine {labels} was last connected to ({key[:8]})"
@@ -530,6 +599,7 @@ def _disconnected_alerts(
     online: set[str],
     fresh_hosts: list[str],
     fresh_ids: set[str],
+    this_machine: str | None = None,
 ) -> list[Alert]:
     """DISCONNECTED_ONLY_COPY: user files with entries only on stores that are not online.
 
@@ -558,7 +628,11 @@ def _disconnected_alerts(
         advice = []
         for place in sorted(places):
             in_place = sorted(sid for sid in ids if _place(sid, stores) == place)
-            advice.append(_place_advice(place, in_place, stores, machines, fresh_hosts, fresh_ids))
+            advice.append(
+                _place_advice(
+                    place, in_place, stores, machines, fresh_hosts, fresh_ids, this_machine
+                )
+            )
         action = " or ".join(advice)
         alerts.append(
             Alert(
@@ -617,19 +691,44 @@ def _failure_alert(s: _Store, files: int, size: int) -> Alert:
     )
 
 
-def _low_durability_alert(groups: list[_Group], th: Thresholds) -> Alert | None:
-    """LOW_DURABILITY: user files with fewer than `low_durability` good copies (work to do)."""
+def _low_durability_alert(
+    groups: list[_Group],
+    th: Thresholds,
+    online: set[str] | None = None,
+    advise: Any = None,
+) -> Alert | None:
+    """LOW_DURABILITY: user files with fewer than `low_durability` good copies (work to do).
+
+    The action tells the truth about who can act: files with a copy on an online store
+    are being copied; files whose every recorded copy is on offline stores cannot be, so
+    the action names the places to connect (`advise(store_ids)` -> advice, the same
+    words as DISCONNECTED_ONLY_COPY). Files with no recorded copy are NO_KNOWN_COPY's.
+    """
     low = [g for g in groups if g.durability < th.low_durability]
     n = sum(g.count for g in low)
     if not n:
         return None
     b = sum(g.bytes for g in low)
     good = f"{th.low_durability} good cop{'y' if th.low_durability == 1 else 'ies'}"
+    online = online if online is not None else set()
+    stuck = [g for g in low if g.store_ids and not g.store_ids & online]
+    copying = "dmedia-tui is making copies; keep drives connected"
+    action = copying
+    if stuck and advise is not None:
+        where = advise(frozenset().union(*(g.store_ids for g in stuck)))
+        stuck_n = sum(g.count for g in stuck)
+        if stuck_n == sum(g.count for g in low if g.store_ids):
+            action = f"{where[:1].upper()}{where[1:]}: their only copies are offline"
+        else:
+            action = (
+                f"dmedia-tui is making copies of the others; {_files(stuck_n)} "
+                f"{_have(stuck_n)} copies only offline: {where}"
+            )
     return Alert(
         code=LOW_DURABILITY,
         severity=Severity.INFO,
         message=f"{_files(n)} ({_size(b)}) {_have(n)} fewer than {good}",
-        action="dmedia-tui is making copies; keep drives connected",
+        action=action,
         files=n,
         bytes=b,
         placements=tuple(sorted(g.key for g in low)),
@@ -641,26 +740,9 @@ def _shared_alerts(pairs: Any, stores: dict[str, _Store]) -> list[Alert]:
 
     Pairs are joined into groups (a, b) + (b, c) -> {a, b, c}: one alert per filesystem.
     """
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for pair in pairs if isinstance(pairs, list | tuple | set) else ():
-        if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            continue
-        a, b = pair
-        if not (isinstance(a, str) and isinstance(b, str)) or a == b:
-            continue
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
     groups: dict[str, list[str]] = {}
-    for x in parent:
-        groups.setdefault(find(x), []).append(x)
+    for x, root in _filesystems(pairs).items():
+        groups.setdefault(root, []).append(x)
     alerts = []
     for members in groups.values():
         if len(members) < 2:
@@ -814,6 +896,7 @@ def assess(
     verification: dict[str, VerificationStats] | None = None,
     metadata_problems: int = 0,
     shared_filesystems: list[tuple[str, str]] | None = None,
+    machine_id: str | None = None,
 ) -> Health:
     """Everything the dashboard and `status` show, from docs alone.
 
@@ -824,6 +907,9 @@ def assess(
     merely offline still count: durability is about copies existing, and a copy being
     unreachable is DISCONNECTED_ONLY_COPY's business. See each `_*_alert` for its rule.
     Malformed docs and rows are read as "field absent", never raise.
+    `machine_id` is the machine running the command: it is on (its stores get "connect
+    here", never "boot" advice). `shared_filesystems` pairs make one place of the stores
+    of one filesystem for INSUFFICIENT_STORAGE (and raise SHARED_FILESYSTEM).
     """
     th = thresholds or Thresholds()
     online = set(online) if isinstance(online, set | frozenset | list | tuple) else set()
@@ -841,7 +927,26 @@ def assess(
         if m is not None and m.id not in machine_map:
             machine_map[m.id] = m
     fresh_ids = {m.id for m in machine_map.values() if _fresh(m.atime, now, th.heartbeat_fresh)}
-    fresh_hosts = sorted({machine_map[i].hostname for i in fresh_ids})
+    if machine_id is not None:
+        fresh_ids.add(machine_id)  # the machine running this is on, whatever its heartbeat
+    fresh_hosts = sorted({machine_map[i].hostname for i in fresh_ids - {machine_id}})
+    shared = _filesystems(shared_filesystems)
+
+    def advise(sids: frozenset[str]) -> str:
+        """Where to go to bring these stores online (one place each), joined with "; "."""
+        places = sorted({_place(sid, store_map) for sid in sids})
+        return "; ".join(
+            _place_advice(
+                p,
+                sorted(x for x in sids if _place(x, store_map) == p),
+                store_map,
+                machine_map,
+                fresh_hosts,
+                fresh_ids,
+                machine_id,
+            )
+            for p in places
+        )
 
     # Per-store totals from the summary (all origins, and user files alone).
     per_store: dict[str, list[int]] = {}  # sid -> [files, bytes, user files, user bytes]
@@ -859,14 +964,16 @@ def assess(
     extra: dict[str, Any] = {"online": sorted(online & (store_map.keys() | per_store.keys()))}
     alerts: list[Alert] = []
     for maybe in (
-        _storage_alert(user, store_map, now, online, th, extra),
+        _storage_alert(user, store_map, now, online, th, extra, shared),
         _no_known_copy_alert(user),
-        _low_durability_alert(user, th),
+        _low_durability_alert(user, th, online, advise),
         _metadata_alert(metadata_problems),
     ):
         if maybe is not None:
             alerts.append(maybe)
-    alerts += _disconnected_alerts(user, store_map, machine_map, online, fresh_hosts, fresh_ids)
+    alerts += _disconnected_alerts(
+        user, store_map, machine_map, online, fresh_hosts, fresh_ids, machine_id
+    )
     alerts += _shared_alerts(shared_filesystems, store_map)
     for s in store_map.values():
         if s.failing and not s.acknowledged:

@@ -423,17 +423,18 @@ class MetaStore:
         return back
 
     def import_destination(self, name: str | None = None) -> FileStore:
-        """The connected store an import copies into: the one named, or the trusted one
-        with the most free space. A store flagged after corrupt data takes no new copies."""
+        """The connected store an import copies into: the one named, or the one with the
+        most free space among those that take new copies (transitions.takes_new_copies,
+        the rule the copier and health follow too)."""
         connected = self.connected_filestores()
         if name:
             doc = self.resolve_store(name)
             sid = doc["_id"]
             if sid not in connected:
                 raise MetaStoreError(f"store {name} is not connected to this machine")
-            if not transitions.is_store_trusted(doc):
+            if not transitions.takes_new_copies(doc):
                 raise MetaStoreError(
-                    f"store {store_label(doc)} takes no new copies (it returned corrupt data): "
+                    f"store {store_label(doc)} takes no new copies ({_why_no_copies(doc)}): "
                     f"import into another store, or `dmedia-tui store trust {name}` once the "
                     "drive is checked"
                 )
@@ -441,14 +442,16 @@ class MetaStore:
         usable, refused = [], []
         for sid, fs in sorted(connected.items()):
             d = self.store_doc(sid)
-            trusted = d is not None and transitions.is_store_trusted(d)
-            (usable if trusted else refused).append((d, fs))
+            ok = d is not None and transitions.takes_new_copies(d)
+            (usable if ok else refused).append((d, fs))
         if not usable:
             if refused:
-                names = ", ".join(store_label(d, fs.id) for d, fs in refused)
+                names = ", ".join(
+                    f"{store_label(d, fs.id)}: {_why_no_copies(d)}" for d, fs in refused
+                )
                 raise MetaStoreError(
-                    f"no connected store takes new copies ({names}: flagged after corrupt "
-                    "data): connect another store or dmedia-tui store init PATH"
+                    f"no connected store takes new copies ({names}): connect another store "
+                    "or dmedia-tui store init PATH"
                 )
             raise MetaStoreError("no connected store to import into: dmedia-tui store init PATH")
         return max((fs for _, fs in usable), key=lambda fs: fs.statvfs()[1])
@@ -916,9 +919,7 @@ class MetaStore:
             if sid in stored or sid in corrupt:
                 continue
             store = self.store_doc(sid)
-            if store is None or not transitions.is_store_trusted(store):
-                continue
-            if transitions.store_copies_weight(store) < 1:
+            if not transitions.takes_new_copies(store):
                 continue
             try:
                 total, avail = fs.statvfs()
@@ -1234,18 +1235,30 @@ class MetaStore:
     # --- health ----------------------------------------------------------------------
 
     def online(self, local: Iterable[str]) -> set[str]:
+        """`local` (this machine's connected stores) plus those other machines see now."""
         return health_mod.online_store_ids(
-            self.lib.machines(), self.now(), self.thresholds, set(local)
+            self.lib.machines(), self.now(), self.thresholds, set(local), self.machine_id
         )
 
     def health(self, local: Iterable[str] | None = None, with_verification: bool = False):
-        """Assess the library now. `local`: stores connected to this machine."""
-        if local is None:
-            local = self.connected_filestores().keys()
-        stores = self.lib.stores()
+        """Assess the library now, as this machine sees it.
+
+        This machine's own stores are judged by the disk now, never by its last heartbeat:
+        a store is local when its FileStore is at its folder now (`local`, when given by a
+        caller that tracks connections, is narrowed to those), and the free space of each
+        is read now (statvfs), not from the store doc. Other machines' stores are online
+        by their heartbeat.
+        """
+        present = self.connected_filestores()
+        if local is not None:
+            wanted = set(local)
+            present = {sid: fs for sid, fs in present.items() if sid in wanted}
+        stores = [self._live_store(doc, present.get(doc.get("_id"))) for doc in self.lib.stores()]
         machines = self.lib.machines()
         now = self.now()
-        online = health_mod.online_store_ids(machines, now, self.thresholds, set(local))
+        online = health_mod.online_store_ids(
+            machines, now, self.thresholds, set(present), self.machine_id
+        )
         verification = (
             {s["_id"]: self._verification_stats(s["_id"]) for s in stores}
             if with_verification
@@ -1261,8 +1274,20 @@ class MetaStore:
             verification=verification,
             metadata_problems=self.metadata_problems(),
             shared_filesystems=_shared_filesystems(stores),
+            machine_id=self.machine_id,
         )
         return health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
+
+    @staticmethod
+    def _live_store(doc: Doc, fs: FileStore | None) -> Doc:
+        """The store doc with the free space of its filesystem now, when it is here."""
+        if fs is None:
+            return doc
+        try:
+            total, avail = fs.statvfs()
+        except OSError:
+            return doc
+        return {**doc, "bytes_total": total, "bytes_avail": avail}
 
     VERIFICATION_STATS_TTL = 30.0
 
@@ -1391,6 +1416,23 @@ def _relink_entry(doc: Doc, store_id: str, mtime: int):
     if isinstance(stored, dict) and store_id in stored:
         return None
     return transitions.mark_added(doc, store_id, 0, mtime)
+
+
+def _why_no_copies(doc: Doc | None) -> str:
+    """Why transitions.takes_new_copies says no, in a few words for the user."""
+    if not isinstance(doc, dict):
+        return "no record of it"
+    failure = doc.get("failure")
+    if failure is not None:
+        reason = failure.get("reason") if isinstance(failure, dict) else None
+        return "it returned corrupt data" if reason == "corrupt" else "marked failing"
+    if doc.get("no_new_copies") not in (None, False):
+        return "flagged no_new_copies"
+    downgraded = doc.get("downgraded")
+    if downgraded is not None:
+        reason = downgraded.get("reason") if isinstance(downgraded, dict) else None
+        return f"downgraded{f' ({reason})' if reason else ''}"
+    return "a copy there counts 0 (--copies 0)"
 
 
 def _mark_missing_if_present(doc: Doc, store_id: str):

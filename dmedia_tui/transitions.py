@@ -444,6 +444,17 @@ def is_store_trusted(store_doc: Any) -> bool:
     return store_doc.get("no_new_copies") in (None, False) and store_doc.get("failure") is None
 
 
+def takes_new_copies(store_doc: Any) -> bool:
+    """Can this store take a new copy? THE rule: the copier (MetaStore.destinations), the
+    import (MetaStore.import_destination) and health's INSUFFICIENT_STORAGE all ask it.
+
+    Yes only when it is trusted (no `failure`, no `no_new_copies`), not `downgraded` (by the
+    user or by a policy: a copy written there would count 0) and a copy there is worth at
+    least 1. Free space and "is it connected" are separate questions for the caller.
+    """
+    return is_store_trusted(store_doc) and store_copies_weight(store_doc) >= 1
+
+
 def store_copies_weight(store_doc: Any) -> int:
     """What a copy on this store is worth now: 0 if downgraded, failing or malformed."""
     if not isinstance(store_doc, dict):

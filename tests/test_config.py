@@ -96,3 +96,33 @@ def test_clock_from_env():
     c = FixedClock(5)
     c.advance(10)
     assert c.now() == 15
+
+
+@pytest.mark.parametrize("value", ["2", "4", "0", "true", "'3'"])
+def test_target_copies_other_than_three_is_refused_naming_the_key(tmp_path, value):
+    # The target is durability.TARGET: ranks, buckets and indexes are built on it, so a
+    # setting that only some parts would follow is refused rather than half-honoured.
+    (tmp_path / "config.toml").write_text(f"[thresholds]\ntarget_copies = {value}\n")
+    with pytest.raises(ConfigError, match="target_copies.*fixed at 3"):
+        Config.load(tmp_path, tmp_path)
+
+
+def test_target_copies_three_is_accepted(tmp_path):
+    (tmp_path / "config.toml").write_text("[thresholds]\ntarget_copies = 3\n")
+    assert Config.load(tmp_path, tmp_path).thresholds.target_copies == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("hostnme = 'x'\n", "unknown key .hostnme"),
+        ("[treshold]\nheartbeat_fresh = 1\n", "treshold"),
+        ("[thresholds]\nstore_downgrade_afer = 1\n", "unknown threshold .store_downgrade_afer"),
+        ("[thresholds]\nrecently_seen = 1\n", "recently_seen"),
+    ],
+)
+def test_unknown_keys_anywhere_are_refused_naming_the_key(tmp_path, text, key):
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=key) as e:
+        Config.load(tmp_path, tmp_path)
+    assert str(tmp_path / "config.toml") in str(e.value)

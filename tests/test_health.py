@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from dmedia_tui.config import DAY, Thresholds
 from dmedia_tui.db.base import PlacementRow, VerificationStats
+from dmedia_tui.durability import TARGET
 from dmedia_tui.health import (
     DATABASE_OFFLINE,
     DISCONNECTED_ONLY_COPY,
@@ -333,22 +334,56 @@ class TestInsufficientStorage:
         h = assess(summary, stores, [], NOW, {A, B, C})
         assert INSUFFICIENT_STORAGE not in codes(h)
 
-    def test_store_seen_exactly_recently_seen_ago_counts(self):
+    def test_store_seen_one_second_before_the_downgrade_boundary_counts(self):
         stores = [
             small(A, "a", 0),
             small(B, "b", RESERVE + U),
-            small(C, "c", RESERVE + U, atime=NOW - TH.recently_seen),
+            small(C, "c", RESERVE + U, atime=NOW - TH.store_downgrade_after + 1),
         ]
         assert INSUFFICIENT_STORAGE not in codes(assess(self.summary, stores, [], NOW, {A, B}))
 
-    def test_store_seen_one_second_too_long_ago_does_not_count(self):
+    @pytest.mark.parametrize("extra", [0, 1])
+    def test_store_at_the_downgrade_boundary_does_not_count(self, extra):
+        # One boundary: the policy downgrades at age >= store_downgrade_after, so at that
+        # very second the store is no longer counted as storage either.
         stores = [
             small(A, "a", 0),
             small(B, "b", RESERVE + U),
-            small(C, "c", RESERVE + U, atime=NOW - TH.recently_seen - 1),
+            small(C, "c", RESERVE + U, atime=NOW - TH.store_downgrade_after - extra),
         ]
         h = assess(self.summary, stores, [], NOW, {A, B})
         assert only(h, INSUFFICIENT_STORAGE).store_ids == (A, B)
+
+    def test_downgraded_store_takes_no_new_copies_so_offers_only_counted_copies(self):
+        # Three stores, one downgraded by the user: files stuck at 2 good copies can never
+        # reach 3 (the copier refuses a downgraded store), so storage is insufficient.
+        summary = [row(pl((A, 1), (B, 1), (C, 0)), 10, U)]
+        stores = [
+            small(A, "a", TOTAL),
+            small(B, "b", TOTAL),
+            small(C, "c", TOTAL, downgraded={"time": NOW, "reason": "user"}),
+        ]
+        h = assess(summary, stores, [], NOW, {A, B, C})
+        a = only(h, INSUFFICIENT_STORAGE)
+        assert a.store_ids == (A, B) and a.bytes == U
+        assert h.exit_code == 2
+
+    def test_shared_filesystem_counts_once(self):
+        # B and C share a filesystem with room for every file: one place, not two.
+        stores = [small(A, "a", 0), small(B, "b", TOTAL), small(C, "c", TOTAL)]
+        assert INSUFFICIENT_STORAGE not in codes(
+            assess(self.summary, stores, [], NOW, {A, B, C})
+        )
+        h = assess(self.summary, stores, [], NOW, {A, B, C}, shared_filesystems=[(B, C)])
+        a = only(h, INSUFFICIENT_STORAGE)
+        assert a.bytes == U and "only 2 trusted drives" in a.message
+
+    def test_three_stores_on_one_full_filesystem_are_one_place(self):
+        summary = [row(pl((A, 1), (B, 1), (C, 1)), 10, U)]
+        stores = [small(A, "a", 0), small(B, "b", 0), small(C, "c", 0)]
+        assert INSUFFICIENT_STORAGE not in codes(assess(summary, stores, [], NOW, {A, B, C}))
+        h = assess(summary, stores, [], NOW, {A, B, C}, shared_filesystems=[(A, B), (B, C)])
+        assert only(h, INSUFFICIENT_STORAGE).bytes == 2 * U
 
     def test_online_store_counts_even_with_an_old_atime(self):
         stores = [
@@ -378,10 +413,9 @@ class TestInsufficientStorage:
         h = self.assess3(10 + U, 10 + U, thresholds=th)
         assert INSUFFICIENT_STORAGE not in codes(h)
 
-    def test_target_copies_is_configurable(self):
+    def test_target_is_the_fixed_durability_target(self):
+        assert TH.target_copies == TARGET == 3
         stores = [small(A, "a", 0), small(B, "b", RESERVE + U)]
-        th = Thresholds(target_copies=2)
-        assert INSUFFICIENT_STORAGE not in codes(assess(self.summary, stores, [], NOW, {A, B}, th))
         a = only(assess(self.summary, stores, [], NOW, {A, B}), INSUFFICIENT_STORAGE)
         assert "for 3 copies" in a.message
 
