@@ -572,8 +572,10 @@ def _place_advice(
         s = stores[key]
         serial = f" (serial {s.serial})" if s.serial else ""
         if this_machine is not None:
+            me = machines.get(this_machine)
+            here = f"in here ({me.hostname})" if me is not None else "in here"
             others = f" or into one of: {', '.join(fresh_hosts)}" if fresh_hosts else ""
-            return f"plug {s.label}{serial} in here{others}"
+            return f"plug {s.label}{serial} {here}{others}"
         into = f"one of: {', '.join(fresh_hosts)}" if fresh_hosts else "this machine"
         return f"plug {s.label}{serial} into {into}"
     if kind == "machine":
@@ -721,8 +723,8 @@ def _low_durability_alert(
             action = f"{where[:1].upper()}{where[1:]}: their only copies are offline"
         else:
             action = (
-                f"dmedia-tui is making copies of the others; {_files(stuck_n)} "
-                f"{_have(stuck_n)} copies only offline: {where}"
+                f"{where[:1].upper()}{where[1:]} for the {_files(stuck_n)} whose only copies "
+                "are offline; dmedia-tui is copying the others"
             )
     return Alert(
         code=LOW_DURABILITY,

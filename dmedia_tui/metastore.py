@@ -1278,13 +1278,18 @@ class MetaStore:
         )
         return health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
 
-    @staticmethod
-    def _live_store(doc: Doc, fs: FileStore | None) -> Doc:
-        """The store doc with the free space of its filesystem now, when it is here."""
+    def space(self, fs: FileStore) -> tuple[int, int]:
+        """(bytes_total, bytes_avail) of the store's filesystem now. A seam like the clock:
+        screens pinned for snapshot tests replace it on the instance."""
+        return fs.statvfs()
+
+    def _live_store(self, doc: Doc, fs: FileStore | None) -> Doc:
+        """The store doc with the free space of its filesystem now, when it is here: a
+        disk filled outside dmedia-tui shows at once, without waiting for a heartbeat."""
         if fs is None:
             return doc
         try:
-            total, avail = fs.statvfs()
+            total, avail = self.space(fs)
         except OSError:
             return doc
         return {**doc, "bytes_total": total, "bytes_avail": avail}

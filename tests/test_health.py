@@ -371,9 +371,7 @@ class TestInsufficientStorage:
     def test_shared_filesystem_counts_once(self):
         # B and C share a filesystem with room for every file: one place, not two.
         stores = [small(A, "a", 0), small(B, "b", TOTAL), small(C, "c", TOTAL)]
-        assert INSUFFICIENT_STORAGE not in codes(
-            assess(self.summary, stores, [], NOW, {A, B, C})
-        )
+        assert INSUFFICIENT_STORAGE not in codes(assess(self.summary, stores, [], NOW, {A, B, C}))
         h = assess(self.summary, stores, [], NOW, {A, B, C}, shared_filesystems=[(B, C)])
         a = only(h, INSUFFICIENT_STORAGE)
         assert a.bytes == U and "only 2 trusted drives" in a.message

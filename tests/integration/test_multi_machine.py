@@ -159,8 +159,10 @@ def test_two_machines_share_a_library(couch_server, tmp_path: Path, libs, capsys
     only = [x for x in st["alerts"] if x["code"] == "DISCONNECTED_ONLY_COPY"]
     assert len(only) == 1 and only[0]["store_ids"] == [sr]
     assert only[0]["files"] == len(files_b2)
-    assert only[0]["action"].startswith("Plug bravo-stick (serial STICK-123) into one of: ")
-    assert "alpha" in only[0]["action"] and "bravo" in only[0]["action"]
+    # A runs the command: it is "here"; B is the other machine running.
+    assert only[0]["action"] == (
+        "Plug bravo-stick (serial STICK-123) in here (alpha) or into one of: bravo"
+    )
     assert code == 2
     # Symmetric: A's store is online for B.
     assert store_row(b.status(now=t)[1], sa)["online"] is True
@@ -182,7 +184,7 @@ def test_two_machines_share_a_library(couch_server, tmp_path: Path, libs, capsys
     ]
     assert len(plug) == 1
     # B is off, so the stick must go into A.
-    assert plug[0]["action"] == "Plug bravo-stick (serial STICK-123) into one of: alpha"
+    assert plug[0]["action"] == "Plug bravo-stick (serial STICK-123) in here (alpha)"
     with capsys.disabled():
         print(f"\n[multi-machine] replication convergence (s): {[round(x, 3) for x in timings]}")
 

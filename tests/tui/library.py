@@ -158,6 +158,10 @@ def _pin_machine_values(ms: MetaStore, stores: dict[str, str]) -> None:
         "usb-backup-2": (TB, TB * 6 // 10),
         "laptop-ssd": (TB // 2, TB // 5),
     }
+    pinned = {stores[label]: space[label] for label in stores}
+    real_space = ms.space
+    # Health reads the space of connected stores live (statvfs): pin that answer too.
+    ms.space = lambda fs: pinned.get(fs.id) or real_space(fs)  # type: ignore[method-assign]
     for label, sid in stores.items():
         total, avail = space[label]
 
