@@ -714,9 +714,10 @@ def _low_durability_alert(
     good = f"{th.low_durability} good cop{'y' if th.low_durability == 1 else 'ies'}"
     online = online if online is not None else set()
     stuck = [g for g in low if g.store_ids and not g.store_ids & online]
-    copying = "dmedia-tui is making copies; keep drives connected"
-    action = copying
-    if stuck and advise is not None:
+    action = "dmedia-tui is making copies; keep drives connected"
+    if all(not g.store_ids for g in low):
+        action = "No copy of them is known: see the NO KNOWN COPY alert"
+    elif stuck and advise is not None:
         where = advise(frozenset().union(*(g.store_ids for g in stuck)))
         stuck_n = sum(g.count for g in stuck)
         if stuck_n == sum(g.count for g in low if g.store_ids):
