@@ -161,6 +161,14 @@ class TestOnlineStoreIds:
         online_store_ids([machine(M_STUDIO, "studio", [B])], NOW, TH, local)
         assert local == {A}
 
+    def test_this_machines_own_heartbeat_does_not_make_its_stores_online(self):
+        # studio's doc (10 s old) lists A and B, but only A is on its disk now: B vanished.
+        machines = [machine(M_STUDIO, "studio", [A, B], atime=NOW - 10)]
+        assert online_store_ids(machines, NOW, TH, {A}, M_STUDIO) == {A}
+        # Another machine's fresh heartbeat still counts for its stores.
+        machines.append(machine(M_KESTREL, "kestrel", [C], atime=NOW - 10))
+        assert online_store_ids(machines, NOW, TH, {A}, M_STUDIO) == {A, C}
+
 
 # --- histogram and totals --------------------------------------------------------------
 
@@ -452,6 +460,26 @@ class TestDisconnected:
         online = online_store_ids(machines, NOW, TH)
         return assess(summary, stores, machines, NOW, online, **kw)
 
+    def test_own_store_is_connected_here_never_boot_this_machine(self):
+        # studio runs the command; its heartbeat is 3 minutes old, or it has none at all.
+        stores, machines = laptop_setup()
+        for ms in (
+            [machine(M_STUDIO, "studio", [A], atime=NOW - 181), *machines[1:]],
+            machines[1:],
+        ):
+            online = online_store_ids(ms, NOW, TH, {D}, M_STUDIO)
+            h = assess([row(pl((A, 1)), 5, GB)], stores, ms, NOW, online, machine_id=M_STUDIO)
+            a = only(h, DISCONNECTED_ONLY_COPY)
+            assert a.action.startswith("Connect studio-int here"), a.action
+            assert "oot" not in a.action
+
+    def test_own_removable_drive_is_plugged_in_here(self):
+        stores, machines = laptop_setup()
+        online = online_store_ids(machines, NOW, TH, {A}, M_STUDIO)
+        h = assess([row(pl((C, 1)), 5, GB)], stores, machines, NOW, online, machine_id=M_STUDIO)
+        a = only(h, DISCONNECTED_ONLY_COPY)
+        assert a.action == "Plug usb-backup (serial WD-WX11A) in here (studio) or into one of: nas"
+
     def test_internal_drive_of_a_machine_that_is_off(self):
         h = self.run([row(pl((B, 1)), 128, 41 * GB)])
         a = only(h, DISCONNECTED_ONLY_COPY)
@@ -682,6 +710,24 @@ class TestLowDurability:
         assert a.action == "dmedia-tui is making copies; keep drives connected"
         assert (a.files, a.bytes) == (312, 41 * GB)
         assert h.exit_code == 1
+
+    def test_files_only_on_offline_drives_name_the_place_not_copying(self):
+        stores, machines = laptop_setup()
+        online = online_store_ids(machines, NOW, TH, {A}, M_STUDIO)
+        h = assess([row(pl((B, 1)), 7, GB)], stores, machines, NOW, online, machine_id=M_STUDIO)
+        a = only(h, LOW_DURABILITY)
+        assert a.action == "Boot kestrel: their only copies are offline"
+        # Mixed: some are copyable now, some wait for the laptop.
+        summary = [row(pl((B, 1)), 7, GB), row(pl((A, 1)), 3, GB)]
+        h = assess(summary, stores, machines, NOW, online, machine_id=M_STUDIO)
+        assert only(h, LOW_DURABILITY).action == (
+            "Boot kestrel for the 7 files whose only copies are offline; "
+            "dmedia-tui is copying the others"
+        )
+
+    def test_files_with_no_known_copy_are_not_being_copied(self):
+        h = assess([row("", 4, GB)], three_stores(), [], NOW, {A, B, C})
+        assert "making copies" not in only(h, LOW_DURABILITY).action
 
     def test_exactly_two_copies_is_not_low(self):
         h = assess([row(pl((A, 1), (B, 1)), 5, 5)], three_stores(), [], NOW, {A, B, C})
