@@ -137,7 +137,10 @@ SFS = "SHARED_FILESYSTEM"
 
 
 def empty_library(w: World) -> None:
-    w.m().ok("store", "list")  # creates the library, no store
+    """A library that had a store, forgotten: no store, no file (only store init creates
+    a library)."""
+    w.store("s0")
+    w.m().ok("store", "purge", "s0", "--yes")
 
 
 def one_store_no_files(w: World) -> None:
