@@ -239,6 +239,13 @@ class Config:
         """This machine's ID (24 characters), created on first use."""
         return self._machine()["machine_id"]
 
+    def known_machine_id(self) -> str | None:
+        """This machine's ID if it has one already, else None (never creates one: for
+        read-only commands, which must write nothing)."""
+        data = _read_json(self._machine_path, None)
+        mid = data.get("machine_id") if isinstance(data, dict) else None
+        return mid if protocol.is_store_id(mid) else None
+
     @property
     def hostname(self) -> str:
         return self.hostname_setting or str(self._machine().get("hostname") or "localhost")

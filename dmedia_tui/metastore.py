@@ -1237,7 +1237,11 @@ class MetaStore:
     def online(self, local: Iterable[str]) -> set[str]:
         """`local` (this machine's connected stores) plus those other machines see now."""
         return health_mod.online_store_ids(
-            self.lib.machines(), self.now(), self.thresholds, set(local), self.machine_id
+            self.lib.machines(),
+            self.now(),
+            self.thresholds,
+            set(local),
+            self.config.known_machine_id(),
         )
 
     def health(self, local: Iterable[str] | None = None, with_verification: bool = False):
@@ -1249,6 +1253,7 @@ class MetaStore:
         is read now (statvfs), not from the store doc. Other machines' stores are online
         by their heartbeat.
         """
+        me = self.config.known_machine_id()  # a machine without an ID has no stores yet
         present = self.connected_filestores()
         if local is not None:
             wanted = set(local)
@@ -1256,9 +1261,7 @@ class MetaStore:
         stores = [self._live_store(doc, present.get(doc.get("_id"))) for doc in self.lib.stores()]
         machines = self.lib.machines()
         now = self.now()
-        online = health_mod.online_store_ids(
-            machines, now, self.thresholds, set(present), self.machine_id
-        )
+        online = health_mod.online_store_ids(machines, now, self.thresholds, set(present), me)
         verification = (
             {s["_id"]: self._verification_stats(s["_id"]) for s in stores}
             if with_verification
@@ -1274,7 +1277,7 @@ class MetaStore:
             verification=verification,
             metadata_problems=self.metadata_problems(),
             shared_filesystems=_shared_filesystems(stores),
-            machine_id=self.machine_id,
+            machine_id=me,
         )
         return health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
 
