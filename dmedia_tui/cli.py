@@ -334,7 +334,9 @@ def _store_action(ctx: Context, name: str, action: str, yes: bool, dry_run: bool
         if dry_run:
             click.echo(ms.preview(action, sid).describe())
             return
-        if action in ("downgrade", "purge") and not yes:
+        # Downgrade and purge weaken durability; trust lets new copies go to a store that
+        # was flagged: all three show what they change and ask (off a terminal: --yes).
+        if action in ("downgrade", "purge", "trust") and not yes:
             preview = ms.preview(action, sid)  # counts every file on the store: only here
             if not sys.stdin.isatty():
                 raise UserError(f"refusing without --yes (not a terminal); {preview.describe()}")
@@ -369,7 +371,9 @@ def _make_store_action(action: str, help_text: str):
 _make_store_action("downgrade", "Make every copy on STORE count 0 (locations stay tracked).")
 _make_store_action("purge", "Forget STORE and its copies (files on disk are never deleted).")
 _make_store_action("ack", "Acknowledge STORE's failure: the banner goes, the store stays FAILING.")
-_make_store_action("trust", "Clear STORE's flags: new copies allowed, copies count once verified.")
+_make_store_action(
+    "trust", "Clear STORE's flags: new copies allowed, copies count once verified (asks)."
+)
 
 
 # --- import / verify / check / daemon ------------------------------------------------------

@@ -363,7 +363,7 @@ def test_events_json_lines_since_type_limit_and_now(machine, tmp_path):
     f.write_bytes(os.urandom(5000))
     fid = machine.ok("import", str(f), "--store", "a", "--json").json()["file_ids"][0]
     machine.ok("store", "downgrade", "b", "--yes", now=NOW + 1 * HOUR)
-    machine.ok("store", "trust", "b", now=NOW + 2 * HOUR)
+    machine.ok("store", "trust", "b", "--yes", now=NOW + 2 * HOUR)
     flip_bit(canonical(paths[0], fid))
     r = machine.run("verify", "--all", "--json", now=NOW + 3 * HOUR)
     assert r.exit_code == 2 and r.json()["corrupt"] == 1
@@ -504,6 +504,30 @@ def test_interactive_confirm_defaults_to_no(machine, tmp_path, db_path):
     assert machine.ok("store", "list", "--json").json() == []
 
 
+def test_trust_asks_first_like_downgrade_and_purge(machine, tmp_path, db_path):
+    """Trusting a store again lets new copies go to it: on a terminal it shows what
+    changes and defaults to No; off a terminal it needs --yes."""
+    s = tmp_path / "s"
+    s.mkdir()
+    machine.init_store(s, "s")
+    make_camera_files(tmp_path / "DCIM", 2, max_kb=10)
+    machine.ok("import", str(tmp_path / "DCIM"))
+    machine.ok("store", "downgrade", "s", "--yes")
+    before = snapshot(db_path.parent, s, machine.config_home)
+    r = machine.run("store", "trust", "s")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert "refusing without --yes" in r.stderr and "2 files" in r.stderr
+    env = {**machine.env(), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "dmedia_tui", "store", "trust", "s"]
+    code, out = _pty_run(argv, env, b"\r")  # just Enter: the default
+    assert code == 1 and "Proceed? [y/N]" in out and "nothing changed" in out, out
+    assert "trust s: 2 files would allow new copies again" in out
+    assert snapshot(db_path.parent, s, machine.config_home) == before
+    code, out = _pty_run(argv, env, b"y\r")
+    assert code == 0 and "trust: s (" in out, out
+    assert not machine.ok("store", "list", "--json").json()[0].get("downgraded")
+
+
 # --- help, version, the console script ---------------------------------------------------------
 
 
@@ -591,7 +615,7 @@ def test_import_refuses_a_store_flagged_after_corrupt_data(machine, tmp_path, db
     one_line_error(machine.run("import", str(b), "--store", "s"), 1, "no new copies", "trust s")
     one_line_error(machine.run("import", str(b)), 1, "no connected store takes new copies", "s:")
     assert snapshot(db_path.parent, s) == before
-    machine.ok("store", "trust", "s")
+    machine.ok("store", "trust", "s", "--yes")
     assert machine.ok("import", str(b), "--json").json()["new"] == 1
 
 

@@ -169,7 +169,10 @@ class DmediaApp(App[int]):
                 self.engine_running = True
                 self.engine_state = ENGINE_RUNNING
             else:
+                # Another engine owns this library here: watch it, change nothing (the
+                # keys, the palette, the help screen and the banners all read read_only).
                 self.engine_state = ENGINE_MONITOR
+                self.read_only = True
         await self.push_screen(DashboardScreen(self.compact))
         self._thread = threading.Thread(target=self._refresh_loop, name="dmedia-tui-refresh")
         self._thread.daemon = True
@@ -359,7 +362,9 @@ class DmediaApp(App[int]):
         return True
 
     def action_refuse(self, action: str) -> None:
-        self.notify(f"read-only: {action} is disabled", severity="warning")
+        who = "read-only monitor" if self.engine_state == ENGINE_MONITOR else "read-only"
+        where = " here" if self.engine_state == ENGINE_MONITOR else ""
+        self.notify(f"{who}: {action} is disabled{where}", severity="warning")
 
     def _target(self) -> tuple[str | None, str | None]:
         context = getattr(self.screen, "context", None)

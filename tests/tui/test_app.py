@@ -514,9 +514,58 @@ async def test_second_engine_makes_a_read_only_monitor(tlib):
             assert ENGINE_MONITOR in str(app.screen.query_one("#header").render())
             await pilot.press("v")
             await pilot.pause()
-            assert any("No engine runs" in n.message for n in app._notifications)
+            assert "read-only monitor: verify is disabled here" in _messages(app)
     finally:
         holder.release_lock()
+
+
+async def test_read_only_monitor_offers_no_modifying_action(tlib):
+    """Another engine holds the lock: no key, palette entry or help line may change the
+    library from this app (it is a monitor of that engine, like --read-only)."""
+    from dmedia_tui.engine import Engine
+
+    holder = Engine(tlib.ms, watch_drives=False, watch_folders=False)
+    assert holder.acquire_lock()
+    try:
+        app = DmediaApp(tlib.ms, Engine(tlib.ms, watch_drives=False, watch_folders=False))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settle()
+            before = {label: store_doc(tlib, label) for label in tlib.stores}
+            select_store(app, "usb-backup-2")
+            for key in "dpta":
+                await pilot.press(key)
+                await pilot.pause()
+                assert isinstance(app.screen, DashboardScreen), key
+            await app.workers.wait_for_complete()
+            assert {label: store_doc(tlib, label) for label in tlib.stores} == before
+            for action in ("downgrade", "purge", "trust", "ack"):
+                assert f"read-only monitor: {action} is disabled here" in _messages(app)
+            footer = {b.binding.key for b in app.active_bindings.values() if b.binding.show}
+            assert not {"v", "d", "p", "a", "t"} & footer
+            banner = next(b for b in app.screen.query(AlertBanner) if b.alert.code == DRIVE_FAILURE)
+            assert "[a] acknowledge" not in banner.plain
+
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await until(pilot, lambda: "Show events" in _palette_text(app))
+            shown = _palette_text(app)
+            for name in ("Purge", "Downgrade", "Trust", "Verify"):
+                assert name not in shown
+            await pilot.press("escape")
+            await pilot.pause()
+
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            help_text = str(app.screen.query_one("#help-keys").render())
+            for line in help_text.splitlines():
+                if line.split(" ")[0] in ("v", "d", "p", "a", "t"):
+                    assert "(disabled: read-only)" in line, line
+    finally:
+        holder.release_lock()
+
+
+def _messages(app) -> list[str]:
+    return [n.message for n in app._notifications]
 
 
 async def test_database_error_is_shown_not_raised(tlib):
