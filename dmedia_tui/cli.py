@@ -83,7 +83,7 @@ class Context:
         missing, empty or damaged library refuses (exit 3) rather than start a new one."""
         url = self.config.db_url(self.db)
         try:
-            lib = open_library(url, create=create)
+            lib = open_library(url, create=create, timeout=self.db_timeout(unreadable_exit))
         except DatabaseError as e:
             raise UserError(f"{e}{_open_hint(url, str(e))}", unreadable_exit) from None
         try:
@@ -94,6 +94,13 @@ class Context:
             raise UserError(str(e)) from None
         finally:
             lib.close()
+
+    def db_timeout(self, exit_code: int = 1) -> float:
+        """[database] timeout / DMEDIA_DB_TIMEOUT; a bad value is a one-line error."""
+        try:
+            return self.config.db_timeout()
+        except ConfigError as e:
+            raise UserError(str(e), exit_code) from None
 
 
 def _open_hint(url: str, error: str) -> str:
@@ -783,12 +790,12 @@ def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
     from dmedia_tui.migrate import migrate as run_migrate
 
     try:
-        source = open_library(ctx.config.db_url(ctx.db), create=False)
+        source = open_library(ctx.config.db_url(ctx.db), create=False, timeout=ctx.db_timeout())
     except DatabaseError as e:
         raise UserError(f"source: {e}{_open_hint(ctx.config.db_url(ctx.db), str(e))}", 3) from None
     try:
         try:
-            target = open_library(to_url, create=True)
+            target = open_library(to_url, create=True, timeout=ctx.db_timeout())
         except DatabaseError as e:
             raise UserError(f"target: {e}") from None
         try:

@@ -28,6 +28,8 @@ from dmedia_tui.durability import TARGET
 
 APP_NAME = "dmedia-tui"
 DAY = 86400
+DB_TIMEOUT = 30.0  # seconds a CouchDB request may go unanswered ([database] timeout)
+DB_TIMEOUT_ENV = "DMEDIA_DB_TIMEOUT"
 
 
 class ConfigError(ValueError):
@@ -112,6 +114,9 @@ DEFAULT_CONFIG_TOML = """\
 # The name other machines show for this one ("boot <name>").
 # hostname = "{hostname}"
 
+[database]
+# timeout = 30    # seconds a CouchDB server may leave a request unanswered (DMEDIA_DB_TIMEOUT)
+
 [thresholds]
 # low_durability = 2
 # store_downgrade_after = 259200    # 3 days, in seconds
@@ -123,6 +128,21 @@ DEFAULT_CONFIG_TOML = """\
 # heartbeat_interval = 60
 # heartbeat_fresh = 180
 """
+
+
+def _timeout(value: Any, where: str) -> float:
+    """A timeout in seconds: a number > 0 (a string from the environment is parsed)."""
+    try:
+        seconds = float(value) if isinstance(value, str) else value
+    except ValueError:
+        seconds = None
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds < float("inf")  # NaN fails too
+    ):
+        raise ConfigError(f"{where} must be a number of seconds > 0, got {value!r}")
+    return float(seconds)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -155,6 +175,7 @@ class Config:
     thresholds: Thresholds = field(default_factory=Thresholds)
     db_setting: str | None = None
     hostname_setting: str | None = None
+    db_timeout_setting: float | None = None
 
     # --- loading ---------------------------------------------------------------------
 
@@ -193,7 +214,13 @@ class Config:
             raise ConfigError(f"{toml_path}: db must be a string")
         if host is not None and not isinstance(host, str):
             raise ConfigError(f"{toml_path}: hostname must be a string")
-        return cls(cdir, ddir, thresholds, db, host)
+        database = data.get("database", {}) or {}
+        if not isinstance(database, dict):
+            raise ConfigError(f"{toml_path}: [database] must be a table")
+        timeout = database.get("timeout")
+        if timeout is not None:
+            timeout = _timeout(timeout, f"{toml_path}: [database] timeout")
+        return cls(cdir, ddir, thresholds, db, host, timeout)
 
     def write_default_config(self) -> Path:
         """Write a commented config.toml if there is none; return its path."""
@@ -220,6 +247,15 @@ class Config:
         """--db beats DMEDIA_DB beats config.toml's `db` beats the default SQLite file."""
         env = os.environ if environ is None else environ
         return cli_value or env.get("DMEDIA_DB") or self.db_setting or str(self.default_db_path)
+
+    def db_timeout(self, environ: dict[str, str] | None = None) -> float:
+        """Seconds a database request may go unanswered before the command fails:
+        DMEDIA_DB_TIMEOUT beats config.toml's [database] timeout beats 30 s."""
+        env = os.environ if environ is None else environ
+        raw = env.get(DB_TIMEOUT_ENV)
+        if raw:
+            return _timeout(raw, DB_TIMEOUT_ENV)
+        return self.db_timeout_setting or DB_TIMEOUT
 
     # --- this machine ----------------------------------------------------------------
 

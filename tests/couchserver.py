@@ -21,10 +21,12 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -132,6 +134,88 @@ def start_pouchdb_server(workdir: Path) -> CouchServer:
         server.stop()
         last_log = log_path.read_text(errors="replace")[-500:]
     raise RuntimeError(f"pouchdb-server did not start: {last_log.strip()}")
+
+
+class BlackHole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers.
+
+    `forward_to=(host, port)` makes it a proxy to a real server until `hang()`: from then
+    on it accepts and holds every connection, new or old, and passes nothing on (a
+    CouchDB that stopped answering without closing its sockets). `slow_views=s` holds
+    each view query s seconds first (a server busy building an index, still answering).
+    """
+
+    def __init__(self, forward_to: tuple[str, int] | None = None, slow_views: float = 0.0) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._forward_to = forward_to
+        self.slow_views = slow_views  # hold view queries this long (an index being built)
+        self.views = 0
+        self._hanging = threading.Event()
+        if forward_to is None:
+            self._hanging.set()
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, name="black-hole", daemon=True)
+        self._thread.start()
+
+    def hang(self) -> None:
+        self._hanging.set()
+
+    def _hold(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._held.append(sock)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._hold(conn)
+            if not self._hanging.is_set() and self._forward_to is not None:
+                threading.Thread(target=self._pump, args=(conn,), daemon=True).start()
+
+    def _pump(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self._forward_to)  # type: ignore[arg-type]
+        self._hold(upstream)
+        peers = {client: upstream, upstream: client}
+        while not self._stop.is_set() and not self._hanging.is_set():
+            ready, _, _ = select.select(list(peers), [], [], 0.05)
+            if self._hanging.is_set():
+                return  # hold both sockets open, pass nothing on
+            for sock in ready:
+                try:
+                    data = sock.recv(65536)
+                    if data and sock is client and b"/_view/" in data and self.slow_views:
+                        self.views += 1
+                        time.sleep(self.slow_views)
+                    if data:
+                        peers[sock].sendall(data)
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            for sock in self._held:
+                sock.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    """A "CouchDB" at black_hole.url that accepts connections and never answers."""
+    hole = BlackHole()
+    yield hole
+    hole.close()
 
 
 @pytest.fixture(scope="session")

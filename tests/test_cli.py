@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,63 @@ def test_status_exits_3_on_every_failure(machine, db_path):
 
     r2 = CliRunner().invoke(cli, ["status"], env=runner_env)
     one_line_error(Result(r2.exit_code, r2.stdout, r2.stderr), 3, "DMEDIA_NOW", "'abc'")
+
+
+HUNG_COMMANDS = [
+    ("status",),
+    ("status", "--json"),
+    ("store", "init", "{dir}"),
+    ("store", "list"),
+    ("store", "list", "--json"),
+    ("events",),
+    ("events", "--json"),
+    (),  # the app: it opens the library before it takes the terminal
+]
+
+
+@pytest.mark.parametrize("args", HUNG_COMMANDS, ids=lambda a: " ".join(a) or "app")
+def test_a_server_that_never_answers_fails_in_bounded_time(tmp_path, black_hole, monkeypatch, args):
+    """A CouchDB that accepts connections and sends nothing: one line, exit 3, within the
+    configured timeout (DMEDIA_DB_TIMEOUT here; 30 s by default), never a hang."""
+    monkeypatch.setenv("DMEDIA_DB_TIMEOUT", "0.5")
+    m = Machine(tmp_path / "machines", "studio", black_hole.url, NOW)
+    d = tmp_path / "d"
+    d.mkdir()
+    start = time.monotonic()
+    r = m.run(*(a.replace("{dir}", str(d)) for a in args))
+    took = time.monotonic() - start
+    one_line_error(r, 3, "cannot use CouchDB at", "timed out")
+    assert black_hole.accepted >= 1  # it really connected and waited
+    assert took < 10, took
+    assert not (d / ".dmedia").exists()
+
+
+def test_the_database_timeout_comes_from_config_toml(tmp_path, black_hole, monkeypatch):
+    monkeypatch.delenv("DMEDIA_DB_TIMEOUT", raising=False)
+    m = Machine(tmp_path / "machines", "studio", black_hole.url, NOW)
+    (m.config_home / "dmedia-tui" / "config.toml").write_text(
+        'hostname = "studio"\n[database]\ntimeout = 0.5\n'
+    )
+    start = time.monotonic()
+    one_line_error(m.run("store", "list"), 3, "timed out")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [("env", "soon"), ("env", "0"), ("toml", "-1"), ("toml", "'x'"), ("toml", "nan")],
+)
+def test_a_bad_database_timeout_is_one_line(machine, monkeypatch, where, value):
+    if where == "env":
+        monkeypatch.setenv("DMEDIA_DB_TIMEOUT", value)
+        words = ("DMEDIA_DB_TIMEOUT", "seconds > 0")
+    else:
+        (machine.config_home / "dmedia-tui" / "config.toml").write_text(
+            f"[database]\ntimeout = {value}\n"
+        )
+        words = ("[database] timeout", "seconds > 0")
+    one_line_error(machine.run("store", "list"), 1, *words)
+    one_line_error(machine.run("status"), 3, *words)
 
 
 @pytest.mark.parametrize(

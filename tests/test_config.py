@@ -30,6 +30,22 @@ def test_db_url_precedence(tmp_path):
     assert cfg.db_url("/cli", {"DMEDIA_DB": "/env"}) == "/cli"
 
 
+def test_database_timeout_precedence(tmp_path):
+    """30 s unless config.toml's [database] timeout says otherwise; DMEDIA_DB_TIMEOUT wins."""
+    cfg = Config.load(tmp_path / "c", tmp_path / "d")
+    assert cfg.db_timeout({}) == 30.0
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.toml").write_text("[database]\ntimeout = 5\n")
+    cfg = Config.load(tmp_path / "c", tmp_path / "d")
+    assert cfg.db_timeout({}) == 5.0
+    assert cfg.db_timeout({"DMEDIA_DB_TIMEOUT": "0.25"}) == 0.25
+    with pytest.raises(ConfigError, match="DMEDIA_DB_TIMEOUT"):
+        cfg.db_timeout({"DMEDIA_DB_TIMEOUT": "inf"})
+    (tmp_path / "c" / "config.toml").write_text("database = 3\n")
+    with pytest.raises(ConfigError, match=r"\[database\] must be a table"):
+        Config.load(tmp_path / "c", tmp_path / "d")
+
+
 def test_thresholds_from_toml_and_bad_values(tmp_path):
     (tmp_path / "config.toml").write_text(
         "[thresholds]\nstore_downgrade_after = 60\nreserve_fraction = 0.5\n"

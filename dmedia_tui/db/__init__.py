@@ -26,15 +26,16 @@ def is_couch_url(url: str) -> bool:
     return url.startswith(("http://", "https://"))
 
 
-def open_library(url: str, *, create: bool = True) -> Library:
+def open_library(url: str, *, create: bool = True, timeout: float | None = None) -> Library:
     """Open (and by default create) the library at a path or an http(s) CouchDB URL.
 
+    `timeout`: seconds a CouchDB server may leave a request unanswered (default 30).
     Raises DatabaseOffline with a one-line message when it cannot.
     """
     if is_couch_url(url):
-        from dmedia_tui.db.couch import CouchLibrary
+        from dmedia_tui.db.couch import TIMEOUT, CouchLibrary
 
-        return CouchLibrary(url, create=create)
+        return CouchLibrary(url, create=create, timeout=timeout or TIMEOUT)
     from dmedia_tui.db.sqlite import SQLiteLibrary
 
     return SQLiteLibrary(url, create=create)

@@ -11,8 +11,12 @@ URL: `http(s)://[user:password@]host[:port][/base/path/][?prefix=NAME-]`
 Why it looks like this:
 - CouchDB-Python 1.2's HTTP layer (`couchdb.http`), called from worker threads: one
   session whose connection pool is thread-safe; its response cache is switched off (it
-  is a plain dict, not thread-safe). Connections get a short connect timeout and a long
-  read timeout (a view's first build over a big library can take minutes on PouchDB).
+  is a plain dict, not thread-safe). Every request has a timeout (`timeout`, 30 s by
+  default; `[database] timeout` / DMEDIA_DB_TIMEOUT): a server that accepts connections
+  and never answers makes calls fail with DatabaseOffline, not hang. A view query that
+  times out while the server still answers `GET /` is building its index (minutes over a
+  big library on PouchDB): it is asked again with the long VIEW_TIMEOUT. The long polls
+  of `wait_changes` use sessions of their own whose read timeout is the poll's.
 - Every failure becomes a typed one-line error: a stale `_rev` -> Conflict, a missing
   doc -> NotFound; refused connections, DNS failures, 401s, timeouts, a missing database
   -> DatabaseOffline.
@@ -75,8 +79,9 @@ from dmedia_tui.db.base import (
 BATCH = 500  # docs per _bulk_docs / _all_docs keys request
 CHANGES_PAGE = 5000  # changes per request while bringing the placement tally up to date
 FILE_TYPE = "dmedia/file"
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 600.0  # a first view build over 100k docs on PouchDB takes minutes
+CONNECT_TIMEOUT = 10.0  # at most; never more than the request timeout
+TIMEOUT = 30.0  # seconds a request may go unanswered (config.DB_TIMEOUT)
+VIEW_TIMEOUT = 600.0  # a first view build over 100k docs on PouchDB takes minutes
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _HIGH: dict[str, Any] = {}  # sorts after every other JSON value in view collation
 
@@ -96,7 +101,7 @@ class _NoCache:
 
 def _connection_class(base: type) -> type:
     class Conn(base):  # type: ignore[misc, valid-type]
-        read_timeout: float | None = READ_TIMEOUT
+        read_timeout: float | None = TIMEOUT
 
         def connect(self) -> None:
             super().connect()
@@ -112,8 +117,8 @@ _HTTPS = _connection_class(couch_http.HTTPSConnection)
 class _Pool(couch_http.ConnectionPool):
     """couchdb.http's pool, with a connect timeout distinct from the read timeout."""
 
-    def __init__(self, read_timeout: float | None) -> None:
-        super().__init__(CONNECT_TIMEOUT)
+    def __init__(self, read_timeout: float | None, connect_timeout: float) -> None:
+        super().__init__(connect_timeout)
         self.read_timeout = read_timeout
 
     def get(self, url: str) -> http.client.HTTPConnection:
@@ -123,7 +128,7 @@ class _Pool(couch_http.ConnectionPool):
             conn = conns.pop(-1) if conns else None
         if conn is None:
             cls = _HTTPS if scheme == "https" else _HTTP
-            conn = cls(host, timeout=CONNECT_TIMEOUT)
+            conn = cls(host, timeout=self.timeout)
             conn.read_timeout = self.read_timeout
             conn.connect()
         return conn
@@ -136,10 +141,10 @@ class _Pool(couch_http.ConnectionPool):
             self.conns.clear()
 
 
-def _session(read_timeout: float | None) -> couch_http.Session:
+def _session(read_timeout: float, connect_timeout: float = CONNECT_TIMEOUT) -> couch_http.Session:
     session = couch_http.Session()
     session.cache = _NoCache()
-    session.connection_pool = _Pool(read_timeout)
+    session.connection_pool = _Pool(read_timeout, min(connect_timeout, read_timeout))
     return session
 
 
@@ -293,9 +298,19 @@ class CouchDatabase(Database):
         return self._request("GET")
 
     def _query(self, view: str, **params: Any) -> dict[str, Any]:
-        """GET a view of this database's design doc; JSON-encodes key parameters."""
+        """GET a view of this database's design doc; JSON-encodes key parameters.
+
+        A view may need minutes to build its index the first time: when the query times
+        out but the server still answers, it is asked again with the long VIEW_TIMEOUT.
+        """
         ddoc = couch_views.DOCS_DDOC if self.name == DOCS_DB else couch_views.LOG_DDOC
-        return self._request("GET", ["_design", ddoc, "_view", view], **_params(params))
+        path = ["_design", ddoc, "_view", view]
+        try:
+            return self._request("GET", path, **_params(params))
+        except DatabaseOffline as e:
+            if not isinstance(e.__cause__, TimeoutError) or not self._lib._reachable():
+                raise
+        return self._request("GET", path, resource=self._lib._slow(self.dbname), **_params(params))
 
     def _all_docs(self, **params: Any) -> dict[str, Any]:
         return self._request("GET", ["_all_docs"], **_params(params))
@@ -385,7 +400,7 @@ class CouchDatabase(Database):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            session = _session(read_timeout=left)
+            session = _session(read_timeout=left, connect_timeout=self._lib.timeout)
             res = couch_http.Resource(self._res.url, session)
             res.credentials = self._res.credentials
             try:
@@ -553,13 +568,16 @@ class CouchLibrary(Library):
         url: str,
         create: bool = True,
         *,
-        read_timeout: float | None = READ_TIMEOUT,
+        timeout: float = TIMEOUT,
         summary: str = "auto",
     ) -> None:
-        """`summary`: "view", "changes" or "auto" (view on Apache CouchDB), see above."""
+        """`summary`: "view", "changes" or "auto" (view on Apache CouchDB), see above.
+        `timeout`: seconds any request may go unanswered (views: see `_query`)."""
         self._parse(url)
         self._closed = False
-        self._session = _session(read_timeout)
+        self.timeout = timeout
+        self._session = _session(timeout)
+        self._slow_session: couch_http.Session | None = None
         self._summary_lock = threading.Lock()
         self._summary: tuple[str, list[PlacementRow]] | None = None
         self._tally = _PlacementTally()
@@ -635,6 +653,16 @@ class CouchLibrary(Library):
         res = couch_http.Resource(self.server_url, self._session)
         res.credentials = self._credentials
         return res(*path) if path else res
+
+    def _slow(self, dbname: str) -> couch_http.Resource:
+        """The database through a session that waits VIEW_TIMEOUT for answers."""
+        with self._summary_lock:
+            if self._slow_session is None:
+                self._slow_session = _session(max(VIEW_TIMEOUT, self.timeout), self.timeout)
+            session = self._slow_session
+        res = couch_http.Resource(self.server_url, session)
+        res.credentials = self._credentials
+        return res(dbname)
 
     @contextmanager
     def _guard(self, what: str, dbname: str) -> Iterator[None]:
@@ -729,6 +757,8 @@ class CouchLibrary(Library):
     def close(self) -> None:
         self._closed = True
         self._session.connection_pool.close()
+        if self._slow_session is not None:
+            self._slow_session.connection_pool.close()
 
     # --- replication conflicts -----------------------------------------------------
 

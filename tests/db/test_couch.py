@@ -13,6 +13,7 @@ import json
 import random
 import socket
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -364,6 +365,61 @@ def test_wait_changes_wakes_on_a_write(lib: CouchLibrary) -> None:
     lib.docs.save({"_id": "a", "type": "t"})
     waiter.join()
     assert got == [lib.docs.update_seq()] and got[0] != since
+
+
+def test_a_long_poll_outlives_the_request_timeout(url: str) -> None:
+    """The request timeout bounds a server that never answers; a long poll that waits
+    longer than it for a change is no such failure and keeps waiting."""
+    lib = CouchLibrary(url, timeout=0.3)
+    try:
+        since = lib.docs.update_seq()
+        got: list[str] = []
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                got.append(lib.docs.wait_changes(since, 3600))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(1.5)  # five request timeouts
+        assert waiter.is_alive() and not errors, errors
+        lib.docs.save({"_id": "a", "type": "t"})
+        waiter.join(30)
+        assert not errors and got == [lib.docs.update_seq()] and got[0] != since
+    finally:
+        lib.close()
+
+
+def test_a_server_that_never_answers_is_offline_within_the_timeout(black_hole) -> None:
+    start = time.monotonic()
+    with pytest.raises(DatabaseOffline, match="timed out"):
+        CouchLibrary(black_hole.url, timeout=0.3)
+    assert time.monotonic() - start < 5
+
+
+def test_a_view_slower_than_the_timeout_is_waited_for_while_the_server_answers(
+    couch_server: CouchServer,
+) -> None:
+    """A first view build takes minutes on a big PouchDB library: a view query that times
+    out while the server still answers is asked again with the long view timeout."""
+    from tests.couchserver import BlackHole
+
+    hole = BlackHole(forward_to=("127.0.0.1", couch_server.port), slow_views=1.0)
+    prefix = couch_server.fresh_url().split("?", 1)[1]
+    lib = CouchLibrary(f"{hole.url}?{prefix}", timeout=0.4)
+    try:
+        lib.docs.save({"_id": "s1", "type": "dmedia/store"})
+        assert [d["_id"] for d in lib.stores()] == ["s1"]
+        assert hole.views == 2  # timed out once, asked again with the long timeout
+        hole.hang()
+        with pytest.raises(DatabaseOffline, match="timed out"):
+            lib.stores()  # the server does not answer: no retry
+    finally:
+        lib.close()
+        hole.close()
 
 
 class DroppingProxy:

@@ -593,6 +593,44 @@ async def test_database_error_is_shown_not_raised(tlib):
         assert "CRITICAL DATABASE OFFLINE" in shown.get()
 
 
+async def test_a_couchdb_that_stops_answering_shows_database_offline(couch_server, tmp_path):
+    """The server keeps its sockets open and sends nothing: the dashboard says
+    DATABASE_OFFLINE within the library's timeout instead of freezing on the last data."""
+    import time
+
+    from dmedia_tui.clock import FixedClock
+    from dmedia_tui.config import Config
+    from dmedia_tui.db.couch import CouchLibrary
+    from dmedia_tui.metastore import MetaStore
+    from tests.conftest import NOW
+    from tests.couchserver import BlackHole
+
+    hole = BlackHole(forward_to=("127.0.0.1", couch_server.port))
+    prefix = couch_server.fresh_url().split("?", 1)[1]
+    lib = CouchLibrary(f"{hole.url}?{prefix}", timeout=2)
+    ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    try:
+        app = DmediaApp(ms)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settle()
+            assert not app.data.health.alerts  # an empty library, answering
+            hole.hang()
+            start = time.monotonic()
+
+            def offline() -> bool:
+                assert time.monotonic() - start < 30, "no DATABASE_OFFLINE after 30 s"
+                alerts = app.data.health.alerts
+                return bool(alerts) and alerts[0].code == "DATABASE_OFFLINE"
+
+            await until(pilot, offline)
+            await pilot.pause()
+            banner = app.screen.query_one(AlertBanner)
+            assert "DATABASE OFFLINE" in banner.plain and "timed out" in banner.plain
+    finally:
+        lib.close()
+        hole.close()
+
+
 async def test_mouse_click_on_a_banner_and_a_store_row(tlib):
     app = DmediaApp(tlib.ms)
     async with app.run_test(size=SIZE) as pilot:
