@@ -2,9 +2,12 @@
 
 `couch_server` (session scope; one server per pytest-xdist worker) starts
 `tests/node_modules/pouchdb-server` on a free 127.0.0.1 port and stops its process group
-at the end. Install it once with `npm ci --ignore-scripts` in `tests/`. Without Node or
-the package the CouchDB tests are skipped with the reason, unless DMEDIA_REQUIRE_COUCH=1
-(CI), which turns that into a failure.
+at the end. The first session that needs it installs it from `tests/package-lock.json`
+(`npm ci --ignore-scripts`, under a file lock, so parallel workers and sessions install
+it once and the others wait): `uv run pytest` on a fresh clone runs what CI runs. Only
+without Node are the CouchDB tests skipped (with the reason), unless
+DMEDIA_REQUIRE_COUCH=1 (CI), which turns that into a failure; an install that fails is a
+failure too.
 
 DMEDIA_TEST_COUCH_URL=http://user:pass@host:5984/ runs the tests against an existing
 server (a real CouchDB) instead; every test library gets its own database prefix there.
@@ -18,6 +21,7 @@ unknown filter would otherwise kill it (see the reference notes).
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import secrets
@@ -30,7 +34,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +42,74 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SERVER_JS = HERE / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
 START_TIMEOUT = 30.0  # seconds to wait for the server to answer (it takes ~0.3 s)
+INSTALL_TIMEOUT = 900.0  # npm ci of PouchDB Server: ~15 s with a warm npm cache
+INSTALL_LOCK = ".npm-install.lock"
+
+
+class InstallError(RuntimeError):
+    """npm could not install PouchDB Server (one line: the command and npm's last words)."""
+
+
+def _installed(tests_dir: Path) -> bool:
+    # npm writes node_modules/.package-lock.json when an install has completed.
+    modules = tests_dir / "node_modules"
+    return (modules / "pouchdb-server" / "bin" / "pouchdb-server").exists() and (
+        modules / ".package-lock.json"
+    ).exists()
+
+
+def install_pouchdb_server(
+    tests_dir: Path = HERE,
+    on_wait: Callable[[], None] | None = None,
+    on_locked: Callable[[], None] | None = None,
+) -> bool:
+    """Install tests_dir's package-lock.json (`npm ci --ignore-scripts`) unless done.
+
+    One installer at a time (an flock on tests_dir/.npm-install.lock): a second caller,
+    another xdist worker or pytest session, waits and then finds the packages there.
+    True if this call ran npm. Raises FileNotFoundError without Node or npm, InstallError
+    when npm fails. `on_wait` (called before waiting for the lock) and `on_locked` (called
+    holding it, before npm runs) let a test order two callers.
+    """
+    if _installed(tests_dir):
+        return False
+    if shutil.which("node") is None:
+        raise FileNotFoundError("Node.js (`node`) is not installed")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError("npm is not installed (it comes with Node.js)")
+    with open(tests_dir / INSTALL_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when its holder is done
+        if _installed(tests_dir):
+            return False
+        if on_locked is not None:
+            on_locked()
+        cmd = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline"]
+        try:
+            r = subprocess.run(
+                [*cmd, "--loglevel=error"],
+                cwd=tests_dir,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise InstallError(
+                f"`npm ci` in {tests_dir} took over {INSTALL_TIMEOUT:.0f} s"
+            ) from None
+        if r.returncode != 0 or not _installed(tests_dir):
+            words = (r.stderr or r.stdout).strip().splitlines()
+            raise InstallError(
+                f"`npm ci --ignore-scripts` in {tests_dir} failed (exit {r.returncode}): "
+                + (words[-1] if words else "no output")
+            )
+        return True
 
 
 class CouchServer:
@@ -92,13 +164,10 @@ def _answers(url: str) -> bool:
 
 def start_pouchdb_server(workdir: Path) -> CouchServer:
     """Start PouchDB Server in memory on a free port; raise RuntimeError if it will not."""
+    install_pouchdb_server(HERE)
     node = shutil.which("node")
     if node is None:
         raise FileNotFoundError("Node.js (`node`) is not installed")
-    if not SERVER_JS.exists():
-        raise FileNotFoundError(
-            "pouchdb-server is not installed: run `npm ci --ignore-scripts` in tests/"
-        )
     last_log = ""
     for _attempt in range(3):  # the free port may be taken between probe and bind
         port = _free_port()
@@ -226,9 +295,11 @@ def couch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CouchServ
         return
     try:
         server = start_pouchdb_server(tmp_path_factory.mktemp("pouchdb-server"))
-    except (FileNotFoundError, RuntimeError) as e:
+    except FileNotFoundError as e:  # no Node: the one reason to skip
         _unavailable(str(e))
         return
+    except RuntimeError as e:  # Node is there but the install or the start failed
+        pytest.fail(str(e), pytrace=False)
     try:
         yield server
     finally:
