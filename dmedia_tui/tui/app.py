@@ -257,7 +257,7 @@ class DmediaApp(App[int]):
             return
         try:
             self._apply(message)
-        except NoMatches:  # the app is closing and its widgets are going away
+        except (NoMatches, LookupError):  # the app is closing: its screens are going away
             return
 
     def _apply(self, message: DataReady) -> None:
@@ -277,7 +277,8 @@ class DmediaApp(App[int]):
         self._applied = max(self._applied, message.generation)
 
     def on_activity_tick(self, _: ActivityTick) -> None:
-        with contextlib.suppress(NoMatches):
+        # A tick posted just before the app closed may arrive once the dashboard is gone.
+        with contextlib.suppress(NoMatches, LookupError):
             self._show_activity()
 
     def _show_activity(self) -> None:

@@ -502,6 +502,21 @@ async def test_verify_with_a_running_engine(tlib):
     assert not engine._threads  # stopped with the app
 
 
+async def test_messages_that_arrive_after_the_dashboard_is_gone_are_dropped(tlib):
+    """The refresh thread may post a tick or data just before the app closes; handled
+    once the screens are gone, they must not raise (a LookupError ended a run once)."""
+    from dmedia_tui.tui.app import ActivityTick, DataReady
+
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE):
+        await app.settle()
+        data = app.data
+    assert not [s for s in app.screen_stack if isinstance(s, DashboardScreen)]
+    app.on_activity_tick(ActivityTick())
+    app._stop.clear()  # as if the refresh thread's data came in before it saw the stop
+    app.on_data_ready(DataReady(data, 99))
+
+
 async def test_second_engine_makes_a_read_only_monitor(tlib):
     from dmedia_tui.engine import Engine
 
