@@ -60,3 +60,19 @@ def test_header_badge_comes_first_so_narrow_panes_keep_it():
     text = header_text("~/lib.sqlite3", "studio", "engine running", True).plain
     assert text.index("SIMULATED TIME") < text.index("library")
     assert "SIMULATED" not in header_text("x", "y", "read-only", False).plain
+
+
+def test_header_gives_the_library_path_less_room_than_the_engine_state():
+    lib = "~/.local/share/dmedia-tui/library.sqlite3"
+    monitor = "read-only monitor: another engine runs"
+    for width, state in ((120, monitor), (80, monitor), (60, "engine running")):
+        text = header_text(lib, "studio", state, True, width).plain
+        assert len(text) <= width, (width, text)
+        assert text.endswith(state) and "SIMULATED TIME" in text, (width, text)
+    wide = header_text(lib, "studio", "engine running", False, 120).plain
+    assert lib in wide and "machine studio" in wide
+    shown = header_text(lib, "studio", monitor, False, 120).plain
+    assert "…" in shown and "dmedia-tui/library.sqlite3 · machine studio" in shown
+    assert "machine studio · engine running" in header_text(
+        lib, "studio", "engine running", True, 80
+    )

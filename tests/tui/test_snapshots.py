@@ -1,4 +1,4 @@
-"""SVG snapshots of every screen at 120x40 and the compact layout at 60x15.
+"""SVG snapshots of every screen at 120x40, the dashboard at 80x24 and 60x15 (compact).
 
 The app runs on the deterministic real library of tests/tui/library.py (fixed clock, IDs
 from a counter, pinned free space), with HOME and TZ pinned by conftest. Accept changes
@@ -12,7 +12,8 @@ from textual.widgets import DataTable
 from dmedia_tui.tui.app import DmediaApp
 
 BIG = (120, 40)
-SMALL = (60, 15)
+MEDIUM = (80, 24)  # the default terminal
+SMALL = (60, 15)  # a tmux pane
 
 
 async def settle(pilot) -> None:
@@ -29,6 +30,21 @@ def test_dashboard(snap_compare, tlib):
 
 def test_dashboard_compact(snap_compare, tlib):
     assert snap_compare(DmediaApp(tlib.ms), terminal_size=SMALL, run_before=settle)
+
+
+def test_dashboard_default_terminal(snap_compare, tlib):
+    assert snap_compare(DmediaApp(tlib.ms), terminal_size=MEDIUM, run_before=settle)
+
+
+def test_dashboard_compact_second_alert_whole(snap_compare, tlib):
+    """down moves to the next banner: it is shown whole, the others one line each."""
+
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("down")
+        await settle(pilot)
+
+    assert snap_compare(DmediaApp(tlib.ms), terminal_size=SMALL, run_before=run_before)
 
 
 def test_dashboard_read_only(snap_compare, tlib):

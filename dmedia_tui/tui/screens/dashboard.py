@@ -25,6 +25,10 @@ FIRST_RUN = "No stores yet: dmedia-tui store init /media/drive"
 
 COMPACT_WIDTH = 80
 COMPACT_HEIGHT = 20
+# Lines the full layout keeps for its panels (stores 6, drives/activity 6, events 4),
+# and the compact one for its summary line; the header and footer take one each.
+PANELS_MIN = 16
+COMPACT_MIN = 1
 
 
 def is_compact(width: int, height: int) -> bool:
@@ -74,6 +78,22 @@ class DashboardScreen(Screen):
         if compact is None:
             compact = is_compact(width, height)
         self.set_class(compact, "-compact")
+        banners = self.query_one(Banners)
+        banners.set_budget(height - 2 - (COMPACT_MIN if compact else PANELS_MIN))
+        if compact:
+            self._focus_what_is_visible()
+
+    def _focus_what_is_visible(self) -> None:
+        """Compact: the stores table is hidden, so keys must not act on its selection;
+        focus goes to the banner shown whole (the one the keys then act on)."""
+        focused = self.focused
+        if isinstance(focused, AlertBanner) and focused.display:
+            return
+        whole = self.query_one(Banners).whole_banner
+        if whole is not None:
+            self.set_focus(whole)
+        elif focused is not None and not isinstance(focused, AlertBanner):
+            self.set_focus(None)
 
     def show(self, data: DashboardData) -> None:
         """Render fresh data (UI thread); panels whose input did not change are left alone."""
@@ -81,6 +101,8 @@ class DashboardScreen(Screen):
         h = data.health
         old = previous.health if previous else None
         self.query_one(Banners).show_alerts(h.alerts)
+        if self.has_class("-compact"):
+            self.call_after_refresh(self._focus_what_is_visible)
         if old is None or old.histogram != h.histogram or old.files != h.files:
             self.query_one(CompactSummary).show_health(h)
         offline = any(a.code == "DATABASE_OFFLINE" for a in h.alerts)
@@ -104,8 +126,8 @@ class DashboardScreen(Screen):
     def context(self) -> tuple[str | None, str | None]:
         """The store (and file) the user is pointing at, for actions."""
         focused = self.focused
-        if isinstance(focused, AlertBanner) and focused.alert.store_ids:
-            return focused.alert.store_ids[0], None
+        if isinstance(focused, AlertBanner):
+            return (focused.alert.store_ids[0] if focused.alert.store_ids else None), None
         if self.has_class("-compact"):  # the stores table is hidden: no silent target
             return None, None
         return self.query_one(StoresTable).selected_store_id, None
