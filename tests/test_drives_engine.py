@@ -284,7 +284,7 @@ def _wipe_and_plug(blockdevs: BlockDevs, ms, running, replace_with: Path | None)
     else:
         assert "found_store_id" not in event
     assert sid not in ms.config.known_stores()
-    assert r.changed("purged", sid)
+    wait_for("purged event", lambda: r.changed("purged", sid))
     assert sid not in r.engine.connected
     r.stop()
 
