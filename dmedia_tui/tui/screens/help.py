@@ -24,6 +24,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("r", "refresh now"),
     ("page down", "next page of files (store screen)"),
     ("tab / shift+tab", "move between panels and banners"),
+    ("up / down", "on a banner: the previous / next alert, shown whole"),
     ("ctrl+p", "command palette: actions, themes, screenshot"),
 )
 
