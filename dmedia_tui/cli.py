@@ -83,7 +83,7 @@ class Context:
         missing, empty or damaged library refuses (exit 3) rather than start a new one."""
         url = self.config.db_url(self.db)
         try:
-            lib = open_library(url, create=create, timeout=self.db_timeout(unreadable_exit))
+            lib = open_library(url, create=create, timeout=self.db_timeout())
         except DatabaseError as e:
             raise UserError(f"{e}{_open_hint(url, str(e))}", unreadable_exit) from None
         try:
@@ -95,12 +95,13 @@ class Context:
         finally:
             lib.close()
 
-    def db_timeout(self, exit_code: int = 1) -> float:
-        """[database] timeout / DMEDIA_DB_TIMEOUT; a bad value is a one-line error."""
+    def db_timeout(self) -> float:
+        """[database] timeout / DMEDIA_DB_TIMEOUT; a bad value is a one-line error (exit
+        1 like any bad setting; status turns every failure into 3)."""
         try:
             return self.config.db_timeout()
         except ConfigError as e:
-            raise UserError(str(e), exit_code) from None
+            raise UserError(str(e)) from None
 
 
 def _open_hint(url: str, error: str) -> str:
