@@ -434,7 +434,10 @@ async def test_compact_layout_follows_the_terminal_size(tlib):
         summary = str(screen.query_one("#summary").render())
         assert summary.startswith("15 files · 3: 0 2: 4 1: 11 0: 0")
         await pilot.press("d")  # acts on the banner shown (laptop-ssd), never the hidden table
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
+        )
         assert "laptop-ssd" in str(app.screen.query_one("#confirm-title").render())
         await pilot.press("n")
         await pilot.pause()
