@@ -73,4 +73,4 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     os.environ.setdefault("TERM", "xterm-256color")
 
 
-pytest_plugins = ["tests.couchserver"]
+pytest_plugins = ["tests.couchserver", "tests.clock_ahead"]
