@@ -38,6 +38,13 @@ async def until(pilot, predicate) -> None:
         await asyncio.sleep(0.01)
 
 
+async def until_confirm(pilot, app) -> None:
+    """Until the confirm dialog is up with its buttons (the screen is pushed before its
+    widgets are composed: reading them at once failed under load)."""
+    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"))
+    await pilot.pause()
+
+
 def store_doc(tlib, label: str) -> dict:
     return tlib.ms.lib.docs.get(tlib.stores[label])
 
@@ -293,7 +300,7 @@ async def test_downgrade_confirmed_with_y(tlib):
         await app.settle()
         select_store(app, "studio-int")
         await pilot.press("d")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until_confirm(pilot, app)
         confirm = app.screen
         assert "downgrade studio-int: 12 files would count 0 copies" in confirm.description
         assert app.focused is confirm.query_one("#no", Button)
@@ -311,7 +318,7 @@ async def test_purge_defaults_to_no_enter_cancels(tlib):
         await app.settle()
         select_store(app, "studio-int")
         await pilot.press("p")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until_confirm(pilot, app)
         assert "user files have no other known copy" in app.screen.description
         await pilot.press("enter")  # focus is on No
         await pilot.pause()
@@ -326,7 +333,7 @@ async def test_purge_confirmed_by_clicking_yes(tlib):
         await app.settle()
         select_store(app, "usb-backup-2")
         await pilot.press("p")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until_confirm(pilot, app)
         await pilot.click("#yes")
         await app.workers.wait_for_complete()
         await app.settle()
@@ -340,7 +347,7 @@ async def test_trust_asks_and_clears_flags(tlib):
         await app.settle()
         select_store(app, "usb-backup-2")
         await pilot.press("t")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until_confirm(pilot, app)
         await pilot.press("y")
         await app.workers.wait_for_complete()
         await app.settle()
@@ -434,10 +441,7 @@ async def test_compact_layout_follows_the_terminal_size(tlib):
         summary = str(screen.query_one("#summary").render())
         assert summary.startswith("15 files · 3: 0 2: 4 1: 11 0: 0")
         await pilot.press("d")  # acts on the banner shown (laptop-ssd), never the hidden table
-        await until(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
-        )
+        await until_confirm(pilot, app)
         assert "laptop-ssd" in str(app.screen.query_one("#confirm-title").render())
         await pilot.press("n")
         await pilot.pause()
@@ -468,7 +472,7 @@ async def test_command_palette_offers_the_actions(tlib):
         await pilot.press(*"downgrade")
         await until(pilot, lambda: "Downgrade selected store" in _palette_text(app))
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until_confirm(pilot, app)
         await pilot.press("n")
         assert not store_doc(tlib, "studio-int").get("downgraded")
 
