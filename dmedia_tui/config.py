@@ -102,7 +102,7 @@ RETIRED_THRESHOLDS = {
 
 # The top-level keys of config.toml. Any other key is refused (one line naming it):
 # a misspelt data-safety setting must never run silently with its default.
-KNOWN_KEYS = ("db", "hostname", "thresholds")
+KNOWN_KEYS = ("db", "hostname", "database", "thresholds")
 
 DEFAULT_CONFIG_TOML = """\
 # dmedia-tui configuration. Every key is optional; the defaults are shown.
@@ -217,6 +217,11 @@ class Config:
         database = data.get("database", {}) or {}
         if not isinstance(database, dict):
             raise ConfigError(f"{toml_path}: [database] must be a table")
+        for key in database:
+            if key != "timeout":
+                raise ConfigError(
+                    f"{toml_path}: unknown key {key!r} in [database] (known: timeout)"
+                )
         timeout = database.get("timeout")
         if timeout is not None:
             timeout = _timeout(timeout, f"{toml_path}: [database] timeout")

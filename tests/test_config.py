@@ -41,6 +41,9 @@ def test_database_timeout_precedence(tmp_path):
     assert cfg.db_timeout({"DMEDIA_DB_TIMEOUT": "0.25"}) == 0.25
     with pytest.raises(ConfigError, match="DMEDIA_DB_TIMEOUT"):
         cfg.db_timeout({"DMEDIA_DB_TIMEOUT": "inf"})
+    (tmp_path / "c" / "config.toml").write_text("[database]\ntimout = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'timout' in \[database\]"):
+        Config.load(tmp_path / "c", tmp_path / "d")
     (tmp_path / "c" / "config.toml").write_text("database = 3\n")
     with pytest.raises(ConfigError, match=r"\[database\] must be a table"):
         Config.load(tmp_path / "c", tmp_path / "d")
