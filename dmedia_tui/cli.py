@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Context:
     db: str | None
     read_only: bool = False
     _config: Config | None = None
+    warned: set[str] = field(default_factory=set)  # options already warned about
 
     @property
     def config(self) -> Config:
@@ -81,6 +83,7 @@ class Context:
     ) -> Iterator[MetaStore]:
         """The library, opened. Only `store init` passes create=True: any other command on a
         missing, empty or damaged library refuses (exit 3) rather than start a new one."""
+        _warn_password(self.db, "--db", self.warned)
         url = self.config.db_url(self.db)
         try:
             lib = open_library(url, create=create)
@@ -94,6 +97,24 @@ class Context:
             raise UserError(str(e)) from None
         finally:
             lib.close()
+
+
+def _warn_password(value: str | None, option: str, warned: set[str]) -> None:
+    """A password in an argument is visible to every user (ps, /proc/PID/cmdline): say so
+    (once), and where it belongs instead. The password itself is never printed."""
+    if not value or not is_couch_url(value) or option in warned:
+        return
+    try:
+        has_password = urllib.parse.urlsplit(value).password is not None
+    except ValueError:
+        return
+    if has_password:
+        warned.add(option)
+        click.echo(
+            f"dmedia-tui: warning: the password in {option} is visible to other users of this "
+            "machine (ps, /proc/PID/cmdline); put it in ~/.netrc (or DMEDIA_DB, config.toml)",
+            err=True,
+        )
 
 
 def _open_hint(url: str, error: str) -> str:
@@ -778,11 +799,14 @@ def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
     from dmedia_tui.migrate import count_docs
     from dmedia_tui.migrate import migrate as run_migrate
 
+    _warn_password(ctx.db, "--db", ctx.warned)
     try:
         source = open_library(ctx.config.db_url(ctx.db), create=False)
     except DatabaseError as e:
         raise UserError(f"source: {e}{_open_hint(ctx.config.db_url(ctx.db), str(e))}", 3) from None
     try:
+        _warn_password(to_url, "--to", ctx.warned)
+        to_url = ctx.config.with_credentials(to_url)
         try:
             target = open_library(to_url, create=True)
         except DatabaseError as e:
