@@ -23,7 +23,7 @@ import humanize
 
 from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
-from dmedia_tui.config import Config, ConfigError
+from dmedia_tui.config import Config, ConfigError, IdentityError
 from dmedia_tui.db import DatabaseError, DatabaseOffline, Library, is_couch_url, open_library
 from dmedia_tui.filestore import FileStoreError
 from dmedia_tui.metastore import (
@@ -158,6 +158,8 @@ def _handle_errors(fn):
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except IdentityError as e:
+            raise UserError(str(e), EXIT_UNREADABLE) from None
         except (MetaStoreError, FileStoreError, ProtocolError, ConfigError) as e:
             raise UserError(str(e)) from None
         except DatabaseError as e:
@@ -213,6 +215,7 @@ def _setup_logging(level: int = logging.WARNING) -> None:
         )
 
 
+@_handle_errors
 def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) -> None:
     from dmedia_tui.engine import Engine
     from dmedia_tui.tui.app import run_app
@@ -430,11 +433,16 @@ def import_(
     if as_json:
         _emit_json({"store_id": fs.id, **report.to_json()})
     else:
+        skipped = f", {len(report.skipped)} skipped (not regular files)" if report.skipped else ""
         click.echo(
             f"imported {report.files} files ({_size(report.bytes)}) into {fs.path}: "
             f"{report.new} new, {report.duplicates} already known, "
-            f"{report.empty} empty skipped"
+            f"{report.empty} empty skipped{skipped}"
         )
+        for s in report.skipped[:20]:
+            click.echo(f"dmedia-tui: skipped {s['path']}: {s['reason']}", err=True)
+        if len(report.skipped) > 20:
+            click.echo(f"dmedia-tui: ... and {len(report.skipped) - 20} more skipped", err=True)
     for err in report.errors:  # with --json too: scripts see them in the JSON, people here
         click.echo(f"dmedia-tui: {err}", err=True)
     if report.errors:

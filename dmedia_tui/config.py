@@ -132,6 +132,16 @@ DEFAULT_CONFIG_TOML = """\
 """
 
 
+class IdentityError(ConfigError):
+    """machine.json exists but is damaged: the CLI exits 3 (cannot tell who we are)."""
+
+
+_IDENTITY_HINT = (
+    " (this machine's identity is damaged: restore the file from a backup, or delete it to"
+    " start as a new machine)"
+)
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -298,10 +308,19 @@ class Config:
         return self.config_dir / "machine.json"
 
     def _machine(self) -> dict[str, Any]:
-        data = _read_json(self._machine_path, None)
-        if not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
+        """This machine's identity, created when there is none. A damaged machine.json is
+        an error, never silently replaced: a new identity would orphan every store this
+        machine lists and make its heartbeat a stranger's."""
+        path = self._machine_path
+        try:
+            data = _read_json(path, None)
+        except ConfigError as e:
+            raise IdentityError(f"{e}{_IDENTITY_HINT}") from None
+        if data is None:
             data = {"machine_id": protocol.random_id(), "hostname": socket.gethostname()}
-            _atomic_write_json(self._machine_path, data)
+            _atomic_write_json(path, data)
+        elif not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
+            raise IdentityError(f"{path}: no valid machine_id{_IDENTITY_HINT}")
         return data
 
     @property

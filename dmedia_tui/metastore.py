@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
 from dmedia_tui.db.base import Conflict, Doc, InvalidDoc, Library, NotFound
-from dmedia_tui.durability import copies_of, durability, file_origin, parse_placement, rank
+from dmedia_tui.durability import (
+    MAX_COPIES,
+    copies_of,
+    durability,
+    file_origin,
+    parse_placement,
+    rank,
+)
 from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
     FileStore,
@@ -80,6 +88,8 @@ class ImportReport:
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
     file_ids: list[str] = field(default_factory=list)
+    # not regular files, never opened: [{"path", "reason": FIFO|socket|device|symlink}]
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +100,7 @@ class ImportReport:
             "bytes": self.bytes,
             "errors": self.errors,
             "file_ids": self.file_ids,
+            "skipped": self.skipped,
         }
 
 
@@ -133,21 +144,67 @@ def store_label(doc: Doc | None, store_id: str = "") -> str:
     return (doc or {}).get("_id", store_id)[:8] or store_id[:8]
 
 
-def walk_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Every regular file under the given paths (files or folders), sorted, no symlinks."""
+# Pseudo filesystems: a store there would write into devices, processes or the kernel.
+_SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode is not imported (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+def walk_files(
+    paths: Iterable[str | os.PathLike[str]],
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
+    """Every regular file under the given paths (files or folders), sorted.
+
+    Nothing else is ever opened (a FIFO would block, a device never ends): FIFOs,
+    sockets, devices and symlinks inside folders go to `on_skip(path, reason)` so the
+    caller can say what it left out. A path named directly is followed if it is a link.
+    """
+    skip = on_skip or (lambda _p, _r: None)
     for p in paths:
         path = Path(p)
-        if path.is_file():
-            yield path
-        elif path.is_dir():
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            raise MetaStoreError(f"no such file or folder: {path}") from None
+        if stat.S_ISDIR(mode):
             for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if d != ".dmedia")
+                keep = []
+                for d in sorted(dirs):
+                    if d == ".dmedia":
+                        continue
+                    if os.path.islink(os.path.join(root, d)):
+                        skip(Path(root, d), "symlink")
+                    else:
+                        keep.append(d)
+                dirs[:] = keep
                 for name in sorted(files):
                     fp = Path(root, name)
-                    if fp.is_file() and not fp.is_symlink():
+                    try:
+                        reason = _not_regular(fp.lstat().st_mode)
+                    except OSError:
+                        continue  # gone since the walk listed it
+                    if reason is None:
                         yield fp
+                    else:
+                        skip(fp, reason)
+        elif (reason := _not_regular(mode)) is None:
+            yield path
         else:
-            raise MetaStoreError(f"no such file or folder: {path}")
+            skip(path, reason)
 
 
 class MetaStore:
@@ -305,9 +362,17 @@ class MetaStore:
         folder = Path(path)
         if not folder.is_dir():
             raise MetaStoreError(f"not a folder: {folder}")
-        if copies < 0:
-            raise MetaStoreError("--copies must be >= 0")
+        if not 0 <= copies <= MAX_COPIES:
+            raise MetaStoreError(f"--copies must be from 0 to {MAX_COPIES}")
+        if label is not None and (problem := schema.label_problem(label)):
+            raise MetaStoreError(f"invalid --label: {problem}")
         folder = folder.resolve()
+        for system in _SYSTEM_FOLDERS:
+            if folder.is_relative_to(system):
+                raise MetaStoreError(
+                    f"{folder} is not a place for a store: {system} is a system filesystem"
+                    " (devices, processes, the kernel), not a drive for files"
+                )
         for sid, known in self.config.known_stores().items():
             known_path = Path(known)
             if folder != known_path and (
@@ -352,7 +417,7 @@ class MetaStore:
             now,
             protocol.random_id(),
             copies=copies,
-            label=label or folder.name or str(folder),
+            label=label or schema.safe_label(folder.name or str(folder)),
             machine_id=self.machine_id,
             bytes_total=st.f_frsize * st.f_blocks,
             bytes_avail=st.f_frsize * st.f_bavail,
@@ -632,8 +697,11 @@ class MetaStore:
         except OSError as e:
             log.warning("cannot clean %s: %s", fs.tmp_dir, e)
 
+        def skipped(path: Path, reason: str) -> None:
+            report.skipped.append({"path": str(path), "reason": reason})
+
         def non_empty() -> Iterator[Path]:
-            for path in walk_files(paths):
+            for path in walk_files(paths, skipped):
                 try:
                     size = path.stat().st_size
                 except OSError as e:
