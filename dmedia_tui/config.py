@@ -331,9 +331,9 @@ class Config:
     def known_machine_id(self) -> str | None:
         """This machine's ID if it has one already, else None (never creates one: for
         read-only commands, which must write nothing)."""
-        data = _read_json(self._machine_path, None)
-        mid = data.get("machine_id") if isinstance(data, dict) else None
-        return mid if protocol.is_store_id(mid) else None
+        if not self._machine_path.exists():
+            return None
+        return self._machine()["machine_id"]  # a damaged file: IdentityError, never replaced
 
     @property
     def hostname(self) -> str:
