@@ -242,7 +242,9 @@ def test_a_garbled_machine_json_is_an_error_not_a_new_identity(tmp_path, content
     path = m.config_home / "dmedia-tui" / "machine.json"
     assert json.loads(path.read_text())["machine_id"]
     path.write_text(content)
-    for args in (["store", "list"], ["status"], ["daemon", "--once"], ["import", str(s)]):
+    # (Commands that never need this machine's identity, like importing or verifying
+    # nothing, may run: machine.json is read lazily, see the read-only rule.)
+    for args in (["store", "list"], ["status"], ["daemon", "--once"]):
         r = m.run(*args)
         assert r.exit_code == 3 and one_line(r.stderr), (args, r.exit_code, r.stderr)
         assert "machine.json" in r.stderr
