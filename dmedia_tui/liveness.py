@@ -14,10 +14,12 @@ A doc that changed under our eyes was written about when we saw the change, what
 clock says. The rules (DESIGN.md §2, "policies"):
 - effective atime, in our clock, = the doc's atime, except that an atime ahead of ours by
   more than SKEW_THRESHOLD is clamped to the local time we first saw that revision; and a
-  new atime whose arrival we witnessed (it replaced one we had seen) counts as written no
-  earlier than that moment. Edits that leave `atime` alone (flags, a downgrade, maybe our
-  own) say nothing about the writer being alive and are not witnessed. Freshness and
-  store ages use the effective atime.
+  new atime whose arrival we witnessed (it replaced one we had seen), dated more than
+  SKEW_THRESHOLD before our previous look, counts as written at that look (it was not
+  there yet, so the writer's clock runs behind; looks days apart raise no such doubt).
+  Edits that leave `atime` alone (flags, a downgrade, maybe our own) say nothing about
+  the writer being alive and are not witnessed. Freshness and store ages use the
+  effective atime.
 - a policy never downgrades or purges a store listed by another machine whose doc we
   first saw in its current revision less than `heartbeat_fresh` ago: its heartbeat just
   arrived, or we have not watched it long enough to tell a machine that is off from one
@@ -122,8 +124,11 @@ class Observations:
         first = seen["first"] if seen is not None else now
         if atime > now + SKEW_THRESHOLD:
             atime = min(first, now)
-        if seen is not None and seen.get("witnessed"):
-            atime = max(atime, first)
+        prev = seen.get("prev") if seen is not None and seen.get("witnessed") else None
+        if prev is not None and prev - atime > SKEW_THRESHOLD:
+            # Not there at our previous look, yet dated long before it: the writer's clock
+            # runs behind ours. It was written after that look, whatever it says.
+            atime = prev
         return atime
 
     def judged(self, docs: Iterable[dict[str, Any]], now: float) -> list[dict[str, Any]]:

@@ -90,9 +90,12 @@ def test_skew_is_reported_only_when_certain_and_future_heartbeats_are_clamped():
     # A heartbeat written any time between two looks a day apart: no false alarm.
     obs.observe([doc("2-b", NOW + 3600)], NOW + DAY)
     assert obs.skews([doc("2-b", NOW + 3600)], NOW + DAY) == []
-    assert obs.effective_atime(doc("2-b", NOW + 3600), NOW + DAY) == NOW + DAY  # witnessed
+    assert obs.effective_atime(doc("2-b", NOW + 3600), NOW + DAY) == NOW + 3600
+    # A heartbeat dated a day before our previous look: its clock runs behind ours.
+    obs.observe([doc("3-x", NOW)], NOW + DAY + 30)
+    assert obs.effective_atime(doc("3-x", NOW), NOW + DAY + 30) == NOW + DAY
     # A heartbeat a year ahead: clamped to when it arrived, reported at once.
-    far = doc("3-c", NOW + YEAR)
+    far = doc("4-c", NOW + YEAR)
     obs.observe([far], NOW + DAY + 60)
     assert obs.effective_atime(far, NOW + DAY + 60) == NOW + DAY + 60
     assert obs.effective_atime(far, NOW + DAY + 900) == NOW + DAY + 60  # not fresh forever
