@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import humanize
 
 from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
-from dmedia_tui.config import Config, ConfigError
+from dmedia_tui.config import Config, ConfigError, IdentityError
 from dmedia_tui.db import DatabaseError, DatabaseOffline, Library, is_couch_url, open_library
 from dmedia_tui.filestore import FileStoreError
 from dmedia_tui.metastore import (
@@ -56,6 +57,7 @@ class Context:
     db: str | None
     read_only: bool = False
     _config: Config | None = None
+    warned: set[str] = field(default_factory=set)  # options already warned about
 
     @property
     def config(self) -> Config:
@@ -81,6 +83,7 @@ class Context:
     ) -> Iterator[MetaStore]:
         """The library, opened. Only `store init` passes create=True: any other command on a
         missing, empty or damaged library refuses (exit 3) rather than start a new one."""
+        _warn_password(self.db, "--db", self.warned)
         url = self.config.db_url(self.db)
         try:
             lib = open_library(url, create=create, timeout=self.db_timeout())
@@ -102,6 +105,24 @@ class Context:
             return self.config.db_timeout()
         except ConfigError as e:
             raise UserError(str(e)) from None
+
+
+def _warn_password(value: str | None, option: str, warned: set[str]) -> None:
+    """A password in an argument is visible to every user (ps, /proc/PID/cmdline): say so
+    (once), and where it belongs instead. The password itself is never printed."""
+    if not value or not is_couch_url(value) or option in warned:
+        return
+    try:
+        has_password = urllib.parse.urlsplit(value).password is not None
+    except ValueError:
+        return
+    if has_password:
+        warned.add(option)
+        click.echo(
+            f"dmedia-tui: warning: the password in {option} is visible to other users of this "
+            "machine (ps, /proc/PID/cmdline); put it in ~/.netrc (or DMEDIA_DB, config.toml)",
+            err=True,
+        )
 
 
 def _open_hint(url: str, error: str) -> str:
@@ -145,6 +166,8 @@ def _handle_errors(fn):
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except IdentityError as e:
+            raise UserError(str(e), EXIT_UNREADABLE) from None
         except (MetaStoreError, FileStoreError, ProtocolError, ConfigError) as e:
             raise UserError(str(e)) from None
         except DatabaseError as e:
@@ -200,6 +223,7 @@ def _setup_logging(level: int = logging.WARNING) -> None:
         )
 
 
+@_handle_errors
 def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) -> None:
     from dmedia_tui.engine import Engine
     from dmedia_tui.tui.app import run_app
@@ -421,11 +445,16 @@ def import_(
     if as_json:
         _emit_json({"store_id": fs.id, **report.to_json()})
     else:
+        skipped = f", {len(report.skipped)} skipped (not regular files)" if report.skipped else ""
         click.echo(
             f"imported {report.files} files ({_size(report.bytes)}) into {fs.path}: "
             f"{report.new} new, {report.duplicates} already known, "
-            f"{report.empty} empty skipped"
+            f"{report.empty} empty skipped{skipped}"
         )
+        for s in report.skipped[:20]:
+            click.echo(f"dmedia-tui: skipped {s['path']}: {s['reason']}", err=True)
+        if len(report.skipped) > 20:
+            click.echo(f"dmedia-tui: ... and {len(report.skipped) - 20} more skipped", err=True)
     for err in report.errors:  # with --json too: scripts see them in the JSON, people here
         click.echo(f"dmedia-tui: {err}", err=True)
     if report.errors:
@@ -790,11 +819,14 @@ def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
     from dmedia_tui.migrate import count_docs
     from dmedia_tui.migrate import migrate as run_migrate
 
+    _warn_password(ctx.db, "--db", ctx.warned)
     try:
         source = open_library(ctx.config.db_url(ctx.db), create=False, timeout=ctx.db_timeout())
     except DatabaseError as e:
         raise UserError(f"source: {e}{_open_hint(ctx.config.db_url(ctx.db), str(e))}", 3) from None
     try:
+        _warn_password(to_url, "--to", ctx.warned)
+        to_url = ctx.config.with_credentials(to_url)
         try:
             target = open_library(to_url, create=True, timeout=ctx.db_timeout())
         except DatabaseError as e:

@@ -6,6 +6,7 @@ tests pass a FixedClock and move it instead of sleeping through thresholds.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Protocol
@@ -60,6 +61,12 @@ class ClockError(ValueError):
     pass
 
 
+# The latest simulated time accepted: 9999-12-31 23:59:59 UTC, the last second `datetime`
+# can show. Later values (and inf, nan, negatives) would crash date formatting or poison a
+# policy's arithmetic, so they are refused instead of half working.
+MAX_SIMULATED = 253_402_300_799
+
+
 def clock_from_env(environ: dict[str, str] | None = None, *, ticking: bool = False) -> Clock:
     """SystemClock, or a simulated clock when DMEDIA_NOW is set.
 
@@ -72,5 +79,9 @@ def clock_from_env(environ: dict[str, str] | None = None, *, ticking: bool = Fal
     try:
         t = float(raw)
     except ValueError:
-        raise ClockError(f"DMEDIA_NOW must be unix seconds, got {raw!r}") from None
+        raise ClockError(f"DMEDIA_NOW must be unix seconds, got {raw[:40]!r}") from None
+    if not math.isfinite(t) or not 0 <= t <= MAX_SIMULATED:
+        raise ClockError(
+            f"DMEDIA_NOW must be unix seconds between 0 and {MAX_SIMULATED}, got {raw[:40]!r}"
+        )
     return OffsetClock(t) if ticking else FixedClock(t)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import netrc
 import os
 import socket
+import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,9 +110,13 @@ KNOWN_KEYS = ("db", "hostname", "database", "thresholds")
 DEFAULT_CONFIG_TOML = """\
 # dmedia-tui configuration. Every key is optional; the defaults are shown.
 
-# The library database: a path to an SQLite file, or http(s)://user:pass@host:5984/
-# for CouchDB. --db and DMEDIA_DB override it.
+# The library database: a path to an SQLite file, or http(s)://host:5984/ for CouchDB.
+# --db and DMEDIA_DB override it. CouchDB credentials come from a netrc file
+# ("machine host login USER password PASS", mode 600): ~/.netrc, or the one named below.
 # db = "{default_db}"
+
+[database]
+# netrc = "~/.config/dmedia-tui/netrc"
 
 # The name other machines show for this one ("boot <name>").
 # hostname = "{hostname}"
@@ -145,6 +152,16 @@ def _timeout(value: Any, where: str) -> float:
     return float(seconds)
 
 
+class IdentityError(ConfigError):
+    """machine.json exists but is damaged: the CLI exits 3 (cannot tell who we are)."""
+
+
+_IDENTITY_HINT = (
+    " (this machine's identity is damaged: restore the file from a backup, or delete it to"
+    " start as a new machine)"
+)
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -176,6 +193,7 @@ class Config:
     db_setting: str | None = None
     hostname_setting: str | None = None
     db_timeout_setting: float | None = None
+    netrc_setting: str | None = None  # [database] netrc: where CouchDB credentials live
 
     # --- loading ---------------------------------------------------------------------
 
@@ -218,14 +236,19 @@ class Config:
         if not isinstance(database, dict):
             raise ConfigError(f"{toml_path}: [database] must be a table")
         for key in database:
-            if key != "timeout":
+            if key not in ("timeout", "netrc"):
                 raise ConfigError(
-                    f"{toml_path}: unknown key {key!r} in [database] (known: timeout)"
+                    f"{toml_path}: unknown key {key!r} in [database] (known: timeout, netrc)"
                 )
         timeout = database.get("timeout")
         if timeout is not None:
             timeout = _timeout(timeout, f"{toml_path}: [database] timeout")
-        return cls(cdir, ddir, thresholds, db, host, timeout)
+        netrc_path = database.get("netrc")
+        if netrc_path is not None and not isinstance(netrc_path, str):
+            raise ConfigError(f"{toml_path}: [database] netrc must be a string (a path)")
+        return cls(
+            cdir, ddir, thresholds, db, host, db_timeout_setting=timeout, netrc_setting=netrc_path
+        )
 
     def write_default_config(self) -> Path:
         """Write a commented config.toml if there is none; return its path."""
@@ -249,9 +272,62 @@ class Config:
         return self.data_dir / "locks"
 
     def db_url(self, cli_value: str | None = None, environ: dict[str, str] | None = None) -> str:
-        """--db beats DMEDIA_DB beats config.toml's `db` beats the default SQLite file."""
+        """--db beats DMEDIA_DB beats config.toml's `db` beats the default SQLite file.
+
+        A CouchDB URL without a user name gets the login of its host from a netrc file
+        (`[database] netrc`, else ~/.netrc), so no password has to be on a command line.
+        """
         env = os.environ if environ is None else environ
-        return cli_value or env.get("DMEDIA_DB") or self.db_setting or str(self.default_db_path)
+        url = cli_value or env.get("DMEDIA_DB") or self.db_setting or str(self.default_db_path)
+        return self.with_credentials(url, env)
+
+    def with_credentials(self, url: str, environ: dict[str, str] | None = None) -> str:
+        """`url` with the netrc login of its host added (unchanged when it has a user name,
+        is not http(s), or no netrc entry matches)."""
+        if not url.startswith(("http://", "https://")):
+            return url
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            return url  # the library reports the bad URL
+        if parts.username is not None or not host:
+            return url
+        login = self._netrc_login(host, os.environ if environ is None else environ)
+        if login is None:
+            return url
+        user, password = (urllib.parse.quote(x, safe="") for x in login)
+        netloc = f"{user}:{password}@{parts.netloc}" if password else f"{user}@{parts.netloc}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+    def _netrc_login(self, host: str, env: Any) -> tuple[str, str] | None:
+        explicit = self.netrc_setting is not None
+        if explicit:
+            path = Path(os.path.expanduser(str(self.netrc_setting)))
+            if not path.is_absolute():
+                path = self.config_dir / path
+        else:
+            home = env.get("HOME") or os.path.expanduser("~")
+            path = Path(home) / ".netrc"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if explicit:
+                raise ConfigError(f"[database] netrc: no such file: {path}") from None
+            return None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path} holds passwords but other users can read it: chmod 600")
+        try:
+            auth = netrc.netrc(str(path)).authenticators(host)
+        except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"cannot read {path}: {msg}") from None
+        if not auth:
+            return None
+        login, _account, password = auth
+        return login, password or ""
 
     def db_timeout(self, environ: dict[str, str] | None = None) -> float:
         """Seconds a database request may go unanswered before the command fails:
@@ -269,10 +345,19 @@ class Config:
         return self.config_dir / "machine.json"
 
     def _machine(self) -> dict[str, Any]:
-        data = _read_json(self._machine_path, None)
-        if not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
+        """This machine's identity, created when there is none. A damaged machine.json is
+        an error, never silently replaced: a new identity would orphan every store this
+        machine lists and make its heartbeat a stranger's."""
+        path = self._machine_path
+        try:
+            data = _read_json(path, None)
+        except ConfigError as e:
+            raise IdentityError(f"{e}{_IDENTITY_HINT}") from None
+        if data is None:
             data = {"machine_id": protocol.random_id(), "hostname": socket.gethostname()}
-            _atomic_write_json(self._machine_path, data)
+            _atomic_write_json(path, data)
+        elif not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
+            raise IdentityError(f"{path}: no valid machine_id{_IDENTITY_HINT}")
         return data
 
     @property
@@ -283,9 +368,9 @@ class Config:
     def known_machine_id(self) -> str | None:
         """This machine's ID if it has one already, else None (never creates one: for
         read-only commands, which must write nothing)."""
-        data = _read_json(self._machine_path, None)
-        mid = data.get("machine_id") if isinstance(data, dict) else None
-        return mid if protocol.is_store_id(mid) else None
+        if not self._machine_path.exists():
+            return None
+        return self._machine()["machine_id"]  # a damaged file: IdentityError, never replaced
 
     @property
     def hostname(self) -> str:

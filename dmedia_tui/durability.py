@@ -1,7 +1,7 @@
 """Durability, rank and placement of a file doc: the numbers every layer agrees on.
 
 Pure functions over a `dmedia/file` doc that tolerate malformed input (junk store keys,
-non-int or negative copies count as nothing), because both database backends index
+non-int, negative or absurd copies and sizes count as nothing), because both database backends index
 with them and a bad doc must never stop the index. The CouchDB views in
 `db/couch_views.py` compute the same values; the contract tests prove it.
 """
@@ -13,6 +13,13 @@ from typing import Any
 from dmedia_tui.protocol import is_store_id
 
 TARGET = 3
+
+# The largest integer a doc may hold: JSON numbers are exact up to 2^53 - 1 in JavaScript
+# (the CouchDB views), and sums of them stay far from SQLite's int64 limit.
+MAX_INT = 2**53 - 1
+# The most durability one copy can be worth (`store init --copies` allows 0..MAX_COPIES).
+# A larger value is malformed and counts as nothing, so a damaged doc never claims safety.
+MAX_COPIES = 10
 
 
 def _whole(value: Any) -> int | None:
@@ -34,7 +41,7 @@ def copies_of(value: Any) -> int:
     """The durability one `stored` entry contributes (0 for anything malformed)."""
     if isinstance(value, dict):
         c = _whole(value.get("copies"))
-        if c is not None and c > 0:
+        if c is not None and 0 < c <= MAX_COPIES:
             return c
     return 0
 
@@ -81,4 +88,4 @@ def file_origin(doc: dict[str, Any]) -> str:
 
 def file_bytes(doc: dict[str, Any]) -> int:
     b = _whole(doc.get("bytes"))
-    return b if b is not None and b > 0 else 0
+    return b if b is not None and 0 < b <= MAX_INT else 0

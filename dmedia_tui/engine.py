@@ -362,7 +362,7 @@ class Engine:
         resolve_conflicts(self.ms.lib)
         with self._conn_lock:
             connected = dict(self.connected)
-        online = self.ms.online(connected)
+        online = self.ms.online(connected, persist=True)
         s.events += len(self.ms.run_time_policies(online))
         if check:
             s.check_invalid += self._check_if_due()

@@ -1048,3 +1048,27 @@ def assess(
         now=now,
         extra=extra,
     )
+
+
+# --- clock skew --------------------------------------------------------------------------
+
+CLOCK_SKEW = "CLOCK_SKEW"
+
+
+def with_clock_skew(h: Health, skews: list[tuple[str, float]]) -> Health:
+    """`h` plus one CLOCK_SKEW warning per (hostname, seconds ahead of this machine; negative:
+    behind). Times from such a machine are judged by what this machine saw change, not by
+    its clock (see liveness.py), but its events and ages read wrong: say so."""
+    alerts = [
+        Alert(
+            code=CLOCK_SKEW,
+            severity=Severity.WARNING,
+            message=f"the clock of {host} runs {humanize.naturaldelta(abs(secs))} "
+            f"{'ahead of' if secs > 0 else 'behind'} this machine's",
+            action=f"Set the time on {host} (or here): enable NTP (timedatectl set-ntp true)",
+        )
+        for host, secs in skews
+    ]
+    if not alerts:
+        return h
+    return dataclasses.replace(h, alerts=_sort_alerts([*h.alerts, *alerts]))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +25,14 @@ from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
 from dmedia_tui.db.base import Conflict, Doc, InvalidDoc, Library, NotFound
-from dmedia_tui.durability import copies_of, durability, file_origin, parse_placement, rank
+from dmedia_tui.durability import (
+    MAX_COPIES,
+    copies_of,
+    durability,
+    file_origin,
+    parse_placement,
+    rank,
+)
 from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
     FileStore,
@@ -34,6 +43,7 @@ from dmedia_tui.filestore import (
     VerifyResult,
     VerifyStatus,
 )
+from dmedia_tui.liveness import Observations
 
 log = logging.getLogger("dmedia_tui")
 
@@ -80,6 +90,8 @@ class ImportReport:
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
     file_ids: list[str] = field(default_factory=list)
+    # not regular files, never opened: [{"path", "reason": FIFO|socket|device|symlink}]
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +102,7 @@ class ImportReport:
             "bytes": self.bytes,
             "errors": self.errors,
             "file_ids": self.file_ids,
+            "skipped": self.skipped,
         }
 
 
@@ -133,21 +146,67 @@ def store_label(doc: Doc | None, store_id: str = "") -> str:
     return (doc or {}).get("_id", store_id)[:8] or store_id[:8]
 
 
-def walk_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Every regular file under the given paths (files or folders), sorted, no symlinks."""
+# Pseudo filesystems: a store there would write into devices, processes or the kernel.
+_SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode is not imported (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+def walk_files(
+    paths: Iterable[str | os.PathLike[str]],
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
+    """Every regular file under the given paths (files or folders), sorted.
+
+    Nothing else is ever opened (a FIFO would block, a device never ends): FIFOs,
+    sockets, devices and symlinks inside folders go to `on_skip(path, reason)` so the
+    caller can say what it left out. A path named directly is followed if it is a link.
+    """
+    skip = on_skip or (lambda _p, _r: None)
     for p in paths:
         path = Path(p)
-        if path.is_file():
-            yield path
-        elif path.is_dir():
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            raise MetaStoreError(f"no such file or folder: {path}") from None
+        if stat.S_ISDIR(mode):
             for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if d != ".dmedia")
+                keep = []
+                for d in sorted(dirs):
+                    if d == ".dmedia":
+                        continue
+                    if os.path.islink(os.path.join(root, d)):
+                        skip(Path(root, d), "symlink")
+                    else:
+                        keep.append(d)
+                dirs[:] = keep
                 for name in sorted(files):
                     fp = Path(root, name)
-                    if fp.is_file() and not fp.is_symlink():
+                    try:
+                        reason = _not_regular(fp.lstat().st_mode)
+                    except OSError:
+                        continue  # gone since the walk listed it
+                    if reason is None:
                         yield fp
+                    else:
+                        skip(fp, reason)
+        elif (reason := _not_regular(mode)) is None:
+            yield path
         else:
-            raise MetaStoreError(f"no such file or folder: {path}")
+            skip(path, reason)
 
 
 class MetaStore:
@@ -165,6 +224,8 @@ class MetaStore:
         self._problems_logged: set[tuple[str, str, str]] | None = None
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
+        self._obs: Observations | None = None
+        self._obs_lock = threading.Lock()
 
     def now(self) -> float:
         return self.clock.now()
@@ -305,9 +366,17 @@ class MetaStore:
         folder = Path(path)
         if not folder.is_dir():
             raise MetaStoreError(f"not a folder: {folder}")
-        if copies < 0:
-            raise MetaStoreError("--copies must be >= 0")
+        if not 0 <= copies <= MAX_COPIES:
+            raise MetaStoreError(f"--copies must be from 0 to {MAX_COPIES}")
+        if label is not None and (problem := schema.label_problem(label)):
+            raise MetaStoreError(f"invalid --label: {problem}")
         folder = folder.resolve()
+        for system in _SYSTEM_FOLDERS:
+            if folder.is_relative_to(system):
+                raise MetaStoreError(
+                    f"{folder} is not a place for a store: {system} is a system filesystem"
+                    " (devices, processes, the kernel), not a drive for files"
+                )
         for sid, known in self.config.known_stores().items():
             known_path = Path(known)
             if folder != known_path and (
@@ -352,7 +421,7 @@ class MetaStore:
             now,
             protocol.random_id(),
             copies=copies,
-            label=label or folder.name or str(folder),
+            label=label or schema.safe_label(folder.name or str(folder)),
             machine_id=self.machine_id,
             bytes_total=st.f_frsize * st.f_blocks,
             bytes_avail=st.f_frsize * st.f_bavail,
@@ -632,8 +701,11 @@ class MetaStore:
         except OSError as e:
             log.warning("cannot clean %s: %s", fs.tmp_dir, e)
 
+        def skipped(path: Path, reason: str) -> None:
+            report.skipped.append({"path": str(path), "reason": reason})
+
         def non_empty() -> Iterator[Path]:
-            for path in walk_files(paths):
+            for path in walk_files(paths, skipped):
                 try:
                     size = path.stat().st_size
                 except OSError as e:
@@ -992,19 +1064,35 @@ class MetaStore:
 
         Returns the log docs written.
         """
+        obs = self.observe(persist=True)
         now = self.now()
         t = self.thresholds
         events = []
+        # Stores another machine lists: never acted on while its doc just changed (or we
+        # have not watched it for heartbeat_fresh), and aged from its heartbeat as we saw
+        # it, whatever its clock or ours says (liveness.py).
+        protected: set[str] = set()
+        listed_at: dict[str, float] = {}
+        for m in self.lib.machines():
+            listed = m.get("stores")
+            if m.get("_id") == self.machine_id or not isinstance(listed, list):
+                continue
+            eff = obs.effective_atime(m, now) or 0.0
+            settled = obs.settled(m, now, t.heartbeat_fresh)
+            for sid in listed:
+                if protocol.is_store_id(sid):
+                    listed_at[sid] = max(listed_at.get(sid, 0.0), eff)
+                    if not settled:
+                        protected.add(sid)
         stores = self.lib.stores()
         for store in stores:
             sid = store.get("_id")
             if not protocol.is_store_id(sid):
                 self.report_invalid(sid, "store doc with an invalid _id")
                 continue  # one bad doc never stops the policies for the others
-            if sid in online:
+            if sid in online or sid in protected:
                 continue
-            atime = store.get("atime")
-            atime = atime if isinstance(atime, int | float) and not isinstance(atime, bool) else 0
+            atime = max(obs.effective_atime(store, now) or 0.0, listed_at.get(sid, 0.0))
             age = now - atime
             try:
                 if age >= t.store_purge_after:
@@ -1031,11 +1119,14 @@ class MetaStore:
         # engine's housekeeping to a few index lookups.
         if now - self._last_unverified_pass >= 3600:
             self._last_unverified_pass = now
-            events.extend(self.downgrade_unverified(online))
+            events.extend(self.downgrade_unverified(online, skip=set(listed_at)))
         return events
 
-    def downgrade_unverified(self, online: set[str]) -> list[Doc]:
+    def downgrade_unverified(self, online: set[str], skip: set[str] | None = None) -> list[Doc]:
         """Copies not verified for 30 days count 0 until verified again.
+
+        `skip`: stores another machine lists as connected. Their `verified` times were
+        written by that machine's clock and it verifies them itself, so it judges them.
 
         A store whose oldest verification is recent enough is skipped on the strength of
         its verification stats, so the common pass costs one cheap query per store.
@@ -1044,8 +1135,8 @@ class MetaStore:
         out = []
         for store in self.lib.stores():
             sid = store.get("_id")
-            if not protocol.is_store_id(sid):
-                continue  # reported by run_time_policies
+            if not protocol.is_store_id(sid) or sid in (skip or ()):
+                continue  # reported by run_time_policies / another machine's to judge
             oldest = self.lib.verification_stats(sid).oldest
             if oldest is None or oldest >= before:
                 continue
@@ -1234,10 +1325,37 @@ class MetaStore:
 
     # --- health ----------------------------------------------------------------------
 
-    def online(self, local: Iterable[str]) -> set[str]:
-        """`local` (this machine's connected stores) plus those other machines see now."""
+    # --- other machines, judged by what we saw change (liveness.py) ------------------
+
+    def observe(self, persist: bool = False) -> Observations:
+        """Look at every other machine doc and store doc and remember which revisions we
+        saw when (by this machine's clock). Only the engine's rounds persist what they saw
+        (`persist=True`: data dir, observed.json); read-only commands only read it."""
+        with self._obs_lock:
+            if self._obs is None:
+                self._obs = Observations.load(self.config.data_dir / "observed.json")
+            me = self.config.known_machine_id()
+            docs = [m for m in self.lib.machines() if m.get("_id") != me]
+            self._obs.observe([*docs, *self.lib.stores()], self.now())
+            if persist:
+                try:
+                    self._obs.save(self.config.data_dir / "observed.json")
+                except OSError as e:
+                    log.warning("cannot remember observed machines: %s", e)
+            return self._obs
+
+    def _judged_machines(self, obs: Observations) -> list[Doc]:
+        """Machine docs with heartbeats in our clock: future ones clamped (liveness.py)."""
+        now = self.now()
+        me = self.config.known_machine_id()
+        return [m if m.get("_id") == me else obs.judged([m], now)[0] for m in self.lib.machines()]
+
+    def online(self, local: Iterable[str], persist: bool = False) -> set[str]:
+        """`local` (this machine's connected stores) plus those other machines see now
+        (judged by what this machine saw change: liveness.py)."""
+        obs = self.observe(persist)
         return health_mod.online_store_ids(
-            self.lib.machines(),
+            self._judged_machines(obs),
             self.now(),
             self.thresholds,
             set(local),
@@ -1251,16 +1369,19 @@ class MetaStore:
         a store is local when its FileStore is at its folder now (`local`, when given by a
         caller that tracks connections, is narrowed to those), and the free space of each
         is read now (statvfs), not from the store doc. Other machines' stores are online
-        by their heartbeat.
+        by their heartbeat, as this machine saw it arrive (liveness.py).
         """
         me = self.config.known_machine_id()  # a machine without an ID has no stores yet
         present = self.connected_filestores()
         if local is not None:
             wanted = set(local)
             present = {sid: fs for sid, fs in present.items() if sid in wanted}
-        stores = [self._live_store(doc, present.get(doc.get("_id"))) for doc in self.lib.stores()]
-        machines = self.lib.machines()
+        obs = self.observe()
         now = self.now()
+        stores = obs.judged(
+            [self._live_store(doc, present.get(doc.get("_id"))) for doc in self.lib.stores()], now
+        )
+        machines = self._judged_machines(obs)
         online = health_mod.online_store_ids(machines, now, self.thresholds, set(present), me)
         verification = (
             {s["_id"]: self._verification_stats(s["_id"]) for s in stores}
@@ -1279,7 +1400,10 @@ class MetaStore:
             shared_filesystems=_shared_filesystems(stores),
             machine_id=me,
         )
-        return health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
+        h = health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
+        others = [m for m in self.lib.machines() if m.get("_id") != me]
+        skews = [(s.hostname, s.seconds) for s in obs.skews(others, now)]
+        return health_mod.with_clock_skew(h, skews)
 
     def space(self, fs: FileStore) -> tuple[int, int]:
         """(bytes_total, bytes_avail) of the store's filesystem now. A seam like the clock:

@@ -20,13 +20,16 @@ either, so newer versions can add fields; bools never count as ints. Design docs
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from dmedia_tui import protocol
+from dmedia_tui.durability import MAX_COPIES, MAX_INT
 from dmedia_tui.protocol import DIGEST_B32LEN, RANDOM_B32LEN, ContentHash, is_id
 
 TYPE_FILE = "dmedia/file"
@@ -138,14 +141,63 @@ def _got(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_int(value: Any, minimum: int = 0) -> bool:
-    return type(value) is int and value >= minimum
+def _is_int(value: Any, minimum: int = 0, maximum: int = MAX_INT) -> bool:
+    """An int in [minimum, maximum]: every integer of a doc fits JSON/JavaScript exactly
+    (2^53 - 1), so both backends index it and no sum of them overflows SQLite's int64."""
+    return type(value) is int and minimum <= value <= maximum
 
 
 def _is_number(value: Any) -> bool:
-    """A finite real number >= 0 (bools excluded)."""
+    """A finite real number in [0, 2^53 - 1] (bools excluded)."""
     t = type(value)
-    return (t is int and value >= 0) or (t is float and value >= 0 and math.isfinite(value))
+    return (t is int or (t is float and math.isfinite(value))) and 0 <= value <= MAX_INT
+
+
+def _int_range_msg(value: Any, maximum: int, minimum: int = 0) -> str:
+    """'must be an int >= 0, got -1' or 'must be at most 10, got 1000000'."""
+    if type(value) is int and value > maximum:
+        return f"must be at most {maximum}, got {_got(value)}"
+    return f"must be an int >= {minimum}, got {_got(value)}"
+
+
+def label_problem(label: Any) -> str | None:
+    """Why `label` cannot name a store, or None. A label is shown on one line of a
+    terminal: no control characters (newline, ESC...), no lone surrogates (a file name
+    that was not UTF-8), not blank, at most 100 characters."""
+    if not isinstance(label, str):
+        return f"must be a str, got {_got(label)}"
+    if not label.strip():
+        return "must not be blank"
+    if len(label) > 100:
+        return f"must be at most 100 characters, got {len(label)}"
+    for ch in label:
+        if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            return f"must not contain control characters, got {_got(label)}"
+    return None
+
+
+def safe_label(name: str) -> str:
+    """A usable label made from a folder name: control characters become '?'."""
+    clean = "".join(
+        "?" if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") else ch for ch in name
+    )[:100]
+    return clean if clean.strip() else "store"
+
+
+def name_fields(name: str) -> dict[str, str]:
+    """`name` (and, when it is not UTF-8, `name_b64`) of a file doc from a file name as
+    the OS gave it (str with surrogate escapes for undecodable bytes).
+
+    JSON cannot carry bytes that are not UTF-8: `name` gets a readable form (U+FFFD for
+    each bad byte) and `name_b64` the exact bytes, so the name is never lost."""
+    raw = os.fsencode(name)
+    try:
+        return {"name": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {
+            "name": raw.decode("utf-8", "replace"),
+            "name_b64": base64.b64encode(raw).decode("ascii"),
+        }
 
 
 def _skip(key: Any) -> bool:
@@ -193,14 +245,14 @@ def _check_stored_value(sid: str, value: Any, out: list[str]) -> None:
         return
     if "copies" not in value:
         out.append(f"{path}: copies missing")
-    elif not _is_int(value["copies"]):
-        out.append(f"{path}: copies must be an int >= 0, got {_got(value['copies'])}")
+    elif not _is_int(value["copies"], 0, MAX_COPIES):
+        out.append(f"{path}: copies {_int_range_msg(value['copies'], MAX_COPIES)}")
     if "mtime" not in value:
         out.append(f"{path}: mtime missing")
     elif not _is_int(value["mtime"]):
-        out.append(f"{path}: mtime must be an int >= 0, got {_got(value['mtime'])}")
+        out.append(f"{path}: mtime {_int_range_msg(value['mtime'], MAX_INT)}")
     if "verified" in value and not _is_int(value["verified"]):
-        out.append(f"{path}: verified must be an int >= 0, got {_got(value['verified'])}")
+        out.append(f"{path}: verified {_int_range_msg(value['verified'], MAX_INT)}")
     if "pinned" in value and value["pinned"] is not True:
         out.append(f"{path}: pinned must be true when present, got {_got(value['pinned'])}")
 
@@ -235,12 +287,14 @@ def _stored_value_ok(value: Any) -> bool:
         return False
     c = value.get("copies")
     m = value.get("mtime")
-    if type(c) is not int or c < 0 or type(m) is not int or m < 0:
+    if type(c) is not int or not 0 <= c <= MAX_COPIES or type(m) is not int:
+        return False
+    if not 0 <= m <= MAX_INT:
         return False
     if len(value) == 2:
         return True
     v = value.get("verified", 0)
-    return type(v) is int and v >= 0 and value.get("pinned", True) is True
+    return type(v) is int and 0 <= v <= MAX_INT and value.get("pinned", True) is True
 
 
 def check_file(doc: Any) -> list[str]:
@@ -257,20 +311,20 @@ def check_file(doc: Any) -> list[str]:
     if type(_id) is str and _id and not is_id(_id, DIGEST_B32LEN):
         out.append(f"_id: must be a {DIGEST_B32LEN}-character file ID, got {_got(_id)}")
     b = doc.get("bytes")
-    if type(b) is not int or b < 1:
+    if not _is_int(b, 1):
         if "bytes" not in doc:
             out.append("bytes: missing")
         else:
-            out.append(f"bytes: must be an int >= 1, got {_got(b)}")
+            out.append(f"bytes: {_int_range_msg(b, MAX_INT, 1)}")
     origin = doc.get("origin")
     if type(origin) is not str or origin not in _ORIGINS:
         out.append(f"origin: must be one of {', '.join(ORIGINS)}, got {_got(origin)}")
     atime = doc.get("atime")
-    if type(atime) is not int or atime < 0:
+    if not _is_int(atime):
         if "atime" not in doc:
             out.append("atime: missing")
         else:
-            out.append(f"atime: must be an int >= 0, got {_got(atime)}")
+            out.append(f"atime: {_int_range_msg(atime, MAX_INT)}")
     lh = doc.get("leaf_hashes")
     if type(lh) is not str or not lh or not _B64_RE.fullmatch(lh):
         out.append(f"leaf_hashes: must be a non-empty base64 str, got {_got(lh)}")
@@ -296,6 +350,9 @@ def check_file(doc: Any) -> list[str]:
     name = doc.get("name")
     if name is not None and type(name) is not str:
         out.append(f"name: must be a str, got {_got(name)}")
+    nb = doc.get("name_b64")
+    if nb is not None and (type(nb) is not str or not nb or not _B64_RE.fullmatch(nb)):
+        out.append(f"name_b64: must be a non-empty base64 str, got {_got(nb)}")
     ext = doc.get("ext")
     if ext is not None and (type(ext) is not str or not _EXT_RE.fullmatch(ext)):
         out.append(f"ext: must be a lower-case extension without leading dot, got {_got(ext)}")
@@ -330,15 +387,18 @@ def check_store(doc: Any) -> list[str]:
         out.append(f"_id: must be a {RANDOM_B32LEN}-character store ID, got {_got(_id)}")
     if "copies" not in doc:
         out.append("copies: missing")
-    elif not _is_int(doc["copies"]):
-        out.append(f"copies: must be an int >= 0, got {_got(doc['copies'])}")
+    elif not _is_int(doc["copies"], 0, MAX_COPIES):
+        out.append(f"copies: {_int_range_msg(doc['copies'], MAX_COPIES)}")
     for key in ("atime", "bytes_total", "bytes_avail"):
         if key in doc and not _is_int(doc[key]):
-            out.append(f"{key}: must be an int >= 0, got {_got(doc[key])}")
+            out.append(f"{key}: {_int_range_msg(doc[key], MAX_INT)}")
     for key in _STORE_STR_FIELDS:
         value = doc.get(key)
         if value is not None and not isinstance(value, str):
             out.append(f"{key}: must be a str or null, got {_got(value)}")
+    label = doc.get("label")
+    if isinstance(label, str) and label_problem(label):
+        out.append(f"label: {label_problem(label)}")
     fsid = doc.get("filesystem_id")
     if fsid is not None and not isinstance(fsid, str) and type(fsid) is not int:
         out.append(f"filesystem_id: must be a str, an int or null, got {_got(fsid)}")
@@ -353,7 +413,7 @@ def check_store(doc: Any) -> list[str]:
     if failure is not None:
         if not _is_int(failure.get("corrupt_count")):
             count = failure.get("corrupt_count")
-            out.append(f"failure.corrupt_count: must be an int >= 0, got {_got(count)}")
+            out.append(f"failure.corrupt_count: {_int_range_msg(count, MAX_INT)}")
         if "acknowledged" in failure and type(failure["acknowledged"]) is not bool:
             out.append(
                 f"failure.acknowledged: must be true or false, got {_got(failure['acknowledged'])}"
@@ -383,7 +443,7 @@ def check_machine(doc: Any) -> list[str]:
     if "atime" not in doc:
         out.append("atime: missing")
     elif not _is_int(doc["atime"]):
-        out.append(f"atime: must be an int >= 0, got {_got(doc['atime'])}")
+        out.append(f"atime: {_int_range_msg(doc['atime'], MAX_INT)}")
     stores = doc.get("stores")
     if not isinstance(stores, list):
         out.append(f"stores: must be a list of store IDs, got {_got(stores)}")
@@ -421,7 +481,7 @@ def check_log(doc: Any) -> list[str]:
     elif isinstance(t, str) and t.startswith("dmedia/store/") and not is_id(sid, RANDOM_B32LEN):
         out.append(f"store_id: must be a store ID, got {_got(sid)}")
     if "count" in doc and not _is_int(doc["count"]):
-        out.append(f"count: must be an int >= 0, got {_got(doc['count'])}")
+        out.append(f"count: {_int_range_msg(doc['count'], MAX_INT)}")
     reason = doc.get("reason")
     if reason is not None and not isinstance(reason, str):
         out.append(f"reason: must be a str, got {_got(reason)}")
@@ -558,9 +618,9 @@ def create_file(
         "stored": {sid: dict(value) for sid, value in stored.items()},
     }
     if name is not None:
-        doc["name"] = name
+        doc.update(name_fields(name) if isinstance(name, str) else {"name": name})
         if ext is None and isinstance(name, str):
-            ext = ext_of(name)
+            ext = ext_of(doc["name"])
     if ext is not None:
         doc["ext"] = ext.lower() if isinstance(ext, str) else ext
     _raise_if(check_file(doc), "file doc")

@@ -3,8 +3,8 @@
 Why it looks like this:
 - Every map function starts with the same prelude, a line-by-line port of
   `dmedia_tui.durability` (valid store key = 24 characters of the sortable base32
-  alphabet; `copies` counts only when it is an integer > 0, never a boolean; origin
-  "user" unless a string; bytes 0 unless a positive integer), so the views agree with
+  alphabet; `copies` counts only when it is an integer in 1..MAX_COPIES, never a boolean;
+  origin "user" unless a string; bytes 0 unless an integer in 1..MAX_INT), so the views agree with
   the SQLite backend on every doc, malformed ones included. The contract suite in
   `tests/db/` proves it. CouchDB cannot share code between map functions without
   CommonJS `require`, which PouchDB does not support, so the prelude is pasted in.
@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 
 DOCS_DDOC = "dmedia"  # _design/dmedia in dmedia-1
 LOG_DDOC = "log"  # _design/log in log-1
 
 _PRELUDE = """
   var ALPHABET = "3456789ABCDEFGHIJKLMNOPQRSTUVWXY";
+  var MAX_INT = 9007199254740991;  // durability.MAX_INT
+  var MAX_COPIES = 10;  // durability.MAX_COPIES
   function isStoreId(s) {
     if (typeof s !== "string" || s.length !== 24) { return false; }
     for (var i = 0; i < s.length; i++) {
@@ -51,11 +53,13 @@ _PRELUDE = """
         }
         var entry = stored[sid];
         var copies = 0;
-        if (isObject(entry) && isInt(entry.copies) && entry.copies > 0) {
+        if (isObject(entry) && isInt(entry.copies) && entry.copies > 0
+            && entry.copies <= MAX_COPIES) {
           copies = entry.copies;
         }
         var verified = null;
-        if (isObject(entry) && isInt(entry.verified) && entry.verified >= 0) {
+        if (isObject(entry) && isInt(entry.verified) && entry.verified >= 0
+            && entry.verified <= MAX_INT) {
           verified = entry.verified;
         }
         items.push([sid, copies, verified]);
@@ -70,7 +74,7 @@ _PRELUDE = """
     }
     return {
       origin: typeof doc.origin === "string" ? doc.origin : "user",
-      bytes: (isInt(doc.bytes) && doc.bytes > 0) ? doc.bytes : 0,
+      bytes: (isInt(doc.bytes) && doc.bytes > 0 && doc.bytes <= MAX_INT) ? doc.bytes : 0,
       items: items,
       durability: durability,
       rank: Math.min(3, items.length) + Math.min(3, durability),

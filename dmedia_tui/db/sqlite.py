@@ -176,15 +176,21 @@ def _verified(entry: Any) -> int | None:
     """The `verified` time of a stored entry, None when absent or not a number."""
     if isinstance(entry, dict):
         v = entry.get("verified")
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= durability.MAX_INT:
             return v
     return None
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
+    """A number SQLite can bind (an int beyond int64 would crash the write), else None."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value if -durability.MAX_INT <= value <= durability.MAX_INT else None
     return None
+
+
+def _i64(n: int) -> int:
+    """A sum clamped to SQLite's INTEGER: binding a larger Python int raises OverflowError."""
+    return max(-(2**63), min(2**63 - 1, n))
 
 
 def _str(value: Any) -> str | None:
@@ -404,6 +410,7 @@ class SQLiteDatabase(Database):
         body.pop("_deleted", None)
         try:
             text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text.encode()  # a lone surrogate (an undecoded file name) is not UTF-8 text
         except (TypeError, ValueError) as e:
             raise DatabaseError(f"{self.name}/{doc_id}: not JSON: {_reason(e)}") from None
         return rev, body, text
@@ -469,7 +476,7 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
             stores,
         )
         c.execute("DELETE FROM store_sum WHERE copies <= 0")
-    changed = [(o, p, n, b) for (o, p), (n, b) in deltas.items() if n or b]
+    changed = [(o, p, n, _i64(b)) for (o, p), (n, b) in deltas.items() if n or b]
     if changed:
         c.executemany(
             "INSERT INTO placement_sum (origin, placement, count, bytes) VALUES (?,?,?,?)"
