@@ -115,13 +115,11 @@ DEFAULT_CONFIG_TOML = """\
 # ("machine host login USER password PASS", mode 600): ~/.netrc, or the one named below.
 # db = "{default_db}"
 
-[database]
-# netrc = "~/.config/dmedia-tui/netrc"
-
 # The name other machines show for this one ("boot <name>").
 # hostname = "{hostname}"
 
 [database]
+# netrc = "~/.config/dmedia-tui/netrc"
 # timeout = 30    # seconds a CouchDB server may leave a request unanswered (DMEDIA_DB_TIMEOUT)
 
 [thresholds]
