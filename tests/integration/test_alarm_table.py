@@ -180,7 +180,7 @@ def downgraded_one_of_three_then_once(w: World) -> None:
 def no_new_copies_one_of_three(w: World) -> None:
     three_settled(w)
     w.m().ok("store", "downgrade", "s2", "--yes")
-    w.m().ok("store", "trust", "s2")  # trusted again: takes copies, copies count once verified
+    w.m().ok("store", "trust", "s2", "--yes")  # takes copies; they count once verified
     w.once(dt=60)
     w.status_now(dt=60)
 
