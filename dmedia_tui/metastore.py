@@ -1140,15 +1140,12 @@ class MetaStore:
             oldest = self.lib.verification_stats(sid).oldest
             if oldest is None or oldest >= before:
                 continue
-            n = 0
-            for due in self.lib.copies_due(sid, before, limit=100000):
-                if due.verified is None:
-                    continue  # never verified: judged by the verify worker first
-                try:
-                    if self.lib.docs.update(due.file_id, transitions.downgrade_store_in_file, sid):
-                        n += 1
-                except (InvalidDoc, NotFound) as e:
-                    self.report_invalid(due.file_id, e)
+            # Never-verified copies are judged by the verify worker first.
+            due = self.lib.copies_due(sid, before, limit=100000)
+            ids = [d.file_id for d in due if d.verified is not None]
+            n = self._update_all(
+                ids, transitions.downgrade_store_in_file, sid, fault="downgrade.unverified"
+            )
             if n:
                 out.append(
                     self.log_event(
@@ -1463,27 +1460,53 @@ class MetaStore:
                 return
             after = (rank(page[-1]), page[-1]["_id"])
 
-    def _each_file_on(self, store_id: str) -> list[str]:
-        """File IDs on the store, snapshotted first so updating them while paging is safe."""
-        return [d["_id"] for d in self.iter_files_on(store_id)]
+    def _file_ids_on(self, store_id: str, page_size: int = 5000) -> Iterator[str]:
+        """IDs of the files on the store, streamed by (rank, _id) from the index alone.
+
+        Safe to update while paging for the passes that use it: downgrading or purging
+        the store's entry only lowers a file's rank or removes its row, so no file moves
+        past the cursor and each is seen once, with no snapshot of a million IDs.
+        """
+        after: tuple[int, str] | None = None
+        while True:
+            page = self.lib.file_ids_by_store(store_id, limit=page_size, after=after)
+            for _, fid in page:
+                yield fid
+            if len(page) < page_size:
+                return
+            after = page[-1]
 
     def _zero_copies_on(self, store_id: str) -> int:
-        return self._each_update(store_id, transitions.downgrade_store_in_file, "downgrade.file")
+        return self._update_all(
+            self._file_ids_on(store_id),
+            transitions.downgrade_store_in_file,
+            store_id,
+            fault="downgrade.file",
+        )
 
     def _purge_entries(self, store_id: str) -> int:
-        return self._each_update(store_id, transitions.purge_store_in_file, "purge.file")
+        return self._update_all(
+            self._file_ids_on(store_id),
+            transitions.purge_store_in_file,
+            store_id,
+            fault="purge.file",
+        )
 
-    def _each_update(self, store_id: str, fn: Callable[..., Doc | None], fault: str) -> int:
-        """fn(doc, store_id) on every file on the store; a doc that cannot be updated is
-        reported and skipped, never the end of the pass."""
+    def _update_all(
+        self, ids: Iterable[str], fn: Callable[..., Doc | None], *args: Any, fault: str
+    ) -> int:
+        """fn(doc, *args) on every doc, a batch (one transaction) at a time; a doc that
+        cannot be updated is reported and skipped, never the end of the pass.
+
+        The fault point is passed once per changed doc, after its batch is committed:
+        `name@N` kills right after the batch holding the N-th change, so a crash test
+        lands on a batch boundary (every doc before or after, never half).
+        """
         n = 0
-        for fid in self._each_file_on(store_id):
-            try:
-                changed = self.lib.docs.update(fid, fn, store_id)
-            except (InvalidDoc, NotFound, ValueError, TypeError) as e:
+        for batch in self.lib.docs.update_many(ids, fn, *args):
+            for fid, e in batch.errors:
                 self.report_invalid(fid, e)
-                continue
-            if changed:
+            for _ in batch.saved:
                 n += 1
                 fault_point(fault)
         return n

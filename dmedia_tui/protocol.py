@@ -105,8 +105,20 @@ def is_file_id(value: object) -> bool:
     return is_id(value, DIGEST_B32LEN)
 
 
+_KNOWN_STORE_IDS: set[str] = set()  # a library has a handful of stores: memo the checks
+
+
 def is_store_id(value: object) -> bool:
-    return is_id(value, RANDOM_B32LEN)
+    # Called for every `stored` key of every file doc written or indexed (millions in a
+    # store-wide pass): a set lookup instead of a character scan for the few real IDs.
+    if type(value) is str and value in _KNOWN_STORE_IDS:
+        return True
+    if not is_id(value, RANDOM_B32LEN):
+        return False
+    if len(_KNOWN_STORE_IDS) >= 4096:
+        _KNOWN_STORE_IDS.clear()
+    _KNOWN_STORE_IDS.add(value)  # type: ignore[arg-type]
+    return True
 
 
 def random_id(nbytes: int = STORE_ID_BYTES) -> str:

@@ -18,6 +18,7 @@ from dmedia_tui.db.base import (
     Library,
     NotFound,
     PlacementRow,
+    UpdateBatch,
     VerificationStats,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "Library",
     "NotFound",
     "PlacementRow",
+    "UpdateBatch",
     "VerificationStats",
     "is_couch_url",
     "open_library",

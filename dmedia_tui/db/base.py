@@ -13,14 +13,20 @@ new `_rev` on the dict it was given.
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Doc = dict[str, Any]
 
 DOCS_DB = "dmedia-1"
 LOG_DB = "log-1"
+
+# Docs per batch of `update_many`: one transaction (SQLite) or one `_bulk_docs` (CouchDB).
+# Big enough that the per-commit fsync vanishes (2,000 docs per fsync), small enough that
+# a batch holds the SQLite write lock for milliseconds, not seconds.
+UPDATE_BATCH = 2000
 
 
 class DatabaseError(Exception):
@@ -63,6 +69,19 @@ class InvalidDoc(DatabaseError):
 
 def is_damaged(doc: Any) -> bool:
     return isinstance(doc, dict) and DAMAGED in doc
+
+
+@dataclass
+class UpdateBatch:
+    """One committed batch of `Database.update_many`.
+
+    `saved`: IDs of the docs the transition changed (now saved). `errors`: the docs left
+    as they were and why (NotFound, InvalidDoc, the transition's ValueError/TypeError, or
+    Conflict after 20 tries). Docs the transition returned None for are in neither.
+    """
+
+    saved: list[str] = field(default_factory=list)
+    errors: list[tuple[str, Exception]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,64 @@ class Database(abc.ABC):
                 continue
         raise Conflict(f"{self.name}/{doc_id}: gave up after 20 conflicting updates")
 
+    def update_many(
+        self,
+        doc_ids: Iterable[str],
+        fn: Callable[..., Doc | None],
+        *args: Any,
+        batch_size: int = UPDATE_BATCH,
+    ) -> Iterator[UpdateBatch]:
+        """`update(doc_id, fn, *args)` for many docs, a batch at a time: a set operation.
+
+        Yields an UpdateBatch once each batch is saved, so a caller can report its errors
+        and a crash between batches leaves every doc either before or after `fn`, never
+        half. `doc_ids` is consumed lazily (a batch at a time): it may be a generator
+        that pages through an index while earlier batches are being written. A doc that
+        cannot be updated (missing, damaged, `fn` raising ValueError/TypeError) is an
+        error of its batch, never the end of the pass.
+
+        This generic version reads a batch with `get_many`, saves it with `save_many`
+        and retries the docs that conflicted; a backend may do better (SQLite: one
+        transaction per batch, so no conflicts at all).
+        """
+        it = iter(doc_ids)
+        while chunk := list(itertools.islice(it, max(1, batch_size))):
+            yield self._update_batch(list(dict.fromkeys(chunk)), fn, args)
+
+    def _update_batch(
+        self, doc_ids: list[str], fn: Callable[..., Doc | None], args: tuple[Any, ...]
+    ) -> UpdateBatch:
+        out = UpdateBatch()
+        todo = doc_ids
+        for _ in range(20):
+            if not todo:
+                return out
+            new_docs: list[tuple[str, Doc]] = []
+            for doc_id, doc in zip(todo, self.get_many(todo), strict=True):
+                if doc is None:
+                    out.errors.append((doc_id, NotFound(f"{self.name}/{doc_id}: not found")))
+                    continue
+                try:
+                    new = fn(doc, *args)
+                except (ValueError, TypeError) as e:
+                    out.errors.append((doc_id, e))
+                    continue
+                if new is not None:
+                    new_docs.append((doc_id, new))
+            todo = []
+            results = self.save_many([d for _, d in new_docs]) if new_docs else []
+            for (doc_id, _), result in zip(new_docs, results, strict=True):
+                if isinstance(result, Conflict):
+                    todo.append(doc_id)  # changed meanwhile: read it again, apply again
+                elif isinstance(result, DatabaseError):
+                    out.errors.append((doc_id, result))
+                else:
+                    out.saved.append(doc_id)
+        for doc_id in todo:
+            msg = f"{self.name}/{doc_id}: gave up after 20 conflicting updates"
+            out.errors.append((doc_id, Conflict(msg)))
+        return out
+
 
 # --- named query results ---------------------------------------------------------------
 
@@ -244,6 +321,14 @@ class Library(abc.ABC):
         Ordered by (rank, _id); `after` is the (rank, _id) of the last row of the
         previous page.
         """
+
+    @abc.abstractmethod
+    def file_ids_by_store(
+        self, store_id: str, limit: int = 1000, after: tuple[int, str] | None = None
+    ) -> list[tuple[int, str]]:
+        """(rank, _id) of the files with a `stored[store_id]` entry, in files_by_store
+        order, without reading a single doc (a store-wide pass over a million files
+        should not decode a million docs just to learn their IDs)."""
 
     @abc.abstractmethod
     def fragile_files(

@@ -880,6 +880,20 @@ class CouchLibrary(Library):
     ) -> list[Doc]:
         return self._range("by_store", [store_id], list(after) if after else None, limit)
 
+    def file_ids_by_store(
+        self, store_id: str, limit: int = 1000, after: tuple[int, str] | None = None
+    ) -> list[tuple[int, str]]:
+        if limit <= 0:
+            return []
+        prefix: list[Any] = [store_id]
+        data = self.docs._query(
+            "by_store",
+            startkey=prefix + list(after) + [None] if after is not None else prefix,
+            endkey=prefix + [_HIGH],
+            limit=limit,
+        )
+        return [(int(r["key"][1]), r["id"]) for r in data.get("rows", [])]
+
     def fragile_files(
         self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"
     ) -> list[Doc]:

@@ -16,6 +16,7 @@ from dmedia_tui import durability
 from dmedia_tui.db import (
     Conflict,
     CopyDue,
+    Database,
     DatabaseError,
     Library,
     NotFound,
@@ -383,6 +384,132 @@ def test_update_returning_none_saves_nothing(library: Library) -> None:
         library.docs.update(sid(), lambda d: d)
 
 
+def _zero_on(doc: dict[str, Any], store_id: str) -> dict[str, Any] | None:
+    """A pure transition for the tests: the copy on store_id counts 0 (None: no change)."""
+    e = doc.get("stored", {}).get(store_id)
+    if e == "boom":
+        raise ValueError("a malformed entry")
+    if not isinstance(e, dict) or e.get("copies") == 0:
+        return None
+    e["copies"] = 0
+    return doc
+
+
+def _assert_indexes_match_docs(library: Library, stores: list[str]) -> None:
+    docs = list(library.docs.iter_docs())
+    want: dict[tuple[str, str], list[int]] = {}
+    for d in docs:
+        if d.get("type") != "dmedia/file":
+            continue
+        g = want.setdefault((durability.file_origin(d), durability.placement_key(d)), [0, 0])
+        g[0] += 1
+        g[1] += durability.file_bytes(d)
+    assert summary(library) == {k: tuple(v) for k, v in want.items()}
+    for s in stores:
+        on_s = [d for d in docs if s in d.get("stored", {})]
+        assert library.file_ids_by_store(s, 10_000) == sorted(
+            (durability.rank(d), d["_id"]) for d in on_s
+        )
+        assert library.verification_stats(s).copies == len(on_s)
+    fragile = sorted(
+        (durability.rank(d), d["_id"])
+        for d in docs
+        if durability.file_origin(d) == "user" and durability.durability(d) < 3
+    )
+    assert [(durability.rank(d), d["_id"]) for d in library.fragile_files(10_000)] == fragile
+
+
+def test_update_many_applies_a_transition_in_batches(library: Library) -> None:
+    a, b = sid(), sid()
+    files = [file_doc({a: 1, b: 1} if i % 3 else {b: 2}, size=i + 1) for i in range(23)]
+    files[5]["stored"][a] = entry(0)  # nothing to change: neither saved nor an error
+    save_all(library, files)
+    broken = library.docs.get(files[7]["_id"])
+    broken["stored"][a] = "boom"  # the transition raises on this one
+    library.docs.save(broken)
+    seq = library.docs.update_seq()
+    revs = {f["_id"]: library.docs.get(f["_id"])["_rev"] for f in files}
+    missing = fid()
+    ids_in = [f["_id"] for f in files] + [missing]
+    batches = list(library.docs.update_many(iter(ids_in), _zero_on, a, batch_size=5))
+
+    assert len(batches) == 5  # 24 IDs, 5 a batch
+    saved = [i for bt in batches for i in bt.saved]
+    errors = {i: type(e).__name__ for bt in batches for i, e in bt.errors}
+    changed = [f["_id"] for i, f in enumerate(files) if i % 3 and i not in (5, 7)]
+    assert saved == changed
+    assert errors == {files[7]["_id"]: "ValueError", missing: "NotFound"}
+    for f in files:
+        got = library.docs.get(f["_id"])
+        if f["_id"] in changed:
+            assert got["stored"][a]["copies"] == 0 and got["_rev"].startswith("2-")
+            assert got["stored"][b] == entry(1)  # the rest of the doc untouched
+        else:
+            assert got["_rev"] == revs[f["_id"]]
+    assert {c.id for c in library.docs.changes(seq).results} == set(changed)
+    _assert_indexes_match_docs(library, [a, b])
+
+
+def test_update_many_with_a_purge_transition_keeps_every_index(library: Library) -> None:
+    a, b, c = sid(), sid(), sid()
+    rng = random.Random(13)
+    files = [
+        file_doc(
+            {
+                s: entry(rng.choice([0, 1, 2]), rng.choice([None, NOW - 5]))
+                for s in rng.sample([a, b, c], rng.randint(1, 3))
+            },
+            size=rng.randint(1, 10**6),
+            origin=rng.choice(["user", "user", "cache"]),
+        )
+        for _ in range(60)
+    ]
+    save_all(library, files)
+
+    def purge(doc: dict[str, Any], store_id: str) -> dict[str, Any] | None:
+        if store_id not in doc["stored"]:
+            return None
+        del doc["stored"][store_id]
+        return doc
+
+    # The IDs streamed from the index while the batches remove its rows.
+    def on_a() -> Any:
+        after = None
+        while page := library.file_ids_by_store(a, limit=7, after=after):
+            yield from (i for _, i in page)
+            after = page[-1]
+
+    want = sorted(f["_id"] for f in files if a in f["stored"])
+    saved = sorted(
+        i for bt in library.docs.update_many(on_a(), purge, a, batch_size=4) for i in bt.saved
+    )
+    assert saved == want
+    assert library.file_ids_by_store(a) == []
+    _assert_indexes_match_docs(library, [a, b, c])
+
+
+def test_generic_update_many_retries_the_docs_that_conflicted(library: Library) -> None:
+    """The get_many/save_many path (CouchDB's; any backend can run it): a doc changed
+    between the batch's read and its save is read and transformed again."""
+    docs = [store_doc(f"s{i}", counter=0) for i in range(4)]
+    save_all(library, docs)
+    calls: list[tuple[str, int]] = []
+
+    def bump(d: dict[str, Any], by: int) -> dict[str, Any]:
+        calls.append((d["label"], d["counter"]))
+        if d["label"] == "s2" and d["counter"] == 0:  # someone else writes meanwhile
+            other = library.docs.get(d["_id"])
+            other["counter"] += 10
+            library.docs.save(other)
+        d["counter"] += by
+        return d
+
+    out = Database._update_batch(library.docs, [d["_id"] for d in docs], bump, (1,))
+    assert sorted(out.saved) == sorted(d["_id"] for d in docs) and out.errors == []
+    assert [library.docs.get(d["_id"])["counter"] for d in docs] == [1, 1, 11, 1]
+    assert calls.count(("s2", 0)) == 1 and ("s2", 10) in calls
+
+
 # --- named queries: stores, machines --------------------------------------------------------
 
 
@@ -578,6 +705,24 @@ def test_files_by_store_pages_with_rank_and_id(library: Library) -> None:
             break
         after = (ranks[page[-1]["_id"]], page[-1]["_id"])
     assert got == want
+
+
+def test_file_ids_by_store_is_files_by_store_without_the_docs(library: Library) -> None:
+    a, b, _, ranks = _ranked_library(library)
+    want = sorted((ranks[i], i) for i in ranks)
+    assert library.file_ids_by_store(a, limit=1000) == want
+    got: list[tuple[int, str]] = []
+    after = None
+    for _ in range(30):
+        page = library.file_ids_by_store(a, limit=4, after=after)
+        got.extend(page)
+        if len(page) < 4:
+            break
+        after = page[-1]
+    assert got == want
+    assert [i for _, i in library.file_ids_by_store(b)] == ids(library.files_by_store(b))
+    assert library.file_ids_by_store(sid()) == []
+    assert library.file_ids_by_store(a, limit=0) == []
 
 
 def test_fragile_files_are_below_target_by_rank(library: Library) -> None:
