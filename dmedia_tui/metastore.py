@@ -10,11 +10,14 @@ not on disk.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import logging
 import os
 import stat
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +212,34 @@ def walk_files(
             skip(path, reason)
 
 
+class LoggedProblems:
+    """The problems log-1 already holds, at 8 bytes each (a million logged problems must
+    not cost a million tuples): a sorted array of 64-bit key hashes read from the log,
+    plus a set of the keys added since. A hash collision (odds ~1e-8 at a million
+    problems) could only hide a duplicate of a problem already logged under that hash."""
+
+    def __init__(self, hashes: Iterable[int] = ()) -> None:
+        self._old = array("Q", sorted(hashes))
+        self._new: set[int] = set()
+
+    @staticmethod
+    def key(type: str, doc_id: Any, errors: Iterable[str]) -> int:
+        text = f"{type}\0{doc_id}\0{'|'.join(errors)}".encode("utf-8", "surrogatepass")
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+    def __contains__(self, key: int) -> bool:
+        if key in self._new:
+            return True
+        i = bisect.bisect_left(self._old, key)
+        return i < len(self._old) and self._old[i] == key
+
+    def add(self, key: int) -> None:
+        self._new.add(key)
+
+    def __len__(self) -> int:
+        return len(self._old) + len(self._new)
+
+
 class MetaStore:
     """The library's operations, for one machine (its config) at one time (its clock)."""
 
@@ -221,7 +252,7 @@ class MetaStore:
         # never read or written; shown as STORE_UNSAFE. store_id -> the reason.
         self.unsafe_stores: dict[str, str] = {}
         self._read_errors: dict[str, _ReadErrors] = {}
-        self._problems_logged: set[tuple[str, str, str]] | None = None
+        self._problems_logged: LoggedProblems | None = None
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
         self._obs: Observations | None = None
@@ -256,7 +287,7 @@ class MetaStore:
         problems = self._problems_of(doc_id, db)
         if not problems:
             problems = [f"unusable: {str(error).splitlines()[0][:200] if str(error) else error!r}"]
-        key = (schema.LOG_DOC_INVALID, str(doc_id), "|".join(problems))
+        key = LoggedProblems.key(schema.LOG_DOC_INVALID, str(doc_id), problems)
         seen = self._load_logged_problems()
         if key in seen:
             return
@@ -1228,70 +1259,84 @@ class MetaStore:
 
     # --- schema and consistency check ------------------------------------------------
 
-    def _load_logged_problems(self) -> set[tuple[str, str, str]]:
+    def _load_logged_problems(self) -> LoggedProblems:
+        """Read once per MetaStore: each problem type is a range of the events index,
+        walked by keyset (no OFFSET, no sort), so loading is linear in the log."""
         if self._problems_logged is None:
-            seen: set[tuple[str, str, str]] = set()
-            cursor = None
-            while True:
-                page = self.lib.events(
-                    1000,
-                    newest_first=False,
-                    cursor=cursor,
-                    types=[schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT],
-                )
-                for ev in page:
-                    seen.add(
-                        (
-                            ev["type"],
-                            str(ev.get("doc_id") or ev.get("file_id")),
-                            "|".join(ev.get("errors") or []),
-                        )
-                    )
-                if len(page) < 1000:
-                    break
-                cursor = page[-1]["_id"]
-            self._problems_logged = seen
+            hashes: list[int] = []
+            for typ in (schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT):
+                cursor = None
+                while True:
+                    page = self.lib.events(1000, newest_first=False, cursor=cursor, types=[typ])
+                    for ev in page:
+                        errors = ev.get("errors")
+                        errors = [str(e) for e in errors] if isinstance(errors, list) else []
+                        doc_id = ev.get("doc_id") or ev.get("file_id")
+                        hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
+                    if len(page) < 1000:
+                        break
+                    cursor = page[-1]["_id"]
+            self._problems_logged = LoggedProblems(hashes)
         return self._problems_logged
 
+    CHECK_LOG_BATCH = 1000  # problem events saved per log-1 bulk write
+
     def check(self, page_size: int = 1000) -> CheckReport:
-        """Walk every doc of both databases; log each new problem once. Rewrites nothing."""
+        """Walk every doc of both databases; log each new problem once. Rewrites nothing.
+
+        Streaming: docs are read a page at a time (keyset on `_id`), new problem events
+        are saved to log-1 a batch at a time, and what is already logged costs 8 bytes a
+        problem, so time is linear and memory bounded at any library size.
+        """
         seen = self._load_logged_problems()
         docs = invalid = inconsistent = logged = 0
+        pending: list[Doc] = []
+        now = self.now()
+
+        def problem(type: str, about: Any, errors: list[str], **fields: Any) -> None:
+            nonlocal logged
+            key = LoggedProblems.key(type, str(about), errors)
+            if key in seen:
+                return
+            seen.add(key)
+            pending.append(schema.create_log(now, type, self.machine_id, **fields, errors=errors))
+            detail = " ".join(f"{k}={v}" for k, v in fields.items())
+            log.error("%s %s", type, detail)
+            logged += 1
+            if len(pending) >= self.CHECK_LOG_BATCH:
+                flush()
+
+        def flush() -> None:
+            if pending:
+                for r in self.lib.log.save_many(pending):
+                    if isinstance(r, Exception):
+                        raise r
+                pending.clear()
+
         for dbname, db in (("dmedia-1", self.lib.docs), ("log-1", self.lib.log)):
             for doc in db.iter_docs(page_size):
-                if str(doc.get("_id", "")).startswith("_design/"):
+                doc_id = doc.get("_id", "")
+                if isinstance(doc_id, str) and doc_id.startswith("_design/"):
                     continue
                 docs += 1
                 problems = schema.check_doc(doc)
                 if problems:
                     invalid += 1
-                    key = (schema.LOG_DOC_INVALID, str(doc.get("_id")), "|".join(problems))
-                    if key not in seen:
-                        seen.add(key)
-                        self.log_event(
-                            schema.LOG_DOC_INVALID,
-                            level=logging.ERROR,
-                            doc_id=doc.get("_id"),
-                            db=dbname,
-                            doc_type=doc.get("type"),
-                            errors=problems,
-                        )
-                        logged += 1
+                    problem(
+                        schema.LOG_DOC_INVALID,
+                        doc_id,
+                        problems,
+                        doc_id=doc_id,
+                        db=dbname,
+                        doc_type=doc.get("type"),
+                    )
                     continue
                 if dbname == "dmedia-1" and doc.get("type") == schema.TYPE_FILE:
                     errs = schema.check_file_consistency(doc)
                     if errs:
                         inconsistent += 1
-                        key = (schema.LOG_FILE_INCONSISTENT, doc["_id"], "|".join(errs))
-                        if key not in seen:
-                            seen.add(key)
-                            self.log_event(
-                                schema.LOG_FILE_INCONSISTENT,
-                                level=logging.ERROR,
-                                file_id=doc["_id"],
-                                errors=errs,
-                            )
-                            logged += 1
+                        problem(schema.LOG_FILE_INCONSISTENT, doc_id, errs, file_id=doc_id)
+            flush()  # before log-1 is walked, so the walk sees what this pass logged
         last = self.metadata_problems()
         if (invalid, inconsistent) != (last["invalid"], last["inconsistent"]):
             level = logging.ERROR if invalid or inconsistent else logging.INFO

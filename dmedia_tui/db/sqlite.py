@@ -23,6 +23,8 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -984,15 +986,34 @@ class SQLiteLibrary(Library):
         file_id: str | None = None,
         cursor: str | None = None,
     ) -> list[Doc]:
+        if types is not None:
+            wanted = sorted(set(types))
+            if not wanted:
+                return []
+            if len(wanted) > 1:
+                # "type IN (a, b) ORDER BY id" cannot follow one index: SQLite sorted the
+                # whole log again for every page (USE TEMP B-TREE), quadratic over a
+                # paged walk. Each type is a range of event_type in id order: merge them.
+                pages = [
+                    self.events(
+                        limit,
+                        newest_first=newest_first,
+                        since=since,
+                        types=[t],
+                        store_id=store_id,
+                        file_id=file_id,
+                        cursor=cursor,
+                    )
+                    for t in wanted
+                ]
+                merged = heapq.merge(*pages, key=lambda d: d["_id"], reverse=newest_first)
+                return list(itertools.islice(merged, max(0, limit)))
         where = ["1"]
         args: list[Any] = []
         if since is not None:
             where.append("e.time >= ?")
             args.append(since)
         if types is not None:
-            wanted = list(types)
-            if not wanted:
-                return []
             where.append(f"e.type IN ({','.join('?' * len(wanted))})")
             args.extend(wanted)
         if store_id is not None:

@@ -1,0 +1,77 @@
+"""The schema and consistency check at scale: linear (no query that sorts or skips per
+page), problems logged in batches, and what is already logged held in 8 bytes a problem."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmedia_tui import schema
+from dmedia_tui.config import Config
+from dmedia_tui.metastore import LoggedProblems, MetaStore
+from dmedia_tui.protocol import random_id
+from tests.conftest import NOW
+
+
+@pytest.fixture
+def ms(sqlite_library, tmp_path: Path, clock) -> MetaStore:
+    return MetaStore(sqlite_library, Config.load(tmp_path / "config", tmp_path / "data"), clock)
+
+
+def bad_file(n: int) -> dict[str, Any]:
+    # A file doc whose bytes are not a positive int: invalid by the schema.
+    return {"_id": random_id(30), "type": "dmedia/file", "time": NOW, "bytes": -n, "stored": {}}
+
+
+def traced(conn: sqlite3.Connection) -> list[str]:
+    out: list[str] = []
+    conn.set_trace_callback(out.append)
+    return out
+
+
+def test_logged_problems_are_hashes_found_old_or_new() -> None:
+    k = [LoggedProblems.key("t", f"id{i}", ["a", "b"]) for i in range(5)]
+    seen = LoggedProblems(k[:3])
+    assert all(x in seen for x in k[:3]) and k[3] not in seen
+    seen.add(k[3])
+    assert k[3] in seen and k[4] not in seen and len(seen) == 4
+    assert LoggedProblems.key("t", "id0", ["a|b"]) == LoggedProblems.key("t", "id0", ["a", "b"])
+    assert LoggedProblems.key("t", "id0", ["a"]) != LoggedProblems.key("u", "id0", ["a"])
+
+
+def test_check_logs_new_problems_in_batches_and_each_once(ms: MetaStore) -> None:
+    ms.lib.docs.save_many([bad_file(i) for i in range(7)])
+    ms.CHECK_LOG_BATCH = 3  # type: ignore[misc]
+    sql = traced(ms.lib._conn())  # type: ignore[attr-defined]
+    report = ms.check(page_size=4)
+    assert (report.invalid, report.logged) == (7, 7 + 1)  # + the dmedia/check/result
+    # 7 problems in batches of 3 (3 transactions), then the result: 4, not one per problem.
+    assert sum(s.startswith("BEGIN IMMEDIATE") for s in sql) == 4
+    invalid = ms.lib.events(100, types=[schema.LOG_DOC_INVALID])
+    assert len(invalid) == 7
+    # A fresh MetaStore (another run of `check`) finds them all logged already.
+    again = MetaStore(ms.lib, ms.config, ms.clock).check(page_size=4)
+    assert (again.invalid, again.logged) == (7, 0)
+
+
+def test_check_never_sorts_or_skips_per_page(ms: MetaStore) -> None:
+    """Every query a second check pass runs (docs, problem events of two types, the newest
+    result) follows an index: no temp B-tree for ORDER BY, no OFFSET; so a pass over a
+    million docs or logged problems is linear, not quadratic."""
+    ms.lib.docs.save_many([bad_file(i) for i in range(5)])
+    ms.lib.docs.save_many([{"_id": random_id(30), "type": "dmedia/file", "time": NOW, "bytes": 10}])
+    ms.check(page_size=2)
+    conn = ms.lib._conn()  # type: ignore[attr-defined]
+    sql = traced(conn)
+    MetaStore(ms.lib, ms.config, ms.clock).check(page_size=2)
+    ms.lib.events(2, types=[schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT])
+    conn.set_trace_callback(None)
+    selects = [s for s in sql if s.lstrip().upper().startswith("SELECT")]
+    assert any("FROM event" in s for s in selects) and any("FROM doc" in s for s in selects)
+    for s in selects:
+        plan = " | ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + s))
+        assert "TEMP B-TREE" not in plan, (s, plan)
+        assert " OFFSET " not in s.upper(), s
