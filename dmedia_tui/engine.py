@@ -373,8 +373,7 @@ class Engine:
         now = self.ms.now()
         if now - self._last_check < self.ms.thresholds.schema_check_interval:
             return 0
-        self.ms.lib.check_storage()  # a damaged library file stops here, named
-        report = self.ms.check()
+        report = self.ms.check_if_due()  # a full pass when due, else the changed docs
         self._last_check = now
         return report.invalid + report.inconsistent
 

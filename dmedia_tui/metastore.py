@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -27,7 +28,7 @@ from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
-from dmedia_tui.db.base import Conflict, Doc, InvalidDoc, Library, NotFound
+from dmedia_tui.db.base import Conflict, DatabaseError, Doc, InvalidDoc, Library, NotFound
 from dmedia_tui.durability import (
     MAX_COPIES,
     copies_of,
@@ -1349,6 +1350,100 @@ class MetaStore:
             )
             logged += 1
         return CheckReport(docs, invalid, inconsistent, logged)
+
+    def check_if_due(self, full: bool = False) -> CheckReport:
+        """The schema pass an engine round runs: proportional to what changed.
+
+        A full pass (storage check + every doc) when asked, when none was recorded here,
+        when the last is `schema_check_interval` old, or when the newest result has
+        problems (their totals need one). Otherwise only the docs changed since the last
+        pass (the changes feeds from a cursor kept in the data dir) are checked: if all
+        are sound the totals of a clean library stay 0, so nothing is logged; one with a
+        problem turns it into a full pass. An idle round over a million clean files costs
+        a few index lookups instead of a million decoded docs.
+        """
+        now = self.now()
+        state = self._read_check_state()
+        docs_seq, log_seq = self.lib.docs.update_seq(), self.lib.log.update_seq()
+        last = self.metadata_problems()
+        due = (
+            full
+            or state is None
+            or now - state["time"] >= self.thresholds.schema_check_interval
+            or last["invalid"]
+            or last["inconsistent"]
+        )
+        report = None
+        if not due and state is not None:
+            report = self._check_changes(state["docs_seq"], state["log_seq"])
+        if report is None:
+            self.lib.check_storage()  # a damaged library file stops here, named
+            report = self.check()
+            state = {"time": now}
+        self._write_check_state({"time": state["time"], "docs_seq": docs_seq, "log_seq": log_seq})
+        return report
+
+    def _check_changes(self, docs_since: str, log_since: str) -> CheckReport | None:
+        """Check the docs changed since the cursors; None when one has a problem."""
+        n = 0
+        for db, since in ((self.lib.docs, docs_since), (self.lib.log, log_since)):
+            while True:
+                try:
+                    ch = db.changes(since, limit=1000)
+                except DatabaseError:
+                    return None  # a cursor of another library or a reset one: full pass
+                ids = [c.id for c in ch.results if not c.deleted]
+                for doc_id, doc in zip(ids, db.get_many(ids), strict=True):
+                    if doc is None:
+                        try:
+                            db.get(doc_id)
+                        except NotFound:
+                            continue  # deleted meanwhile
+                        except DatabaseError:
+                            return None  # a damaged row: the full pass names it
+                        return None  # came back meanwhile: let the full pass see it
+                    n += 1
+                    if schema.check_doc(doc):
+                        return None
+                    is_file = db is self.lib.docs and doc.get("type") == schema.TYPE_FILE
+                    if is_file and schema.check_file_consistency(doc):
+                        return None
+                if len(ch.results) < 1000 or ch.last_seq == since:
+                    break
+                since = ch.last_seq
+        return CheckReport(n, 0, 0, 0)
+
+    def _check_state_path(self) -> Path:
+        return Path(self.config.data_dir) / "check-state.json"
+
+    def _read_check_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._check_state_path().read_text())
+            state = data[self.lib.display_url]
+            if isinstance(state["time"], int | float) and all(
+                isinstance(state[k], str) for k in ("docs_seq", "log_seq")
+            ):
+                return state
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def _write_check_state(self, state: dict[str, Any]) -> None:
+        path = self._check_state_path()
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data[self.lib.display_url] = state
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except OSError as e:  # no cursor: the next round just does a full pass
+            log.warning("cannot record the check cursor in %s: %s", path, e)
 
     def metadata_problems(self) -> dict[str, int]:
         """Invalid and inconsistent docs as the newest check pass of any machine found

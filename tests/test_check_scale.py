@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dmedia_tui import schema
+from dmedia_tui import protocol, schema
 from dmedia_tui.config import Config
 from dmedia_tui.metastore import LoggedProblems, MetaStore
 from dmedia_tui.protocol import random_id
@@ -75,3 +75,55 @@ def test_check_never_sorts_or_skips_per_page(ms: MetaStore) -> None:
         plan = " | ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + s))
         assert "TEMP B-TREE" not in plan, (s, plan)
         assert " OFFSET " not in s.upper(), s
+
+
+def good_file(n: int) -> dict[str, Any]:
+    data = f"file {n}".encode()
+    leaf = protocol.hash_leaf(0, data)
+    return {
+        "_id": protocol.hash_root(len(data), [leaf]),
+        "type": "dmedia/file",
+        "time": NOW,
+        "atime": NOW,
+        "bytes": len(data),
+        "origin": "user",
+        "leaf_hashes": protocol.encode_leaf_hashes([leaf]),
+        "stored": {},
+    }
+
+
+@pytest.fixture
+def lib_ms(library, tmp_path: Path, clock) -> MetaStore:
+    """A MetaStore on either backend."""
+    return MetaStore(library, Config.load(tmp_path / "config", tmp_path / "data"), clock)
+
+
+def test_an_idle_round_checks_only_what_changed(lib_ms: MetaStore, clock) -> None:
+    ms = lib_ms
+    files = [good_file(i) for i in range(30)]
+    ms.lib.docs.save_many(files)
+    first = ms.check_if_due()
+    assert (first.docs, first.invalid) == (30, 0)  # no cursor yet: every doc
+    # Another process (a new MetaStore) with nothing changed: nothing to read.
+    idle = MetaStore(ms.lib, ms.config, clock).check_if_due()
+    assert idle.docs == 0
+    doc = ms.lib.docs.get(files[3]["_id"])
+    doc["atime"] = NOW + 5
+    ms.lib.docs.save(doc)
+    assert ms.check_if_due().docs == 1  # just the changed doc
+    assert ms.check_if_due().docs == 0
+    # A changed doc with a problem: a full pass, its totals logged (METADATA_INVALID).
+    ms.lib.docs.save(bad_file(1))
+    report = ms.check_if_due()
+    assert (report.docs, report.invalid) == (32, 1)  # 31 docs and the event it logs
+    assert ms.metadata_problems()["invalid"] == 1
+    # While problems are known, every round is a full pass (their totals need one).
+    assert ms.check_if_due().docs >= 31
+    # The full pass comes back when due, even with nothing changed.
+    bad_id = ms.lib.events(1, types=[schema.LOG_DOC_INVALID])[0]["doc_id"]
+    ms.lib.docs.delete(ms.lib.docs.get(bad_id))
+    assert ms.check_if_due().invalid == 0  # full (problems were known): clean again
+    assert ms.check_if_due().docs == 1  # the clean result that pass logged, once
+    assert ms.check_if_due().docs == 0
+    clock.advance(ms.thresholds.schema_check_interval)
+    assert ms.check_if_due().docs >= 30
