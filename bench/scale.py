@@ -1,0 +1,215 @@
+"""How does each library-wide operation grow with the library? (run by hand, not a test)
+
+Builds (and caches, in a temp dir outside the repo) SQLite libraries of 10k, 100k and
+1M file docs with *real* leaf hashes (`check` finds nothing unless `--bad N` seeds N
+invalid docs), then for each size prints, per file or per copy, the figures of issue 13:
+`check` (docs/s, peak RSS of a process doing only that), an idle round's check (CPU),
+`store downgrade` and `store purge` of the busiest store (per copy, per 1M copies), and
+the dashboard's cold load (placement summary + health). Copies of the cached library are
+worked on, so runs are repeatable. Small-file import and copy are not measured here.
+
+    nice uv run python bench/scale.py [--sizes 10000,100000] [--bad N] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from dmedia_tui import protocol  # noqa: E402
+from dmedia_tui.db.sqlite import SQLiteLibrary  # noqa: E402
+
+NOW = 1_795_608_000
+STORES = 6
+BATCH = 10_000
+
+
+def synthetic(n: int, stores: list[str], bad: int, seed: int = 13) -> Any:
+    """File docs in batches: real IDs and leaf hashes of tiny distinct contents."""
+    rng = random.Random(seed)
+    batch: list[dict[str, Any]] = []
+    bad_at = set(rng.sample(range(n), min(bad, n)))
+    for i in range(n):
+        data = i.to_bytes(8, "big") + b"scale"
+        leaf = protocol.hash_leaf(0, data)
+        where = rng.sample(stores, rng.choices([3, 2, 1, 4], [80, 10, 6, 4])[0])
+        stored = {}
+        for s in where:
+            e: dict[str, Any] = {"copies": 1, "mtime": NOW - rng.randint(0, 10**7)}
+            if rng.random() < 0.7:
+                e["verified"] = NOW - rng.randint(0, 10 * 86400)
+            stored[s] = e
+        doc = {
+            "_id": protocol.hash_root(len(data), [leaf]),
+            "type": "dmedia/file",
+            "time": NOW - rng.randint(0, 10**8),
+            "atime": NOW - rng.randint(0, 10**7),
+            "bytes": len(data),
+            "origin": "user",
+            "name": f"IMG_{i:07d}.JPG",
+            "ext": "jpg",
+            "leaf_hashes": protocol.encode_leaf_hashes([leaf]),
+            "stored": stored,
+        }
+        if i in bad_at:
+            doc["bytes"] = -1  # invalid by the schema
+        batch.append(doc)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build(path: Path, n: int, bad: int) -> float:
+    lib = SQLiteLibrary(path)
+    stores = sorted(protocol.random_id() for _ in range(STORES))
+    lib.docs.save_many(
+        [
+            {
+                "_id": s,
+                "type": "dmedia/store",
+                "time": NOW,
+                "copies": 1,
+                "label": f"s{i}",
+                "atime": NOW,
+            }
+            for i, s in enumerate(stores)
+        ]
+    )
+    t0 = time.perf_counter()
+    for batch in synthetic(n, stores, bad):
+        lib.docs.save_many(batch)
+    lib.close()
+    return time.perf_counter() - t0
+
+
+def cached(cache: Path, n: int, bad: int) -> Path:
+    path = cache / f"lib-{n}-bad{bad}.sqlite3"
+    if not path.exists():
+        tmp = cache / f".building-{n}-{os.getpid()}.sqlite3"
+        secs = build(tmp, n, bad)
+        os.replace(tmp, path)
+        print(f"  built {n:,} files in {secs:.0f} s ({n / secs:,.0f} docs/s), cached at {path}")
+    return path
+
+
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from dmedia_tui.clock import FixedClock
+from dmedia_tui.config import Config
+from dmedia_tui.db.sqlite import SQLiteLibrary
+from dmedia_tui.metastore import MetaStore
+from dmedia_tui import health
+op, path, work = sys.argv[2], sys.argv[3], Path(sys.argv[4])
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+lib = SQLiteLibrary(path, create=False, quick_check=False)
+ms = MetaStore(lib, Config.load(work / "config", work / "data"), FixedClock(1_795_608_000))
+out = {}
+if op == "dashboard":
+    t0 = time.perf_counter()
+    summary = lib.placement_summary(); stores = lib.stores(); machines = lib.machines()
+    health.assess(summary, stores, machines, 1_795_608_000, {s["_id"] for s in stores})
+    out["seconds"] = time.perf_counter() - t0
+elif op == "check":
+    c0, t0 = cpu(), time.perf_counter()
+    r = ms.check()
+    out.update(seconds=time.perf_counter() - t0, cpu=cpu() - c0, docs=r.docs,
+               invalid=r.invalid, logged=r.logged)
+elif op == "idle":
+    ms.check_if_due()  # the full pass that sets the cursor
+    c0, t0 = cpu(), time.perf_counter()
+    r = ms.check_if_due()
+    out.update(seconds=time.perf_counter() - t0, cpu=cpu() - c0, docs=r.docs)
+elif op in ("downgrade", "purge"):
+    sid = max(lib.stores(), key=lambda s: lib.verification_stats(s["_id"]).copies)["_id"]
+    copies = lib.verification_stats(sid).copies
+    c0, t0 = cpu(), time.perf_counter()
+    ev = ms.downgrade_store(sid) if op == "downgrade" else ms.purge_store(sid)
+    out.update(seconds=time.perf_counter() - t0, cpu=cpu() - c0, copies=copies, count=ev["count"])
+lib.close()
+out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def run(op: str, src: Path, scratch: Path, copy: bool) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(dir=scratch))
+    path = src
+    if copy:
+        path = work / "library.sqlite3"
+        shutil.copy(src, path)
+        os.sync()
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent.parent), op, path, work],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    if r.returncode:
+        raise SystemExit(f"{op} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--bad", type=int, default=0, help="seed N invalid file docs")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "dmedia-scale-cache",
+        help="where built libraries are kept between runs (never in the repo)",
+    )
+    args = ap.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="dmedia-scale-", dir="/var/tmp"))
+    try:
+        for n in (int(x) for x in args.sizes.split(",")):
+            print(f"== {n:,} files (bad {args.bad})")
+            src = cached(args.cache, n, args.bad)
+            d = run("dashboard", src, scratch, copy=False)
+            print(f"  dashboard cold load       {d['seconds'] * 1000:8.1f} ms")
+            c = run("check", src, scratch, copy=True)
+            print(
+                f"  check                     {c['docs'] / c['seconds']:10,.0f} docs/s wall"
+                f"  {c['docs'] / c['cpu']:10,.0f} docs/s CPU  {c['cpu'] / c['docs'] * 1e6:6.1f}"
+                f" us CPU/doc  RSS {c['rss_mb']:.0f} MB  (invalid {c['invalid']},"
+                f" logged {c['logged']})"
+            )
+            i = run("idle", src, scratch, copy=True)
+            print(
+                f"  idle round's check        {i['cpu'] * 1000:8.1f} ms CPU"
+                f" ({i['cpu'] / n * 1e6:.2f} us/file, {i['docs']} docs read)"
+            )
+            for op in ("downgrade", "purge"):
+                r = run(op, src, scratch, copy=True)
+                per = r["cpu"] / r["copies"]
+                print(
+                    f"  store {op:<9}           {r['copies']:,} copies  {r['seconds']:.1f} s wall"
+                    f"  {r['cpu']:.1f} s CPU  {per * 1e6:6.1f} us CPU/copy"
+                    f"  (= {per * 1e6:.0f} s CPU per 1M copies)  RSS {r['rss_mb']:.0f} MB"
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
