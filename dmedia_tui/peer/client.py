@@ -53,6 +53,21 @@ class TransferFailed(PeerError):
     """Not corruption: unreachable, refused, dropped, timed out. Retry later."""
 
 
+class PeerRefusedUs(TransferFailed):
+    """The peer's TLS layer refused our certificate: it does not (yet) know this machine
+    (its server re-reads the machine docs every few seconds)."""
+
+
+# OpenSSL's names for the alerts a server sends when it does not trust our certificate.
+_REFUSED = ("UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE")
+
+
+def _failure(message: str, e: BaseException) -> TransferFailed:
+    if isinstance(e, ssl.SSLError) and any(r in (e.reason or "") for r in _REFUSED):
+        return PeerRefusedUs(f"{message}: it does not trust this machine's certificate (yet)")
+    return TransferFailed(f"{message}: {_why(e)}")
+
+
 class NotOnPeer(PeerError):
     """The peer answered 404: it has no good copy connected."""
 
@@ -167,9 +182,9 @@ class PeerConnection:
             return
         try:
             self._conn.connect()
-        except (OSError, ssl.SSLError) as e:
+        except OSError as e:
             self.close()
-            raise TransferFailed(f"cannot connect to {self.address}: {_why(e)}") from None
+            raise _failure(f"cannot connect to {self.address}", e) from None
         sock = self._conn.sock
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         if not der or fingerprint_der(der) != self.fingerprint:
@@ -189,7 +204,7 @@ class PeerConnection:
             return self._conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             self.close()
-            raise TransferFailed(f"{self.address}: {_why(e)}") from None
+            raise _failure(f"{self.address}", e) from None
 
     def info(self) -> dict[str, Any]:
         resp = self.request("GET", "/info")
