@@ -57,6 +57,12 @@ FileDoc = Callable[[str], Doc | None]
 OnCorrupt = Callable[[str, str], None]  # (store_id, file_id)
 
 
+def _not_send_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns "socket.send() raised exception." for every write into a connection
+    the peer already dropped; a peer that cuts a transfer short is routine here."""
+    return record.getMessage() != "socket.send() raised exception."
+
+
 class ListenError(ValueError):
     """`[peer] listen` is not HOST:PORT."""
 
@@ -192,6 +198,9 @@ class PeerServer:
             raise RuntimeError("peer server already started")
         self._ctx = self.identity.server_context()
         self._apply_trust(self._load_trust())
+        asyncio_log = logging.getLogger("asyncio")
+        if _not_send_noise not in asyncio_log.filters:
+            asyncio_log.addFilter(_not_send_noise)
         host, port = self.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
