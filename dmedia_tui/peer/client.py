@@ -53,6 +53,10 @@ class TransferFailed(PeerError):
     """Not corruption: unreachable, refused, dropped, timed out. Retry later."""
 
 
+class PeerUnreachable(TransferFailed):
+    """No TLS connection could be made (refused, timed out, no route): nothing was sent."""
+
+
 class PeerRefusedUs(TransferFailed):
     """The peer's TLS layer refused our certificate: it does not (yet) know this machine
     (its server re-reads the machine docs every few seconds)."""
@@ -62,10 +66,10 @@ class PeerRefusedUs(TransferFailed):
 _REFUSED = ("UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE")
 
 
-def _failure(message: str, e: BaseException) -> TransferFailed:
+def _failure(message: str, e: BaseException, connecting: bool = False) -> TransferFailed:
     if isinstance(e, ssl.SSLError) and any(r in (e.reason or "") for r in _REFUSED):
         return PeerRefusedUs(f"{message}: it does not trust this machine's certificate (yet)")
-    return TransferFailed(f"{message}: {_why(e)}")
+    return (PeerUnreachable if connecting else TransferFailed)(f"{message}: {_why(e)}")
 
 
 class NotOnPeer(PeerError):
@@ -184,7 +188,7 @@ class PeerConnection:
             self._conn.connect()
         except OSError as e:
             self.close()
-            raise _failure(f"cannot connect to {self.address}", e) from None
+            raise _failure(f"cannot connect to {self.address}", e, connecting=True) from None
         sock = self._conn.sock
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         if not der or fingerprint_der(der) != self.fingerprint:
