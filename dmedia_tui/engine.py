@@ -187,8 +187,9 @@ class Engine:
         is back without its FileStore. One partition scan serves all three."""
         s = RoundSummary()
         parts = self._partitions() if self.watch_drives else None
+        peer = self._peer_publication()  # before the refresh: keeps connect -> announce short
         found, added, removed = self._refresh(parts)
-        for sid in sorted(self.ms.heartbeat(found, peer=self._peer_publication())):
+        for sid in sorted(self.ms.heartbeat(found, peer=peer)):
             # Back after a purge or a days-long absence: its copies count 0 (or are not
             # recorded) until verified, so verify them all now rather than in 15 days.
             self.request_verify(sid)
