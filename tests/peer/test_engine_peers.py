@@ -150,13 +150,16 @@ def test_a_rotten_copy_on_the_serving_machine_is_never_pulled_and_quarantined_th
     b.import_paths([shm / "card"], b_store)
     file_id = hash_bytes(data).id
     path = b_store.file_path(file_id)
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # rot in leaf 1, behind an unchanged mtime
+        f.seek(LEAF + 10)
+        f.write(bytes([data[LEAF + 10] ^ 0x40]))
+    os.chmod(path, 0o444)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     # Verified just now: B's verify worker has no reason to read it, only serving does.
     mtime = b_store.stat(file_id).mtime
     b.lib.docs.update(file_id, transitions.mark_verified, b_store.id, 1, mtime, b.now())
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:  # rot in leaf 1
-        f.seek(LEAF + 10)
-        f.write(b"\xff")
     (shm / "studio-1").mkdir()
     a_store = a.init_store(shm / "studio-1", label="studio-1")[0]
     Engine(a, watch_drives=False, watch_folders=False).run_once()
