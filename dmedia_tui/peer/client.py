@@ -123,11 +123,22 @@ class _PartialFile(_TmpFile):
 
     def __init__(self, store: FileStore, file_id: str) -> None:
         self.store = store
-        folder = store.tmp_dir / PARTIAL_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / protocol.check_file_id(file_id)
+        self.name = protocol.check_file_id(file_id)
+        self.path = store.tmp_dir / PARTIAL_DIR / self.name
         self.written = 0
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The folder is opened without following links, as _TmpFile opens tmp/.
+        self.dir_fd: int | None = store._open_dir("tmp", PARTIAL_DIR, create=True)
+        try:
+            self.fd: int | None = os.open(
+                self.name,
+                os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self.dir_fd,
+            )
+        except BaseException:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+            raise
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
