@@ -40,6 +40,12 @@ def _machine(root: Path, db_url: str, name: str) -> MetaStore:
 
 
 @pytest.fixture
+def shm(tmp_path: Path) -> Path:
+    """Stores on the test's disk folder: `store init` refuses folders under /dev."""
+    return tmp_path
+
+
+@pytest.fixture
 def two(shm: Path, db_url: str) -> Iterator[tuple[MetaStore, MetaStore]]:
     a, b = _machine(shm, db_url, "studio"), _machine(shm, db_url, "laptop")
     yield a, b
