@@ -559,6 +559,41 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
             engine.stop()
 
 
+# --- peers (issue 12) ----------------------------------------------------------------------
+
+
+@cli.group()
+def peer() -> None:
+    """The machines of this library and how they reach each other (copies travel between
+    machines over mutual TLS; see the README)."""
+
+
+@peer.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_db_option
+@pass_ctx
+@_handle_errors
+def peer_list(ctx: Context, as_json: bool) -> None:
+    """Every machine: hostname, certificate fingerprint, addresses, online, this one."""
+    from dmedia_tui.peer.service import list_machines
+
+    with ctx.metastore(create=False) as ms:
+        machines = list_machines(ms)
+    if as_json:
+        _emit_json([m.to_json() for m in machines])
+        return
+    if not machines:
+        click.echo("no machines yet: run dmedia-tui daemon (or the app) on each machine")
+        return
+    click.echo(f"{'':2}{'HOSTNAME':16} {'ONLINE':7} {'FINGERPRINT':18} ADDRESSES")
+    for m in machines:
+        fp = f"{m.fingerprint[:16]}…" if m.fingerprint else "-"
+        click.echo(
+            f"{'*' if m.this else ' ':2}{m.hostname[:16]:16} {'yes' if m.online else 'no':7} "
+            f"{fp:18} {' '.join(m.addresses) or '-'}"
+        )
+
+
 # --- status / events ---------------------------------------------------------------------
 
 

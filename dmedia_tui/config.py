@@ -105,7 +105,45 @@ RETIRED_THRESHOLDS = {
 
 # The top-level keys of config.toml. Any other key is refused (one line naming it):
 # a misspelt data-safety setting must never run silently with its default.
-KNOWN_KEYS = ("db", "hostname", "database", "thresholds")
+KNOWN_KEYS = ("db", "hostname", "database", "thresholds", "peer")
+
+
+DEFAULT_PEER_PORT = 8476
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """`[peer]`: the server that lets this library's other machines pull copies from here.
+
+    enabled: "auto" (listen once the library knows another machine: a single-machine user
+    opens no port), "on" or "off" (true / false in TOML). listen: "HOST:PORT" (port 0:
+    any free port; the address actually bound is published). discovery: mDNS on the LAN.
+    """
+
+    enabled: str = "auto"
+    listen: str = f"0.0.0.0:{DEFAULT_PEER_PORT}"
+    discovery: bool = True
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> PeerSettings:
+        known = {"enabled", "listen", "discovery"}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r} in [peer]")
+        enabled = data.get("enabled", "auto")
+        if isinstance(enabled, bool):
+            enabled = "on" if enabled else "off"
+        if enabled not in ("auto", "on", "off"):
+            raise ConfigError(f'[peer] enabled must be true, false or "auto", got {enabled!r}')
+        listen = data.get("listen", cls.listen)
+        host, sep, port = listen.rpartition(":") if isinstance(listen, str) else ("", "", "")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f'[peer] listen must be "HOST:PORT", got {listen!r}')
+        discovery = data.get("discovery", True)
+        if not isinstance(discovery, bool):
+            raise ConfigError(f"[peer] discovery must be true or false, got {discovery!r}")
+        return cls(enabled, listen, discovery)
+
 
 DEFAULT_CONFIG_TOML = """\
 # dmedia-tui configuration. Every key is optional; the defaults are shown.
@@ -132,6 +170,11 @@ DEFAULT_CONFIG_TOML = """\
 # reserve_max_bytes = 4000000000    # ...at most 4 GB
 # heartbeat_interval = 60
 # heartbeat_fresh = 180
+
+[peer]
+# enabled = "auto"                  # listen once the library knows another machine
+# listen = "0.0.0.0:{peer_port}"        # the port to open in a firewall for the other machines
+# discovery = true                  # mDNS on the LAN (_dmedia-tui._tcp)
 """
 
 
@@ -192,6 +235,7 @@ class Config:
     hostname_setting: str | None = None
     db_timeout_setting: float | None = None
     netrc_setting: str | None = None  # [database] netrc: where CouchDB credentials live
+    peer: PeerSettings = field(default_factory=PeerSettings)
 
     # --- loading ---------------------------------------------------------------------
 
@@ -224,6 +268,13 @@ class Config:
             thresholds = Thresholds.from_mapping(raw_thresholds)
         except ConfigError as e:
             raise ConfigError(f"{toml_path}: {e}") from None
+        raw_peer = data.get("peer", {}) or {}
+        if not isinstance(raw_peer, dict):
+            raise ConfigError(f"{toml_path}: [peer] must be a table")
+        try:
+            peer = PeerSettings.from_mapping(raw_peer)
+        except ConfigError as e:
+            raise ConfigError(f"{toml_path}: {e}") from None
         db = data.get("db")
         host = data.get("hostname")
         if db is not None and not isinstance(db, str):
@@ -245,7 +296,14 @@ class Config:
         if netrc_path is not None and not isinstance(netrc_path, str):
             raise ConfigError(f"{toml_path}: [database] netrc must be a string (a path)")
         return cls(
-            cdir, ddir, thresholds, db, host, db_timeout_setting=timeout, netrc_setting=netrc_path
+            cdir,
+            ddir,
+            thresholds,
+            db,
+            host,
+            db_timeout_setting=timeout,
+            netrc_setting=netrc_path,
+            peer=peer,
         )
 
     def write_default_config(self) -> Path:
@@ -254,7 +312,11 @@ class Config:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(
-                DEFAULT_CONFIG_TOML.format(default_db=self.default_db_path, hostname=self.hostname),
+                DEFAULT_CONFIG_TOML.format(
+                    default_db=self.default_db_path,
+                    hostname=self.hostname,
+                    peer_port=DEFAULT_PEER_PORT,
+                ),
                 encoding="utf-8",
             )
         return path

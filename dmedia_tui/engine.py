@@ -96,8 +96,13 @@ class Engine:
         *,
         watch_drives: bool = True,
         watch_folders: bool = True,
+        peers: bool = True,
     ) -> None:
         self.ms = ms
+        self.use_peers = peers
+        self.peers: Any = None  # peer.service.Peers, made on first use (_peer_service)
+        self._serve_peers = False  # the threaded engine serves; run_once only pulls
+        self._last_pull_refused: set[str] = set()
         self.watch_drives = watch_drives
         self.watch_folders = watch_folders
         self.connected: dict[str, FileStore] = {}
@@ -182,8 +187,9 @@ class Engine:
         is back without its FileStore. One partition scan serves all three."""
         s = RoundSummary()
         parts = self._partitions() if self.watch_drives else None
+        peer = self._peer_publication()  # before the refresh: keeps connect -> announce short
         found, added, removed = self._refresh(parts)
-        for sid in sorted(self.ms.heartbeat(found)):
+        for sid in sorted(self.ms.heartbeat(found, peer=peer)):
             # Back after a purge or a days-long absence: its copies count 0 (or are not
             # recorded) until verified, so verify them all now rather than in 15 days.
             self.request_verify(sid)
@@ -666,6 +672,9 @@ class Engine:
                 made += r.copies
                 if not (r.copies or self._copy_more):
                     break
+            pulled = self.pull_until_done()
+            total.add(pulled)
+            made += pulled.copies
             if not made or self._stop.is_set():
                 break
         self._last_check = 0.0
@@ -696,6 +705,7 @@ class Engine:
         if self._threads:
             return
         self._stop.clear()
+        self._serve_peers = True
         if self.watch_folders:
             self._start_store_watcher()
         if self.watch_drives:
@@ -721,6 +731,10 @@ class Engine:
                 with contextlib.suppress(Exception):
                     w.stop()
         self._drive_watcher = self._store_watcher = None
+        self._serve_peers = False
+        if self.peers is not None:
+            with contextlib.suppress(Exception):
+                self.peers.stop()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -795,9 +809,88 @@ class Engine:
     def _copy_loop(self) -> None:
         def round_() -> bool:
             r = self.copy_round()
-            return bool(r.copies or self._copy_more)
+            return bool(r.copies or self._copy_more or self.pull_round().copies)
 
         self._loop(self._wake_copy, round_, 30.0)
+
+    # --- peers (issue 12): identity on the heartbeat, the server, pulls -----------------
+
+    def _peer_service(self) -> Any:
+        if self.peers is None and self.use_peers:
+            from dmedia_tui.peer.service import Peers
+
+            self.peers = Peers(self.ms, self._connected_now, self.request_verify)
+        return self.peers
+
+    def _connected_now(self) -> dict[str, FileStore]:
+        with self._conn_lock:
+            return dict(self.connected)
+
+    def _peer_publication(self) -> dict[str, Any] | None:
+        """This machine's `peer` for the heartbeat; the threaded engine first starts or
+        stops its server as `[peer] enabled` says (never fatal to the heartbeat)."""
+        peers = self._peer_service()
+        if peers is None:
+            return None
+        try:
+            if self._serve_peers:
+                peers.sync()
+            return peers.publish()
+        except Exception as e:
+            log.warning("peer setup failed: %s", e)
+            return None
+
+    def pull_round(self, limit: int = 200) -> RoundSummary:
+        """Pull files that only other machines have (see peer.service.Peers.pull_round)."""
+        s = RoundSummary()
+        peers = self._peer_service()
+        if peers is None or self._stop.is_set():
+            return s
+
+        def started(doc: dict[str, Any], machine: Any, dst: FileStore) -> Callable[[int], None]:
+            label = f"{machine.hostname} -> {store_label(self.ms.store_doc(dst.id), dst.id)}"
+            act = Activity("pull", label, doc["_id"], doc.get("name"), total=doc.get("bytes", 0))
+            self.activity["pull"] = act
+
+            def progress(nbytes: int) -> None:
+                if self._stop.is_set():
+                    raise _Stopping  # verified leaves stay in tmp/peer for the next try
+                act.done += nbytes
+                self.emit("activity", act)
+
+            return progress
+
+        try:
+            r = peers.pull_round(self._connected_now(), limit, self._stop.is_set, started)
+        except _Stopping:
+            return s
+        finally:
+            self.activity.pop("pull", None)
+        s.copies += r.copies
+        self._last_pull_refused = r.refused
+        if r.copies:
+            self._wake_verify.set()  # pulled copies are never verified: due at once
+            self._wake_copy.set()  # and local copies can now be made from them
+            self.emit("changed", None)
+        return s
+
+    def pull_until_done(self) -> RoundSummary:
+        """Pull rounds until one brings nothing. A peer that does not trust us yet (it
+        re-reads machine docs every few seconds) gets one more try after that delay."""
+        total = RoundSummary()
+        retried = False
+        for _ in range(1000):
+            self._last_pull_refused = set()
+            r = self.pull_round(limit=500)
+            total.add(r)
+            if r.copies:
+                continue
+            if self._last_pull_refused and not retried and not self._stop.is_set():
+                retried = True
+                self._stop.wait(self.peers.trust_refresh + 1)
+                continue
+            break
+        return total
 
     def _start_store_watcher(self) -> None:
         try:

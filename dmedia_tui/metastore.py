@@ -489,8 +489,13 @@ class MetaStore:
             )
         return fs, doc, True
 
-    def heartbeat(self, connected: dict[str, FileStore]) -> set[str]:
+    def heartbeat(
+        self, connected: dict[str, FileStore], peer: dict[str, Any] | None = None
+    ) -> set[str]:
         """Refresh this machine's doc and the atime / free space of its connected stores.
+
+        `peer` (the engine's peer identity and addresses) is published in the machine
+        doc; without it the doc keeps the `peer` it had.
 
         Returns the stores that came back: re-recorded after a purge, or whose
         unseen-for-days downgrade was just lifted. Their copies count 0 (or are not
@@ -516,7 +521,11 @@ class MetaStore:
             if before.get("downgraded") and after is not None and not after.get("downgraded"):
                 back.add(sid)
         machine = self.lib.docs.get_or_none(self.machine_id)
-        new = schema.create_machine(now, self.machine_id, self.hostname, sorted(connected))
+        if peer is None and machine is not None and isinstance(machine.get("peer"), dict):
+            peer = machine["peer"]
+        new = schema.create_machine(
+            now, self.machine_id, self.hostname, sorted(connected), peer=peer
+        )
         if machine is not None:
             new["_rev"] = machine["_rev"]
             new["time"] = machine.get("time", now)

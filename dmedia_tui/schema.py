@@ -50,8 +50,14 @@ LOG_STORE_ACK = "dmedia/store/ack"  # the user acknowledged a store's failure
 # The result of a schema/consistency pass, logged when it differs from the last one: the
 # newest says how many docs are invalid / inconsistent now, for every machine.
 LOG_CHECK_RESULT = "dmedia/check/result"
+LOG_TRANSFER_DONE = "dmedia/transfer/done"  # a copy pulled from a peer
+LOG_TRANSFER_FAILED = "dmedia/transfer/failed"  # unreachable, dropped: not corruption
+LOG_TRANSFER_CORRUPT = "dmedia/transfer/corrupt"  # a leaf from a peer did not match
 LOG_TYPES = frozenset(
     {
+        LOG_TRANSFER_DONE,
+        LOG_TRANSFER_FAILED,
+        LOG_TRANSFER_CORRUPT,
         LOG_FILE_CORRUPT,
         LOG_FILE_MISSING,
         LOG_FILE_INCONSISTENT,
@@ -451,7 +457,27 @@ def check_machine(doc: Any) -> list[str]:
         for i, sid in enumerate(stores):
             if not is_id(sid, RANDOM_B32LEN):
                 out.append(f"stores[{i}]: must be a store ID, got {_got(sid)}")
+    if "peer" in doc:
+        _check_machine_peer(doc["peer"], out)
     return out
+
+
+def _check_machine_peer(peer: Any, out: list[str]) -> None:
+    """`peer: {fingerprint, addresses, cert}` (DESIGN.md §6), published on heartbeat."""
+    if not isinstance(peer, dict):
+        out.append(f"peer: must be an object, got {_got(peer)}")
+        return
+    fp = peer.get("fingerprint")
+    if not (isinstance(fp, str) and len(fp) == 64 and all(c in "0123456789abcdef" for c in fp)):
+        out.append(f"peer.fingerprint: must be 64 lowercase hex digits, got {_got(fp)}")
+    addrs = peer.get("addresses")
+    if not isinstance(addrs, list) or not all(
+        isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addrs
+    ):
+        out.append(f"peer.addresses: must be a list of host:port strings, got {_got(addrs)}")
+    cert = peer.get("cert")
+    if cert is not None and not isinstance(cert, str):
+        out.append(f"peer.cert: must be a PEM certificate string, got {_got(cert)}")
 
 
 def check_log(doc: Any) -> list[str]:
@@ -654,8 +680,15 @@ def create_store(
     return doc
 
 
-def create_machine(now: float, machine_id: str, hostname: str, stores: list[str]) -> dict:
-    """A `dmedia/machine` doc: this machine's heartbeat and the stores connected to it."""
+def create_machine(
+    now: float,
+    machine_id: str,
+    hostname: str,
+    stores: list[str],
+    peer: dict[str, Any] | None = None,
+) -> dict:
+    """A `dmedia/machine` doc: this machine's heartbeat, the stores connected to it and,
+    when given, how its peers reach and trust it."""
     doc = {
         "_id": machine_id,
         "type": TYPE_MACHINE,
@@ -664,6 +697,8 @@ def create_machine(now: float, machine_id: str, hostname: str, stores: list[str]
         "hostname": hostname,
         "stores": list(stores),
     }
+    if peer is not None:
+        doc["peer"] = peer
     _raise_if(check_machine(doc), "machine doc")
     return doc
 

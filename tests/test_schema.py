@@ -73,6 +73,9 @@ def test_log_types_are_the_data_safety_events():
         "dmedia/store/trust",
         "dmedia/store/ack",
         "dmedia/check/result",
+        "dmedia/transfer/done",
+        "dmedia/transfer/failed",
+        "dmedia/transfer/corrupt",
     }
     assert expected == schema.LOG_TYPES
     assert schema.ORIGINS[0] == "user"
@@ -546,6 +549,19 @@ def test_machine_rules():
     doc = machine_doc()
     del doc["atime"]
     assert check_machine(doc) == ["atime: missing"]
+
+
+def test_machine_peer_rules():
+    good = {"fingerprint": "ab" * 32, "addresses": ["192.168.1.20:8476", "[fd00::2]:8476"]}
+    assert check_machine(machine_doc(peer=good)) == []
+    assert check_machine(machine_doc(peer={**good, "cert": "-----BEGIN CERTIFICATE-----"})) == []
+    bad = {"fingerprint": "ABC", "addresses": ["no-port"], "cert": 5}
+    assert check_machine(machine_doc(peer=bad)) == [
+        "peer.fingerprint: must be 64 lowercase hex digits, got 'ABC'",
+        "peer.addresses: must be a list of host:port strings, got ['no-port']",
+        "peer.cert: must be a PEM certificate string, got 5",
+    ]
+    assert check_machine(machine_doc(peer=[])) == ["peer: must be an object, got []"]
 
 
 def test_log_rules():

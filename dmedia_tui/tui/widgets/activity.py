@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +34,10 @@ def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
             text.append(f"  {act.queue_done}/{act.queue_total}")
         if act.kind == "verify" and rate and act.total:
             text.append(f"  {fmt_eta((act.total - act.done) / rate)}", "dim")
+        if act.kind == "pull" and act.done and act.total:
+            pull_rate = act.done / max(1e-3, time.monotonic() - act.started)
+            text.append(f"  {fmt_rate(pull_rate)}", "dim")
+            text.append(f"  {fmt_eta((act.total - act.done) / pull_rate)}", "dim")
     if not text:
         text.append("idle", "dim")
     return text

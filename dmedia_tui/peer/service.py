@@ -1,0 +1,420 @@
+"""The engine's peer side: identity, what the machine doc publishes, the server, pulls.
+
+One `Peers` per engine. The engine calls:
+- `publish()` on every heartbeat: `{fingerprint, addresses, cert}` for this machine's doc
+  (the certificate itself is published because Python's ssl can only accept a client
+  certificate that is one of its trust anchors; the fingerprint is what is trusted);
+- `sync()` after it: starts the server when `[peer] enabled` says so (by default once
+  the library knows another machine: a single-machine user opens no port), stops it
+  when it no longer should run;
+- `pull_round(connected)` in the copy worker: user files below the target with no good
+  copy here, a local store that may take them, and an online peer that has them
+  connected, are pulled from the peer with the fewest recent failures;
+- `stop()` when the engine stops.
+
+Every transfer is logged to log-1: `dmedia/transfer/done|failed|corrupt` with the peer,
+file, destination store, bytes and seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmedia_tui import schema, transitions
+from dmedia_tui.durability import durability, rank
+from dmedia_tui.filestore import FileStore
+from dmedia_tui.metastore import MetaStore
+from dmedia_tui.peer import client
+from dmedia_tui.peer.identity import Identity, IdentityError, load_or_create
+from dmedia_tui.peer.server import PeerServer, format_address
+
+log = logging.getLogger("dmedia_tui.peer")
+
+Doc = dict[str, Any]
+FAILURE_MEMORY = 3600.0  # a peer's failures count against it for an hour
+TRUST_REFRESH = 5.0  # the server re-reads the machine docs this often (a new machine waits)
+
+
+@dataclass(frozen=True)
+class PeerMachine:
+    """A machine of the library as `peer list` shows it."""
+
+    machine_id: str
+    hostname: str
+    fingerprint: str | None
+    addresses: tuple[str, ...]
+    stores: tuple[str, ...]
+    online: bool
+    this: bool
+    cert: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "_id": self.machine_id,
+            "hostname": self.hostname,
+            "fingerprint": self.fingerprint,
+            "addresses": list(self.addresses),
+            "online": self.online,
+            "this": self.this,
+        }
+
+
+def machine_peer(doc: Any) -> tuple[str | None, tuple[str, ...], str | None]:
+    """(fingerprint, addresses, cert) from a machine doc's `peer`, junk ignored."""
+    peer = doc.get("peer") if isinstance(doc, dict) else None
+    if not isinstance(peer, dict):
+        return None, (), None
+    fp = peer.get("fingerprint")
+    addrs = peer.get("addresses")
+    cert = peer.get("cert")
+    return (
+        fp if isinstance(fp, str) else None,
+        tuple(a for a in addrs if isinstance(a, str)) if isinstance(addrs, list) else (),
+        cert if isinstance(cert, str) else None,
+    )
+
+
+def list_machines(ms: MetaStore) -> list[PeerMachine]:
+    """Every machine doc of the library, this one marked; online = fresh heartbeat."""
+    now = ms.now()
+    fresh = ms.thresholds.heartbeat_fresh
+    out = []
+    for doc in ms.lib.machines():
+        fp, addrs, cert = machine_peer(doc)
+        atime = doc.get("atime")
+        online = isinstance(atime, int | float) and atime >= now - fresh
+        stores = doc.get("stores") if isinstance(doc.get("stores"), list) else []
+        out.append(
+            PeerMachine(
+                doc["_id"],
+                str(doc.get("hostname") or "?"),
+                fp,
+                addrs,
+                tuple(s for s in stores if isinstance(s, str)),
+                bool(online) or doc["_id"] == ms.machine_id,
+                doc["_id"] == ms.machine_id,
+                cert,
+            )
+        )
+    return out
+
+
+Started = Callable[[Doc, "PeerMachine", FileStore], client.Progress]  # -> per-leaf progress
+
+
+@dataclass
+class PullSummary:
+    copies: int = 0
+    failed: int = 0
+    corrupt: int = 0
+    refused: set[str] = field(default_factory=set)  # peers whose handshake refused us
+
+
+class Peers:
+    """Identity, server and pulls of one engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        ms: MetaStore,
+        connected: Callable[[], dict[str, FileStore]],
+        on_corrupt: Callable[[str, str], None],
+        *,
+        discovery: bool | None = None,
+    ) -> None:
+        self.ms = ms
+        self.settings = ms.config.peer
+        self._connected = connected
+        self._on_corrupt = on_corrupt
+        self._discovery_wanted = self.settings.discovery if discovery is None else discovery
+        self._identity: Identity | None = None
+        self.server: PeerServer | None = None
+        self.discovery: Any = None
+        self._failures: dict[str, list[float]] = {}
+        self._outage: set[str] = set()  # peers unreachable since their last logged failure
+        self._lock = threading.Lock()
+        self.trust_refresh = TRUST_REFRESH
+
+    # --- identity and publication ------------------------------------------------
+
+    @property
+    def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = load_or_create(self.ms.config.config_dir / "peer")
+        return self._identity
+
+    def publish(self) -> dict[str, Any] | None:
+        """This machine's `peer` for its machine doc; None if it has no usable identity."""
+        try:
+            me = self.identity
+        except IdentityError as e:
+            log.error("%s", e)
+            return None
+        return {"fingerprint": me.fingerprint, "addresses": self.addresses(), "cert": me.cert_pem}
+
+    def addresses(self) -> list[str]:
+        """Where the server can be reached: the bound address, or every LAN address of
+        this machine when it listens on all of them. Empty when it does not listen."""
+        if self.server is None or self.server.address is None:
+            return []
+        host, port = self.server.address
+        if host in ("0.0.0.0", "::"):
+            from dmedia_tui.peer.discovery import local_ipv4
+
+            hosts = local_ipv4() or ["127.0.0.1"]
+            return [format_address(h, port) for h in hosts]
+        return [format_address(host, port)]
+
+    # --- the server ----------------------------------------------------------------
+
+    def should_listen(self) -> bool:
+        mode = self.settings.enabled
+        if mode == "off":
+            return False
+        if mode == "on":
+            return True
+        return any(d["_id"] != self.ms.machine_id for d in self.ms.lib.machines())
+
+    def sync(self) -> bool:
+        """Start or stop the server (and discovery) per the settings; True when the
+        published addresses changed (the caller then heartbeats again)."""
+        want = self.should_listen()
+        if want and self.server is None:
+            try:
+                me = self.identity
+            except IdentityError as e:
+                log.error("peer server not started: %s", e)
+                return False
+            srv = PeerServer(
+                me,
+                machine_id=self.ms.machine_id,
+                trusted=self.trusted,
+                stores=self._connected,
+                file_doc=self.ms.lib.docs.get_or_none,
+                on_corrupt=self._on_corrupt,
+                listen=self.settings.listen,
+                trust_refresh=self.trust_refresh,
+            )
+            try:
+                srv.start()
+            except OSError as e:
+                log.error("peer server cannot listen on %s: %s", self.settings.listen, e)
+                return False
+            self.server = srv
+            self._start_discovery()
+            return True
+        if not want and self.server is not None:
+            self.stop()
+            return True
+        return False
+
+    def _start_discovery(self) -> None:
+        if not self._discovery_wanted or self.server is None or self.server.address is None:
+            return
+        try:
+            from dmedia_tui.peer.discovery import Discovery
+
+            d = Discovery(self.ms.machine_id, self.identity.fingerprint, self.server.address[1])
+            d.start()
+            self.discovery = d
+        except Exception as e:  # no multicast here: machine docs still carry addresses
+            log.info("mDNS discovery unavailable: %s", e)
+
+    def trusted(self) -> dict[str, str]:
+        """{fingerprint: certificate} of every machine of the library."""
+        out = {}
+        for doc in self.ms.lib.machines():
+            fp, _, cert = machine_peer(doc)
+            if fp and cert:
+                out[fp] = cert
+        return out
+
+    def stop(self) -> None:
+        if self.discovery is not None:
+            self.discovery.stop()
+            self.discovery = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    # --- pulls ---------------------------------------------------------------------
+
+    def _failure_count(self, machine_id: str, now: float) -> int:
+        with self._lock:
+            recent = [t for t in self._failures.get(machine_id, []) if t > now - FAILURE_MEMORY]
+            self._failures[machine_id] = recent
+            return len(recent)
+
+    def _failed(self, machine_id: str) -> None:
+        with self._lock:
+            self._failures.setdefault(machine_id, []).append(time.monotonic())
+
+    def online_peers(self) -> list[PeerMachine]:
+        """Other machines with a fresh heartbeat and a usable peer identity."""
+        return [
+            m
+            for m in list_machines(self.ms)
+            if m.online and not m.this and m.fingerprint and (m.addresses or self.discovery)
+        ]
+
+    def _addresses(self, m: PeerMachine) -> list[str]:
+        addrs = list(m.addresses)
+        if self.discovery is not None:
+            found = self.discovery.found().get(m.machine_id)
+            if found is not None and found.fingerprint == m.fingerprint:
+                addrs += [a for a in found.addresses if a not in addrs]
+        return addrs
+
+    def pull_round(
+        self,
+        connected: dict[str, FileStore],
+        limit: int = 200,
+        stop: Callable[[], bool] = lambda: False,
+        started: Started | None = None,
+    ) -> PullSummary:
+        """Pull up to `limit` fragile user files that only peers can provide."""
+        s = PullSummary()
+        if not connected:
+            return s
+        peers = self.online_peers()
+        if not peers:
+            return s
+        unreachable: set[str] = set()
+        tried = 0
+        after = None
+        while tried < limit and not stop():
+            page = self.ms.lib.fragile_files(limit=100, after=after, origin="user")
+            if not page:
+                break
+            for doc in page:
+                if tried >= limit or stop():
+                    break
+                holders = self._holders(doc, connected, peers, unreachable)
+                if not holders:
+                    continue
+                dsts = self.ms.destinations(doc, connected)
+                if not dsts:
+                    continue
+                tried += 1
+                self._pull_one(doc, dsts[0], holders, unreachable, s, started)
+            after = (rank(page[-1]), page[-1]["_id"])
+            if len(page) < 100:
+                break
+        return s
+
+    def _holders(
+        self,
+        doc: Doc,
+        connected: dict[str, FileStore],
+        peers: list[PeerMachine],
+        unreachable: set[str],
+    ) -> list[PeerMachine]:
+        """Peers that have a good copy connected, when this file needs one pulled."""
+        if durability(doc) >= self.ms.thresholds.target_copies:
+            return []
+        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+        corrupt = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+        good = {s for s in stored if s not in corrupt}
+        if good & connected.keys():
+            return []  # a local copy exists: the local copy worker makes the others
+        now = time.monotonic()
+        holders = [m for m in peers if m.machine_id not in unreachable and good & set(m.stores)]
+        holders.sort(key=lambda m: (self._failure_count(m.machine_id, now), m.machine_id))
+        return holders
+
+    def _pull_one(
+        self,
+        doc: Doc,
+        dst: FileStore,
+        holders: list[PeerMachine],
+        unreachable: set[str],
+        s: PullSummary,
+        started: Started | None,
+    ) -> None:
+        file_id = doc["_id"]
+        for m in holders:
+            assert m.fingerprint is not None
+            progress = started(doc, m, dst) if started is not None else None
+            addresses = self._addresses(m)
+            for i, address in enumerate(addresses):
+                t0 = time.monotonic()
+                try:
+                    r = client.pull(self.identity, address, m.fingerprint, doc, dst, progress)
+                except client.NotOnPeer:
+                    break  # that machine has no good copy connected after all: next peer
+                except client.TransferCorrupt as e:
+                    s.corrupt += 1
+                    self._failed(m.machine_id)
+                    self._log(
+                        schema.LOG_TRANSFER_CORRUPT, m, file_id, dst, 0, t0, str(e), leaf=e.leaf
+                    )
+                    return
+                except client.PartialBusy:
+                    return
+                except client.DestinationError as e:
+                    s.failed += 1
+                    log.warning("pull of %s into %s failed: %s", file_id, dst.id, e)
+                    return
+                except client.TransferFailed as e:
+                    self._failed(m.machine_id)
+                    cut_off = isinstance(e, client.PeerUnreachable | client.PeerRefusedUs)
+                    if isinstance(e, client.PeerRefusedUs):
+                        s.refused.add(m.machine_id)
+                    if cut_off and i + 1 < len(addresses):
+                        continue  # nothing was sent: try the machine's next address
+                    s.failed += 1
+                    if not cut_off:
+                        self._log(schema.LOG_TRANSFER_FAILED, m, file_id, dst, 0, t0, str(e))
+                        break
+                    unreachable.add(m.machine_id)  # not again this round
+                    if m.machine_id in self._outage:
+                        log.info("%s still unreachable: %s", m.hostname, e)
+                    else:  # log-1 gets one event per outage, not one per round
+                        self._outage.add(m.machine_id)
+                        self._log(schema.LOG_TRANSFER_FAILED, m, file_id, dst, 0, t0, str(e))
+                    break
+                else:
+                    self._outage.discard(m.machine_id)
+                    self._record(doc, dst, m, r)
+                    s.copies += 1
+                    return
+
+    def _record(self, doc: Doc, dst: FileStore, m: PeerMachine, r: client.PullResult) -> None:
+        weight = transitions.store_copies_weight(self.ms.store_doc(dst.id))
+        self.ms.lib.docs.update(doc["_id"], transitions.mark_added, dst.id, weight, r.mtime)
+        self.ms.log_event(
+            schema.LOG_TRANSFER_DONE,
+            logging.INFO,
+            peer=m.machine_id,
+            file_id=doc["_id"],
+            store_id=dst.id,
+            bytes=r.fetched,
+            resumed=r.resumed,
+            seconds=round(r.seconds, 3),
+        )
+
+    def _log(
+        self,
+        type: str,
+        m: PeerMachine,
+        file_id: str,
+        dst: FileStore,
+        nbytes: int,
+        t0: float,
+        reason: str,
+        **extra: Any,
+    ) -> None:
+        self.ms.log_event(
+            type,
+            peer=m.machine_id,
+            file_id=file_id,
+            store_id=dst.id,
+            bytes=nbytes,
+            seconds=round(time.monotonic() - t0, 3),
+            reason=reason,
+            **extra,
+        )

@@ -1,0 +1,224 @@
+"""Two machines on one host share one library (SQLite file or CouchDB URL): machine B
+imports to its only store and its engine runs (the peer server inside it); machine A's
+`daemon --once` pulls every file from B and brings it to 3 copies, byte-exact.
+
+Each machine has its own config dir (identity, known stores, `[peer]` settings) and its
+own store folders, which the other never connects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dmedia_tui import schema, transitions
+from dmedia_tui.cli import cli
+from dmedia_tui.clock import SystemClock
+from dmedia_tui.config import Config, ConfigError, PeerSettings
+from dmedia_tui.db import open_library
+from dmedia_tui.durability import durability
+from dmedia_tui.engine import Engine
+from dmedia_tui.metastore import MetaStore
+from dmedia_tui.protocol import hash_bytes
+from tests.peer.conftest import LEAF
+
+PEER_TOML = '[peer]\nlisten = "127.0.0.1:0"\ndiscovery = false\n'
+
+
+def _machine(root: Path, db_url: str, name: str) -> MetaStore:
+    cdir = root / name / "config" / "dmedia-tui"
+    cdir.mkdir(parents=True)
+    (cdir / "config.toml").write_text(f'hostname = "{name}"\n' + PEER_TOML)
+    config = Config.load(cdir, root / name / "data")
+    return MetaStore(open_library(db_url), config, SystemClock())
+
+
+@pytest.fixture
+def shm(tmp_path: Path) -> Path:
+    """Stores on the test's disk folder: `store init` refuses folders under /dev."""
+    return tmp_path
+
+
+@pytest.fixture
+def two(shm: Path, db_url: str) -> Iterator[tuple[MetaStore, MetaStore]]:
+    a, b = _machine(shm, db_url, "studio"), _machine(shm, db_url, "laptop")
+    yield a, b
+    a.lib.close()
+    b.lib.close()
+
+
+def _wait(pred, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_daemon_once_pulls_every_file_from_a_peer_to_three_copies(two, shm: Path) -> None:
+    a, b = two
+    files = {
+        "IMG_0001.JPG": os.urandom(300_000),
+        "MVI_0002.MOV": os.urandom(2 * LEAF + 4321),  # three leaves
+    }
+    (shm / "card").mkdir()
+    for name, data in files.items():
+        (shm / "card" / name).write_bytes(data)
+    (shm / "laptop-ssd").mkdir()
+    b_store, _, _ = b.init_store(shm / "laptop-ssd", label="laptop-ssd")
+    b.import_paths([shm / "card"], b_store)
+    a_stores = []
+    for label in ("studio-1", "studio-2", "studio-3"):
+        (shm / label).mkdir()
+        a_stores.append(a.init_store(shm / label, label=label, same_filesystem=True)[0])
+
+    # A's first run publishes its identity; B's server is not up, so nothing moves.
+    assert Engine(a, watch_drives=False, watch_folders=False).run_once().copies == 0
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    try:
+        _wait(
+            lambda: ((b.lib.docs.get_or_none(b.machine_id) or {}).get("peer") or {}).get(
+                "addresses"
+            )
+        )
+        summary = Engine(a, watch_drives=False, watch_folders=False).run_once()
+    finally:
+        eng_b.stop()
+    assert summary.copies == 2 * len(files)  # one pull and one local copy each
+
+    ids = {}
+    for name, data in files.items():
+        ids[name] = hash_bytes(data).id
+        doc = a.lib.docs.get(ids[name])
+        assert durability(doc) == 3  # B's copy and two new ones here
+        here = [fs for fs in a_stores if fs.exists(ids[name])]
+        assert len(here) == 2 and set(doc["stored"]) == {b_store.id, *(fs.id for fs in here)}
+        for fs in here:
+            assert fs.file_path(ids[name]).read_bytes() == data
+    done = a.lib.events(limit=100, types=[schema.LOG_TRANSFER_DONE])
+    assert {d["file_id"] for d in done} == set(ids.values())
+    assert all(d["peer"] == b.machine_id for d in done)
+    assert schema.check_machine(a.lib.docs.get(a.machine_id)) == []
+    assert schema.check_machine(b.lib.docs.get(b.machine_id)) == []
+
+
+def test_peer_list_shows_every_machine(two, shm: Path, monkeypatch) -> None:
+    a, b = two
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+    Engine(b, watch_drives=False, watch_folders=False).run_once()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(shm / "studio" / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(shm / "studio" / "data"))
+    r = CliRunner().invoke(cli, ["peer", "list", "--json", "--db", a.lib.display_url])
+    assert r.exit_code == 0, r.output
+    rows = {m["_id"]: m for m in json.loads(r.output)}
+    assert set(rows) == {a.machine_id, b.machine_id}
+    assert rows[a.machine_id]["this"] and not rows[b.machine_id]["this"]
+    assert rows[b.machine_id]["hostname"] == "laptop"
+    assert rows[b.machine_id]["fingerprint"] == b.lib.docs.get(b.machine_id)["peer"]["fingerprint"]
+    assert rows[b.machine_id]["online"] is True
+    assert set(rows[a.machine_id]) == {
+        "_id",
+        "hostname",
+        "fingerprint",
+        "addresses",
+        "online",
+        "this",
+    }
+    r = CliRunner().invoke(cli, ["peer", "list", "--db", a.lib.display_url])
+    assert r.exit_code == 0 and "laptop" in r.output and "studio" in r.output
+
+
+def test_peer_settings_from_config() -> None:
+    assert PeerSettings.from_mapping({}) == PeerSettings("auto", "0.0.0.0:8476", True)
+    assert PeerSettings.from_mapping({"enabled": False}).enabled == "off"
+    assert PeerSettings.from_mapping({"enabled": True, "listen": "[::]:0"}).listen == "[::]:0"
+    for bad in ({"enabled": "maybe"}, {"listen": "8476"}, {"discovery": 1}, {"port": 1}):
+        with pytest.raises(ConfigError):
+            PeerSettings.from_mapping(bad)
+
+
+def test_a_rotten_copy_on_the_serving_machine_is_never_pulled_and_quarantined_there(
+    two, shm: Path
+) -> None:
+    a, b = two
+    data = os.urandom(LEAF + 999)
+    (shm / "card").mkdir()
+    (shm / "card" / "MVI_0003.MOV").write_bytes(data)
+    (shm / "laptop-ssd").mkdir()
+    b_store, _, _ = b.init_store(shm / "laptop-ssd", label="laptop-ssd")
+    b.import_paths([shm / "card"], b_store)
+    file_id = hash_bytes(data).id
+    path = b_store.file_path(file_id)
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # rot in leaf 1, behind an unchanged mtime
+        f.seek(LEAF + 10)
+        f.write(bytes([data[LEAF + 10] ^ 0x40]))
+    os.chmod(path, 0o444)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # Verified just now: B's verify worker has no reason to read it, only serving does.
+    mtime = b_store.stat(file_id).mtime
+    b.lib.docs.update(file_id, transitions.mark_verified, b_store.id, 1, mtime, b.now())
+    (shm / "studio-1").mkdir()
+    a_store = a.init_store(shm / "studio-1", label="studio-1")[0]
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    try:
+        _wait(
+            lambda: ((b.lib.docs.get_or_none(b.machine_id) or {}).get("peer") or {}).get(
+                "addresses"
+            )
+        )
+        Engine(a, watch_drives=False, watch_folders=False).run_once()
+        # B's server found the rot while serving: B's own verify worker takes the normal
+        # corrupt path at once (quarantine, failure flag, dmedia/file/corrupt).
+        _wait(lambda: b.lib.events(types=[schema.LOG_FILE_CORRUPT]), timeout=60)
+    finally:
+        eng_b.stop()
+    assert not a_store.exists(file_id)
+    assert a.lib.docs.get(file_id)["stored"].keys() == set()
+    assert (b_store.corrupt_dir / file_id).exists()
+    assert b.store_doc(b_store.id).get("failure")
+    failed = a.lib.events(types=[schema.LOG_TRANSFER_FAILED])
+    assert [e["file_id"] for e in failed] == [file_id]
+    assert not a.lib.events(types=[schema.LOG_TRANSFER_DONE])
+
+
+def test_a_machine_that_is_on_but_unreachable_is_one_failed_event_per_outage(
+    two, shm: Path
+) -> None:
+    a, b = two
+    (shm / "card").mkdir()
+    (shm / "card" / "IMG_0004.JPG").write_bytes(os.urandom(200_000))
+    (shm / "laptop-ssd").mkdir()
+    b_store, _, _ = b.init_store(shm / "laptop-ssd", label="laptop-ssd")
+    b.import_paths([shm / "card"], b_store)
+    (shm / "studio-1").mkdir()
+    a.init_store(shm / "studio-1", label="studio-1")
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    try:
+        _wait(
+            lambda: ((b.lib.docs.get_or_none(b.machine_id) or {}).get("peer") or {}).get(
+                "addresses"
+            )
+        )
+    finally:
+        eng_b.stop()  # its doc still says it is on, at an address nobody answers
+    engine_a = Engine(a, watch_drives=False, watch_folders=False)
+    for _ in range(3):
+        assert engine_a.run_once().copies == 0
+    failed = a.lib.events(types=[schema.LOG_TRANSFER_FAILED])
+    assert len(failed) == 1 and failed[0]["peer"] == b.machine_id
+    assert "cannot connect" in failed[0]["reason"]
