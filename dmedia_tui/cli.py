@@ -247,7 +247,12 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
         engine = None
         if not ctx.read_only:
             engine = Engine(ms)
-        code = run_app(ms, engine, read_only=ctx.read_only)
+        notifier = _attach_notifier(engine)  # notifications: see the end of this file
+        try:
+            code = run_app(ms, engine, read_only=ctx.read_only)
+        finally:
+            if notifier is not None:
+                notifier.close()
     sys.exit(code or 0)
 
 
@@ -483,6 +488,7 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
         if all_:
             engine.request_verify(sid)
         summary = engine.verify_until_done(limit=500).to_json()
+        _notify_once(engine)  # notifications: see the end of this file
     if as_json:
         _emit_json(summary)
     else:
@@ -535,6 +541,7 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
         engine = Engine(ms, watch_drives=True, watch_folders=not once)
         if not engine.acquire_lock():
             raise UserError("another dmedia-tui engine already runs for this library here")
+        notifier = _attach_notifier(engine)  # notifications: see the end of this file
         try:
             if once:
                 summary = engine.run_once()
@@ -557,6 +564,8 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
             stop.wait()
         finally:
             engine.stop()
+            if notifier is not None:
+                notifier.close(final_check=once)
 
 
 # --- peers (issue 12) ----------------------------------------------------------------------
@@ -900,6 +909,64 @@ def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
         for err in d.errors:
             click.echo(f"dmedia-tui: {err}", err=True)
     if report.differing or report.failed:
+        sys.exit(1)
+
+
+# --- notifications (dmedia_tui/notify.py) -------------------------------------------------
+
+
+def _attach_notifier(engine: Any) -> Any:
+    """The configured notifier on an engine (None without [notify] backends)."""
+    if engine is None:
+        return None
+    from dmedia_tui import notify
+
+    return notify.attach(engine)
+
+
+def _notify_once(engine: Any) -> None:
+    """One synchronous notification check after a one-shot engine run (`verify`)."""
+    n = _attach_notifier(engine)
+    if n is not None:
+        n.close(final_check=True)
+
+
+@cli.group("notify")
+def notify_group() -> None:
+    """Notifications when an alert appears, worsens or clears ([notify] in config.toml)."""
+
+
+@notify_group.command("test")
+@_db_option
+@pass_ctx
+@_handle_errors
+def notify_test(ctx: Context) -> None:
+    """Send one test notification through every configured backend."""
+    from dmedia_tui import notify
+
+    try:
+        settings = notify.NotifySettings.load(ctx.config.config_dir)
+        backends = notify.make_backends(settings)
+    except notify.NotifyConfigError as e:
+        raise UserError(str(e)) from None
+    if not backends:
+        raise UserError(
+            f"no notification backend configured: add [notify] urls = [...] or command = "
+            f'"..." to {ctx.config.config_dir / "config.toml"}'
+        )
+    now = ctx.clock().now()
+    change = notify.test_message(settings, now)
+    context = {"machine": ctx.config.hostname, "time": now, "test": True}
+    failed = 0
+    for b in backends:
+        try:
+            b.send([change], context, False)
+        except Exception as e:
+            failed += 1
+            click.echo(f"dmedia-tui: {b.name}: failed: {notify._one_line(e)}", err=True)
+        else:
+            click.echo(f"{b.name}: sent")
+    if failed:
         sys.exit(1)
 
 
