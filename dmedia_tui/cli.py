@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -223,6 +224,17 @@ def _setup_logging(level: int = logging.WARNING) -> None:
         )
 
 
+def app_log_handler(
+    path: Path, max_bytes: int = 5_000_000, backups: int = 3
+) -> logging.handlers.RotatingFileHandler:
+    """The app's log file: timestamped records, rotated at `max_bytes` (`backups` kept)."""
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
 @_handle_errors
 def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) -> None:
     from dmedia_tui.engine import Engine
@@ -238,11 +250,8 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    logging.basicConfig(
-        filename=logfile,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    root.addHandler(app_log_handler(logfile))
+    root.setLevel(logging.INFO)
     with ctx.metastore(ticking=True) as ms:
         engine = None
         if not ctx.read_only:
@@ -535,6 +544,7 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
     from dmedia_tui.engine import Engine
 
     logging.getLogger().setLevel(logging.INFO if verbose or not once else logging.WARNING)
+    _timestamped_stderr_logging()  # the journal and plain stderr both get times
     with ctx.metastore(ticking=not once) as ms:
         # --once scans the partitions once per housekeeping pass (a wiped drive is purged,
         # a store on a drive mounted somewhere new is found) but starts no watcher.
@@ -561,7 +571,9 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             engine.start()
             log.info("engine running (library %s)", ms.lib.display_url)
+            sd = _systemd_ready(engine)  # READY=1 and watchdog pings under systemd
             stop.wait()
+            sd.stopping()
         finally:
             engine.stop()
             if notifier is not None:
@@ -968,6 +980,95 @@ def notify_test(ctx: Context) -> None:
             click.echo(f"{b.name}: sent")
     if failed:
         sys.exit(1)
+
+
+# --- the service (dmedia_tui/service.py) ------------------------------------------------
+
+
+def _timestamped_stderr_logging() -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
+            h.setFormatter(fmt)
+
+
+def _systemd_ready(engine: Any) -> Any:
+    """Tell systemd (Type=notify) the workers run; ping its watchdog while they live."""
+    from dmedia_tui.service import SdNotifier
+
+    threads = list(getattr(engine, "_threads", []))
+    sd = SdNotifier(alive=lambda: bool(threads) and all(t.is_alive() for t in threads))
+    sd.ready(status=f"engine running on {engine.ms.lib.display_url}")
+    return sd
+
+
+def _service_report(rep: Any) -> None:
+    for line in rep.lines:
+        click.echo(line)
+    if not rep.ok:
+        if rep.problem:
+            raise UserError(rep.problem)
+        sys.exit(1)
+
+
+@cli.group("service")
+def service_group() -> None:
+    """Run `dmedia-tui daemon` as a systemd user service (Type=notify, watchdog, restart)."""
+
+
+@service_group.command("install")
+@click.option("--print", "print_only", is_flag=True, help="Only print the unit; change nothing.")
+@click.option("--no-start", is_flag=True, help="Enable it for the next login, do not start it now.")
+@_db_option
+@pass_ctx
+@_handle_errors
+def service_install(ctx: Context, print_only: bool, no_start: bool) -> None:
+    """Write ~/.config/systemd/user/dmedia-tui.service and enable it (where systemd runs).
+
+    A --db given here (or DMEDIA_DB) is written into the unit, so the service keeps
+    the library you chose."""
+    import os
+
+    from dmedia_tui import service
+
+    env = {}
+    db = ctx.db or os.environ.get("DMEDIA_DB")
+    if db:
+        env["DMEDIA_DB"] = db
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+    if print_only:
+        click.echo(service.unit_text(environment=env), nl=False)
+        return
+    _service_report(service.install(environment=env, start=not no_start))
+
+
+@service_group.command("uninstall")
+@_handle_errors
+def service_uninstall() -> None:
+    """Stop and disable the service and remove its unit file."""
+    from dmedia_tui import service
+
+    _service_report(service.uninstall())
+
+
+@service_group.command("status")
+@_db_option
+@pass_ctx
+@_handle_errors
+def service_status(ctx: Context) -> None:
+    """Is the unit installed and active; does an engine run for this library here?"""
+    from dmedia_tui import service
+    from dmedia_tui.engine import Engine
+
+    pid = None
+    try:
+        with ctx.metastore(create=False) as ms:
+            pid = service.engine_lock_holder(Engine(ms).lock_path())
+    except UserError as e:
+        click.echo(f"library: {e.format_message()}")
+    _service_report(service.status(engine_pid=pid))
 
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, not bad input
