@@ -467,28 +467,28 @@ class DmediaApp(App[int]):
 def _logging_off_the_screen() -> Iterator[None]:
     """Textual draws on stderr: log records must not land there while the app runs.
 
-    Records of the dmedia_tui loggers go to Textual's devtools console instead (and
-    nowhere when it is not running); handlers the CLI installed are kept as they are,
-    only the stderr ones are set aside for the duration.
+    The stderr handlers (of the dmedia_tui logger and of the root logger) are set aside
+    for the duration; every other handler, such as the CLI's rotating log file on the
+    root logger, keeps receiving the records, and Textual's devtools console gets them too.
     """
     logger = logging.getLogger("dmedia_tui")
-    stderr_handlers = [
-        h
-        for h in logger.handlers
+    root = logging.getLogger()
+    aside: list[tuple[logging.Logger, logging.Handler]] = [
+        (lg, h)
+        for lg in (logger, root)
+        for h in lg.handlers
         if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
     ]
-    for h in stderr_handlers:
-        logger.removeHandler(h)
+    for lg, h in aside:
+        lg.removeHandler(h)
     handler = TextualHandler(stderr=False, stdout=False)
     logger.addHandler(handler)
-    saved_propagate, logger.propagate = logger.propagate, False
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.propagate = saved_propagate
-        for h in stderr_handlers:
-            logger.addHandler(h)
+        for lg, h in aside:
+            lg.addHandler(h)
 
 
 def run_app(ms: MetaStore, engine: Engine | None = None, read_only: bool = False) -> int:
