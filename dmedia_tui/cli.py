@@ -257,11 +257,13 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
         if not ctx.read_only:
             engine = Engine(ms)
         notifier = _attach_notifier(engine)  # notifications: see the end of this file
+        smart_mon = _attach_smart(engine)  # SMART: see the end of this file
         try:
             code = run_app(ms, engine, read_only=ctx.read_only)
         finally:
-            if notifier is not None:
-                notifier.close()
+            for mon in (smart_mon, notifier):
+                if mon is not None:
+                    mon.close()
     sys.exit(code or 0)
 
 
@@ -552,8 +554,10 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
         if not engine.acquire_lock():
             raise UserError("another dmedia-tui engine already runs for this library here")
         notifier = _attach_notifier(engine)  # notifications: see the end of this file
+        smart_mon = None if once else _attach_smart(engine)  # SMART: see the end of this file
         try:
             if once:
+                _smart_once(engine)
                 summary = engine.run_once()
                 if as_json:
                     _emit_json(summary.to_json())
@@ -575,6 +579,8 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
             stop.wait()
             sd.stopping()
         finally:
+            if smart_mon is not None:
+                smart_mon.close()
             engine.stop()
             if notifier is not None:
                 notifier.close(final_check=once)
@@ -980,6 +986,27 @@ def notify_test(ctx: Context) -> None:
             click.echo(f"{b.name}: sent")
     if failed:
         sys.exit(1)
+
+
+# --- SMART (dmedia_tui/smart.py) ----------------------------------------------------------
+
+
+def _attach_smart(engine: Any) -> Any:
+    """SMART checks of the connected stores' drives on a running engine (needs smartctl)."""
+    if engine is None:
+        return None
+    from dmedia_tui import smart
+
+    return smart.attach(engine)
+
+
+def _smart_once(engine: Any) -> None:
+    """`daemon --once`: read the drives first, so a failing one gets no new copies and its
+    files are copied elsewhere in the same run."""
+    from dmedia_tui import smart
+
+    engine.refresh_connected()
+    smart.check_once(engine.ms, dict(engine.connected))
 
 
 # --- the service (dmedia_tui/service.py) ------------------------------------------------

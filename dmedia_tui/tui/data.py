@@ -208,14 +208,18 @@ class DashboardData:
     health: Health
     events: tuple[EventLine, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    # SMART warnings of drives holding stores: {store_id: (warning|failing, reasons)}
+    smart: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def load_dashboard(ms: MetaStore, local: Iterable[str] | None) -> DashboardData:
     """Everything the dashboard shows, in one pass (run in a worker thread)."""
+    from dmedia_tui.smart import warnings_by_store
+
     health = ms.health(local=local, with_verification=True)
     labels = {r.store_id: r.label for r in health.store_rows}
     events = load_events(ms, EVENTS_ON_DASHBOARD, labels=labels)
-    return DashboardData(health, events, labels)
+    return DashboardData(health, events, labels, warnings_by_store(ms.config.data_dir))
 
 
 # --- store and file detail -------------------------------------------------------------

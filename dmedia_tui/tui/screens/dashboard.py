@@ -112,10 +112,12 @@ class DashboardScreen(Screen):
         self.set_class(empty, "-first-run")
         self.query_one(StoresTable).show_rows(h.store_rows, h.now)
         self.query_one(DurabilityHistogram).show_buckets(h.histogram)
-        if old is None or old.store_rows != h.store_rows:
+        if old is None or old.store_rows != h.store_rows or previous.smart != data.smart:
             engine = getattr(self.app, "engine", None)
             self.query_one(DrivesPanel).show_rows(
-                h.store_rows, getattr(engine, "drive_source", None) if engine else None
+                h.store_rows,
+                getattr(engine, "drive_source", None) if engine else None,
+                data.smart,
             )
         if previous is None or previous.events != data.events:
             self.query_one(EventList).show_events(data.events, h.now)

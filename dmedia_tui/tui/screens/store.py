@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -96,7 +97,12 @@ class StoreScreen(Screen):
             return
         self.row = row
         details.border_title = f"Store {row.label}"
-        details.update(store_details(row, data.health.now))
+        shown = store_details(row, data.health.now)
+        warn = getattr(data, "smart", {}).get(row.store_id)
+        if warn is not None:  # the drive's SMART state (dmedia_tui/smart.py)
+            style = "bold red" if warn[0] == "failing" else "yellow"
+            shown = Group(shown, Text(f"SMART {warn[0]}: {warn[1]}", style))
+        details.update(shown)
         self.query_one("#store-verification", Static).update(
             verification_text(row, data.health.now)
         )

@@ -9,7 +9,11 @@ from dmedia_tui.health import StoreRow, StoreState
 from dmedia_tui.tui.widgets.repaint import repaint
 
 
-def drives_text(rows: tuple[StoreRow, ...], source: str | None = None) -> Text:
+def drives_text(
+    rows: tuple[StoreRow, ...],
+    source: str | None = None,
+    smart: dict[str, tuple[str, str]] | None = None,
+) -> Text:
     online = [r for r in rows if r.online]
     text = Text()
     if not online:
@@ -24,11 +28,20 @@ def drives_text(rows: tuple[StoreRow, ...], source: str | None = None) -> Text:
             text.append(" ! FAILING", "bold red")
         elif r.removable:
             text.append(" usb", "dim")
+        warn = (smart or {}).get(r.store_id)
+        if warn is not None:  # SMART: failing, or a warning (bad sectors, cable, heat)
+            style = "bold red" if warn[0] == "failing" else "yellow"
+            text.append(f" SMART {warn[1][:40]}", style)
     if source:
         text.append(f"\nwatching drives via {source}", "dim")
     return text
 
 
 class DrivesPanel(Static):
-    def show_rows(self, rows: tuple[StoreRow, ...], source: str | None = None) -> None:
-        repaint(self, drives_text(rows, source))  # one line per drive, never wrapped
+    def show_rows(
+        self,
+        rows: tuple[StoreRow, ...],
+        source: str | None = None,
+        smart: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
+        repaint(self, drives_text(rows, source, smart))  # one line per drive, never wrapped
