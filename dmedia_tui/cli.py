@@ -256,14 +256,11 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
         engine = None
         if not ctx.read_only:
             engine = Engine(ms)
-        notifier = _attach_notifier(engine)  # notifications: see the end of this file
-        smart_mon = _attach_smart(engine)  # SMART: see the end of this file
+        monitors = _attach_monitors(engine)  # notify, SMART, rates: see the end of this file
         try:
             code = run_app(ms, engine, read_only=ctx.read_only)
         finally:
-            for mon in (smart_mon, notifier):
-                if mon is not None:
-                    mon.close()
+            _close_monitors(monitors)
     sys.exit(code or 0)
 
 
@@ -553,8 +550,7 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
         engine = Engine(ms, watch_drives=True, watch_folders=not once)
         if not engine.acquire_lock():
             raise UserError("another dmedia-tui engine already runs for this library here")
-        notifier = _attach_notifier(engine)  # notifications: see the end of this file
-        smart_mon = None if once else _attach_smart(engine)  # SMART: see the end of this file
+        monitors = _attach_monitors(engine, once)  # notify, SMART, rates: see end of file
         try:
             if once:
                 _smart_once(engine)
@@ -579,11 +575,8 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
             stop.wait()
             sd.stopping()
         finally:
-            if smart_mon is not None:
-                smart_mon.close()
             engine.stop()
-            if notifier is not None:
-                notifier.close(final_check=once)
+            _close_monitors(monitors, final_check=once)
 
 
 # --- peers (issue 12) ----------------------------------------------------------------------
@@ -626,13 +619,14 @@ def peer_list(ctx: Context, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--short", is_flag=True, help="One line, for a tmux status bar or polybar.")
 @_db_option
 @pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
+def status(ctx: Context, as_json: bool, short: bool) -> None:
     """Is the library safe? Exit 0 healthy, 1 low durability only, 2 panic, 3 unreadable."""
     try:
         with ctx.metastore() as ms:
-            h = ms.health(with_verification=False)
+            h = ms.health(with_verification=short)
     except UserError as e:
         # Any failure is "cannot tell": exit 1 or 2 would read as a health verdict.
         raise UserError(e.message, EXIT_UNREADABLE) from None
@@ -640,6 +634,10 @@ def status(ctx: Context, as_json: bool) -> None:
         raise UserError(str(e), EXIT_UNREADABLE) from None
     if as_json:
         _emit_json(h.to_json())
+    elif short:
+        from dmedia_tui.metrics import short_line
+
+        click.echo(short_line(h, ms.thresholds.low_durability))
     else:
         _print_status(h)
     sys.exit(h.exit_code)
@@ -930,6 +928,28 @@ def migrate(ctx: Context, to_url: str, overwrite: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --- what watches a running engine: notify.py, smart.py, metrics.py ------------------------
+
+
+def _attach_monitors(engine: Any, once: bool = False) -> list[Any]:
+    """Each subscribes to the engine's events and runs on threads of its own."""
+    if engine is None:
+        return []
+    from dmedia_tui import metrics
+
+    mons = [] if once else [_attach_smart(engine), metrics.attach_stats(engine)]
+    return [m for m in [*mons, _attach_notifier(engine)] if m is not None]
+
+
+def _close_monitors(monitors: list[Any], final_check: bool = False) -> None:
+    """Close them in order; the notifier (last) checks once more when asked."""
+    for m in monitors:
+        if hasattr(m, "check_health"):  # the notifier
+            m.close(final_check=final_check)
+        else:
+            m.close()
+
+
 # --- notifications (dmedia_tui/notify.py) -------------------------------------------------
 
 
@@ -1007,6 +1027,78 @@ def _smart_once(engine: Any) -> None:
 
     engine.refresh_connected()
     smart.check_once(engine.ms, dict(engine.connected))
+
+
+# --- metrics (dmedia_tui/metrics.py) ---------------------------------------------------------
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UserError(f"--listen: expected [HOST:]PORT, got {value!r}")
+    return host, int(port)
+
+
+@cli.command("metrics")
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write this .prom file atomically (node_exporter's textfile collector).",
+)
+@click.option("--listen", metavar="[HOST:]PORT", help="Serve /metrics here until stopped.")
+@_db_option
+@pass_ctx
+@_handle_errors
+def metrics_cmd(ctx: Context, textfile: Path | None, listen: str | None) -> None:
+    """Prometheus metrics: durability buckets, alerts by code, stores, verification, rates.
+
+    Without an option, prints them. With --textfile, writes them atomically (run it from
+    cron or a systemd timer next to node_exporter). With --listen, serves /metrics and
+    assesses the library at every scrape."""
+    import signal
+    import threading
+
+    from prometheus_client import generate_latest
+
+    from dmedia_tui import metrics
+
+    if textfile is not None and listen is not None:
+        raise UserError("give --textfile or --listen, not both")
+    with ctx.metastore(unreadable_exit=EXIT_UNREADABLE, create=False) as ms:
+
+        def assess() -> tuple[Any, dict[str, Any]]:
+            h = ms.health(with_verification=True)
+            return h, metrics.read_stats(ms.config.data_dir, ms.now())
+
+        registry = metrics.registry_for(assess)
+        if listen is not None:
+            host, port = _parse_listen(listen)
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                click.echo(
+                    f"dmedia-tui: warning: serving metrics beyond localhost on {host}", err=True
+                )
+            try:
+                server, _thread = metrics.serve(host, port, registry)
+            except OSError as e:
+                raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            click.echo(f"serving http://{host}:{server.server_port}/metrics", err=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            stop.wait()
+            server.shutdown()
+            return
+        if textfile is not None:
+            if textfile.suffix != ".prom":
+                click.echo(
+                    "dmedia-tui: note: node_exporter only reads files ending in .prom", err=True
+                )
+            metrics.write_textfile(textfile, registry)
+            return
+        click.echo(generate_latest(registry).decode(), nl=False)
 
 
 # --- the service (dmedia_tui/service.py) ------------------------------------------------
