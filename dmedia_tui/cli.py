@@ -1101,6 +1101,42 @@ def metrics_cmd(ctx: Context, textfile: Path | None, listen: str | None) -> None
         click.echo(generate_latest(registry).decode(), nl=False)
 
 
+# --- the app in a browser (dmedia_tui/serve.py) ------------------------------------------
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8472, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--allow-actions", is_flag=True, help="Let the browser verify, downgrade, purge, ack, trust."
+)
+@click.option("--public-url", help="The URL browsers use, behind a proxy (default: from host).")
+@_db_option
+@pass_ctx
+@_handle_errors
+def serve_cmd(
+    ctx: Context, host: str, port: int, allow_actions: bool, public_url: str | None
+) -> None:
+    """Serve the app to web browsers (textual-serve): read-only unless --allow-actions.
+
+    Every browser tab runs its own app process on this library. There is no login:
+    listen beyond localhost only on a network you trust (a warning says so)."""
+    import socket
+
+    from dmedia_tui import serve
+
+    for line in serve.warnings(host, allow_actions):
+        click.echo(f"dmedia-tui: {line}", err=True)
+    try:  # a clear error now rather than a traceback from inside the web server
+        with socket.create_server((host, port), reuse_port=False):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    for line in serve.describe(host, port, allow_actions, public_url):
+        click.echo(line, err=True)
+    serve.serve(serve.app_command(ctx.db, allow_actions), host, port, public_url)
+
+
 # --- the service (dmedia_tui/service.py) ------------------------------------------------
 
 
