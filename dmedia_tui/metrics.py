@@ -90,7 +90,6 @@ class EngineStats:
         self.every = every
         self.verified_bytes = 0
         self.copied_bytes = 0
-        self._last: dict[tuple[str, Any], int] = {}
         self._window: list[tuple[float, int, int]] = []  # (monotonic, verified, copied)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -106,12 +105,11 @@ class EngineStats:
                 self._thread.start()
             return
         act = event.data
-        key = (act.kind, act.file_id, id(act))
         with self._lock:
-            delta = max(0, act.done - self._last.get(key, 0))
-            self._last[key] = act.done
-            if len(self._last) > 64:
-                self._last = dict(list(self._last.items())[-16:])
+            # What was counted is kept on the Activity itself (one per file and worker):
+            # a table keyed by id() would confuse a new Activity with a dead one.
+            delta = max(0, act.done - getattr(act, "_counted_by_stats", 0))
+            act._counted_by_stats = act.done
             if act.kind == "verify":
                 self.verified_bytes += delta
             elif act.kind == "copy":
