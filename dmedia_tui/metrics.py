@@ -105,6 +105,8 @@ class EngineStats:
                 self._thread.start()
             return
         act = event.data
+        if not isinstance(getattr(act, "done", None), int):
+            return  # an activity that ended (None) or a kind this does not know
         with self._lock:
             # What was counted is kept on the Activity itself (one per file and worker):
             # a table keyed by id() would confuse a new Activity with a dead one.
@@ -225,7 +227,7 @@ class HealthCollector:
         for a in health.alerts:
             n, _ = counts.get(a.code, (0, ""))
             counts[a.code] = (n + 1, a.severity.name.lower())
-        for code in ALERT_CODES:
+        for code in [*ALERT_CODES, *sorted(set(counts) - set(ALERT_CODES))]:  # new codes too
             n, sev = counts.get(code, (0, ""))
             alerts.add_metric([code, sev], n)
         yield alerts
