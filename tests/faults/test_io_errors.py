@@ -8,6 +8,7 @@ Every case ends with the independent check of crash.py.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +74,9 @@ def _id_of(lib: Lib, path: Path) -> str:
 def _one_line_errors(stderr: str) -> list[str]:
     """The CLI's error lines ("dmedia-tui: ..."); log lines may come too, never a traceback."""
     assert "Traceback" not in stderr and "Error:" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    # `daemon` stamps its log lines with the time (journald keeps it): look past the stamp.
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+    lines = [stamp.sub("", ln) for ln in stderr.splitlines() if ln.strip()]
     assert all(ln.startswith(("dmedia-tui: ", "WARNING ", "INFO ", "ERROR ")) for ln in lines)
     return [ln for ln in lines if ln.startswith("dmedia-tui: ")]
 
