@@ -105,7 +105,8 @@ RETIRED_THRESHOLDS = {
 
 # The top-level keys of config.toml. Any other key is refused (one line naming it):
 # a misspelt data-safety setting must never run silently with its default.
-KNOWN_KEYS = ("db", "hostname", "database", "thresholds", "peer")
+# [notify] is read and checked by notify.py.
+KNOWN_KEYS = ("db", "hostname", "database", "thresholds", "peer", "notify")
 
 
 DEFAULT_PEER_PORT = 8476
