@@ -100,7 +100,7 @@ class _NoCache:
 
 
 def _connection_class(base: type) -> type:
-    class Conn(base):  # type: ignore[misc, valid-type]
+    class Conn(base):
         read_timeout: float | None = TIMEOUT
 
         def connect(self) -> None:
@@ -244,7 +244,10 @@ class CouchDatabase(Database):
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _request(
+    # The CouchDB-only calls CouchLibrary's named queries are built on (this module's
+    # internal API; everything outside db/ goes through the Database interface).
+
+    def request(
         self,
         method: str,
         path: list[str] | None = None,
@@ -268,7 +271,7 @@ class CouchDatabase(Database):
             # levels): one damaged doc must not make its whole page unreadable.
             if params.get("include_docs") in (True, "true") and method in ("GET", "POST"):
                 params = {k: v for k, v in params.items() if k != "include_docs"}
-                data = self._request(method, path, body, what, resource, **params)
+                data = self.request(method, path, body, what, resource, **params)
                 self._attach_docs(data)
                 return data
             raise InvalidDoc(what or self.name, "nested too deeply to read") from None
@@ -283,7 +286,7 @@ class CouchDatabase(Database):
             if not isinstance(doc_id, str) or "value" in row and row["value"] is None:
                 continue
             try:
-                row["doc"] = self._request("GET", self._doc_path(doc_id), what=doc_id)
+                row["doc"] = self.request("GET", self._doc_path(doc_id), what=doc_id)
             except InvalidDoc as e:
                 row["doc"] = e.placeholder()
             except NotFound:
@@ -295,9 +298,9 @@ class CouchDatabase(Database):
         return [doc_id]
 
     def info(self) -> dict[str, Any]:
-        return self._request("GET")
+        return self.request("GET")
 
-    def _query(self, view: str, **params: Any) -> dict[str, Any]:
+    def view(self, view: str, **params: Any) -> dict[str, Any]:
         """GET a view of this database's design doc; JSON-encodes key parameters.
 
         A view may need minutes to build its index the first time: when the query times
@@ -306,14 +309,14 @@ class CouchDatabase(Database):
         ddoc = couch_views.DOCS_DDOC if self.name == DOCS_DB else couch_views.LOG_DDOC
         path = ["_design", ddoc, "_view", view]
         try:
-            return self._request("GET", path, **_params(params))
+            return self.request("GET", path, **_params(params))
         except DatabaseOffline as e:
             if not isinstance(e.__cause__, TimeoutError) or not self._lib._reachable():
                 raise
-        return self._request("GET", path, resource=self._lib._slow(self.dbname), **_params(params))
+        return self.request("GET", path, resource=self._lib._slow(self.dbname), **_params(params))
 
-    def _all_docs(self, **params: Any) -> dict[str, Any]:
-        return self._request("GET", ["_all_docs"], **_params(params))
+    def all_docs(self, **params: Any) -> dict[str, Any]:
+        return self.request("GET", ["_all_docs"], **_params(params))
 
     # --- reads ---------------------------------------------------------------------
 
@@ -322,7 +325,7 @@ class CouchDatabase(Database):
         if not isinstance(doc_id, str) or not doc_id or doc_id.startswith("_"):
             raise NotFound(f"{what}: not found")
         try:
-            return self._request("GET", self._doc_path(doc_id), what=what)
+            return self.request("GET", self._doc_path(doc_id), what=what)
         except InvalidDoc as e:
             raise InvalidDoc(doc_id, e.problem) from None
 
@@ -330,7 +333,7 @@ class CouchDatabase(Database):
         out: list[Doc | None] = []
         for i in range(0, len(doc_ids), BATCH):
             chunk = doc_ids[i : i + BATCH]
-            data = self._request("POST", ["_all_docs"], {"keys": chunk}, include_docs="true")
+            data = self.request("POST", ["_all_docs"], {"keys": chunk}, include_docs="true")
             rows = data.get("rows", [])
             for row in rows:
                 doc = row.get("doc") if isinstance(row, dict) else None
@@ -345,7 +348,7 @@ class CouchDatabase(Database):
             params: dict[str, Any] = {"include_docs": True, "limit": want}
             if after is not None:
                 params["startkey"] = after
-            rows = self._all_docs(**params).get("rows", [])
+            rows = self.all_docs(**params).get("rows", [])
             for row in rows:
                 if row["id"] == after:
                     continue
@@ -359,7 +362,7 @@ class CouchDatabase(Database):
         return out
 
     def _design_count(self) -> int:
-        rows = self._all_docs(startkey="_design/", endkey="_design0").get("rows", [])
+        rows = self.all_docs(startkey="_design/", endkey="_design0").get("rows", [])
         return len(rows)
 
     def count(self) -> int:
@@ -380,7 +383,7 @@ class CouchDatabase(Database):
                 params["limit"] = limit - len(results)
                 if params["limit"] <= 0:
                     break
-            data = self._request("GET", ["_changes"], **params)
+            data = self.request("GET", ["_changes"], **params)
             raw = data.get("results", [])
             for r in raw:
                 if not r["id"].startswith("_design/"):  # design docs are internal
@@ -404,7 +407,7 @@ class CouchDatabase(Database):
             res = couch_http.Resource(self._res.url, session)
             res.credentials = self._res.credentials
             try:
-                self._request(
+                self.request(
                     "GET",
                     ["_changes"],
                     resource=res,
@@ -449,7 +452,7 @@ class CouchDatabase(Database):
             self.delete(doc)
             return doc
         body = self._encode_doc(doc, doc_id)
-        data = self._request("PUT", self._doc_path(doc_id), body, what=f"{self.name}/{doc_id}")
+        data = self.request("PUT", self._doc_path(doc_id), body, what=f"{self.name}/{doc_id}")
         doc["_rev"] = data["rev"]
         return doc
 
@@ -469,7 +472,7 @@ class CouchDatabase(Database):
             if not parts:
                 continue
             body = b'{"docs":[' + b",".join(parts) + b"]}"
-            rows = self._request("POST", ["_bulk_docs"], body)
+            rows = self.request("POST", ["_bulk_docs"], body)
             for n, row in zip(index, rows, strict=False):
                 results[n] = self._bulk_result(docs[n], row)
         return results  # type: ignore[return-value]
@@ -499,11 +502,11 @@ class CouchDatabase(Database):
         if not isinstance(doc_id, str) or not doc_id or doc_id.startswith("_"):
             raise NotFound(f"{what}: not found")
         path = self._doc_path(doc_id)
-        winner = self._request("GET", path, what=what, conflicts="true")
+        winner = self.request("GET", path, what=what, conflicts="true")
         revs = winner.pop("_conflicts", None)
         out = [winner]
         if isinstance(revs, list) and revs:
-            rows = self._request("GET", path, what=what, open_revs=json.dumps(revs))
+            rows = self.request("GET", path, what=what, open_revs=json.dumps(revs))
             by_rev = {}
             for row in rows if isinstance(rows, list) else []:
                 doc = row.get("ok") if isinstance(row, dict) else None
@@ -542,7 +545,7 @@ class CouchDatabase(Database):
         if not isinstance(rev, str) or not rev:
             self.get(doc_id)  # NotFound when absent
             raise Conflict(f"{what}: document update conflict")
-        self._request("DELETE", self._doc_path(doc_id), what=what, rev=rev)
+        self.request("DELETE", self._doc_path(doc_id), what=what, rev=rev)
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
@@ -563,6 +566,9 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
 class CouchLibrary(Library):
     """A library in two databases of a CouchDB (or PouchDB Server) at `url`."""
 
+    docs: CouchDatabase
+    log: CouchDatabase
+
     def __init__(
         self,
         url: str,
@@ -572,7 +578,7 @@ class CouchLibrary(Library):
         summary: str = "auto",
     ) -> None:
         """`summary`: "view", "changes" or "auto" (view on Apache CouchDB), see above.
-        `timeout`: seconds any request may go unanswered (views: see `_query`)."""
+        `timeout`: seconds any request may go unanswered (views: see `CouchDatabase.view`)."""
         self._parse(url)
         self._closed = False
         self.timeout = timeout
@@ -725,7 +731,7 @@ class CouchLibrary(Library):
                     f"no library here (database {db.dbname} does not exist)"
                 ) from None
             try:
-                db._request("PUT")
+                db.request("PUT")
             except DatabaseError as err:
                 if "file_exists" not in str(err):  # another process created it first
                     raise
@@ -737,7 +743,7 @@ class CouchLibrary(Library):
         """Create or replace the design doc when its content differs from the code's."""
         for _ in range(5):
             try:
-                current = db._request("GET", db._doc_path(ddoc["_id"]), what=ddoc["_id"])
+                current = db.request("GET", db._doc_path(ddoc["_id"]), what=ddoc["_id"])
             except NotFound:
                 current = None
             if current is not None:
@@ -748,7 +754,7 @@ class CouchLibrary(Library):
             if current is not None:
                 new["_rev"] = current["_rev"]
             try:
-                db._request("PUT", db._doc_path(ddoc["_id"]), new, what=ddoc["_id"])
+                db.request("PUT", db._doc_path(ddoc["_id"]), new, what=ddoc["_id"])
                 return
             except Conflict:
                 continue  # another program installed it at the same moment: look again
@@ -777,7 +783,7 @@ class CouchLibrary(Library):
             params: dict[str, Any] = {"style": "all_docs", "limit": CHANGES_PAGE}
             if since is not None:
                 params["since"] = since
-            data = self.docs._request("GET", ["_changes"], **params)
+            data = self.docs.request("GET", ["_changes"], **params)
             results = data.get("results", [])
             for r in results:
                 doc_id = r.get("id")
@@ -810,7 +816,7 @@ class CouchLibrary(Library):
         with self._summary_lock:
             if self._summary is not None and self._summary[0] == seq:
                 return list(self._summary[1])
-        data = self.docs._query("placement", group_level=2)
+        data = self.docs.view("placement", group_level=2)
         rows = []
         for row in data.get("rows", []):
             (origin, placement), (count, size) = row["key"], row["value"]
@@ -831,7 +837,7 @@ class CouchLibrary(Library):
                     params: dict[str, Any] = {"include_docs": "true", "limit": CHANGES_PAGE}
                     if since is not None:
                         params["since"] = since
-                    data = self.docs._request("GET", ["_changes"], **params)
+                    data = self.docs.request("GET", ["_changes"], **params)
                     results = data.get("results", [])
                     for r in results:
                         doc = None if r.get("deleted") else r.get("doc")
@@ -850,7 +856,7 @@ class CouchLibrary(Library):
         ]
 
     def _by_type(self, typ: str) -> list[Doc]:
-        return self._docs_of(self.docs._query("by_type", key=typ, include_docs=True))
+        return self._docs_of(self.docs.view("by_type", key=typ, include_docs=True))
 
     def stores(self) -> list[Doc]:
         return self._by_type("dmedia/store")
@@ -865,7 +871,7 @@ class CouchLibrary(Library):
             return []
         start = prefix + after + [None] if after is not None else prefix
         return self._docs_of(
-            self.docs._query(
+            self.docs.view(
                 view,
                 reduce=False if view == "placement" else None,
                 startkey=start,
@@ -886,7 +892,7 @@ class CouchLibrary(Library):
         if limit <= 0:
             return []
         prefix: list[Any] = [store_id]
-        data = self.docs._query(
+        data = self.docs.view(
             "by_store",
             startkey=prefix + list(after) + [None] if after is not None else prefix,
             endkey=prefix + [_HIGH],
@@ -909,7 +915,7 @@ class CouchLibrary(Library):
     def copies_due(self, store_id: str, verified_before: int, limit: int = 100) -> list[CopyDue]:
         if limit <= 0:
             return []
-        data = self.docs._query(
+        data = self.docs.view(
             "copies",
             reduce=False,
             startkey=[store_id, None],
@@ -922,12 +928,12 @@ class CouchLibrary(Library):
         ]
 
     def _copies_count(self, startkey: list[Any], endkey: list[Any]) -> int:
-        rows = self.docs._query("copies", startkey=startkey, endkey=endkey).get("rows", [])
+        rows = self.docs.view("copies", startkey=startkey, endkey=endkey).get("rows", [])
         return int(rows[0]["value"]) if rows else 0
 
     def _verified_at(self, store_id: str, skip: int = 0, descending: bool = False) -> int:
         lo, hi = [store_id, 0], [store_id, _HIGH]
-        data = self.docs._query(
+        data = self.docs.view(
             "copies",
             reduce=False,
             startkey=hi if descending else lo,
@@ -1012,7 +1018,7 @@ class CouchLibrary(Library):
 
         def view_scan(view: str, value: str) -> Iterator[Doc]:
             return self._scan(
-                lambda **q: log._query(view, **q),
+                lambda **q: log.view(view, **q),
                 lambda i: [value, i],
                 [value, low_id],
                 [value, _HIGH],
@@ -1030,7 +1036,7 @@ class CouchLibrary(Library):
             source = heapq.merge(*scans, key=lambda d: d["_id"], reverse=newest_first)
         else:
             source = self._scan(
-                log._all_docs, lambda i: i, low_id, "\ufff0", newest_first, cursor, page
+                log.all_docs, lambda i: i, low_id, "\ufff0", newest_first, cursor, page
             )
         out: list[Doc] = []
         for doc in source:
