@@ -6,12 +6,12 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from dmedia_tui.health import Alert
 from dmedia_tui.tui.data import fmt_size
+from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.banners import alert_title
 from dmedia_tui.tui.widgets.header import AppHeader
 
@@ -34,7 +34,7 @@ def alert_text(alert: Alert) -> Text:
     return t
 
 
-class AlertScreen(Screen):
+class AlertScreen(AppScreen):
     """Alerts listed on the left when several; the chosen one explained."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "back")]
@@ -48,7 +48,7 @@ class AlertScreen(Screen):
         yield Static(
             alert_text(self.alert), id="alert-text", classes=f"-{self.alert.severity.name.lower()}"
         )
-        data = getattr(self.app, "data", None)
+        data = self.dmedia.data
         labels = data.labels if data else {}
         options = [
             Option(f"{labels.get(sid, sid[:8] + ' (unknown)')}  {sid}", id=sid)
@@ -70,7 +70,7 @@ class AlertScreen(Screen):
 
     @work(thread=True, exclusive=True, group="alert-files")
     def _load_files(self) -> None:
-        docs = self.app.ms.files_for_alert(self.alert, limit=FILES_SHOWN)
+        docs = self.dmedia.ms.files_for_alert(self.alert, limit=FILES_SHOWN)
         self.app.call_from_thread(self._show_files, docs)
 
     def _show_files(self, docs: list[dict]) -> None:
@@ -87,9 +87,9 @@ class AlertScreen(Screen):
         if not event.option.id:
             return
         if event.option_list.id == "alert-files":
-            self.app.open_file(event.option.id)
+            self.dmedia.open_file(event.option.id)
         else:
-            self.app.open_store(event.option.id)
+            self.dmedia.open_store(event.option.id)
 
     def context(self) -> tuple[str | None, str | None]:
         stores = self.query_one("#alert-stores", OptionList)
@@ -99,7 +99,7 @@ class AlertScreen(Screen):
 
     def refresh_data(self) -> None:
         """Close when the alert is gone (e.g. acknowledged)."""
-        data = getattr(self.app, "data", None)
+        data = self.dmedia.data
         if data is not None and self.alert not in data.health.alerts:
             same = [a for a in data.health.alerts if a.code == self.alert.code]
             if same:

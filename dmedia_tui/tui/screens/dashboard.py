@@ -8,10 +8,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from dmedia_tui.tui.data import DashboardData
+from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.activity import ActivityPanel
 from dmedia_tui.tui.widgets.banners import AlertBanner, Banners
 from dmedia_tui.tui.widgets.drives import DrivesPanel
@@ -35,7 +35,7 @@ def is_compact(width: int, height: int) -> bool:
     return width < COMPACT_WIDTH or height < COMPACT_HEIGHT
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(AppScreen):
     """Receives DashboardData from the app and hands each panel its part."""
 
     AUTO_FOCUS = "#stores"  # actions target the selected store; banners are a tab away
@@ -66,7 +66,7 @@ class DashboardScreen(Screen):
         self.query_one("#drives").border_title = "Drives"
         self.query_one("#activity").border_title = "Activity"
         self.query_one("#events").border_title = "Events"
-        self.query_one(Banners).read_only = getattr(self.app, "read_only", False)
+        self.query_one(Banners).read_only = self.dmedia.read_only
         self.query_one(Banners).display = False
         self._apply_compact(self.size.width, self.size.height)
 
@@ -113,7 +113,7 @@ class DashboardScreen(Screen):
         self.query_one(StoresTable).show_rows(h.store_rows, h.now)
         self.query_one(DurabilityHistogram).show_buckets(h.histogram)
         if old is None or old.store_rows != h.store_rows or previous.smart != data.smart:
-            engine = getattr(self.app, "engine", None)
+            engine = self.dmedia.engine
             self.query_one(DrivesPanel).show_rows(
                 h.store_rows,
                 getattr(engine, "drive_source", None) if engine else None,
@@ -136,7 +136,7 @@ class DashboardScreen(Screen):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "stores" and event.row_key.value:
-            self.app.open_store(event.row_key.value)
+            self.dmedia.open_store(event.row_key.value)
 
     def on_alert_banner_selected(self, event: AlertBanner.Selected) -> None:
-        self.app.open_alert(event.alert)
+        self.dmedia.open_alert(event.alert)

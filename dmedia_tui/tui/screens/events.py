@@ -7,18 +7,18 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select
 
 from dmedia_tui.schema import LOG_TYPES
 from dmedia_tui.tui.data import EventLine, fmt_datetime, load_events
+from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.events import TYPE_STYLES
 from dmedia_tui.tui.widgets.header import AppHeader
 
 PAGE = 200  # events fetched at a time; the next page loads when the cursor nears the end
 
 
-class EventsScreen(Screen):
+class EventsScreen(AppScreen):
     BINDINGS = [Binding("escape", "app.pop_screen", "back")]
 
     def __init__(self, store_id: str | None = None, event_type: str | None = None) -> None:
@@ -30,7 +30,7 @@ class EventsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield AppHeader(id="header")
-        data = getattr(self.app, "data", None)
+        data = self.dmedia.data
         labels = sorted((data.labels if data else {}).items(), key=lambda kv: kv[1])
         with Horizontal(id="event-filters"):
             yield Select(
@@ -76,9 +76,9 @@ class EventsScreen(Screen):
         self.app.call_from_thread(self._show, self._fetch(PAGE, self.lines[-1].id), True, PAGE)
 
     def _fetch(self, limit: int, cursor: str | None) -> tuple[EventLine, ...]:
-        data = getattr(self.app, "data", None)
+        data = self.dmedia.data
         return load_events(
-            self.app.ms,
+            self.dmedia.ms,
             limit,
             types=[self.event_type] if self.event_type else None,
             store_id=self.store_id,
@@ -112,9 +112,9 @@ class EventsScreen(Screen):
         if line is None:
             return
         if line.file_id:
-            self.app.open_file(line.file_id)
+            self.dmedia.open_file(line.file_id)
         elif line.store_id:
-            self.app.open_store(line.store_id)
+            self.dmedia.open_store(line.store_id)
 
     def context(self) -> tuple[str | None, str | None]:
         table = self.query_one("#event-table", DataTable)

@@ -7,11 +7,11 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from dmedia_tui.durability import durability
 from dmedia_tui.tui.data import FileData, fmt_age, fmt_datetime, fmt_size, load_file
+from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.events import event_text
 from dmedia_tui.tui.widgets.header import AppHeader
 
@@ -61,7 +61,7 @@ def corrupt_text(data: FileData) -> Text:
     return t
 
 
-class FileScreen(Screen):
+class FileScreen(AppScreen):
     BINDINGS = [Binding("escape", "app.pop_screen", "back")]
 
     def __init__(self, file_id: str) -> None:
@@ -85,8 +85,8 @@ class FileScreen(Screen):
 
     @work(thread=True, exclusive=True, group="file")
     def load(self) -> None:
-        app = self.app
-        online = set(getattr(app, "online_ids", set()))
+        app = self.dmedia
+        online = set(app.online_ids)
         data = load_file(app.ms, self.file_id, online)
         app.call_from_thread(self._show, data)
 

@@ -8,11 +8,11 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from dmedia_tui.health import StoreRow
 from dmedia_tui.tui.data import PAGE, FileRow, bar, fmt_age, fmt_datetime, fmt_size, load_files_page
+from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.header import AppHeader
 from dmedia_tui.tui.widgets.stores import space_text, state_text
 
@@ -54,7 +54,7 @@ def verification_text(row: StoreRow, now: float) -> Text:
     return t
 
 
-class StoreScreen(Screen):
+class StoreScreen(AppScreen):
     PAGE_SIZE = PAGE
 
     BINDINGS = [
@@ -87,7 +87,7 @@ class StoreScreen(Screen):
 
     def refresh_store(self) -> None:
         """Take this store's row from the app's latest health (no query)."""
-        data = getattr(self.app, "data", None)
+        data = self.dmedia.data
         if data is None:
             return
         row = next((r for r in data.health.store_rows if r.store_id == self.store_id), None)
@@ -110,14 +110,14 @@ class StoreScreen(Screen):
     @work(thread=True, exclusive=True, group="page")
     def load_page(self) -> None:
         after = self.files[-1].key if self.files else None
-        rows = load_files_page(self.app.ms, self.store_id, after, self.PAGE_SIZE)
+        rows = load_files_page(self.dmedia.ms, self.store_id, after, self.PAGE_SIZE)
         self.app.call_from_thread(self._add_page, rows)
 
     def _add_page(self, rows: tuple[FileRow, ...]) -> None:
         self._loading = False
         self.exhausted = len(rows) < self.PAGE_SIZE
         table = self.query_one("#files", DataTable)
-        now = self.app.ms.now()
+        now = self.dmedia.ms.now()
         for r in rows:
             self.files.append(r)
             table.add_row(
@@ -152,7 +152,7 @@ class StoreScreen(Screen):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:
-            self.app.open_file(event.row_key.value)
+            self.dmedia.open_file(event.row_key.value)
 
     def context(self) -> tuple[str | None, str | None]:
         return self.store_id, None

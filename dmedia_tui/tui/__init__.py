@@ -1,0 +1,1 @@
+"""The full-screen Textual app: app.py, its screens, widgets and the data layer they read."""
