@@ -20,6 +20,7 @@ import socket
 import stat
 import tomllib
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,7 +333,7 @@ class Config:
     def lock_dir(self) -> Path:
         return self.data_dir / "locks"
 
-    def db_url(self, cli_value: str | None = None, environ: dict[str, str] | None = None) -> str:
+    def db_url(self, cli_value: str | None = None, environ: Mapping[str, str] | None = None) -> str:
         """--db beats DMEDIA_DB beats config.toml's `db` beats the default SQLite file.
 
         A CouchDB URL without a user name gets the login of its host from a netrc file
@@ -342,7 +343,7 @@ class Config:
         url = cli_value or env.get("DMEDIA_DB") or self.db_setting or str(self.default_db_path)
         return self.with_credentials(url, env)
 
-    def with_credentials(self, url: str, environ: dict[str, str] | None = None) -> str:
+    def with_credentials(self, url: str, environ: Mapping[str, str] | None = None) -> str:
         """`url` with the netrc login of its host added (unchanged when it has a user name,
         is not http(s), or no netrc entry matches)."""
         if not url.startswith(("http://", "https://")):

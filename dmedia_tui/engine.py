@@ -446,9 +446,9 @@ class Engine:
             except InvalidDoc as e:
                 self.ms.report_invalid(fid, e)
                 return []
-            stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+            stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
             return [(s, fid) for s in stored if s in connected and (sid is None or s == sid)]
-        out = []
+        out: list[tuple[str, str]] = []
         for s in [sid] if sid else sorted(connected):
             # Every copy the library records there (a missing one is found missing)...
             out.extend((s, d["_id"]) for d in self.ms.iter_files_on(s) if "_id" in d)
@@ -548,7 +548,7 @@ class Engine:
                     break
                 scanned += 1
                 self._copy_after = (rank(doc), str(doc.get("_id", "")))
-                stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+                stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
                 if not any(sid in connected for sid in stored):
                     pas.offline.update(stored)  # every copy is on a store not here
                     continue

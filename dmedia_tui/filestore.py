@@ -40,7 +40,7 @@ import os
 import stat as stat_mod
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
@@ -752,6 +752,7 @@ class FileStore:
         with ThreadPoolExecutor(1, thread_name_prefix="dmedia-commit") as ex:
             prev: Item | None = None
             for src in map(Path, srcs):
+                staged: ImportResult | tuple[_TmpFile, ContentHash] | FileStoreError | OSError
                 try:
                     staged = self._stage(src, progress)
                 except (FileStoreError, OSError) as e:
@@ -851,9 +852,10 @@ class FileStore:
         try:
             name = file_id[2:]
             try:
-                st = _lstat_at(pd, name)
-                if st is None:
+                seen = _lstat_at(pd, name)
+                if seen is None:
                     return VerifyResult(VerifyStatus.MISSING, file_id)
+                st = seen
                 if stat_mod.S_ISREG(st.st_mode):
                     fd = os.open(name, _O_READ, dir_fd=pd)
                     st = os.fstat(fd)  # what we opened, not what lstat saw a moment ago
@@ -1048,7 +1050,7 @@ def _result(
         return e
 
 
-def _read_ahead(f: Any, ex: ThreadPoolExecutor) -> Iterator[memoryview]:
+def _read_ahead(f: Any, ex: ThreadPoolExecutor) -> Generator[memoryview, None, None]:
     """The leaves of f, each read (in `ex`) while the previous one is being used.
 
     Two 8 MiB buffers alternate; a yielded view is valid until the next one is asked for.
@@ -1095,10 +1097,10 @@ def _pump(
                         fut.result()
                     except OSError as e:
                         errors[sid] = e
-            for sid, e in errors.items():
+            for sid, err in errors.items():
                 if failed is None:
-                    raise e
-                failed[sid] = _errstr(e)
+                    raise err
+                failed[sid] = _errstr(err)
                 tmps.pop(sid).discard()
             if progress:
                 progress(len(leaf))

@@ -588,9 +588,9 @@ def _place_advice(
         if key in fresh_ids:
             return f"connect {labels} on {m.hostname} (it is running but does not see it)"
         return f"boot {m.hostname}"
-    s = stores.get(key)
-    if s is not None:
-        return f"reconnect {s.label}"
+    known = stores.get(key)
+    if known is not None:
+        return f"reconnect {known.label}"
     return f"reconnect the drive that held store {key[:8]} (its record is gone)"
 
 
@@ -897,7 +897,7 @@ def assess(
     thresholds: Thresholds | None = None,
     *,
     verification: dict[str, VerificationStats] | None = None,
-    metadata_problems: int = 0,
+    metadata_problems: int | Mapping[str, int] = 0,
     shared_filesystems: list[tuple[str, str]] | None = None,
     machine_id: str | None = None,
 ) -> Health:

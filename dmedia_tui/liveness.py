@@ -153,7 +153,7 @@ class Observations:
             atime = _num(doc.get("atime")) if isinstance(doc, dict) else None
             if atime is None or not isinstance(doc.get("_id"), str):
                 continue
-            host = doc.get("hostname") if isinstance(doc.get("hostname"), str) else doc["_id"]
+            host = name if isinstance(name := doc.get("hostname"), str) else doc["_id"]
             seen = self._current(doc)
             skew = None
             if seen is not None and seen.get("witnessed") and seen.get("prev") is not None:

@@ -549,7 +549,8 @@ class MetaStore:
                     "drive is checked"
                 )
             return connected[sid]
-        usable, refused = [], []
+        usable: list[tuple[Doc | None, FileStore]] = []
+        refused: list[tuple[Doc | None, FileStore]] = []
         for sid, fs in sorted(connected.items()):
             d = self.store_doc(sid)
             ok = d is not None and transitions.takes_new_copies(d)
@@ -808,13 +809,10 @@ class MetaStore:
             except NotFound:
                 changed = None
             if changed is not None:
-                self.log_event(
-                    schema.LOG_FILE_MISSING,
-                    file_id=file_id,
-                    store_id=fs.id,
-                    **({"reason": result.error} if result.error else {}),
-                    **self._drive_fields(fs.id),
-                )
+                fields: dict[str, Any] = {"file_id": file_id, "store_id": fs.id}
+                if result.error:
+                    fields["reason"] = result.error
+                self.log_event(schema.LOG_FILE_MISSING, **fields, **self._drive_fields(fs.id))
         else:
             # Unreadable: neither corrupt nor missing, and never marked verified.
             self.note_io_error(fs.id, file_id, result.error or "unreadable", op="read")
@@ -1025,8 +1023,8 @@ class MetaStore:
     def destinations(self, doc: Doc, connected: dict[str, FileStore]) -> list[FileStore]:
         """Connected, trusted stores without this file and with room for it, emptiest first."""
         size = doc.get("bytes", 0)
-        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
-        corrupt = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+        stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
+        corrupt = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
         out = []
         for sid, fs in connected.items():
             if sid in stored or sid in corrupt:
@@ -1052,7 +1050,7 @@ class MetaStore:
         need = self.thresholds.target_copies - durability(doc)
         if need <= 0:
             return 0
-        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+        stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
         sources = [
             connected[s]
             for s in sorted(stored, key=lambda s: -copies_of(stored[s]))
@@ -1383,13 +1381,15 @@ class MetaStore:
             or last["inconsistent"]
         )
         report = None
+        full_pass_at = now  # the time of the newest full pass, which this state keeps
         if not due and state is not None:
             report = self._check_changes(state["docs_seq"], state["log_seq"])
+            full_pass_at = state["time"]
         if report is None:
             self.lib.check_storage()  # a damaged library file stops here, named
             report = self.check()
-            state = {"time": now}
-        self._write_check_state({"time": state["time"], "docs_seq": docs_seq, "log_seq": log_seq})
+            full_pass_at = now
+        self._write_check_state({"time": full_pass_at, "docs_seq": docs_seq, "log_seq": log_seq})
         return report
 
     def _check_changes(self, docs_since: str, log_since: str) -> CheckReport | None:
@@ -1525,7 +1525,7 @@ class MetaStore:
         obs = self.observe()
         now = self.now()
         stores = obs.judged(
-            [self._live_store(doc, present.get(doc.get("_id"))) for doc in self.lib.stores()], now
+            [self._live_store(doc, present.get(doc["_id"])) for doc in self.lib.stores()], now
         )
         machines = self._judged_machines(obs)
         online = health_mod.online_store_ids(machines, now, self.thresholds, set(present), me)
@@ -1662,7 +1662,7 @@ class MetaStore:
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):
-    stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
     changed = False
     if store_id not in stored:
         transitions.mark_added(doc, store_id, weight, mtime)
@@ -1694,22 +1694,18 @@ def _count_read_errors(doc: Doc, n: int, now: float, window: int) -> Doc | None:
     whose last error is older than `window` starts again."""
     if not isinstance(doc, dict) or n <= 0:
         return None
-    old = doc.get("read_errors")
-    old = old if isinstance(old, dict) else {}
+    old: dict[str, Any] = errs if isinstance(errs := doc.get("read_errors"), dict) else {}
     last = old.get("last")
     count = old.get("count")
-    fresh = (
-        isinstance(last, int | float)
-        and not isinstance(last, bool)
-        and isinstance(count, int)
-        and not isinstance(count, bool)
-        and now - last <= window
-    )
-    doc["read_errors"] = {
-        "count": (count if fresh else 0) + n,
-        "first": old.get("first", int(now)) if fresh else int(now),
-        "last": int(now),
-    }
+    fresh = isinstance(last, int | float) and not isinstance(last, bool) and now - last <= window
+    if type(count) is int and fresh:
+        doc["read_errors"] = {
+            "count": count + n,
+            "first": old.get("first", int(now)),
+            "last": int(now),
+        }
+    else:
+        doc["read_errors"] = {"count": n, "first": int(now), "last": int(now)}
     return doc
 
 

@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import BinaryIO
+from typing import Protocol, TypeGuard
 
 from blake3 import blake3
 
@@ -77,7 +77,7 @@ def b32decode(text: str) -> bytes:
     return base64.b32decode(text.translate(_FROM_SORTABLE))
 
 
-def is_id(value: object, length: int) -> bool:
+def is_id(value: object, length: int) -> TypeGuard[str]:
     """True when value is a str of exactly `length` characters from the alphabet."""
     return isinstance(value, str) and len(value) == length and _ALPHABET_SET.issuperset(value)
 
@@ -90,7 +90,7 @@ def check_id(value: object, length: int, what: str = "ID") -> str:
     """
     if not is_id(value, length):
         raise InvalidID(f"invalid {what}: {value!r:.80}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_file_id(value: object) -> str:
@@ -108,7 +108,7 @@ def is_file_id(value: object) -> bool:
 _KNOWN_STORE_IDS: set[str] = set()  # a library has a handful of stores: memo the checks
 
 
-def is_store_id(value: object) -> bool:
+def is_store_id(value: object) -> TypeGuard[str]:
     # Called for every `stored` key of every file doc written or indexed (millions in a
     # store-wide pass): a set lookup instead of a character scan for the few real IDs.
     if type(value) is str and value in _KNOWN_STORE_IDS:
@@ -117,7 +117,7 @@ def is_store_id(value: object) -> bool:
         return False
     if len(_KNOWN_STORE_IDS) >= 4096:
         _KNOWN_STORE_IDS.clear()
-    _KNOWN_STORE_IDS.add(value)  # type: ignore[arg-type]
+    _KNOWN_STORE_IDS.add(value)
     return True
 
 
@@ -197,8 +197,10 @@ def split_leaf_hashes(leaf_hashes: bytes) -> list[bytes]:
     return [leaf_hashes[i : i + DIGEST_BYTES] for i in range(0, len(leaf_hashes), DIGEST_BYTES)]
 
 
-def check_root_hash(file_id: str, file_size: int, leaf_hashes: bytes) -> list[bytes]:
+def check_root_hash(file_id: object, file_size: object, leaf_hashes: bytes) -> list[bytes]:
     """Check the cryptographic tie between ID, size and leaf hashes; return the leaves.
+
+    ID and size are checked too, whatever they are (they come from docs and peers).
 
     Raises a distinct error for each way it can fail: InvalidID, LeafHashesLengthError,
     LeafCountError, RootHashError.
@@ -282,7 +284,19 @@ def hash_bytes(data: bytes) -> ContentHash:
     return h.content_hash()
 
 
-def read_full(f: BinaryIO, view: memoryview) -> int:
+class ReadsInto(Protocol):
+    """A binary stream that fills a buffer: files, sockets' makefile(), HTTP responses."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class OpenFile(ReadsInto, Protocol):
+    """A binary file opened on a descriptor (what hash_file maps or reads)."""
+
+    def fileno(self) -> int: ...
+
+
+def read_full(f: ReadsInto, view: memoryview) -> int:
     """readinto until `view` is full or EOF: some filesystems (FUSE, network) return
     short reads before the end, and a leaf must be whole to hash it."""
     total = 0
@@ -301,10 +315,11 @@ Progress = Callable[[int], None]
 # under us). That is what makes mmap safe enough for verification on failing drives: each
 # leaf is populated just before it is hashed, so an unreadable sector becomes an OSError
 # the caller can report as "unreadable" instead of killing the process.
-_POPULATE_READ: int | None = getattr(
-    mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None
+# 0 (MADV_NORMAL, never this advice) where there is no such flag: mmap is then not used.
+_POPULATE_READ: int = getattr(
+    mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else 0
 )
-_mmap_ok = _POPULATE_READ is not None and hasattr(mmap.mmap, "madvise")
+_mmap_ok = _POPULATE_READ != 0 and hasattr(mmap.mmap, "madvise")
 
 _POOL_WORKERS = os.cpu_count() or 2
 _pool: ThreadPoolExecutor | None = None
@@ -390,7 +405,7 @@ def _hash_mapped(mm: mmap.mmap, size: int, progress: Progress | None) -> Content
     return ContentHash(hash_root(size, lh), size, lh)
 
 
-def _hash_read(f: BinaryIO, progress: Progress | None) -> ContentHash:
+def _hash_read(f: ReadsInto, progress: Progress | None) -> ContentHash:
     h = Hasher()
     buf = bytearray(LEAF_SIZE)
     view = memoryview(buf)
@@ -404,7 +419,7 @@ def _hash_read(f: BinaryIO, progress: Progress | None) -> ContentHash:
 
 
 def hash_file(
-    f: BinaryIO, progress: Progress | None = None, *, use_mmap: bool = True
+    f: OpenFile, progress: Progress | None = None, *, use_mmap: bool = True
 ) -> ContentHash:
     """Hash an open file (from offset 0) leaf by leaf at raw blake3 speed.
 

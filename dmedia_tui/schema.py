@@ -26,7 +26,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from dmedia_tui import protocol
 from dmedia_tui.durability import MAX_COPIES, MAX_INT
@@ -147,7 +147,7 @@ def _got(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_int(value: Any, minimum: int = 0, maximum: int = MAX_INT) -> bool:
+def _is_int(value: Any, minimum: int = 0, maximum: int = MAX_INT) -> TypeGuard[int]:
     """An int in [minimum, maximum]: every integer of a doc fits JSON/JavaScript exactly
     (2^53 - 1), so both backends index it and no sum of them overflows SQLite's int64."""
     return type(value) is int and minimum <= value <= maximum
@@ -541,7 +541,7 @@ def check_doc(doc: Any) -> list[str]:
     t = doc.get("type")
     if not isinstance(t, str):
         t = None
-    checker = _CHECKERS.get(t)  # type: ignore[arg-type]
+    checker = _CHECKERS.get(t)
     if checker is not None:
         return checker(doc)
     if t in LOG_TYPES:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy as _copy
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from dmedia_tui.protocol import check_store_id, is_store_id
 
@@ -57,6 +57,11 @@ def _int_or_none(value: Any) -> int | None:
     if t is float and math.isfinite(value) and value >= 0:
         return int(value)
     return None
+
+
+def _is_time(value: Any) -> TypeGuard[float]:
+    """A unix time a doc may keep as it is: a finite int or float >= 0 (bools excluded)."""
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
 def _clean_value(value: Any) -> dict[str, Any]:
@@ -104,7 +109,7 @@ def _clean_corrupt(doc: Doc) -> dict[str, Any]:
                 corrupt[key] = {"time": 0}
             else:
                 t = value.get("time")
-                if not (type(t) in (int, float) and math.isfinite(t) and t >= 0):
+                if not _is_time(t):
                     value["time"] = 0
         elif not _is_x(key):
             del corrupt[key]
@@ -372,7 +377,7 @@ def flag_failing(
     if isinstance(failure, dict):
         failure["corrupt_count"] = (_int_or_none(failure.get("corrupt_count")) or 0) + inc
         t = failure.get("time")
-        if not (type(t) in (int, float) and math.isfinite(t) and t >= 0):
+        if not _is_time(t):
             failure["time"] = now
         if not isinstance(failure.get("reason"), str):
             failure["reason"] = reason

@@ -362,7 +362,7 @@ def _receive(
                 length = min(protocol.LEAF_SIZE, size - index * protocol.LEAF_SIZE)
                 view = memoryview(bufs[index & 1])[:length]
                 try:
-                    got = protocol.read_full(resp, view)  # type: ignore[arg-type]
+                    got = protocol.read_full(resp, view)
                 except (OSError, http.client.HTTPException) as e:
                     raise TransferFailed(
                         f"{conn.address} dropped the transfer of {file_id}: {_why(e)}"

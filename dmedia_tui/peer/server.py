@@ -357,8 +357,10 @@ class PeerServer:
         assert self._loop is not None
         run = self._loop.run_in_executor
         doc = await run(self._pool, self._file_doc_fn, file_id)
+        if doc is None:
+            return _text(404, "no file doc with valid leaf hashes")
         try:
-            size = doc["bytes"] if isinstance(doc, dict) else None
+            size = doc["bytes"]
             leaves = protocol.check_root_hash(
                 file_id, size, protocol.decode_leaf_hashes(doc["leaf_hashes"])
             )
@@ -400,11 +402,11 @@ class PeerServer:
         """Open every connected copy the doc calls good, best first (counted copies,
         then the most recently verified). A copy of the wrong size is reported corrupt."""
         stores = self._stores_fn()
-        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
-        corrupt = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+        stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
+        corrupt = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
 
-        def key(sid: str) -> tuple[bool, int]:
-            entry = stored.get(sid) if isinstance(stored.get(sid), dict) else {}
+        def key(sid: str) -> tuple[bool, float]:
+            entry = e if isinstance(e := stored.get(sid), dict) else {}
             copies, verified = entry.get("copies"), entry.get("verified")
             return (
                 not (isinstance(copies, int) and copies > 0),

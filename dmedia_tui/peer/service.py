@@ -88,7 +88,7 @@ def list_machines(ms: MetaStore) -> list[PeerMachine]:
         fp, addrs, cert = machine_peer(doc)
         atime = doc.get("atime")
         online = isinstance(atime, int | float) and atime >= now - fresh
-        stores = doc.get("stores") if isinstance(doc.get("stores"), list) else []
+        stores = stores_ if isinstance(stores_ := doc.get("stores"), list) else []
         out.append(
             PeerMachine(
                 doc["_id"],
@@ -316,8 +316,8 @@ class Peers:
         """Peers that have a good copy connected, when this file needs one pulled."""
         if durability(doc) >= self.ms.thresholds.target_copies:
             return []
-        stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
-        corrupt = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+        stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
+        corrupt = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
         good = {s for s in stored if s not in corrupt}
         if good & connected.keys():
             return []  # a local copy exists: the local copy worker makes the others

@@ -176,7 +176,7 @@ def _names(ms: MetaStore, file_ids: Iterable[str]) -> dict[str, str]:
 
 def _labels(ms: MetaStore) -> dict[str, str]:
     return {
-        s["_id"]: s.get("label") if isinstance(s.get("label"), str) else s["_id"][:8]
+        s["_id"]: label if isinstance(label := s.get("label"), str) else s["_id"][:8]
         for s in ms.lib.stores()
     }
 
@@ -239,8 +239,8 @@ class FileRow:
 
 
 def file_row(doc: Doc, store_id: str) -> FileRow:
-    stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
-    entry = stored.get(store_id) if isinstance(stored.get(store_id), dict) else {}
+    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
+    entry = e if isinstance(e := stored.get(store_id), dict) else {}
     verified = entry.get("verified")
     return FileRow(
         id=doc["_id"],
@@ -289,7 +289,7 @@ def load_file(ms: MetaStore, file_id: str, online: set[str] | None = None) -> Fi
         return None
     labels = _labels(ms)
     online = online or set()
-    stored = doc.get("stored") if isinstance(doc.get("stored"), dict) else {}
+    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
     locs = []
     for sid in sorted(stored, key=lambda s: labels.get(s, s)):
         e = stored[sid] if isinstance(stored[sid], dict) else {}
@@ -304,7 +304,7 @@ def load_file(ms: MetaStore, file_id: str, online: set[str] | None = None) -> Fi
                 sid in online,
             )
         )
-    corrupt_raw = doc.get("corrupt") if isinstance(doc.get("corrupt"), dict) else {}
+    corrupt_raw = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
     corrupt = tuple(
         (labels.get(sid, sid[:8]), (v.get("time") if isinstance(v, dict) else None))
         for sid, v in sorted(corrupt_raw.items())
