@@ -26,8 +26,8 @@ def test_wheel_ships_styles_and_entry_point(tmp_path):
         names = set(z.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = z.read(entry_points).decode()
-    tcss = {p.name for p in (ROOT / "styles").glob("*.tcss")}
-    assert tcss and {f"dmedia_tui/styles/{n}" for n in tcss} <= names
+    tcss = {p.name for p in (ROOT / "dmedia_tui" / "tui" / "styles").glob("*.tcss")}
+    assert tcss and {f"dmedia_tui/tui/styles/{n}" for n in tcss} <= names
     assert "dmedia-tui = dmedia_tui.cli:main" in scripts
     assert "dmedia_tui/protocol.py" in names
     assert not any("tests/" in n or "node_modules" in n for n in names)

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual import work
@@ -32,7 +31,6 @@ from textual.logging import TextualHandler
 from textual.message import Message
 from textual.worker import WorkerCancelled
 
-import dmedia_tui
 from dmedia_tui.health import Alert, database_offline
 from dmedia_tui.tui.commands import DmediaCommands
 from dmedia_tui.tui.data import DashboardData, load_dashboard
@@ -67,13 +65,6 @@ STORE_ACTION_DONE = {
 }
 
 
-def styles_dir() -> Path:
-    """The .tcss folder: inside the installed package (wheel), else the repo's styles/."""
-    pkg = Path(dmedia_tui.__file__).parent
-    inside = pkg / "styles"
-    return inside if inside.is_dir() else pkg.parent / "styles"
-
-
 def short_path(url: str) -> str:
     home = os.path.expanduser("~")
     if home and home != "/" and url.startswith(home + os.sep):
@@ -97,11 +88,9 @@ class ActivityTick(Message):
 class DmediaApp(App[int]):
     """dmedia-tui. `ms`: the MetaStore; `engine`: started here when the lock is ours."""
 
-    CSS_PATH = [
-        styles_dir() / "app.tcss",
-        styles_dir() / "dashboard.tcss",
-        styles_dir() / "screens.tcss",
-    ]
+    # Relative to this file: the styles are package data (dmedia_tui/tui/styles/), in the
+    # source tree and in the wheel alike.
+    CSS_PATH = ["styles/app.tcss", "styles/dashboard.tcss", "styles/screens.tcss"]
     TITLE = "dmedia-tui"
     COMMANDS = App.COMMANDS | {DmediaCommands}
     BINDINGS = [
