@@ -699,10 +699,6 @@ class MetaStore:
 
     # --- import ----------------------------------------------------------------------
 
-    def import_file(self, path: Path, fs: FileStore, origin: str = "user") -> tuple[str, bool]:
-        """Copy one file into fs and record it; returns (file_id, new_to_library)."""
-        return self.record_import(path, fs, fs.import_file(path), origin)
-
     def record_import(
         self, path: Path, fs: FileStore, result: ImportResult, origin: str = "user"
     ) -> tuple[str, bool]:
@@ -777,15 +773,9 @@ class MetaStore:
 
     # --- verification ----------------------------------------------------------------
 
-    def verify_copy(
-        self, fs: FileStore, file_id: str, progress: Progress | None = None
-    ) -> VerifyResult:
-        """Verify one copy and apply the outcome to the docs (and the store if corrupt)."""
-        result = fs.verify(file_id, progress=progress)
-        self.apply_verify_result(fs, result)
-        return result
-
     def apply_verify_result(self, fs: FileStore, result: VerifyResult) -> None:
+        """Record what FileStore.verify found: verified, corrupt (quarantined, the store
+        flagged), missing (forgotten there, unless the whole store went) or unreadable."""
         now = self.now()
         file_id = result.file_id
         if result.status == VerifyStatus.OK:

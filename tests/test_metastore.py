@@ -14,6 +14,7 @@ from dmedia_tui.engine import Engine
 from dmedia_tui.filestore import FileStore, VerifyStatus
 from dmedia_tui.metastore import MetaStore, MetaStoreError, UnknownStore
 from tests.conftest import NOW
+from tests.ops import import_one, verify_one
 
 
 @pytest.fixture
@@ -70,9 +71,9 @@ def test_import_records_once_and_merges_locations(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
     b = new_store(ms, tmp_path, "b")
     src = source_file(tmp_path, "MVI_0001.MOV", b"x" * 5000)
-    fid, new = ms.import_file(src, a)
+    fid, new = import_one(ms, src, a)
     assert new
-    fid2, new2 = ms.import_file(src, b)
+    fid2, new2 = import_one(ms, src, b)
     assert (fid2, new2) == (fid, False)
     doc = ms.lib.docs.get(fid)
     assert set(doc["stored"]) == {a.id, b.id}
@@ -82,16 +83,16 @@ def test_import_records_once_and_merges_locations(ms, tmp_path):
 
 def test_verify_ok_sets_verified(ms, tmp_path, clock):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"abc" * 1000), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"abc" * 1000), a)
     clock.advance(10)
-    r = ms.verify_copy(a, fid)
+    r = verify_one(ms, a, fid)
     assert r.status == VerifyStatus.OK
     assert ms.lib.docs.get(fid)["stored"][a.id]["verified"] == int(NOW + 10)
 
 
 def test_unreadable_copy_changes_nothing(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"abc" * 1000), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"abc" * 1000), a)
     before = ms.lib.docs.get(fid)
 
     def drive_gone(nbytes: int) -> None:
@@ -99,7 +100,7 @@ def test_unreadable_copy_changes_nothing(ms, tmp_path):
         # progress hook runs inside the read loop, so raising there is the same path.
         raise OSError(errno.EIO, "Input/output error")
 
-    r = ms.verify_copy(a, fid, progress=drive_gone)
+    r = verify_one(ms, a, fid, progress=drive_gone)
     assert r.status == VerifyStatus.UNREADABLE
     assert ms.lib.docs.get(fid) == before  # not corrupt, not missing, not re-verified
     [event] = ms.lib.events(10)  # only the unreadable event (issue 10, defect 6)
@@ -110,13 +111,13 @@ def test_unreadable_copy_changes_nothing(ms, tmp_path):
 def test_corrupt_copy_downgrades_and_flags_store_and_reverify_gives_nothing_back(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
     b = new_store(ms, tmp_path, "b")
-    f1, _ = ms.import_file(source_file(tmp_path, "f1", b"1" * 4000), a)
-    f2, _ = ms.import_file(source_file(tmp_path, "f2", b"2" * 4000), a)
-    ms.import_file(source_file(tmp_path, "f1", b"1" * 4000), b)
+    f1, _ = import_one(ms, source_file(tmp_path, "f1", b"1" * 4000), a)
+    f2, _ = import_one(ms, source_file(tmp_path, "f2", b"2" * 4000), a)
+    import_one(ms, source_file(tmp_path, "f1", b"1" * 4000), b)
     path = a.file_path(f1)
     path.chmod(0o644)
     path.write_bytes(b"1" * 3999 + b"X")
-    assert ms.verify_copy(a, f1).status == VerifyStatus.CORRUPT
+    assert verify_one(ms, a, f1).status == VerifyStatus.CORRUPT
     doc1 = ms.lib.docs.get(f1)
     assert a.id not in doc1["stored"] and a.id in doc1["corrupt"]
     store = ms.store_doc(a.id)
@@ -128,19 +129,19 @@ def test_corrupt_copy_downgrades_and_flags_store_and_reverify_gives_nothing_back
     assert len(events(ms, schema.LOG_STORE_FAILING)) == 1
     assert len(events(ms, schema.LOG_STORE_DOWNGRADE)) == 1
     # Re-verifying a good copy on the flagged store does not give durability back.
-    assert ms.verify_copy(a, f2).status == VerifyStatus.OK
+    assert verify_one(ms, a, f2).status == VerifyStatus.OK
     assert ms.lib.docs.get(f2)["stored"][a.id]["copies"] == 0
     # Trust again: the next verification counts.
     ms.trust_store(a.id)
-    assert ms.verify_copy(a, f2).status == VerifyStatus.OK
+    assert verify_one(ms, a, f2).status == VerifyStatus.OK
     assert ms.lib.docs.get(f2)["stored"][a.id]["copies"] == 1
 
 
 def test_missing_copy_is_removed_and_logged(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"m" * 100), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"m" * 100), a)
     a.file_path(fid).unlink()
-    assert ms.verify_copy(a, fid).status == VerifyStatus.MISSING
+    assert verify_one(ms, a, fid).status == VerifyStatus.MISSING
     assert ms.lib.docs.get(fid)["stored"] == {}
     assert [e["file_id"] for e in events(ms, schema.LOG_FILE_MISSING)] == [fid]
 
@@ -149,7 +150,7 @@ def test_copies_never_go_to_a_flagged_store_nor_past_the_reserve(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
     b = new_store(ms, tmp_path, "b")
     c = new_store(ms, tmp_path, "c")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"q" * 1000), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"q" * 1000), a)
     ms.lib.docs.update(b.id, lambda d: {**d, "no_new_copies": True})
     connected = {s.id: s for s in (a, b, c)}
     assert ms.make_copy(ms.lib.docs.get(fid), connected) == 1
@@ -157,7 +158,7 @@ def test_copies_never_go_to_a_flagged_store_nor_past_the_reserve(ms, tmp_path):
     assert set(doc["stored"]) == {a.id, c.id}
     assert not b.exists(fid)
     # A reserve bigger than any disk: no copy anywhere.
-    g, _ = ms.import_file(source_file(tmp_path, "g", b"r" * 1000), a)
+    g, _ = import_one(ms, source_file(tmp_path, "g", b"r" * 1000), a)
     ms.thresholds = type(ms.thresholds)(reserve_fraction=1.0, reserve_max_bytes=10**18)
     assert ms.make_copy(ms.lib.docs.get(g), connected) == 0
 
@@ -165,7 +166,7 @@ def test_copies_never_go_to_a_flagged_store_nor_past_the_reserve(ms, tmp_path):
 def test_corrupt_source_is_not_copied_from(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
     b = new_store(ms, tmp_path, "b")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"s" * 3000), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"s" * 3000), a)
     a.file_path(fid).chmod(0o644)
     a.file_path(fid).write_bytes(b"t" * 3000)
     assert ms.make_copy(ms.lib.docs.get(fid), {a.id: a, b.id: b}) == 0
@@ -176,7 +177,7 @@ def test_corrupt_source_is_not_copied_from(ms, tmp_path):
 
 def test_time_policies_at_exact_thresholds(ms, tmp_path, clock):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"p" * 100), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"p" * 100), a)
     ms.heartbeat({a.id: a})
     clock.t = NOW + 3 * DAY - 1
     assert ms.run_time_policies(online=set()) == []
@@ -204,7 +205,7 @@ def test_online_store_is_never_aged_out(ms, tmp_path, clock):
 
 def test_file_entries_naming_a_vanished_store_are_purged(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"o" * 100), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"o" * 100), a)
     ms.lib.docs.delete(ms.store_doc(a.id))
     evs = ms.run_time_policies(online={a.id})
     assert [(e["type"], e["reason"]) for e in evs] == [
@@ -215,8 +216,8 @@ def test_file_entries_naming_a_vanished_store_are_purged(ms, tmp_path):
 
 def test_copy_unverified_for_30_days_is_downgraded(ms, tmp_path, clock):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"v" * 100), a)
-    ms.verify_copy(a, fid)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"v" * 100), a)
+    verify_one(ms, a, fid)
     clock.t = NOW + 30 * DAY - 1
     assert ms.downgrade_unverified({a.id}) == []
     clock.t = NOW + 30 * DAY + 1
@@ -228,9 +229,9 @@ def test_copy_unverified_for_30_days_is_downgraded(ms, tmp_path, clock):
 def test_preview_counts_what_purge_would_change(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
     b = new_store(ms, tmp_path, "b")
-    f, _ = ms.import_file(source_file(tmp_path, "f", b"1" * 100), a)
-    ms.import_file(source_file(tmp_path, "g", b"2" * 100), a)
-    ms.import_file(source_file(tmp_path, "f", b"1" * 100), b)
+    f, _ = import_one(ms, source_file(tmp_path, "f", b"1" * 100), a)
+    import_one(ms, source_file(tmp_path, "g", b"2" * 100), a)
+    import_one(ms, source_file(tmp_path, "f", b"1" * 100), b)
     p = ms.preview("purge", a.id)
     assert (p.files, p.copies, p.user_files_only_there) == (2, 2, 1)
     assert "1 user files have no other known copy" in p.describe()
@@ -247,7 +248,7 @@ def test_acknowledge_requires_a_failure(ms, tmp_path):
 def test_engine_run_once_heals_to_three_and_lock_is_exclusive(ms, tmp_path):
     stores = [new_store(ms, tmp_path, n) for n in "abcd"]
     ids = [
-        ms.import_file(source_file(tmp_path, f"f{i}", bytes([i]) * 2000), stores[0])[0]
+        import_one(ms, source_file(tmp_path, f"f{i}", bytes([i]) * 2000), stores[0])[0]
         for i in range(5)
     ]
     engine = Engine(ms, watch_drives=False, watch_folders=False)
@@ -272,7 +273,7 @@ def test_engine_threads_start_and_stop_quickly(ms, tmp_path):
     engine.subscribe(seen.append)
     assert engine.acquire_lock()
     engine.start()
-    ms.import_file(source_file(tmp_path, "f", b"z" * 100), a)
+    import_one(ms, source_file(tmp_path, "f", b"z" * 100), a)
     engine.request_verify(a.id)
     engine.stop(timeout=10)
     assert all(not t.is_alive() for t in engine._threads)
@@ -281,7 +282,7 @@ def test_engine_threads_start_and_stop_quickly(ms, tmp_path):
 
 def test_reattached_store_is_relinked_then_verified_back_to_durability(ms, tmp_path):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"w" * 500), a)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"w" * 500), a)
     ms.purge_store(a.id)
     assert ms.lib.docs.get(fid)["stored"] == {}
     fs, _doc, created = ms.init_store(tmp_path / "a")
@@ -289,14 +290,14 @@ def test_reattached_store_is_relinked_then_verified_back_to_durability(ms, tmp_p
     entry = ms.lib.docs.get(fid)["stored"][a.id]
     assert entry["copies"] == 0 and "verified" not in entry  # tracked, worth 0 until read
     assert [d.file_id for d in ms.copies_due(a.id)] == [fid]
-    assert ms.verify_copy(fs, fid).status == VerifyStatus.OK
+    assert verify_one(ms, fs, fid).status == VerifyStatus.OK
     assert durability(ms.lib.docs.get(fid)) == 1
 
 
 def test_time_policies_downgrade_stale_verifications_at_most_hourly(ms, tmp_path, clock):
     a = new_store(ms, tmp_path, "a")
-    fid, _ = ms.import_file(source_file(tmp_path, "f", b"h" * 100), a)
-    ms.verify_copy(a, fid)
+    fid, _ = import_one(ms, source_file(tmp_path, "f", b"h" * 100), a)
+    verify_one(ms, a, fid)
     assert ms.run_time_policies(online={a.id}) == []  # the hourly pass ran: nothing stale
     clock.t = NOW + 30 * DAY + 1
     (ev,) = ms.run_time_policies(online={a.id})

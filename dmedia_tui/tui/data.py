@@ -59,20 +59,6 @@ def fmt_age(then: float | None, now: float) -> str:
     return f"{int(delta // 86400)}d"
 
 
-def fmt_ago(then: float | None, now: float) -> str:
-    """How long ago, in words (humanize), for detail screens."""
-    if then is None:
-        return "never"
-    return humanize.naturaltime(now - then, when=None)
-
-
-def fmt_time(t: float | None) -> str:
-    """'HH:MM' today-style clock time (local time zone)."""
-    if t is None:
-        return "--:--"
-    return time.strftime("%H:%M", time.localtime(t))
-
-
 def fmt_when(t: float | None, now: float) -> str:
     """Clock time for the last day, else the date: 6 cells, e.g. '13:58 ' or '23 Nov'."""
     if t is None:

@@ -18,6 +18,7 @@ from dmedia_tui.filestore import VerifyResult, VerifyStatus
 from dmedia_tui.metastore import MetaStore
 from dmedia_tui.schema import LOG_FILE_UNREADABLE
 from tests.conftest import NOW
+from tests.ops import import_one, verify_one
 
 
 @pytest.fixture
@@ -32,8 +33,8 @@ def test_unreadable_is_logged_counted_alerted_and_never_verified(ms, tmp_path: P
     fs, _, _ = ms.init_store(tmp_path / "a", label="a", same_filesystem=True)
     src = tmp_path / "photo.jpg"
     src.write_bytes(b"p" * 10_000)
-    fid, _ = ms.import_file(src, fs)
-    assert ms.verify_copy(fs, fid).status == VerifyStatus.OK
+    fid, _ = import_one(ms, src, fs)
+    assert verify_one(ms, fs, fid).status == VerifyStatus.OK
     verified = ms.lib.docs.get(fid)["stored"][fs.id]["verified"]
     th = ms.thresholds
 

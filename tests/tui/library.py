@@ -26,6 +26,7 @@ from dmedia_tui.clock import FixedClock
 from dmedia_tui.config import Config
 from dmedia_tui.db import open_library
 from dmedia_tui.metastore import MetaStore
+from tests.ops import verify_one
 
 NOW = 1_795_608_000  # tests.conftest.NOW
 DAY = 86400
@@ -140,11 +141,11 @@ def build_library(root: Path, *, empty: bool = False) -> TestLibrary:
         _flip_bit(fss["usb-backup-2"].path, files[names[3]])
         for name in names[:6]:
             clock.advance(1)
-            ms.verify_copy(fss["usb-backup-2"], files[name])
+            verify_one(ms, fss["usb-backup-2"], files[name])
         clock.t = NOW - 3600
         for name in names[:4]:
             clock.advance(1)
-            ms.verify_copy(fss["studio-int"], files[name])
+            verify_one(ms, fss["studio-int"], files[name])
         clock.t = NOW
         ms.heartbeat({sid: fss[label] for label, sid in stores.items() if label != "laptop-ssd"})
         _pin_machine_values(ms, stores)

@@ -17,6 +17,7 @@ from dmedia_tui.tui.screens.help import HelpScreen
 from dmedia_tui.tui.screens.store import StoreScreen
 from dmedia_tui.tui.widgets.banners import AlertBanner
 from dmedia_tui.tui.widgets.stores import StoresTable
+from tests.ops import verify_one
 
 SIZE = (120, 40)
 
@@ -685,6 +686,6 @@ async def test_a_verification_elsewhere_updates_the_stores_table_in_place(tlib):
         column = list(table.columns)[-1]
         assert table.get_cell(sid, column) == "8 never"
         for name in ("MVI_5744.MOV", "MVI_5745.MOV"):
-            tlib.ms.verify_copy(fs, tlib.files[name])  # as another process would
+            verify_one(tlib.ms, fs, tlib.files[name])  # as another process would
         await until(pilot, lambda: table.get_cell(sid, column) == "6 never")
         assert table.row_count == 3
