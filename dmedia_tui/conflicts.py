@@ -31,10 +31,11 @@ from typing import Any
 
 from dmedia_tui import transitions
 from dmedia_tui.db.base import Conflict, DatabaseError, DatabaseOffline, Doc, Library, NotFound
+from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 log = logging.getLogger("dmedia_tui.conflicts")
 
-FILE, STORE, MACHINE = "dmedia/file", "dmedia/store", "dmedia/machine"
+FILE, STORE, MACHINE = TYPE_FILE, TYPE_STORE, TYPE_MACHINE
 
 
 @dataclass

@@ -60,6 +60,7 @@ from dmedia_tui.protocol import (
     random_id,
     read_full,
 )
+from dmedia_tui.views import TYPE_STORE
 
 Progress = Callable[[int], None]
 log = logging.getLogger("dmedia_tui.filestore")
@@ -427,7 +428,7 @@ class FileStore:
         if doc is None:
             doc = {
                 "_id": store_id or random_id(),
-                "type": "dmedia/store",
+                "type": TYPE_STORE,
                 "time": time.time(),
                 "copies": 1,
             }

@@ -28,7 +28,16 @@ from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
-from dmedia_tui.db.base import Conflict, DatabaseError, Doc, InvalidDoc, Library, NotFound
+from dmedia_tui.db.base import (
+    DOCS_DB,
+    LOG_DB,
+    Conflict,
+    DatabaseError,
+    Doc,
+    InvalidDoc,
+    Library,
+    NotFound,
+)
 from dmedia_tui.durability import (
     MAX_COPIES,
     copies_of,
@@ -282,7 +291,7 @@ class MetaStore:
         log.log(level, "%s %s", type, detail)
         return doc
 
-    def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = "dmedia-1") -> None:
+    def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = DOCS_DB) -> None:
         """A doc a worker could not use: log `dmedia/doc/invalid` once (the same key as
         check() uses, so the check does not log it again) and let the worker go on."""
         problems = self._problems_of(doc_id, db)
@@ -307,7 +316,7 @@ class MetaStore:
     def _problems_of(self, doc_id: Any, db: str) -> list[str]:
         if not isinstance(doc_id, str) or not doc_id:
             return [f"_id: must be a non-empty str, got {doc_id!r:.60}"]
-        database = self.lib.docs if db == "dmedia-1" else self.lib.log
+        database = self.lib.docs if db == DOCS_DB else self.lib.log
         try:
             doc = database.get(doc_id)
         except InvalidDoc as e:
@@ -648,7 +657,7 @@ class MetaStore:
                 "time": ev.get("time"),
                 "reason": ev.get("reason") if isinstance(ev.get("reason"), str) else "corrupt",
                 "corrupt_count": count if isinstance(count, int) and count >= 0 else 0,
-            }, "log-1"
+            }, LOG_DB
         return None, None
 
     def failed_stores_on_drive(self, identity: Doc) -> list[Doc]:
@@ -1311,7 +1320,7 @@ class MetaStore:
                         raise r
                 pending.clear()
 
-        for dbname, db in (("dmedia-1", self.lib.docs), ("log-1", self.lib.log)):
+        for dbname, db in ((DOCS_DB, self.lib.docs), (LOG_DB, self.lib.log)):
             for doc in db.iter_docs(page_size):
                 doc_id = doc.get("_id", "")
                 if isinstance(doc_id, str) and doc_id.startswith("_design/"):
@@ -1329,7 +1338,7 @@ class MetaStore:
                         doc_type=doc.get("type"),
                     )
                     continue
-                if dbname == "dmedia-1" and doc.get("type") == schema.TYPE_FILE:
+                if dbname == DOCS_DB and doc.get("type") == schema.TYPE_FILE:
                     errs = schema.check_file_consistency(doc)
                     if errs:
                         inconsistent += 1

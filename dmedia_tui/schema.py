@@ -31,10 +31,7 @@ from typing import Any, TypeGuard
 from dmedia_tui import protocol
 from dmedia_tui.durability import MAX_COPIES, MAX_INT
 from dmedia_tui.protocol import DIGEST_B32LEN, RANDOM_B32LEN, ContentHash, is_id
-
-TYPE_FILE = "dmedia/file"
-TYPE_STORE = "dmedia/store"
-TYPE_MACHINE = "dmedia/machine"
+from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 # log-1 event types: data-safety events only (DESIGN.md §2).
 LOG_FILE_CORRUPT = "dmedia/file/corrupt"

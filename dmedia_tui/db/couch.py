@@ -75,10 +75,10 @@ from dmedia_tui.db.base import (
     VerificationStats,
     is_damaged,
 )
+from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 BATCH = 500  # docs per _bulk_docs / _all_docs keys request
 CHANGES_PAGE = 5000  # changes per request while bringing the placement tally up to date
-FILE_TYPE = "dmedia/file"
 CONNECT_TIMEOUT = 10.0  # at most; never more than the request timeout
 TIMEOUT = 30.0  # seconds a request may go unanswered (config.DB_TIMEOUT)
 VIEW_TIMEOUT = 600.0  # a first view build over 100k docs on PouchDB takes minutes
@@ -216,7 +216,7 @@ class _PlacementTally:
             total[1] -= old[1]
             if total[0] <= 0:
                 del self.totals[old[0]]
-        if doc is None or doc.get("type") != FILE_TYPE:
+        if doc is None or doc.get("type") != TYPE_FILE:
             return
         key = (durability.file_origin(doc), durability.placement_key(doc))
         key = self._keys.setdefault(key, key)
@@ -859,10 +859,10 @@ class CouchLibrary(Library):
         return self._docs_of(self.docs.view("by_type", key=typ, include_docs=True))
 
     def stores(self) -> list[Doc]:
-        return self._by_type("dmedia/store")
+        return self._by_type(TYPE_STORE)
 
     def machines(self) -> list[Doc]:
-        return self._by_type("dmedia/machine")
+        return self._by_type(TYPE_MACHINE)
 
     def _range(
         self, view: str, prefix: list[Any], after: list[Any] | None, limit: int

@@ -60,6 +60,7 @@ from dmedia_tui.db.base import (
     VerificationStats,
 )
 from dmedia_tui.faults import fault_point
+from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 APPLICATION_ID = 0x644D5431  # "dMT1": marks the file as a dmedia-tui library
 SCHEMA_VERSION = 2
@@ -74,7 +75,6 @@ _DB_KEYS = {DOCS_DB: 1, LOG_DB: 2}
 # Named queries skip damaged rows in SQL, so a page is only short at the end of its range
 # (paging stops on a short page); _decode_rows still guards what SQLite calls valid.
 _VALID = " AND json_valid(d.json) AND json_type(d.json) = 'object'"
-FILE_TYPE = "dmedia/file"
 
 # Schema 2 added store_sum (per-store copy counts, for verification_stats at scale).
 _MIGRATE_1_TO_2 = """
@@ -500,7 +500,7 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
     files: list[tuple[Any, ...]] = []
     copies: list[tuple[Any, ...]] = []
     for doc_id, doc in final.items():
-        if doc is None or doc.get("type") != FILE_TYPE:
+        if doc is None or doc.get("type") != TYPE_FILE:
             continue
         origin, size, placement, rank, dur, items = _file_row(doc)
         files.append((doc_id, origin, size, placement, rank, dur))
@@ -883,10 +883,10 @@ class SQLiteLibrary(Library):
         return _decode_rows(rows)
 
     def stores(self) -> list[Doc]:
-        return self._by_type("dmedia/store")
+        return self._by_type(TYPE_STORE)
 
     def machines(self) -> list[Doc]:
-        return self._by_type("dmedia/machine")
+        return self._by_type(TYPE_MACHINE)
 
     def files_by_store(
         self, store_id: str, limit: int = 100, after: tuple[int, str] | None = None

@@ -31,7 +31,7 @@ from textual.logging import TextualHandler
 from textual.message import Message
 from textual.worker import WorkerCancelled
 
-from dmedia_tui.health import Alert, database_offline
+from dmedia_tui.health import DRIVE_FAILURE, Alert, database_offline
 from dmedia_tui.tui.commands import DmediaCommands
 from dmedia_tui.tui.data import DashboardData, load_dashboard
 from dmedia_tui.tui.screens.alert import AlertScreen
@@ -390,7 +390,7 @@ class DmediaApp(App[int]):
         failing = [
             a.store_ids[0]
             for a in (self.data.health.alerts if self.data else ())
-            if a.code == "DRIVE_FAILURE" and a.store_ids
+            if a.code == DRIVE_FAILURE and a.store_ids
         ]
         if store_id not in failing and len(failing) == 1:
             self._run_store_action("ack", failing[0])

@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.widgets import DataTable, Footer, Static
 
+from dmedia_tui.health import DATABASE_OFFLINE
 from dmedia_tui.tui.data import DashboardData
 from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.activity import ActivityPanel
@@ -105,7 +106,7 @@ class DashboardScreen(AppScreen):
             self.call_after_refresh(self._focus_what_is_visible)
         if old is None or old.histogram != h.histogram or old.files != h.files:
             self.query_one(CompactSummary).show_health(h)
-        offline = any(a.code == "DATABASE_OFFLINE" for a in h.alerts)
+        offline = any(a.code == DATABASE_OFFLINE for a in h.alerts)
         empty = not h.store_rows and not h.files and not offline  # offline is not first run
         if old is None:
             self.query_one("#first-run", Static).update(Text(FIRST_RUN, "bold"))

@@ -19,17 +19,18 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Static
 
+from dmedia_tui import health
 from dmedia_tui.health import DRIVE_FAILURE, Alert
 
 _TITLES = {
-    "INSUFFICIENT_STORAGE": "NOT ENOUGH STORAGE",
-    "DISCONNECTED_ONLY_COPY": "ONLY COPY OFFLINE",
-    "DRIVE_FAILURE": "DRIVE FAILURE",
-    "LOW_DURABILITY": "LOW DURABILITY",
-    "NO_KNOWN_COPY": "NO KNOWN COPY",
-    "SHARED_FILESYSTEM": "SHARED FILESYSTEM",
-    "METADATA_INVALID": "INVALID METADATA",
-    "DATABASE_OFFLINE": "DATABASE OFFLINE",
+    health.INSUFFICIENT_STORAGE: "NOT ENOUGH STORAGE",
+    health.DISCONNECTED_ONLY_COPY: "ONLY COPY OFFLINE",
+    health.DRIVE_FAILURE: "DRIVE FAILURE",
+    health.LOW_DURABILITY: "LOW DURABILITY",
+    health.NO_KNOWN_COPY: "NO KNOWN COPY",
+    health.SHARED_FILESYSTEM: "SHARED FILESYSTEM",
+    health.METADATA_INVALID: "INVALID METADATA",
+    health.DATABASE_OFFLINE: "DATABASE OFFLINE",
 }
 ACK_HINT = "[a] acknowledge"
 _MEASURE = Console(width=1000, color_system=None, legacy_windows=False)
