@@ -17,6 +17,7 @@ costs nothing. `run_once()` does every round until its backlog is empty (for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -106,8 +107,11 @@ class Engine:
         self.watch_drives = watch_drives
         self.watch_folders = watch_folders
         self.connected: dict[str, FileStore] = {}
+        # What the workers are doing, written by their threads and read by the app's:
+        # changed under _activity_lock, read whole with activity_snapshot().
         self.activity: dict[str, Activity] = {}
         self.rates: deque[float] = deque(maxlen=60)  # verify throughput samples, bytes/s
+        self._activity_lock = threading.Lock()
         self.drive_source: str | None = None
         self._subscribers: list[Callable[[EngineEvent], None]] = []
         self._stop = threading.Event()
@@ -171,6 +175,26 @@ class Engine:
                 fn(ev)
             except Exception:  # a subscriber must never kill a worker
                 log.exception("engine subscriber failed")
+
+    # --- activity (what the workers are doing) -----------------------------------------
+
+    def _set_activity(self, kind: str, act: Activity | None) -> None:
+        """A worker starts (act) or stops (None) showing what it does."""
+        with self._activity_lock:
+            if act is None:
+                self.activity.pop(kind, None)
+            else:
+                self.activity[kind] = act
+
+    def activity_snapshot(self) -> tuple[list[Activity], list[float]]:
+        """Copies of the current activities (in the activity panel's order: verify, pull,
+        copy) and of the verify rate samples, taken together: safe to call from any
+        thread while the workers run."""
+        with self._activity_lock:
+            acts = [dataclasses.replace(a) for a in self.activity.values()]
+            rates = list(self.rates)
+        acts.sort(key=lambda a: a.kind, reverse=True)
+        return acts, rates
 
     # --- connected stores ------------------------------------------------------------
 
@@ -426,7 +450,7 @@ class Engine:
                 # One bad doc (a junk _id, a damaged row, an absurd field) is reported once
                 # and set aside until the next schema pass; the round goes on.
                 self._bad_item(sid, fid, e)
-        self.activity.pop("verify", None)
+        self._set_activity("verify", None)
         if todo:
             self.emit("changed", None)
         return s
@@ -469,7 +493,7 @@ class Engine:
             act.total = fs.stat(fid).size
         except OSError:
             act.total = 0
-        self.activity["verify"] = act
+        self._set_activity("verify", act)
         started = time.monotonic()
 
         def progress(nbytes: int) -> None:
@@ -484,7 +508,7 @@ class Engine:
             # The store went (unmounted, unplugged, moved) rather than the copy: the empty
             # folder left behind must not make its copies "missing". Let housekeeping see.
             log.info("store %s went away while verifying %s", fs.id, fid)
-            self.activity.pop("verify", None)
+            self._set_activity("verify", None)
             self._wake_house.set()
             return False
         self.ms.apply_verify_result(fs, result)
@@ -492,7 +516,8 @@ class Engine:
         if result.status == VerifyStatus.OK:
             s.verified += 1
             if elapsed > 0 and act.total:
-                self.rates.append(act.total / elapsed)
+                with self._activity_lock:
+                    self.rates.append(act.total / elapsed)
         elif result.status == VerifyStatus.CORRUPT:
             s.corrupt += 1
             self._wake_copy.set()
@@ -534,7 +559,7 @@ class Engine:
         if not connected:
             self._end_copy_pass(key, connected)
             return s
-        self.activity.pop("copy", None)
+        self._set_activity("copy", None)
         tried = scanned = 0
         pas = self._copy_pass
         while not self._stop.is_set():
@@ -574,8 +599,9 @@ class Engine:
                 continue
             self._copy_more = True  # stopped inside a page
             break
-        if self.activity.get("copy") is not None and self.activity["copy"].waiting is None:
-            self.activity.pop("copy", None)
+        with self._activity_lock:
+            if (copying := self.activity.get("copy")) is not None and copying.waiting is None:
+                del self.activity["copy"]
         if s.copies:
             self._wake_verify.set()  # new copies are never verified: they are due at once
             self.emit("changed", None)
@@ -596,7 +622,7 @@ class Engine:
             queue_done=i,
             queue_total=n,
         )
-        self.activity["copy"] = act
+        self._set_activity("copy", act)
 
         def progress(nbytes: int) -> None:
             if self._stop.is_set():
@@ -627,15 +653,15 @@ class Engine:
         if this one made no copy, say what the worker waits for and rest until a change."""
         pas, self._copy_pass, self._copy_after = self._copy_pass, _CopyPass(), None
         if pas.copies:
-            self.activity.pop("copy", None)
+            self._set_activity("copy", None)
             self._copy_more = True  # copies made may leave files wanting one more
             return
         self._copy_stalled = (key, time.monotonic())
         waiting = self._waiting_text(pas, connected)
         if waiting:
-            self.activity["copy"] = Activity("copy", "", waiting=waiting)
+            self._set_activity("copy", Activity("copy", "", waiting=waiting))
         else:
-            self.activity.pop("copy", None)
+            self._set_activity("copy", None)
         self.emit("activity", self.activity.get("copy"))
 
     def _waiting_text(self, pas: _CopyPass, connected: dict[str, FileStore]) -> str | None:
@@ -850,7 +876,7 @@ class Engine:
         def started(doc: dict[str, Any], machine: Any, dst: FileStore) -> Callable[[int], None]:
             label = f"{machine.hostname} -> {store_label(self.ms.store_doc(dst.id), dst.id)}"
             act = Activity("pull", label, doc["_id"], doc.get("name"), total=doc.get("bytes", 0))
-            self.activity["pull"] = act
+            self._set_activity("pull", act)
 
             def progress(nbytes: int) -> None:
                 if self._stop.is_set():
@@ -865,7 +891,7 @@ class Engine:
         except _Stopping:
             return s
         finally:
-            self.activity.pop("pull", None)
+            self._set_activity("pull", None)
         s.copies += r.copies
         self._last_pull_refused = r.refused
         if r.copies:

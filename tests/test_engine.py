@@ -261,6 +261,36 @@ def test_stop_abandons_a_verify_in_progress_and_records_nothing(ms, tmp_path, en
     assert ms.lib.events() == []
 
 
+def test_activity_snapshot_copies_what_the_workers_do_from_another_thread(ms, tmp_path):
+    """The app reads the workers' activity from its own thread: activity_snapshot hands
+    it copies taken under the engine's lock (it used to iterate the live dict and retry on
+    RuntimeError), so what it shows cannot change under it."""
+    a = new_store(ms, tmp_path, "a")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(1024) * (3 * LEAF_SIZE // 1024) + b"tail")
+    [fid] = ms.import_paths([src], a).file_ids
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    engine.refresh_connected()
+    seen: list[tuple[list[Activity], list[float], int]] = []
+
+    def on_event(ev: EngineEvent) -> None:
+        if ev.kind == "activity" and ev.data is not None and ev.data.kind == "verify":
+            acts, rates = engine.activity_snapshot()
+            seen.append((acts, rates, ev.data.done))
+
+    engine.subscribe(on_event)
+    assert engine.verify_round().verified == 1
+    assert seen, "no activity while verifying a 3-leaf file"
+    for acts, _rates, done in seen:
+        [act] = acts
+        assert act.kind == "verify" and act.file_id == fid
+        assert act.done == done  # a copy of the state at that moment...
+        assert act is not engine.activity.get("verify")  # ...not the worker's own object
+    assert [done for _, _, done in seen] == sorted(done for _, _, done in seen)
+    acts, rates = engine.activity_snapshot()
+    assert acts == [] and len(rates) == 1  # the round is over: one throughput sample
+
+
 def test_start_twice_and_stop_join_every_thread(ms, tmp_path):
     new_store(ms, tmp_path, "a")
     engine = Engine(ms, watch_drives=True, watch_folders=True)

@@ -82,7 +82,7 @@ class DataReady(Message):
 
 
 class ActivityTick(Message):
-    """The engine's activity changed; read engine.activity on the UI thread."""
+    """The engine's activity changed; take engine.activity_snapshot() on the UI thread."""
 
 
 class DmediaApp(App[int]):
@@ -276,15 +276,7 @@ class DmediaApp(App[int]):
             self._activity_shown = False
             self.dashboard.show_activity([], [], engine=False)
             return
-        for _ in range(3):  # the dict may change under us on an engine thread
-            try:
-                acts = sorted(engine.activity.values(), key=lambda a: a.kind, reverse=True)
-                rates = list(engine.rates)
-                break
-            except RuntimeError:
-                continue
-        else:
-            return
+        acts, rates = engine.activity_snapshot()
         self._activity_shown = bool(acts)
         self.dashboard.show_activity(acts, rates, engine=True)
 
