@@ -11,39 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from dmedia_tui.protocol import is_store_id
+from dmedia_tui.views import MAX_COPIES as MAX_COPIES  # re-exported: the bounds of a doc
+from dmedia_tui.views import MAX_INT as MAX_INT
+from dmedia_tui.views import copy_count, whole
 
 TARGET = 3
 
-# The largest integer a doc may hold: JSON numbers are exact up to 2^53 - 1 in JavaScript
-# (the CouchDB views), and sums of them stay far from SQLite's int64 limit.
-MAX_INT = 2**53 - 1
-# The most durability one copy can be worth (`store init --copies` allows 0..MAX_COPIES).
-# A larger value is malformed and counts as nothing, so a damaged doc never claims safety.
-MAX_COPIES = 10
-
-
-def _whole(value: Any) -> int | None:
-    """value as an int when it is a whole number (2 or 2.0, never a bool), else None.
-
-    JSON does not tell 2 from 2.0, and CouchDB's JavaScript views see both as 2, so the
-    Python side must too, or the two backends would disagree about the same doc.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def copies_of(value: Any) -> int:
-    """The durability one `stored` entry contributes (0 for anything malformed)."""
-    if isinstance(value, dict):
-        c = _whole(value.get("copies"))
-        if c is not None and 0 < c <= MAX_COPIES:
-            return c
-    return 0
+# What one `stored` entry contributes: the rule is views.copy_count (a whole number
+# 0..MAX_COPIES, else 0), named here as the durability functions have always called it.
+copies_of = copy_count
 
 
 def stored_items(doc: dict[str, Any]) -> list[tuple[str, int]]:
@@ -87,5 +63,5 @@ def file_origin(doc: dict[str, Any]) -> str:
 
 
 def file_bytes(doc: dict[str, Any]) -> int:
-    b = _whole(doc.get("bytes"))
+    b = whole(doc.get("bytes"))
     return b if b is not None and 0 < b <= MAX_INT else 0
