@@ -8,7 +8,8 @@ do is said in their docstrings.
 Malformed docs never make them raise. Like the original Dmedia's `get_rank`, they clean the
 `stored` dict of the doc they touch: keys that are not store IDs are dropped, a value that
 is not an object becomes ``{copies: 0, mtime: 0}`` (still a place to look), `copies` that is
-not an int >= 0 becomes 0, a float `mtime`/`verified` becomes an int, a junk `verified` or
+not a whole number >= 0 becomes 0 (2.0 becomes 2: cleaning never changes what a copy
+counts), a float `mtime`/`verified` becomes an int, a junk `verified` or
 `pinned` is dropped. Keys starting with ``x_`` (in the doc, in `stored`, in a stored value)
 are never dropped or changed. A store ID *argument* that is not a valid ID is a caller bug
 and raises protocol.InvalidID, since writing it would corrupt the doc.
@@ -32,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from dmedia_tui.protocol import check_store_id, is_store_id
+from dmedia_tui.views import StoreView, whole
 
 Doc = dict[str, Any]
 
@@ -67,9 +69,10 @@ def _is_time(value: Any) -> TypeGuard[float]:
 def _clean_value(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {"copies": 0, "mtime": 0}
-    c = value.get("copies")
-    if not (type(c) is int and c >= 0):
-        value["copies"] = 0
+    # A whole number stays what it is (2.0 becomes 2: it counts 2, views.copy_count), so
+    # cleaning never changes what a copy counts; anything else becomes 0.
+    c = whole(value.get("copies"))
+    value["copies"] = c if c is not None and c >= 0 else 0
     value["mtime"] = _int_or_none(value.get("mtime")) or 0
     if "verified" in value:
         v = _int_or_none(value["verified"])
@@ -443,10 +446,10 @@ def touch_store(
 
 
 def is_store_trusted(store_doc: Any) -> bool:
-    """May new copies be placed on this store? Junk flags count as untrusted."""
-    if not isinstance(store_doc, dict):
-        return False
-    return store_doc.get("no_new_copies") in (None, False) and store_doc.get("failure") is None
+    """No `no_new_copies` flag and no `failure` (views.StoreView.trusted). Junk flags count
+    as untrusted."""
+    view = StoreView.of(store_doc)
+    return view is not None and view.trusted
 
 
 def takes_new_copies(store_doc: Any) -> bool:
@@ -455,16 +458,15 @@ def takes_new_copies(store_doc: Any) -> bool:
 
     Yes only when it is trusted (no `failure`, no `no_new_copies`), not `downgraded` (by the
     user or by a policy: a copy written there would count 0) and a copy there is worth at
-    least 1. Free space and "is it connected" are separate questions for the caller.
+    least 1. Free space and "is it connected" are separate questions for the caller. The
+    rule itself is views.StoreView.takes_new_copies, which health reads too.
     """
-    return is_store_trusted(store_doc) and store_copies_weight(store_doc) >= 1
+    view = StoreView.of(store_doc)
+    return view is not None and view.takes_new_copies
 
 
 def store_copies_weight(store_doc: Any) -> int:
-    """What a copy on this store is worth now: 0 if downgraded, failing or malformed."""
-    if not isinstance(store_doc, dict):
-        return 0
-    if store_doc.get("downgraded") is not None or store_doc.get("failure") is not None:
-        return 0
-    c = store_doc.get("copies")
-    return c if type(c) is int and c >= 0 else 0
+    """What a copy on this store is worth now (views.StoreView.weight): 0 if downgraded,
+    failing or not a store doc; a doc without `copies` is worth DEFAULT_STORE_COPIES."""
+    view = StoreView.of(store_doc)
+    return view.weight if view is not None else 0
