@@ -29,7 +29,7 @@ import humanize
 from dmedia_tui.config import DAY, Thresholds
 from dmedia_tui.db.base import Doc, PlacementRow, VerificationStats
 from dmedia_tui.protocol import is_store_id
-from dmedia_tui.transitions import takes_new_copies
+from dmedia_tui.views import MachineView, StoreView, store_label, time_value
 
 # Stable alert codes (scripts and harnesses match on these).
 INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
@@ -190,20 +190,6 @@ def _int(value: Any, default: int = 0) -> int:
     return default
 
 
-def _time(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _flag(value: Any) -> bool:
-    return value is True
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def _parse_placement(key: Any, valid: dict[str, bool] | None = None) -> list[tuple[str, int]]:
     """durability.parse_placement, but junk parts are skipped instead of raising.
 
@@ -225,80 +211,6 @@ def _parse_placement(key: Any, valid: dict[str, bool] | None = None) -> list[tup
             copies = 0
         out[sid] = out.get(sid, 0) + max(0, copies)
     return sorted(out.items())
-
-
-@dataclass(frozen=True)
-class _Store:
-    """A store doc, normalised."""
-
-    id: str
-    label: str
-    weight: int  # `copies` of the doc: what a copy there is worth
-    atime: float | None
-    total: int
-    avail: int
-    machine_id: str | None
-    serial: str | None
-    removable: bool
-    internal: bool
-    no_new_copies: bool
-    downgraded: bool
-    failing: bool
-    acknowledged: bool
-    corrupt_count: int
-    failure_reason: str | None
-    # transitions.takes_new_copies of the doc: the one rule the copier follows too.
-    takes_copies: bool = False
-
-
-def _store(doc: Any) -> _Store | None:
-    if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str) or not doc["_id"]:
-        return None
-    sid = doc["_id"]
-    failure = doc.get("failure")
-    fdict = failure if isinstance(failure, dict) else {}
-    copies = doc.get("copies", 1)
-    weight = _int(copies, 1) if copies is not None else 1
-    return _Store(
-        id=sid,
-        label=_text(doc.get("label")) or sid[:8],
-        weight=max(0, weight),
-        atime=_time(doc.get("atime")),
-        total=max(0, _int(doc.get("bytes_total"))),
-        avail=max(0, _int(doc.get("bytes_avail"))),
-        machine_id=_text(doc.get("machine_id")),
-        serial=_text(doc.get("drive_serial")),
-        removable=_flag(doc.get("removable")),
-        internal=_flag(doc.get("internal")),
-        no_new_copies=_flag(doc.get("no_new_copies")),
-        downgraded=bool(doc.get("downgraded")),
-        failing=bool(failure),
-        acknowledged=_flag(fdict.get("acknowledged")),
-        corrupt_count=max(0, _int(fdict.get("corrupt_count"))),
-        failure_reason=_text(fdict.get("reason")),
-        takes_copies=takes_new_copies(doc),
-    )
-
-
-@dataclass(frozen=True)
-class _Machine:
-    id: str
-    hostname: str
-    atime: float | None
-    stores: tuple[str, ...]
-
-
-def _machine(doc: Any) -> _Machine | None:
-    if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str) or not doc["_id"]:
-        return None
-    raw = doc.get("stores")
-    stores = tuple(s for s in raw if is_store_id(s)) if isinstance(raw, list | tuple) else ()
-    return _Machine(
-        id=doc["_id"],
-        hostname=_text(doc.get("hostname")) or doc["_id"][:8],
-        atime=_time(doc.get("atime")),
-        stores=stores,
-    )
 
 
 def _fresh(atime: float | None, now: float, window: float) -> bool:
@@ -352,7 +264,7 @@ def online_store_ids(
     """
     online = set(local)
     for doc in machines if isinstance(machines, list | tuple) else ():
-        m = _machine(doc)
+        m = MachineView.of(doc)
         if m is None or (this_machine is not None and m.id == this_machine):
             continue
         if _fresh(m.atime, now, thresholds.heartbeat_fresh):
@@ -433,7 +345,7 @@ def _filesystems(pairs: Any) -> dict[str, str]:
     return {x: find(x) for x in parent}
 
 
-def recently_seen(s: _Store, online: set[str], now: float, th: Thresholds) -> bool:
+def recently_seen(s: StoreView, online: set[str], now: float, th: Thresholds) -> bool:
     """Does the store count as storage now? Online, or seen less than
     `store_downgrade_after` ago: the same boundary as the downgrade policy
     (MetaStore.run_time_policies downgrades at age >= store_downgrade_after), so at no
@@ -445,7 +357,7 @@ def recently_seen(s: _Store, online: set[str], now: float, th: Thresholds) -> bo
 
 def _storage_alert(
     groups: list[_Group],
-    stores: dict[str, _Store],
+    stores: dict[str, StoreView],
     now: float,
     online: set[str],
     th: Thresholds,
@@ -497,7 +409,7 @@ def _storage_alert(
         for p, c in best.items():
             held[p] = held.get(p, 0) + g.bytes
             counted[p] = counted.get(p, 0) + c * g.bytes
-    members: dict[str, list[_Store]] = {}
+    members: dict[str, list[StoreView]] = {}
     for sid, s in stores.items():
         if recently_seen(s, online, now, th):
             members.setdefault(place(sid), []).append(s)
@@ -505,10 +417,10 @@ def _storage_alert(
     trusted_ids: list[str] = []
     places = 0
     for p, ss in members.items():
-        takers = [s for s in ss if s.takes_copies and s.weight > 0]
+        takers = [s for s in ss if s.takes_new_copies]
         if takers:
             w = min(k, max(s.weight for s in takers))
-            free = max(max(0, s.avail - th.reserve_for(s.total)) for s in takers)
+            free = max(max(0, s.bytes_avail - th.reserve_for(s.bytes_total)) for s in takers)
             offer += w * min(total_u, held.get(p, 0) + free)
             trusted_ids += [s.id for s in takers]
             places += 1
@@ -543,7 +455,7 @@ def _storage_alert(
     )
 
 
-def _place(sid: str, stores: dict[str, _Store]) -> tuple[str, str]:
+def _place(sid: str, stores: dict[str, StoreView]) -> tuple[str, str]:
     """Who must act to bring store `sid` online: a machine to boot or a drive to plug."""
     s = stores.get(sid)
     if s is None:
@@ -558,8 +470,8 @@ def _place(sid: str, stores: dict[str, _Store]) -> tuple[str, str]:
 def _place_advice(
     place: tuple[str, str],
     sids: list[str],
-    stores: dict[str, _Store],
-    machines: dict[str, _Machine],
+    stores: dict[str, StoreView],
+    machines: dict[str, MachineView],
     fresh_hosts: list[str],
     fresh_ids: set[str],
     this_machine: str | None = None,
@@ -570,7 +482,7 @@ def _place_advice(
     kind, key = place
     if kind == "drive":
         s = stores[key]
-        serial = f" (serial {s.serial})" if s.serial else ""
+        serial = f" (serial {s.drive_serial})" if s.drive_serial else ""
         if this_machine is not None:
             me = machines.get(this_machine)
             here = f"in here ({me.hostname})" if me is not None else "in here"
@@ -596,8 +508,8 @@ def _place_advice(
 
 def _disconnected_alerts(
     groups: list[_Group],
-    stores: dict[str, _Store],
-    machines: dict[str, _Machine],
+    stores: dict[str, StoreView],
+    machines: dict[str, MachineView],
     online: set[str],
     fresh_hosts: list[str],
     fresh_ids: set[str],
@@ -671,9 +583,9 @@ def _no_known_copy_alert(groups: list[_Group]) -> Alert | None:
     )
 
 
-def _failure_alert(s: _Store, files: int, size: int) -> Alert:
+def _failure_alert(s: StoreView, files: int, size: int) -> Alert:
     """DRIVE_FAILURE for one unacknowledged failing store."""
-    serial = f" (serial {s.serial})" if s.serial else ""
+    serial = f" (serial {s.drive_serial})" if s.drive_serial else ""
     if s.corrupt_count:
         what = f"{s.corrupt_count:,} corrupt cop{'y' if s.corrupt_count == 1 else 'ies'} found"
     else:
@@ -738,7 +650,7 @@ def _low_durability_alert(
     )
 
 
-def _shared_alerts(pairs: Any, stores: dict[str, _Store]) -> list[Alert]:
+def _shared_alerts(pairs: Any, stores: dict[str, StoreView]) -> list[Alert]:
     """SHARED_FILESYSTEM: stores on one filesystem are not independent copies.
 
     Pairs are joined into groups (a, b) + (b, c) -> {a, b, c}: one alert per filesystem.
@@ -751,7 +663,7 @@ def _shared_alerts(pairs: Any, stores: dict[str, _Store]) -> list[Alert]:
         if len(members) < 2:
             continue
         key = tuple(sorted(members))
-        labels = [stores[x].label if x in stores else x[:8] for x in key]
+        labels = [stores[x].label if x in stores else store_label(None, x) for x in key]
         names = ", ".join(labels[:-1]) + " and " + labels[-1]
         alerts.append(
             Alert(
@@ -818,7 +730,7 @@ def store_safety_alerts(
     labels = {}
     docs = {}
     for doc in stores if isinstance(stores, list | tuple) else ():
-        s = _store(doc)
+        s = StoreView.of(doc)
         if s is not None:
             labels[s.id] = s.label
             docs[s.id] = doc
@@ -828,7 +740,7 @@ def store_safety_alerts(
             Alert(
                 code=STORE_UNSAFE,
                 severity=Severity.PANIC,
-                message=f"store {labels.get(sid, sid[:8])} is not used: {reason}",
+                message=f"store {labels.get(sid) or store_label(None, sid)} is not used: {reason}",
                 action="remove the link (or move the thing) inside its .dmedia folder; "
                 "nothing outside the store was touched",
                 store_ids=(sid,),
@@ -838,7 +750,7 @@ def store_safety_alerts(
         errs = doc.get("read_errors")
         if not isinstance(errs, dict):
             continue
-        count, last = _int(errs.get("count")), _time(errs.get("last"))
+        count, last = _int(errs.get("count")), time_value(errs.get("last"))
         if (
             count >= max(1, th.read_error_alert)
             and last is not None
@@ -849,7 +761,7 @@ def store_safety_alerts(
                     code=DRIVE_READ_ERRORS,
                     severity=Severity.PANIC,
                     message=f"store {labels[sid]} failed {count} reads or writes since "
-                    f"{_ago_text(now, _time(errs.get('first')) or last)}",
+                    f"{_ago_text(now, time_value(errs.get('first')) or last)}",
                     action=f"check the drive of {labels[sid]} (cable, SMART) and copy its "
                     "files to another store",
                     store_ids=(sid,),
@@ -876,7 +788,7 @@ def database_offline(reason: str, now: float = 0.0) -> Health:
     return Health((alert,), empty, (), 0, 0, now)  # type: ignore[arg-type]
 
 
-def _store_state(s: _Store, online: bool, now: float) -> StoreState:
+def _store_state(s: StoreView, online: bool, now: float) -> StoreState:
     """FAILING > DOWNGRADED (downgraded or no_new_copies) > OFFLINE (not online, seen in the
     last STALE_AFTER) > STALE (not online, seen longer ago or never) > OK."""
     if s.failing:
@@ -919,14 +831,14 @@ def assess(
     every = _groups(summary)
     user = [g for g in every if g.user]
 
-    store_map: dict[str, _Store] = {}
+    store_map: dict[str, StoreView] = {}
     for doc in stores if isinstance(stores, list | tuple) else ():
-        s = _store(doc)
+        s = StoreView.of(doc)
         if s is not None and s.id not in store_map:
             store_map[s.id] = s
-    machine_map: dict[str, _Machine] = {}
+    machine_map: dict[str, MachineView] = {}
     for doc in machines if isinstance(machines, list | tuple) else ():
-        m = _machine(doc)
+        m = MachineView.of(doc)
         if m is not None and m.id not in machine_map:
             machine_map[m.id] = m
     fresh_ids = {m.id for m in machine_map.values() if _fresh(m.atime, now, th.heartbeat_fresh)}
@@ -996,14 +908,14 @@ def assess(
                 label=s.label,
                 state=state,
                 online=is_online,
-                copies=0 if (s.failing or s.downgraded) else s.weight,
+                copies=s.weight,
                 machine_id=s.machine_id,
                 machine_name=m.hostname if m else None,
                 removable=s.removable,
                 internal=s.internal,
-                drive_serial=s.serial,
-                bytes_total=s.total,
-                bytes_avail=s.avail,
+                drive_serial=s.drive_serial,
+                bytes_total=s.bytes_total,
+                bytes_avail=s.bytes_avail,
                 files=t[0],
                 bytes=t[1],
                 user_files=t[2],
