@@ -345,7 +345,7 @@ def store_init(
         _emit_json({"created": created, "path": str(fs.path), "store": doc})
     else:
         verb = "created" if created else "re-attached"
-        click.echo(f"{verb} store {doc.get('label')} ({doc['_id']}) at {fs.path}")
+        click.echo(f"{verb} store {store_label(doc)} ({doc['_id']}) at {fs.path}")
 
 
 @store.command("list")

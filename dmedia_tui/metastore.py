@@ -57,6 +57,7 @@ from dmedia_tui.filestore import (
     VerifyStatus,
 )
 from dmedia_tui.liveness import Observations
+from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
 
 log = logging.getLogger("dmedia_tui")
 
@@ -151,12 +152,6 @@ class CheckReport:
     invalid: int
     inconsistent: int
     logged: int  # new log-1 events written by this pass
-
-
-def store_label(doc: Doc | None, store_id: str = "") -> str:
-    if doc and isinstance(doc.get("label"), str) and doc["label"]:
-        return doc["label"]
-    return (doc or {}).get("_id", store_id)[:8] or store_id[:8]
 
 
 # Pseudo filesystems: a store there would write into devices, processes or the kernel.

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import humanize
 
-from dmedia_tui.durability import durability, rank
+from dmedia_tui.durability import rank
 from dmedia_tui.health import Health
+from dmedia_tui.views import FileView, store_label, text_value
 
 if TYPE_CHECKING:
     from dmedia_tui.metastore import MetaStore
@@ -127,7 +128,7 @@ def event_line(doc: Doc, labels: dict[str, str], names: dict[str, str]) -> Event
     if fid:
         parts.append(names.get(fid) or fid[:12])
     if sid:
-        label = labels.get(sid) or doc.get("label") or sid[:8]
+        label = labels.get(sid) or text_value(doc.get("label")) or store_label(None, sid)
         parts.append(f"on {label}" if fid else str(label))
     extra = []
     if doc.get("reason"):
@@ -161,10 +162,7 @@ def _names(ms: MetaStore, file_ids: Iterable[str]) -> dict[str, str]:
 
 
 def _labels(ms: MetaStore) -> dict[str, str]:
-    return {
-        s["_id"]: label if isinstance(label := s.get("label"), str) else s["_id"][:8]
-        for s in ms.lib.stores()
-    }
+    return {s["_id"]: store_label(s) for s in ms.lib.stores()}
 
 
 def load_events(
@@ -224,20 +222,23 @@ class FileRow:
     key: tuple[int, str]  # (rank, _id): the paging cursor
 
 
-def file_row(doc: Doc, store_id: str) -> FileRow:
-    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
-    entry = e if isinstance(e := stored.get(store_id), dict) else {}
-    verified = entry.get("verified")
+def file_row(doc: Doc, store_id: str) -> FileRow | None:
+    """The row of a file doc (read through FileView: a malformed field shows as nothing,
+    it never fails the page); None when it is not a doc at all."""
+    view = FileView.of(doc)
+    if view is None:
+        return None
+    here = view.copy_on(store_id)
     return FileRow(
-        id=doc["_id"],
-        name=str(doc.get("name") or doc["_id"][:16]),
-        bytes=int(doc.get("bytes") or 0),
-        durability=durability(doc),
-        stores=len(stored),
-        copies_here=int(entry.get("copies") or 0),
-        verified=verified if isinstance(verified, int) else None,
-        origin=str(doc.get("origin", "?")),
-        key=(rank(doc), doc["_id"]),
+        id=view.id,
+        name=view.name or view.id[:16],
+        bytes=view.bytes,
+        durability=view.durability,
+        stores=len(view.copies),
+        copies_here=here.copies if here else 0,
+        verified=here.verified if here else None,
+        origin=view.origin,
+        key=(rank(doc), view.id),
     )
 
 
@@ -245,7 +246,8 @@ def load_files_page(
     ms: MetaStore, store_id: str, after: tuple[int, str] | None = None, limit: int = PAGE
 ) -> tuple[FileRow, ...]:
     """One page of the files on a store, most fragile first."""
-    return tuple(file_row(d, store_id) for d in ms.lib.files_by_store(store_id, limit, after))
+    rows = (file_row(d, store_id) for d in ms.lib.files_by_store(store_id, limit, after))
+    return tuple(r for r in rows if r is not None)
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class Location:
 @dataclass(frozen=True)
 class FileData:
     doc: Doc
+    view: FileView
     locations: tuple[Location, ...]
     corrupt: tuple[tuple[str, float | None], ...]  # (store label, time)
     events: tuple[EventLine, ...]
@@ -271,29 +274,27 @@ class FileData:
 def load_file(ms: MetaStore, file_id: str, online: set[str] | None = None) -> FileData | None:
     """A file doc with its locations, corrupt history and events; None if unknown."""
     doc = ms.lib.docs.get_or_none(file_id)
-    if doc is None:
+    view = FileView.of(doc)
+    if doc is None or view is None:
         return None
     labels = _labels(ms)
     online = online or set()
-    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
-    locs = []
-    for sid in sorted(stored, key=lambda s: labels.get(s, s)):
-        e = stored[sid] if isinstance(stored[sid], dict) else {}
-        locs.append(
-            Location(
-                sid,
-                labels.get(sid, sid[:8]),
-                int(e.get("copies") or 0),
-                e.get("mtime") if isinstance(e.get("mtime"), int) else None,
-                e.get("verified") if isinstance(e.get("verified"), int) else None,
-                e.get("pinned") is True,
-                sid in online,
-            )
+
+    def label(sid: str) -> str:
+        return labels.get(sid) or store_label(None, sid)
+
+    locs = tuple(
+        Location(
+            c.store_id,
+            label(c.store_id),
+            c.copies,
+            c.mtime,
+            c.verified,
+            c.pinned,
+            c.store_id in online,
         )
-    corrupt_raw = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
-    corrupt = tuple(
-        (labels.get(sid, sid[:8]), (v.get("time") if isinstance(v, dict) else None))
-        for sid, v in sorted(corrupt_raw.items())
+        for c in sorted(view.copies, key=lambda c: labels.get(c.store_id, c.store_id))
     )
+    corrupt = tuple((label(sid), when) for sid, when in view.corrupt)
     events = load_events(ms, 50, file_id=file_id, labels=labels)
-    return FileData(doc, tuple(locs), corrupt, events, ms.now())
+    return FileData(doc, view, locs, corrupt, events, ms.now())

@@ -9,7 +9,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Static
 
-from dmedia_tui.durability import durability
 from dmedia_tui.tui.data import FileData, fmt_age, fmt_datetime, fmt_size, load_file
 from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.events import event_text
@@ -39,12 +38,12 @@ def locations_table(data: FileData) -> Table:
 
 
 def file_summary(data: FileData) -> Text:
-    d = data.doc
+    v = data.view
     t = Text()
-    t.append(str(d.get("name") or "(no name)"), "bold")
-    t.append(f"\n{d['_id']}\n", "dim")
-    t.append(f"{fmt_size(int(d.get('bytes') or 0))} · origin {d.get('origin', '?')} · ")
-    dur = durability(d)
+    t.append(v.name or "(no name)", "bold")
+    t.append(f"\n{v.id}\n", "dim")
+    t.append(f"{fmt_size(v.bytes)} · origin {v.origin} · ")
+    dur = v.durability
     t.append(f"durability {dur}", "green" if dur >= 3 else ("yellow" if dur == 2 else "bold red"))
     return t
 
