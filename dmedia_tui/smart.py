@@ -95,9 +95,9 @@ def _int(v: Any) -> int | None:
 
 def parse(data: Mapping[str, Any], device: str = "") -> SmartReport:
     """A SmartReport from `smartctl --json -a` output (ATA, NVMe and SCSI)."""
-    sc = data.get("smartctl") if isinstance(data.get("smartctl"), dict) else {}
-    dev = data.get("device") if isinstance(data.get("device"), dict) else {}
-    status = data.get("smart_status") if isinstance(data.get("smart_status"), dict) else {}
+    sc = v if isinstance(v := data.get("smartctl"), dict) else {}
+    dev = v if isinstance(v := data.get("device"), dict) else {}
+    status = v if isinstance(v := data.get("smart_status"), dict) else {}
     attrs: dict[int, dict[str, Any]] = {}
     table = (data.get("ata_smart_attributes") or {}).get("table") or []
     for a in table:
@@ -108,7 +108,7 @@ def parse(data: Mapping[str, Any], device: str = "") -> SmartReport:
         a = attrs.get(attr_id)
         if a is None:
             return None
-        r = a.get("raw") if isinstance(a.get("raw"), dict) else {}
+        r = v if isinstance(v := a.get("raw"), dict) else {}
         value = _int(r.get("value"))
         # Some attributes pack several counters in the 48-bit raw value; the low 16 bits
         # are the count (smartctl's own "string" shows the same number first).
@@ -119,8 +119,8 @@ def parse(data: Mapping[str, Any], device: str = "") -> SmartReport:
 
     nvme = data.get("nvme_smart_health_information_log")
     nvme = nvme if isinstance(nvme, dict) else {}
-    temp = data.get("temperature") if isinstance(data.get("temperature"), dict) else {}
-    poh = data.get("power_on_time") if isinstance(data.get("power_on_time"), dict) else {}
+    temp = v if isinstance(v := data.get("temperature"), dict) else {}
+    poh = v if isinstance(v := data.get("power_on_time"), dict) else {}
     failing_now = tuple(
         str(a.get("name") or a["id"])
         for a in attrs.values()
@@ -132,7 +132,7 @@ def parse(data: Mapping[str, Any], device: str = "") -> SmartReport:
     if uncorrectable is None:
         uncorrectable = raw(187)
     limit = _int(temp.get("op_limit_max")) or _int(temp.get("limit_max"))
-    messages = sc.get("messages") if isinstance(sc.get("messages"), list) else []
+    messages = v if isinstance(v := sc.get("messages"), list) else []
     errors = [
         m.get("string") for m in messages if isinstance(m, dict) and m.get("severity") == "error"
     ]

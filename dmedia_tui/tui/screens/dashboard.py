@@ -113,7 +113,11 @@ class DashboardScreen(AppScreen):
         self.set_class(empty, "-first-run")
         self.query_one(StoresTable).show_rows(h.store_rows, h.now)
         self.query_one(DurabilityHistogram).show_buckets(h.histogram)
-        if old is None or old.store_rows != h.store_rows or previous.smart != data.smart:
+        if (
+            previous is None
+            or previous.health.store_rows != h.store_rows
+            or previous.smart != data.smart
+        ):
             engine = self.dmedia.engine
             self.query_one(DrivesPanel).show_rows(
                 h.store_rows,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -97,7 +97,7 @@ class StoreScreen(AppScreen):
             return
         self.row = row
         details.border_title = f"Store {row.label}"
-        shown = store_details(row, data.health.now)
+        shown: RenderableType = store_details(row, data.health.now)
         warn = getattr(data, "smart", {}).get(row.store_id)
         if warn is not None:  # the drive's SMART state (dmedia_tui/smart.py)
             style = "bold red" if warn[0] == "failing" else "yellow"
