@@ -44,6 +44,7 @@ from blake3 import blake3
 from dmedia_tui import protocol
 from dmedia_tui.filestore import FileStore
 from dmedia_tui.peer.identity import Identity, add_trusted, fingerprint_der, fingerprint_pem
+from dmedia_tui.views import FileView
 
 log = logging.getLogger("dmedia_tui.peer.server")
 
@@ -402,19 +403,14 @@ class PeerServer:
         """Open every connected copy the doc calls good, best first (counted copies,
         then the most recently verified). A copy of the wrong size is reported corrupt."""
         stores = self._stores_fn()
-        stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
-        corrupt = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
-
-        def key(sid: str) -> tuple[bool, float]:
-            entry = e if isinstance(e := stored.get(sid), dict) else {}
-            copies, verified = entry.get("copies"), entry.get("verified")
-            return (
-                not (isinstance(copies, int) and copies > 0),
-                -(verified if isinstance(verified, int | float) else 0),
-            )
-
+        view = FileView.of(doc)
+        if view is None:
+            return []
+        corrupt = {sid for sid, _ in view.corrupt}
+        here = [c for c in view.copies if c.store_id in stores and c.store_id not in corrupt]
+        here.sort(key=lambda c: (c.copies == 0, -(c.verified or 0)))
         out: list[_Copy] = []
-        for sid in sorted((s for s in stored if s in stores and s not in corrupt), key=key):
+        for sid in (c.store_id for c in here):
             try:
                 fd = os.open(stores[sid].file_path(file_id), os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
