@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmedia_tui.views import MachineView
+
 SKEW_THRESHOLD = 600  # seconds: clocks within 10 minutes of ours are "the same time"
 
 
@@ -151,9 +153,10 @@ class Observations:
         out = []
         for doc in machines:
             atime = _num(doc.get("atime")) if isinstance(doc, dict) else None
-            if atime is None or not isinstance(doc.get("_id"), str):
+            m = MachineView.of(doc)
+            if atime is None or m is None:
                 continue
-            host = name if isinstance(name := doc.get("hostname"), str) else doc["_id"]
+            host = m.hostname
             seen = self._current(doc)
             skew = None
             if seen is not None and seen.get("witnessed") and seen.get("prev") is not None:
@@ -165,5 +168,5 @@ class Observations:
             elif atime - now > SKEW_THRESHOLD:
                 skew = atime - now
             if skew is not None:
-                out.append(Skew(doc["_id"], host, skew))
+                out.append(Skew(m.id, host, skew))
         return out

@@ -32,6 +32,7 @@ from dmedia_tui.metastore import MetaStore
 from dmedia_tui.peer import client
 from dmedia_tui.peer.identity import Identity, IdentityError, load_or_create
 from dmedia_tui.peer.server import PeerServer, format_address
+from dmedia_tui.views import MachineView
 
 log = logging.getLogger("dmedia_tui.peer")
 
@@ -85,19 +86,20 @@ def list_machines(ms: MetaStore) -> list[PeerMachine]:
     fresh = ms.thresholds.heartbeat_fresh
     out = []
     for doc in ms.lib.machines():
+        m = MachineView.of(doc)
+        if m is None:
+            continue
         fp, addrs, cert = machine_peer(doc)
-        atime = doc.get("atime")
-        online = isinstance(atime, int | float) and atime >= now - fresh
-        stores = stores_ if isinstance(stores_ := doc.get("stores"), list) else []
+        online = m.atime is not None and m.atime >= now - fresh
         out.append(
             PeerMachine(
-                doc["_id"],
-                str(doc.get("hostname") or "?"),
+                m.id,
+                m.hostname,
                 fp,
                 addrs,
-                tuple(s for s in stores if isinstance(s, str)),
-                bool(online) or doc["_id"] == ms.machine_id,
-                doc["_id"] == ms.machine_id,
+                m.stores,
+                online or m.id == ms.machine_id,
+                m.id == ms.machine_id,
                 cert,
             )
         )
