@@ -461,6 +461,8 @@ def takes_new_copies(store_doc: Any) -> bool:
     least 1. Free space and "is it connected" are separate questions for the caller. The
     rule itself is views.StoreView.takes_new_copies, which health reads too.
     """
+    # A new condition goes into StoreView.takes_new_copies, never here: health reads the
+    # view, not this function, and the two must not disagree.
     view = StoreView.of(store_doc)
     return view is not None and view.takes_new_copies
 
