@@ -16,7 +16,7 @@ import humanize
 
 from dmedia_tui.durability import rank
 from dmedia_tui.health import Health
-from dmedia_tui.views import FileView, store_label, text_value
+from dmedia_tui.views import FileView, store_label, text_value, time_value
 
 if TYPE_CHECKING:
     from dmedia_tui.metastore import MetaStore
@@ -142,7 +142,7 @@ def event_line(doc: Doc, labels: dict[str, str], names: dict[str, str]) -> Event
     t = doc.get("time")
     return EventLine(
         id=str(doc.get("_id", "")),
-        time=float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None,
+        time=time_value(t),
         type=str(doc.get("type", "?")),
         subject=subject,
         file_id=fid,

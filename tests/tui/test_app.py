@@ -295,6 +295,29 @@ async def test_alert_screen_lists_the_files_concerned_and_opens_one(tlib):
         assert app.screen.file_id in laptop_only
 
 
+async def test_a_malformed_file_doc_does_not_break_the_alert_screen(tlib):
+    """The alert screen formatted the raw `bytes` and `name` of each file: one doc with
+    `bytes: "12x"` raised in the UI thread and took the app down."""
+    bad = tlib.files["IMG_100.CR2"]
+    doc = tlib.ms.lib.docs.get(bad)
+    doc.update(bytes="12x", name=["not", "a", "name"])
+    tlib.ms.lib.docs.save(doc)
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        alert = next(a for a in app.data.health.alerts if a.code == "DISCONNECTED_ONLY_COPY")
+        app.open_alert(alert)
+        await pilot.pause()
+        await app.screen.workers.wait_for_complete()
+        await pilot.pause()
+        files = app.screen.query_one("#alert-files", OptionList)
+        shown = {
+            files.get_option_at_index(i).id: str(files.get_option_at_index(i).prompt)
+            for i in range(files.option_count)
+        }
+        assert len(shown) == 3 and shown[bad].split() == [bad[:12], "0", "B"]
+
+
 async def test_downgrade_confirmed_with_y(tlib):
     app = DmediaApp(tlib.ms)
     async with app.run_test(size=SIZE) as pilot:

@@ -14,6 +14,7 @@ from dmedia_tui.tui.data import fmt_size
 from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.banners import alert_title
 from dmedia_tui.tui.widgets.header import AppHeader
+from dmedia_tui.views import FileView
 
 FILES_SHOWN = 200
 
@@ -76,10 +77,9 @@ class AlertScreen(AppScreen):
     def _show_files(self, docs: list[dict]) -> None:
         files = self.query_one("#alert-files", OptionList)
         files.clear_options()
-        for doc in docs:
-            name = doc.get("name") or doc["_id"][:12]
-            size = fmt_size(doc.get("bytes", 0))
-            files.add_option(Option(f"{name:<28} {size:>9}", id=doc["_id"]))
+        for view in filter(None, map(FileView.of, docs)):  # a malformed field shows as nothing
+            name = view.name or view.id[:12]
+            files.add_option(Option(f"{name:<28} {fmt_size(view.bytes):>9}", id=view.id))
         if self.alert.files > len(docs):
             files.border_subtitle = f"first {len(docs):,} of {self.alert.files:,}"
 
