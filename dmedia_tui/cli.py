@@ -652,10 +652,10 @@ def _print_status(h) -> None:
             f"  durability {labels[b.durability]:>2}: {b.files:>8} files {_size(b.bytes):>10}"
         )
     for r in h.store_rows:
-        click.echo(
-            f"  store {r.label:16} {r.state.value:10} {r.files:>8} files "
-            f"{'online' if r.online else 'offline'}"
-        )
+        where = "online" if r.online else "offline"
+        if r.unreachable_at:
+            where = f"offline (on, unreachable at {r.unreachable_at})"
+        click.echo(f"  store {r.label:16} {r.state.value:10} {r.files:>8} files {where}")
     if not h.store_rows:
         click.echo("no stores yet: dmedia-tui store init /media/<drive>")
     elif not h.alerts:

@@ -114,6 +114,9 @@ class StoreRow:
     failure_acknowledged: bool = False
     corrupt_count: int = 0
     verification: VerificationStats | None = None
+    # Connected on a machine that is on but whose peer server does not answer this one:
+    # the address tried (the store is not online here).
+    unreachable_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +138,7 @@ class StoreRow:
             "last_seen": self.last_seen,
             "failure_acknowledged": self.failure_acknowledged,
             "corrupt_count": self.corrupt_count,
+            "unreachable_at": self.unreachable_at,
         }
 
 
@@ -252,6 +256,7 @@ def online_store_ids(
     thresholds: Thresholds,
     local: set[str] | frozenset[str] = frozenset(),
     this_machine: str | None = None,
+    unreachable: Mapping[str, str] | None = None,
 ) -> set[str]:
     """Stores we can count on reaching right now.
 
@@ -261,11 +266,16 @@ def online_store_ids(
     times are fresh too, see `_fresh`). The doc of `this_machine` is skipped: for its own
     stores, what the disk says now beats what its last heartbeat said (a folder that
     vanished is offline at once). Malformed machine docs and junk entries are ignored.
+    A machine in `unreachable` (its peer server stopped answering this one: ID -> the
+    address tried) is on, but its stores cannot feed this machine: they are not online.
     """
     online = set(local)
+    cut_off = unreachable or {}
     for doc in machines if isinstance(machines, list | tuple) else ():
         m = MachineView.of(doc)
         if m is None or (this_machine is not None and m.id == this_machine):
+            continue
+        if m.id in cut_off:
             continue
         if _fresh(m.atime, now, thresholds.heartbeat_fresh):
             online.update(m.stores)
@@ -455,8 +465,13 @@ def _storage_alert(
     )
 
 
-def _place(sid: str, stores: dict[str, StoreView]) -> tuple[str, str]:
-    """Who must act to bring store `sid` online: a machine to boot or a drive to plug."""
+def _place(
+    sid: str, stores: dict[str, StoreView], held: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """Who must act to bring store `sid` online: a machine to boot or a drive to plug, or
+    the machine that has it connected but cannot be reached (`held`: store -> machine)."""
+    if held and sid in held:
+        return ("unreachable", held[sid])
     s = stores.get(sid)
     if s is None:
         return ("unknown", sid)
@@ -475,11 +490,17 @@ def _place_advice(
     fresh_hosts: list[str],
     fresh_ids: set[str],
     this_machine: str | None = None,
+    unreachable: Mapping[str, str] | None = None,
 ) -> str:
     """One place's advice. The machine running the command (`this_machine`) is on by
     definition: its own stores get "connect ... here", never "boot" it; `fresh_hosts` are
     the other machines running now."""
     kind, key = place
+    if kind == "unreachable":
+        m = machines.get(key)
+        name = m.hostname if m is not None else key[:8]
+        where = (unreachable or {}).get(key) or "its published addresses"
+        return f"{name} is on but cannot be reached at {where}: check its firewall"
     if kind == "drive":
         s = stores[key]
         serial = f" (serial {s.drive_serial})" if s.drive_serial else ""
@@ -514,6 +535,8 @@ def _disconnected_alerts(
     fresh_hosts: list[str],
     fresh_ids: set[str],
     this_machine: str | None = None,
+    unreachable: Mapping[str, str] | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> list[Alert]:
     """DISCONNECTED_ONLY_COPY: user files with entries only on stores that are not online.
 
@@ -529,7 +552,7 @@ def _disconnected_alerts(
         sids = g.store_ids
         if not sids or sids & online:
             continue
-        places = frozenset(_place(sid, stores) for sid in sids)
+        places = frozenset(_place(sid, stores, held) for sid in sids)
         ids, n, b = by_places.get(places, (set(), 0, 0))
         by_places[places] = (ids | sids, n + g.count, b + g.bytes)
         keys.setdefault(places, []).append(g.key)
@@ -541,10 +564,17 @@ def _disconnected_alerts(
         which = "which is offline" if len(ids) == 1 else "which are all offline"
         advice = []
         for place in sorted(places):
-            in_place = sorted(sid for sid in ids if _place(sid, stores) == place)
+            in_place = sorted(sid for sid in ids if _place(sid, stores, held) == place)
             advice.append(
                 _place_advice(
-                    place, in_place, stores, machines, fresh_hosts, fresh_ids, this_machine
+                    place,
+                    in_place,
+                    stores,
+                    machines,
+                    fresh_hosts,
+                    fresh_ids,
+                    this_machine,
+                    unreachable,
                 )
             )
         action = " or ".join(advice)
@@ -812,6 +842,7 @@ def assess(
     metadata_problems: int | Mapping[str, int] = 0,
     shared_filesystems: list[tuple[str, str]] | None = None,
     machine_id: str | None = None,
+    unreachable: Mapping[str, str] | None = None,
 ) -> Health:
     """Everything the dashboard and `status` show, from docs alone.
 
@@ -825,6 +856,9 @@ def assess(
     `machine_id` is the machine running the command: it is on (its stores get "connect
     here", never "boot" advice). `shared_filesystems` pairs make one place of the stores
     of one filesystem for INSUFFICIENT_STORAGE (and raise SHARED_FILESYSTEM).
+    `unreachable` (machine ID -> address tried) names machines that are on but whose peer
+    server does not answer this one: their stores' only copies get that advice, and their
+    rows say so.
     """
     th = thresholds or Thresholds()
     online = set(online) if isinstance(online, set | frozenset | list | tuple) else set()
@@ -846,19 +880,22 @@ def assess(
         fresh_ids.add(machine_id)  # the machine running this is on, whatever its heartbeat
     fresh_hosts = sorted({machine_map[i].hostname for i in fresh_ids - {machine_id}})
     shared = _filesystems(shared_filesystems)
+    cut_off = {k: v for k, v in (unreachable or {}).items() if k in fresh_ids and k in machine_map}
+    held = {sid: mid for mid in cut_off for sid in machine_map[mid].stores}
 
     def advise(sids: frozenset[str]) -> str:
         """Where to go to bring these stores online (one place each), joined with "; "."""
-        places = sorted({_place(sid, store_map) for sid in sids})
+        places = sorted({_place(sid, store_map, held) for sid in sids})
         return "; ".join(
             _place_advice(
                 p,
-                sorted(x for x in sids if _place(x, store_map) == p),
+                sorted(x for x in sids if _place(x, store_map, held) == p),
                 store_map,
                 machine_map,
                 fresh_hosts,
                 fresh_ids,
                 machine_id,
+                cut_off,
             )
             for p in places
         )
@@ -887,7 +924,7 @@ def assess(
         if maybe is not None:
             alerts.append(maybe)
     alerts += _disconnected_alerts(
-        user, store_map, machine_map, online, fresh_hosts, fresh_ids, machine_id
+        user, store_map, machine_map, online, fresh_hosts, fresh_ids, machine_id, cut_off, held
     )
     alerts += _shared_alerts(shared_filesystems, store_map)
     for s in store_map.values():
@@ -923,6 +960,7 @@ def assess(
                 failure_acknowledged=s.failing and s.acknowledged,
                 corrupt_count=s.corrupt_count,
                 verification=verification.get(s.id),
+                unreachable_at=cut_off.get(held[s.id]) if s.id in held else None,
             )
         )
     rows.sort(key=lambda r: (r.label.lower(), r.store_id))

@@ -1522,7 +1522,10 @@ class MetaStore:
             [self._live_store(doc, present.get(doc["_id"])) for doc in self.lib.stores()], now
         )
         machines = self._judged_machines(obs)
-        online = health_mod.online_store_ids(machines, now, self.thresholds, set(present), me)
+        unreachable = self.peer_outages()
+        online = health_mod.online_store_ids(
+            machines, now, self.thresholds, set(present), me, unreachable
+        )
         verification = (
             {s["_id"]: self._verification_stats(s["_id"]) for s in stores}
             if with_verification
@@ -1539,11 +1542,38 @@ class MetaStore:
             metadata_problems=self.metadata_problems(),
             shared_filesystems=_shared_filesystems(stores),
             machine_id=me,
+            unreachable=unreachable,
         )
         h = health_mod.store_safety_alerts(h, self.unsafe_stores, stores, now, self.thresholds)
         others = [m for m in self.lib.machines() if m.get("_id") != me]
         skews = [(s.hostname, s.seconds) for s in obs.skews(others, now)]
         return health_mod.with_clock_skew(h, skews)
+
+    def peer_outages(self, limit: int = 500) -> dict[str, str]:
+        """Peers this machine could not reach when it last tried (machine ID -> the address
+        tried), from the newest `dmedia/peer/unreachable|reachable` events it logged. Rare
+        events (one per outage), so the newest `limit` cover every peer in practice."""
+        me = self.config.known_machine_id()
+        if me is None:
+            return {}
+        try:
+            events = self.lib.events(
+                limit, types=[schema.LOG_PEER_UNREACHABLE, schema.LOG_PEER_REACHABLE]
+            )
+        except Exception as e:  # an unreadable log must not stop the assessment
+            log.warning("cannot read peer outages from log-1: %s", e)
+            return {}
+        out: dict[str, str] = {}
+        decided: set[str] = set()
+        for ev in events:  # newest first: the first event about a peer decides
+            peer = ev.get("peer")
+            if ev.get("machine_id") != me or not isinstance(peer, str) or peer in decided:
+                continue
+            decided.add(peer)
+            if ev.get("type") == schema.LOG_PEER_UNREACHABLE:
+                address = ev.get("address")
+                out[peer] = address if isinstance(address, str) else ""
+        return out
 
     def space(self, fs: FileStore) -> tuple[int, int]:
         """(bytes_total, bytes_avail) of the store's filesystem now. A seam like the clock:

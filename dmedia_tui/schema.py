@@ -50,11 +50,17 @@ LOG_CHECK_RESULT = "dmedia/check/result"
 LOG_TRANSFER_DONE = "dmedia/transfer/done"  # a copy pulled from a peer
 LOG_TRANSFER_FAILED = "dmedia/transfer/failed"  # unreachable, dropped: not corruption
 LOG_TRANSFER_CORRUPT = "dmedia/transfer/corrupt"  # a leaf from a peer did not match
+# A peer this machine must pull from stopped answering (once per outage), and answered
+# again: while the newest of the two says unreachable, its stores are not online here.
+LOG_PEER_UNREACHABLE = "dmedia/peer/unreachable"
+LOG_PEER_REACHABLE = "dmedia/peer/reachable"
 LOG_TYPES = frozenset(
     {
         LOG_TRANSFER_DONE,
         LOG_TRANSFER_FAILED,
         LOG_TRANSFER_CORRUPT,
+        LOG_PEER_UNREACHABLE,
+        LOG_PEER_REACHABLE,
         LOG_FILE_CORRUPT,
         LOG_FILE_MISSING,
         LOG_FILE_INCONSISTENT,

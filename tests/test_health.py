@@ -489,6 +489,44 @@ class TestDisconnected:
         assert (a.store_ids, a.files, a.bytes) == ((B,), 128, 41 * GB)
         assert h.exit_code == 2
 
+    def test_machine_on_but_unreachable_is_told_apart_from_one_that_is_off(self):
+        # nas is on (fresh heartbeat, nas-archive listed) but its peer server does not
+        # answer studio: nas-archive is not online here, and the advice is the firewall.
+        stores, machines = laptop_setup()
+        cut = {M_NAS: "192.168.1.20:8042"}
+        online = online_store_ids(machines, NOW, TH, {A}, M_STUDIO, cut)
+        assert D not in online and A in online
+        h = assess(
+            [row(pl((D, 1)), 7, GB)],
+            stores,
+            machines,
+            NOW,
+            online,
+            machine_id=M_STUDIO,
+            unreachable=cut,
+        )
+        a = only(h, DISCONNECTED_ONLY_COPY)
+        assert (
+            a.action == "Nas is on but cannot be reached at 192.168.1.20:8042: check its firewall"
+        )
+        nas = next(r for r in h.store_rows if r.store_id == D)
+        assert (nas.online, nas.unreachable_at) == (False, "192.168.1.20:8042")
+        assert nas.to_json()["unreachable_at"] == "192.168.1.20:8042"
+        # A machine that is off is "boot" advice whatever the old outage record says.
+        stale = [machine(M_STUDIO, "studio", [A]), machine(M_NAS, "nas", [D], atime=NOW - DAY)]
+        online = online_store_ids(stale, NOW, TH, {A}, M_STUDIO, cut)
+        h = assess(
+            [row(pl((D, 1)), 7, GB)],
+            stores,
+            stale,
+            NOW,
+            online,
+            machine_id=M_STUDIO,
+            unreachable=cut,
+        )
+        assert only(h, DISCONNECTED_ONLY_COPY).action == "Boot nas"
+        assert next(r for r in h.store_rows if r.store_id == D).unreachable_at is None
+
     def test_removable_drive_lists_running_machines(self):
         a = only(self.run([row(pl((C, 1)), 1, 5)]), DISCONNECTED_ONLY_COPY)
         assert a.message == "1 file (5 Bytes) is only on usb-backup, which is offline"

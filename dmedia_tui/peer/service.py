@@ -137,7 +137,9 @@ class Peers:
         self.server: PeerServer | None = None
         self.discovery: Any = None
         self._failures: dict[str, list[float]] = {}
-        self._outage: set[str] = set()  # peers unreachable since their last logged failure
+        # Peers unreachable since their last logged `dmedia/peer/unreachable`; loaded from
+        # log-1 on the first round, so a restart neither repeats nor forgets an outage.
+        self._outage: set[str] | None = None
         self._lock = threading.Lock()
         self.trust_refresh = TRUST_REFRESH
 
@@ -285,6 +287,8 @@ class Peers:
         peers = self.online_peers()
         if not peers:
             return s
+        if self._outage is None:
+            self._outage = set(self.ms.peer_outages())
         unreachable: set[str] = set()
         tried = 0
         after = None
@@ -347,8 +351,10 @@ class Peers:
                 try:
                     r = client.pull(self.identity, address, m.fingerprint, doc, dst, progress)
                 except client.NotOnPeer:
+                    self._reached(m, address)
                     break  # that machine has no good copy connected after all: next peer
                 except client.TransferCorrupt as e:
+                    self._reached(m, address)
                     s.corrupt += 1
                     self._failed(m.machine_id)
                     self._log(
@@ -370,20 +376,41 @@ class Peers:
                         continue  # nothing was sent: try the machine's next address
                     s.failed += 1
                     if not cut_off:
+                        self._reached(m, address)
                         self._log(schema.LOG_TRANSFER_FAILED, m, file_id, dst, 0, t0, str(e))
                         break
                     unreachable.add(m.machine_id)  # not again this round
-                    if m.machine_id in self._outage:
+                    outage = self._outage if self._outage is not None else set()
+                    if m.machine_id in outage:
                         log.info("%s still unreachable: %s", m.hostname, e)
                     else:  # log-1 gets one event per outage, not one per round
-                        self._outage.add(m.machine_id)
+                        outage.add(m.machine_id)
                         self._log(schema.LOG_TRANSFER_FAILED, m, file_id, dst, 0, t0, str(e))
+                        self.ms.log_event(
+                            schema.LOG_PEER_UNREACHABLE,
+                            peer=m.machine_id,
+                            hostname=m.hostname,
+                            address=", ".join(addresses),
+                            reason=str(e)[:200],
+                        )
                     break
                 else:
-                    self._outage.discard(m.machine_id)
+                    self._reached(m, address)
                     self._record(doc, dst, m, r)
                     s.copies += 1
                     return
+
+    def _reached(self, m: PeerMachine, address: str) -> None:
+        """The peer answered: an outage it was in ends (logged once)."""
+        if self._outage is not None and m.machine_id in self._outage:
+            self._outage.discard(m.machine_id)
+            self.ms.log_event(
+                schema.LOG_PEER_REACHABLE,
+                logging.INFO,
+                peer=m.machine_id,
+                hostname=m.hostname,
+                address=address,
+            )
 
     def _record(self, doc: Doc, dst: FileStore, m: PeerMachine, r: client.PullResult) -> None:
         weight = transitions.store_copies_weight(self.ms.store_doc(dst.id))

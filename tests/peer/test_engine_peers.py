@@ -222,3 +222,36 @@ def test_a_machine_that_is_on_but_unreachable_is_one_failed_event_per_outage(
     failed = a.lib.events(types=[schema.LOG_TRANSFER_FAILED])
     assert len(failed) == 1 and failed[0]["peer"] == b.machine_id
     assert "cannot connect" in failed[0]["reason"]
+
+    # Health at A: B is on (fresh heartbeat) but its store cannot feed A, and says so.
+    h = a.health()
+    alert = next(x for x in h.alerts if x.code == "DISCONNECTED_ONLY_COPY")
+    assert "laptop is on but cannot be reached at 127.0.0.1:" in alert.action.lower()
+    assert "check its firewall" in alert.action
+    row = next(r for r in h.store_rows if r.store_id == b_store.id)
+    assert not row.online and row.unreachable_at and row.unreachable_at.startswith("127.0.0.1:")
+    assert len(a.lib.events(types=[schema.LOG_PEER_UNREACHABLE])) == 1
+
+    # A restarted engine remembers the outage: no second event for the same outage.
+    assert Engine(a, watch_drives=False, watch_folders=False).run_once().copies == 0
+    assert len(a.lib.events(types=[schema.LOG_PEER_UNREACHABLE])) == 1
+
+    # B answers again: A pulls, logs the end of the outage once, and the advice is gone.
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    try:
+        old = failed[0]["reason"]
+        _wait(
+            lambda: (
+                ((b.lib.docs.get_or_none(b.machine_id) or {}).get("peer") or {}).get("addresses")
+                and Engine(a, watch_drives=False, watch_folders=False).run_once().copies == 1
+            )
+        )
+    finally:
+        eng_b.stop()
+    assert old
+    reachable = a.lib.events(types=[schema.LOG_PEER_REACHABLE])
+    assert [e["peer"] for e in reachable] == [b.machine_id]
+    assert a.peer_outages() == {}
+    assert not [x for x in a.health().alerts if x.code == "DISCONNECTED_ONLY_COPY"]

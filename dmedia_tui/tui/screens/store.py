@@ -27,7 +27,12 @@ def store_details(row: StoreRow, now: float) -> Table:
     t.add_column()
     kind = "internal" if row.internal else ("removable" if row.removable else "fixed")
     t.add_row("store", row.store_id, "state", state_text(row, now))
-    t.add_row("machine", row.machine_name or "-", "online", "yes" if row.online else "no")
+    online = "yes" if row.online else "no"
+    if row.unreachable_at:
+        online = (
+            f"no: {row.machine_name or 'its machine'} is on, unreachable at {row.unreachable_at}"
+        )
+    t.add_row("machine", row.machine_name or "-", "online", online)
     t.add_row("drive", f"{row.drive_serial or '-'} ({kind})", "copy weight", str(row.copies))
     t.add_row("space free", space_text(row), "size", fmt_size(row.bytes_total))
     t.add_row("files", f"{row.files:,} ({row.user_files:,} user)", "bytes", fmt_size(row.bytes))

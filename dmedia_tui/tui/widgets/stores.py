@@ -44,6 +44,14 @@ def verify_age(row: StoreRow, now: float) -> str:
     return fmt_age(v.oldest, now)
 
 
+def _seen(r: StoreRow, now: float) -> str:
+    """ "now", how long ago, or "unreachable" (its machine is on; its peer server is not
+    answering this one)."""
+    if r.unreachable_at:
+        return "unreachable"
+    return "now" if r.online else fmt_age(r.last_seen, now)
+
+
 class StoresTable(DataTable):
     """Rows keyed by store ID so the cursor stays on its store across refreshes."""
 
@@ -67,7 +75,7 @@ class StoresTable(DataTable):
             str(r.copies),
             space_text(r),
             fmt_count(r.files),
-            fmt_age(r.last_seen, now) if not r.online else "now",
+            _seen(r, now),
             verify_age(r, now),
         )
 
