@@ -41,6 +41,7 @@ CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+_CN_PREFIX = "dmedia-tui peer"
 
 
 class IdentityError(Exception):
@@ -126,10 +127,22 @@ def add_trusted(ctx: ssl.SSLContext, pems: list[str]) -> None:
         ctx.load_verify_locations(cadata="\n".join(pems))
 
 
-def _new_pair() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dmedia-tui peer")])
-    cert = (
+def _certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A self-signed certificate whose subject is unique to its key.
+
+    The server trusts every machine's certificate as an anchor; OpenSSL finds the anchor
+    of a client certificate by subject name, so certificates that shared one name
+    ("dmedia-tui peer") made it pick another machine's and refuse 2 peers in 3 as soon as
+    a library had three machines. Each name now carries a digest of its public key, and
+    the key identifiers say which key signed it.
+    """
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    cn = f"{_CN_PREFIX} {hashlib.sha256(spki).hexdigest()[:32]}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -138,8 +151,17 @@ def _new_pair() -> tuple[bytes, bytes]:
         .not_valid_before(_NOT_BEFORE)
         .not_valid_after(_NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
+
+
+def _new_pair() -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(key)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -220,9 +242,30 @@ def _load(directory: Path) -> Identity:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
         raise IdentityError(f"garbled peer identity in {directory}: key and cert do not match")
+    if _shared_name(cert) and isinstance(key, ec.EllipticCurvePrivateKey):
+        cert = _reissue(cert_path, key)
     der = cert.public_bytes(serialization.Encoding.DER)
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     return Identity(directory, pem, fingerprint_der(der))
+
+
+def _shared_name(cert: x509.Certificate) -> bool:
+    """A certificate from before names were unique (see _certificate)."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return [a.value for a in cns] == [_CN_PREFIX]
+
+
+def _reissue(cert_path: Path, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """Replace an old shared-name certificate by one for the same key (atomically): the
+    fingerprint changes and this machine's next heartbeat publishes the new one."""
+    cert = _certificate(key)
+    tmp = cert_path.with_name(f".{cert_path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    _write_new(tmp, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    os.replace(tmp, cert_path)
+    _fsync_dir(cert_path.parent)
+    return cert
 
 
 def load_or_create(directory: str | os.PathLike[str]) -> Identity:

@@ -284,3 +284,54 @@ def test_http_1_1_keepalive_serves_several_requests_on_one_connection(served, al
             assert resp.status == 206 and len(resp.read()) == 100
         assert json.loads(conn.request("GET", "/info").read())["machine_id"] == alice.machine_id
     assert srv.stats["requests"] == 4
+
+
+def test_a_library_of_many_machines_serves_every_one_of_them(alice, bob, shm: Path) -> None:
+    # Every machine's certificate is a trust anchor of the server. With certificates that
+    # shared one subject name, OpenSSL picked the wrong anchor and refused 2 peers in 3 as
+    # soon as a library had three machines (which ones depended on the doc order).
+    others = []
+    for name in ("carol", "dave", "erin", "frank"):
+        (shm / name).mkdir()
+        others.append(Machine(name, shm / name))
+    clients = [bob, *others]
+    srv = alice.server(alice, *clients)
+    host, port = srv.start()
+    try:
+        for client in clients:
+            status, _, body = get(client, alice, f"{host}:{port}", "/info")
+            assert status == 200, client.name
+            assert json.loads(body)["machine_id"] == alice.machine_id
+    finally:
+        srv.stop()
+    assert srv.stats["refused"] == 0
+
+
+def test_an_old_certificate_with_the_shared_name_is_reissued_for_the_same_key(
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    me = ident.load_or_create(tmp_path / "peer")
+    key = serialization.load_pem_private_key(me.key_path.read_bytes(), password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dmedia-tui peer")])
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(ident._NOT_BEFORE)
+        .not_valid_after(ident._NOT_AFTER)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    me.cert_path.write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    again = ident.load_or_create(tmp_path / "peer")
+    cert = x509.load_pem_x509_certificate(again.cert_path.read_bytes())
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn.startswith("dmedia-tui peer ") and len(cn) > len("dmedia-tui peer ")
+    assert cert.public_key() == key.public_key()  # the same key: only the name changed
+    assert again.fingerprint != ident.fingerprint_der(old.public_bytes(serialization.Encoding.DER))
+    assert ident.load_or_create(tmp_path / "peer").fingerprint == again.fingerprint  # once
