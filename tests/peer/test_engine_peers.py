@@ -236,7 +236,9 @@ def test_a_machine_that_is_on_but_unreachable_is_one_failed_event_per_outage(
     assert Engine(a, watch_drives=False, watch_folders=False).run_once().copies == 0
     assert len(a.lib.events(types=[schema.LOG_PEER_UNREACHABLE])) == 1
 
-    # B answers again: A pulls, logs the end of the outage once, and the advice is gone.
+    # B boots again (a new process: a new MetaStore on the same config and library) and
+    # answers: A pulls, logs the end of the outage once, and the advice is gone.
+    b = MetaStore(b.lib, Config.load(b.config.config_dir, b.config.data_dir), SystemClock())
     eng_b = Engine(b, watch_drives=False, watch_folders=False)
     assert eng_b.acquire_lock()
     eng_b.start()
