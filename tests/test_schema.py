@@ -76,6 +76,8 @@ def test_log_types_are_the_data_safety_events():
         "dmedia/transfer/done",
         "dmedia/transfer/failed",
         "dmedia/transfer/corrupt",
+        "dmedia/peer/unreachable",
+        "dmedia/peer/reachable",
     }
     assert expected == schema.LOG_TYPES
     assert schema.ORIGINS[0] == "user"
