@@ -257,3 +257,73 @@ def test_a_machine_that_is_on_but_unreachable_is_one_failed_event_per_outage(
     assert [e["peer"] for e in reachable] == [b.machine_id]
     assert a.peer_outages() == {}
     assert not [x for x in a.health().alerts if x.code == "DISCONNECTED_ONLY_COPY"]
+
+
+def test_a_rot_found_while_serving_a_peer_is_notified_once_by_the_serving_engine(
+    two, shm: Path
+) -> None:
+    """Notifications ride on the peer-enabled engine unchanged: B's engine serves A (its
+    peer server runs), finds a rotten copy by serving it, and B's command hook hears of
+    the DRIVE_FAILURE once, with B's workers still running."""
+    from dmedia_tui import notify
+    from dmedia_tui.health import DRIVE_FAILURE, Severity
+
+    a, b = two
+    hook = shm / "hook.jsonl"
+    with open(b.config.config_dir / "config.toml", "a") as f:
+        f.write(f'[notify]\ncommand = "cat >> {hook}"\nmin_severity = "panic"\ndesktop = false\n')
+    data = os.urandom(LEAF + 999)
+    (shm / "card").mkdir()
+    (shm / "card" / "MVI_0005.MOV").write_bytes(data)
+    (shm / "laptop-ssd").mkdir()
+    b_store, _, _ = b.init_store(shm / "laptop-ssd", label="laptop-ssd")
+    b.import_paths([shm / "card"], b_store)
+    file_id = hash_bytes(data).id
+    path = b_store.file_path(file_id)
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # rot behind an unchanged mtime: only serving finds it
+        f.seek(LEAF + 10)
+        f.write(bytes([data[LEAF + 10] ^ 0x40]))
+    os.chmod(path, 0o444)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    mtime = b_store.stat(file_id).mtime
+    b.lib.docs.update(file_id, transitions.mark_verified, b_store.id, 1, mtime, b.now())
+    (shm / "studio-1").mkdir()
+    a.init_store(shm / "studio-1", label="studio-1")
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+
+    def lines() -> list[dict]:
+        text = hook.read_text() if hook.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    n = notify.attach(eng_b)
+    assert n is not None
+    n.settings = notify.NotifySettings(
+        command=n.settings.command, min_severity=Severity.PANIC, settle=0.1, interval=600
+    )
+    eng_b.start()
+    try:
+        _wait(
+            lambda: ((b.lib.docs.get_or_none(b.machine_id) or {}).get("peer") or {}).get(
+                "addresses"
+            )
+        )
+        assert eng_b.peers is not None and eng_b.peers.server is not None  # it serves
+        n.check()  # what B was already told (one store here: INSUFFICIENT_STORAGE)
+        before = len(lines())
+        assert DRIVE_FAILURE not in {e["code"] for e in lines()}
+        Engine(a, watch_drives=False, watch_folders=False).run_once()
+        _wait(lambda: DRIVE_FAILURE in {e["code"] for e in lines()}, timeout=30)  # < interval
+        time.sleep(1.0)  # more engine events after the first: nothing is said twice
+        told = [(e["event"], e["code"]) for e in lines()[before:]]
+        assert len(told) == len(set(told)), told
+        failure = [e for e in lines() if e["code"] == DRIVE_FAILURE]
+        assert [(e["event"], e["store_ids"]) for e in failure] == [("new", [b_store.id])]
+        assert ("new", "NO_KNOWN_COPY") in told  # its only copy was the rotten one
+        assert all(t.is_alive() for t in eng_b._threads)
+    finally:
+        n.close()
+        eng_b.stop()
