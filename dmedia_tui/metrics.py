@@ -23,29 +23,38 @@ from pathlib import Path
 from typing import Any
 
 from dmedia_tui.health import (
+    CLOCK_SKEW,
     DATABASE_OFFLINE,
     DISCONNECTED_ONLY_COPY,
     DRIVE_FAILURE,
+    DRIVE_READ_ERRORS,
     INSUFFICIENT_STORAGE,
     LOW_DURABILITY,
     METADATA_INVALID,
     NO_KNOWN_COPY,
     SHARED_FILESYSTEM,
+    STORE_UNSAFE,
     Health,
     Severity,
     StoreState,
 )
 
-ALERT_CODES = (
-    NO_KNOWN_COPY,
-    INSUFFICIENT_STORAGE,
-    DISCONNECTED_ONLY_COPY,
-    DRIVE_FAILURE,
-    SHARED_FILESYSTEM,
-    METADATA_INVALID,
-    DATABASE_OFFLINE,
-    LOW_DURABILITY,
-)
+# Every code with the severity health.py gives it: each (code, severity) series exists
+# whether or not the alert is active, so a dashboard's series never changes its labels.
+ALERT_SEVERITY = {
+    NO_KNOWN_COPY: Severity.CRITICAL,
+    INSUFFICIENT_STORAGE: Severity.PANIC,
+    DISCONNECTED_ONLY_COPY: Severity.PANIC,
+    DRIVE_FAILURE: Severity.PANIC,
+    STORE_UNSAFE: Severity.PANIC,
+    DRIVE_READ_ERRORS: Severity.PANIC,
+    SHARED_FILESYSTEM: Severity.WARNING,
+    METADATA_INVALID: Severity.WARNING,
+    DATABASE_OFFLINE: Severity.WARNING,
+    CLOCK_SKEW: Severity.WARNING,
+    LOW_DURABILITY: Severity.INFO,
+}
+ALERT_CODES = tuple(ALERT_SEVERITY)
 STATS_FILE = "engine-stats.json"
 STATS_STALE_AFTER = 120.0  # seconds: an engine that wrote nothing for this long is gone
 
@@ -223,12 +232,11 @@ class HealthCollector:
         yield g("dmedia_user_files_total", "User files in the library", value=health.files)
         yield g("dmedia_user_bytes_total", "User bytes in the library", value=health.bytes)
         alerts = g("dmedia_alerts", "Active alerts by code", labels=["code", "severity"])
-        counts: dict[str, tuple[int, str]] = {}
-        for a in health.alerts:
-            n, _ = counts.get(a.code, (0, ""))
-            counts[a.code] = (n + 1, a.severity.name.lower())
-        for code in [*ALERT_CODES, *sorted(set(counts) - set(ALERT_CODES))]:  # new codes too
-            n, sev = counts.get(code, (0, ""))
+        counts = {(code, sev.name.lower()): 0 for code, sev in ALERT_SEVERITY.items()}
+        for a in health.alerts:  # a code health adds later shows too
+            key = (a.code, a.severity.name.lower())
+            counts[key] = counts.get(key, 0) + 1
+        for (code, sev), n in counts.items():
             alerts.add_metric([code, sev], n)
         yield alerts
         yield g(

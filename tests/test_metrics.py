@@ -79,7 +79,16 @@ def test_metrics_text_parses_and_says_what_status_says(lib):
         assert value(data, "dmedia_user_bytes", durability=d) == st["histogram_bytes"][d]
     assert value(data, "dmedia_user_files_total") == 6
     assert value(data, "dmedia_alerts", code="DRIVE_FAILURE", severity="panic") == 1
-    assert value(data, "dmedia_alerts", code="NO_KNOWN_COPY", severity="") == 0
+    # Every code's series exists, active or not, under the severity it always has (a
+    # label that changed when the alert appeared would start a new series).
+    alert_series = {lab for name, lab in data if name == "dmedia_alerts"}
+    assert alert_series == {
+        (("code", code), ("severity", sev.name.lower()))
+        for code, sev in metrics.ALERT_SEVERITY.items()
+    }
+    assert value(data, "dmedia_alerts", code="NO_KNOWN_COPY", severity="critical") == 0
+    assert value(data, "dmedia_alerts", code="CLOCK_SKEW", severity="warning") == 0
+    assert value(data, "dmedia_alerts", code="DRIVE_READ_ERRORS", severity="panic") == 0
     assert value(data, "dmedia_worst_severity") == 3
     assert value(data, "dmedia_status_exit_code") == 2
     c = ids["c"]
@@ -180,3 +189,11 @@ def test_engine_rates_from_a_real_engine_run(tmp_path, lib):
     assert got["verified_bytes_total"] == 3 * size  # the three copies of each, verified
     assert got["engine_up"] == 1
     assert metrics.read_stats(cfg.data_dir, now=time.time() + 3600)["verify_rate"] == 0.0
+
+
+def test_every_alert_code_of_health_has_its_series():
+    """A code health.py adds later must get its fixed-severity series here too."""
+    from dmedia_tui import health
+
+    codes = {v for k, v in vars(health).items() if k.isupper() and isinstance(v, str) and v == k}
+    assert codes == set(metrics.ALERT_SEVERITY)
