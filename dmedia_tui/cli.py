@@ -112,19 +112,25 @@ class Context:
 def _warn_password(value: str | None, option: str, warned: set[str]) -> None:
     """A password in an argument is visible to every user (ps, /proc/PID/cmdline): say so
     (once), and where it belongs instead. The password itself is never printed."""
-    if not value or not is_couch_url(value) or option in warned:
+    if option in warned:
         return
-    try:
-        has_password = urllib.parse.urlsplit(value).password is not None
-    except ValueError:
-        return
-    if has_password:
+    if _has_password(value):
         warned.add(option)
         click.echo(
             f"dmedia-tui: warning: the password in {option} is visible to other users of this "
             "machine (ps, /proc/PID/cmdline); put it in ~/.netrc (or DMEDIA_DB, config.toml)",
             err=True,
         )
+
+
+def _has_password(value: str | None) -> bool:
+    """A CouchDB URL that carries a password (never printed: only said to be there)."""
+    if not value or not is_couch_url(value):
+        return False
+    try:
+        return urllib.parse.urlsplit(value).password is not None
+    except ValueError:
+        return False
 
 
 def _open_hint(url: str, error: str) -> str:
@@ -1188,9 +1194,16 @@ def service_install(ctx: Context, print_only: bool, no_start: bool) -> None:
     from dmedia_tui import service
 
     env = {}
+    _warn_password(ctx.db, "--db", ctx.warned)
     db = ctx.db or os.environ.get("DMEDIA_DB")
     if db:
         env["DMEDIA_DB"] = db
+        if _has_password(db):
+            click.echo(
+                "dmedia-tui: note: the unit holds the library's password (the file is "
+                "readable by you only); a login in ~/.netrc keeps it out of the unit",
+                err=True,
+            )
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
         if os.environ.get(var):
             env[var] = os.environ[var]

@@ -238,10 +238,16 @@ def install(
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text(encoding="utf-8") if path.exists() else None
     if old == text:
+        os.chmod(path, 0o600)  # as a unit written before units were private
         rep.lines.append(f"unit {path} is up to date")
     else:
+        # Readable by its owner only: its Environment= may hold the library's password.
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
         rep.lines.append(f"{'updated' if old else 'wrote'} unit {path}")
     sc = systemctl or Systemctl()

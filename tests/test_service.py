@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -91,6 +92,24 @@ def test_install_without_systemd_writes_the_unit_and_says_so(machine, tmp_path):
     assert "engine: none running" in r.stdout
     r = machine.ok("service", "uninstall")
     assert f"removed {unit}" in r.stdout and not unit.exists()
+
+
+@pytest.mark.skipif(service.systemd_booted(), reason="this test is about a machine without systemd")
+def test_a_unit_holding_the_library_password_is_private(machine, tmp_path):
+    """DMEDIA_DB goes into the unit: with a CouchDB password in it, no other user may read
+    it (~/.config is often world-readable), and the user is told where a login belongs."""
+    unit = machine.config_home / "systemd" / "user" / "dmedia-tui.service"
+    url = "http://admin:s3cret-pw@127.0.0.1:5984/media"
+    r = machine.run("service", "install", "--db", url)
+    assert r.exit_code == 1 and f"wrote unit {unit}" in r.stdout
+    assert f"Environment=DMEDIA_DB={url}" in unit.read_text()  # the service needs it
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o600
+    assert "the password in --db is visible to other users" in r.stderr
+    assert "the unit holds the library's password" in r.stderr and "~/.netrc" in r.stderr
+    assert "s3cret-pw" not in r.stderr + r.stdout
+    unit.chmod(0o644)  # a unit written by an earlier version
+    r = machine.run("service", "install", "--db", url)
+    assert "is up to date" in r.stdout and stat.S_IMODE(unit.stat().st_mode) == 0o600
 
 
 def stand_in_systemctl(tmp_path: Path, fail_on: str = "") -> tuple[Path, Path]:
