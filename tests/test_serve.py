@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NOW
+from tests.conftest import NOW, need
 from tests.integration.harness import Machine, canonical, flip_bit, make_camera_files
 
 CHROMIUM = "/usr/bin/chromium"
@@ -67,6 +67,17 @@ def panic_library(tmp_path: Path, mounts) -> Machine:
     flip_bit(canonical(paths[1], f.parent.name + f.name))
     assert m.run("verify", "--all").exit_code == 2
     return m
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium (.ci/run installs it; DMEDIA_REQUIRE_BROWSER=1 there)."""
+    need(
+        os.path.exists(CHROMIUM),
+        "DMEDIA_REQUIRE_BROWSER",
+        "Debian's chromium is not installed (apt install chromium)",
+    )
+    return CHROMIUM
 
 
 @pytest.fixture
@@ -170,13 +181,12 @@ def grid(png: bytes, cols: int = 32, rows: int = 20) -> list[list[list[int]]]:
     return out
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-def test_app_in_headless_chromium(server, tmp_path):
+def test_app_in_headless_chromium(chromium, server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     frames: list[bytes | str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             page.on(

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from dmedia_tui import service
-from tests.conftest import NOW
+from tests.conftest import NOW, need
 from tests.integration.harness import Machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +53,12 @@ def analyze_verify(unit: Path, tmp_path: Path) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (Debian: systemd)")
 def test_installed_unit_passes_systemd_analyze_verify(machine, tmp_path):
+    need(
+        ANALYZE is not None,
+        "DMEDIA_REQUIRE_SYSTEMD_ANALYZE",
+        "systemd-analyze is not installed (Debian: apt install systemd)",
+    )
     db = tmp_path / "my library" / "lib 100%.sqlite3"  # a space and a % to escape
     r = machine.ok("service", "install", "--print", "--db", str(db))
     unit = tmp_path / "dmedia-tui.service"
