@@ -339,12 +339,15 @@ def summarize(changes: Sequence[Change], quiet_summary: bool = False) -> tuple[s
 
 
 def notify_type(changes: Sequence[Change]) -> str:
-    """apprise's notify type for a batch: failure if anything panics, success if all clear."""
+    """apprise's notify type for a batch: failure if anything panics, warning for a
+    warning, info for info only (a test message too), success if all cleared."""
     live = [c for c in changes if c.kind != CLEARED]
     if not live:
         return "success"
     worst = max(c.now.level for c in live)
-    return "failure" if worst >= Severity.PANIC else "warning"
+    if worst >= Severity.PANIC:
+        return "failure"
+    return "warning" if worst >= Severity.WARNING else "info"
 
 
 # --- backends --------------------------------------------------------------------------
@@ -433,7 +436,7 @@ class DesktopBackend(Backend):
 
     def send(self, changes: Sequence[Change], context: dict[str, Any], quiet: bool) -> None:
         title, body = summarize(changes, quiet)
-        urgency = {"failure": "critical", "warning": "normal", "success": "low"}
+        urgency = {"failure": "critical", "warning": "normal", "info": "low", "success": "low"}
         r = subprocess.run(
             [
                 self.program,

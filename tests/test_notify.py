@@ -269,6 +269,7 @@ def test_notify_test_command(tmp_path, receiver):
     assert "command: sent" in r.stdout and "apprise: sent" in r.stdout
     assert hook_lines(hook)[0]["code"] == "TEST" and hook_lines(hook)[0]["test"] is True
     assert "test notification" in receiver.received[0]["message"]
+    assert receiver.received[0]["type"] == "info"  # a test is not a warning
     configure(m, command="exit 4")
     r = m.run("notify", "test")
     assert r.exit_code == 1 and "command: failed" in r.stderr
