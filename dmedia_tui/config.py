@@ -177,6 +177,17 @@ DEFAULT_CONFIG_TOML = """\
 # enabled = "auto"                  # listen once the library knows another machine
 # listen = "0.0.0.0:{peer_port}"        # the port to open in a firewall for the other machines
 # discovery = true                  # mDNS on the LAN (_dmedia-tui._tcp)
+
+[notify]
+# When an alert appears, gets worse or clears (`dmedia-tui notify test` sends one).
+# urls = ["ntfys://ntfy.sh/dmedia-pick-a-secret-topic"]   # any apprise URLs: mailto://...
+# command = "/usr/local/bin/on-dmedia-alert"   # once per change, the alert as JSON on stdin
+# desktop = true                    # notify-send (default: where it and a session bus exist)
+# min_severity = "warning"          # info | warning | panic | critical
+# repeat_after = 3600               # "worse" at most this often per alert, in seconds
+# retry_after = 300                 # a backend that failed is tried again after this
+# quiet_hours = "22:00-07:00"       # nothing below critical then; one summary afterwards
+# interval = 60                     # the running engine looks at least this often
 """
 
 

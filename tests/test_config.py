@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -102,6 +103,24 @@ def test_default_config_file_is_written_once_and_parses(tmp_path):
     path.write_text("# mine\n")
     cfg.write_default_config()
     assert path.read_text() == "# mine\n"
+
+
+def test_default_config_notify_table_documents_every_key_and_uncomments_cleanly(tmp_path):
+    from dmedia_tui import notify
+
+    cfg = Config.load(tmp_path, tmp_path / "data")
+    text = cfg.write_default_config().read_text()
+    section = text[text.index("[notify]") :]
+    keys = re.findall(r"^# (\w+) = ", section, re.M)
+    assert set(keys) == {f for f in notify.NotifySettings.__dataclass_fields__} - {
+        "settle",
+        "command_timeout",
+    }
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", section, flags=re.M)
+    (tmp_path / "config.toml").write_text(uncommented)
+    s = notify.NotifySettings.load(tmp_path)
+    assert s.urls == ("ntfys://ntfy.sh/dmedia-pick-a-secret-topic",) and s.desktop is True
+    assert s.quiet_hours == (22 * 60, 7 * 60) and s.repeat_after == 3600
 
 
 def test_clock_from_env():
