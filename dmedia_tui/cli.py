@@ -251,6 +251,7 @@ def _run_app(ctx: Context, config: Config | None = None, db: str | None = None) 
         ctx._config = config
     if db is not None:
         ctx.db = db
+    _check_notify_config(ctx)  # before the app takes the terminal
     # The app owns the terminal: log to a file instead of stderr.
     logfile = ctx.config.data_dir / "dmedia-tui.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -492,6 +493,7 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
     """Verify copies on connected stores (due ones, or --all), handling what is found."""
     from dmedia_tui.engine import Engine
 
+    _check_notify_config(ctx)
     with ctx.metastore() as ms:
         engine = Engine(ms, watch_drives=False, watch_folders=False)
         engine.refresh_connected()
@@ -551,6 +553,7 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
 
     logging.getLogger().setLevel(logging.INFO if verbose or not once else logging.WARNING)
     _timestamped_stderr_logging()  # the journal and plain stderr both get times
+    _check_notify_config(ctx)
     with ctx.metastore(ticking=not once) as ms:
         # --once scans the partitions once per housekeeping pass (a wiped drive is purged,
         # a store on a drive mounted somewhere new is found) but starts no watcher.
@@ -958,6 +961,17 @@ def _close_monitors(monitors: list[Any], final_check: bool = False) -> None:
 
 
 # --- notifications (dmedia_tui/notify.py) -------------------------------------------------
+
+
+def _check_notify_config(ctx: Context) -> None:
+    """A command that runs the engine refuses a bad [notify] table (one line, exit 1), like
+    any bad setting: alerts nobody receives because of a typo must not pass unnoticed."""
+    from dmedia_tui import notify
+
+    try:
+        notify.make_backends(notify.NotifySettings.load(ctx.config.config_dir))
+    except notify.NotifyConfigError as e:
+        raise UserError(str(e)) from None
 
 
 def _attach_notifier(engine: Any) -> Any:

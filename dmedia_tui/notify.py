@@ -405,7 +405,13 @@ class AppriseBackend(Backend):
         self.urls = list(urls)
         self.name = "apprise"
         self._apprise = apprise.Apprise()
-        bad = [u for u in self.urls if not self._apprise.add(u)]
+        quiet = logging.getLogger("apprise")  # our error names the URL; its own would repeat it
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            bad = [u for u in self.urls if not self._apprise.add(u)]
+        finally:
+            quiet.setLevel(level)
         if bad:
             raise NotifyConfigError(
                 "[notify] urls: apprise does not understand " + ", ".join(mask_url(u) for u in bad)
@@ -682,7 +688,8 @@ def for_metastore(ms: Any, local: Callable[[], Iterable[str]] | None = None) -> 
     """The notifier configured for this library and machine, or None when no backend is.
 
     `local`: the stores connected here now (the engine's), so health agrees with the
-    engine. A bad [notify] table is logged and means no notifications, never a crash.
+    engine. A bad [notify] table is logged and means no notifications, never a crash
+    (the commands that run an engine refuse one before they start: cli.py).
     """
     try:
         settings = NotifySettings.load(ms.config.config_dir)

@@ -94,6 +94,24 @@ def test_bad_notify_table_is_one_clear_error(tmp_path):
         notify.NotifySettings.load(tmp_path)
 
 
+def test_a_command_that_runs_the_engine_refuses_a_bad_notify_table(tmp_path, mounts):
+    """A typo in [notify] would mean panics that reach nobody: daemon and verify say so in
+    one line and exit 1 before doing anything, like any bad setting."""
+    m, _, _ = library_with_copies(tmp_path, mounts)
+    cfg = m.config_home / "dmedia-tui" / "config.toml"
+    for table, needle in (
+        ('comand = "cat"', "unknown key(s) in [notify]: comand"),
+        ('urls = ["notaservice://x"]', "apprise does not understand notaservice://"),
+    ):
+        cfg.write_text(f"[notify]\n{table}\n")
+        for args in (("daemon", "--once"), ("verify",)):
+            r = m.run(*args)
+            assert r.exit_code == 1, (args, r.stdout, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
+            assert "Traceback" not in r.stderr and r.stdout == ""
+
+
 # --- a receiver for apprise's json:// -------------------------------------------------------
 
 
