@@ -361,6 +361,12 @@ def test_attached_to_a_running_engine_notifies_from_its_thread(tmp_path, mounts)
     )
     engine.start()
     try:
+        # The housekeeping thread finds the stores after start(); a verify request made
+        # before that names no connected copy and is dropped (an engine race, not ours).
+        deadline = time.monotonic() + 30
+        while len(engine.connected) < len(paths) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(engine.connected) == len(paths)
         fid = copies_on(paths[3])[0]
         flip_bit(canonical(paths[3], fid))
         engine.request_verify(file_id=fid)
