@@ -75,6 +75,10 @@ _O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
 SUBDIRS = ("files", "tmp", "corrupt")
 NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
 TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) is stale
+# An import batch: files fsync-ed, renamed and recorded together. Each staged file holds
+# two fds until its batch is committed (and the next batch is staged meanwhile).
+IMPORT_BATCH_FILES = 64
+IMPORT_BATCH_BYTES = 32 << 20
 
 
 class FileStoreError(Exception):
@@ -250,28 +254,42 @@ class _TmpFile:
         If the canonical file appeared meanwhile (another writer of the same content),
         the existing one is kept: this tmp is discarded and (its mtime, False) returned.
         """
-        assert self.fd is not None and self.dir_fd is not None
         check_file_id(file_id)
-        os.fchmod(self.fd, 0o444)  # before the fsync, so the mode is durable too
-        os.fsync(self.fd)
-        fault_point("tmp.fsynced")
+        self.sync()
         pd = self.store._open_dir("files", file_id[:2], create=True)
         try:
-            name = file_id[2:]
-            st = _lstat_at(pd, name)
-            if st is not None and stat_mod.S_ISREG(st.st_mode):
-                self.discard()
-                return int(st.st_mtime), False
-            if st is not None:  # a link, folder, FIFO... where the copy goes: set it aside
-                self.store._set_aside(pd, file_id)
-            mtime = int(os.fstat(self.fd).st_mtime)
-            os.rename(self.name, name, src_dir_fd=self.dir_fd, dst_dir_fd=pd)
-            fault_point("files.renamed")
-            self.close()
+            mtime, new = self.place(file_id, pd)
+            if not new:
+                return mtime, False
             os.fsync(pd)
         finally:
             os.close(pd)
         fault_point("files.committed")
+        return mtime, True
+
+    def sync(self) -> None:
+        """Make the written bytes durable and the file read-only (the mode is durable too)."""
+        assert self.fd is not None
+        os.fchmod(self.fd, 0o444)
+        os.fsync(self.fd)
+        fault_point("tmp.fsynced")
+
+    def place(self, file_id: str, pd: int) -> tuple[int, bool]:
+        """Rename the synced tmp to its copy's name in the folder `pd` (files/<id[:2]>);
+        the caller fsyncs `pd` before anything records the copy. (mtime, new) as commit."""
+        assert self.fd is not None and self.dir_fd is not None
+        check_file_id(file_id)
+        name = file_id[2:]
+        st = _lstat_at(pd, name)
+        if st is not None and stat_mod.S_ISREG(st.st_mode):
+            self.discard()
+            return int(st.st_mtime), False
+        if st is not None:  # a link, folder, FIFO... where the copy goes: set it aside
+            self.store._set_aside(pd, file_id)
+        mtime = int(os.fstat(self.fd).st_mtime)
+        os.rename(self.name, name, src_dir_fd=self.dir_fd, dst_dir_fd=pd)
+        fault_point("files.renamed")
+        self.close()
         return mtime, True
 
     def close(self) -> None:
@@ -743,32 +761,113 @@ class FileStore:
     def import_files(
         self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
     ) -> Iterator[tuple[Path, ImportResult | FileStoreError | OSError]]:
-        """import_file for many files, in order, with each file's fsync overlapping the
-        reading and hashing of the next (per-file fsyncs otherwise leave the disk and
-        the CPU idle in turn). Yields (src, result or the error for that file); a result
-        is yielded only once that copy is durable.
+        """import_file for many files, in order, a batch at a time (import_batches)."""
+        for batch in self.import_batches(srcs, progress):
+            yield from batch
+
+    def import_batches(
+        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
+    ) -> Iterator[list[tuple[Path, ImportResult | FileStoreError | OSError]]]:
+        """Import files in batches (up to IMPORT_BATCH_FILES files or IMPORT_BATCH_BYTES):
+        every file of a batch is written to tmp/, then all are fsync-ed, then renamed into
+        files/, then their folders fsync-ed; the batch's (src, result or error) list is
+        yielded once all of it is durable, so a caller records a batch in one go.
+
+        A batch is committed (fsyncs, renames) in a worker thread while the next one is
+        read and hashed, so disk and CPU work in parallel. Per-file fsyncs and renames of
+        many small files cost one journal commit, not one each. A crash anywhere leaves
+        whole files in files/ (fsync-ed before their rename) and partial ones in tmp/.
         """
         # Everything staged is submitted before the next yield, so a caller that stops
         # early leaves nothing half-done: leaving the `with` waits for queued commits.
-        Item = tuple[Path, "Future[ImportResult] | ImportResult | FileStoreError | OSError"]
+        Staged = tuple[Path, "tuple[_TmpFile, ContentHash] | ImportResult | Exception"]
         with ThreadPoolExecutor(1, thread_name_prefix="dmedia-commit") as ex:
-            prev: Item | None = None
-            for src in map(Path, srcs):
-                staged: ImportResult | tuple[_TmpFile, ContentHash] | FileStoreError | OSError
+            pending: Future[list[tuple[Path, Any]]] | None = None
+            batch: list[Staged] = []
+            nbytes = 0
+            try:
+                for src in map(Path, srcs):
+                    try:
+                        staged: Any = self._stage(src, progress)
+                    except (FileStoreError, OSError) as e:
+                        staged = e
+                    batch.append((src, staged))
+                    if isinstance(staged, tuple):
+                        nbytes += staged[1].file_size
+                    if len(batch) < IMPORT_BATCH_FILES and nbytes < IMPORT_BATCH_BYTES:
+                        continue
+                    fault_point("import.batch_staged")
+                    fut = ex.submit(self._commit_batch, batch)
+                    batch, nbytes = [], 0
+                    if pending is not None:
+                        yield pending.result()
+                    pending = fut
+                fut = None
+                if batch:
+                    fault_point("import.batch_staged")
+                    fut = ex.submit(self._commit_batch, batch)
+                batch = []
+                if pending is not None:
+                    yield pending.result()
+                if fut is not None:
+                    yield fut.result()
+            finally:
+                for _, staged in batch:  # staged, never submitted (an exception): removed
+                    if isinstance(staged, tuple):
+                        staged[0].discard()
+
+    def _commit_batch(self, batch: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
+        """fsync every tmp of a batch, rename them all, fsync their folders; per file the
+        ImportResult or the error. Never raises for one file's OSError."""
+        results: list[Any] = [staged for _, staged in batch]
+        todo: list[tuple[int, _TmpFile, ContentHash]] = []
+        dirs: dict[str, int] = {}
+        try:
+            for i, staged in enumerate(results):
+                if not isinstance(staged, tuple):
+                    continue
+                tmp, ch = staged
                 try:
-                    staged = self._stage(src, progress)
-                except (FileStoreError, OSError) as e:
-                    staged = e
-                item: Item = (
-                    (src, ex.submit(self._commit, *staged))
-                    if isinstance(staged, tuple)
-                    else (src, staged)
-                )
-                if prev is not None:
-                    yield prev[0], _result(prev[1])
-                prev = item
-            if prev is not None:
-                yield prev[0], _result(prev[1])
+                    tmp.sync()
+                except OSError as e:
+                    tmp.discard()
+                    results[i] = e
+                    continue
+                todo.append((i, tmp, ch))
+            fault_point("import.batch_synced")
+            placed: list[tuple[int, str]] = []
+            for i, tmp, ch in todo:
+                prefix = ch.id[:2]
+                try:
+                    if prefix not in dirs:
+                        dirs[prefix] = self._open_dir("files", prefix, create=True)
+                    mtime, new = tmp.place(ch.id, dirs[prefix])
+                except OSError as e:
+                    tmp.discard()
+                    results[i] = e
+                    continue
+                results[i] = ImportResult(ch, mtime, new)
+                if new:
+                    placed.append((i, prefix))
+            todo = []
+            fault_point("import.batch_renamed")
+            failed: dict[str, OSError] = {}
+            for prefix, pd in dirs.items():
+                try:
+                    os.fsync(pd)
+                except OSError as e:
+                    failed[prefix] = e
+            for i, prefix in placed:
+                if prefix in failed:  # in files/ but maybe not durable: not reported done
+                    results[i] = failed[prefix]
+                else:
+                    fault_point("files.committed")
+        finally:
+            for pd in dirs.values():
+                os.close(pd)
+            for _, tmp, _ in todo:  # an exception before they were placed
+                tmp.discard()
+        return [(src, r) for (src, _), r in zip(batch, results, strict=True)]
 
     def import_bytes(self, data: bytes) -> ImportResult:
         """Store an in-memory byte string (the demo and tests)."""
@@ -1039,17 +1138,6 @@ def _pid_alive(pid: int) -> bool:
     except (OverflowError, OSError):
         return False
     return True
-
-
-def _result(
-    value: Future[ImportResult] | ImportResult | FileStoreError | OSError,
-) -> ImportResult | FileStoreError | OSError:
-    if not isinstance(value, Future):
-        return value
-    try:
-        return value.result()
-    except (FileStoreError, OSError) as e:
-        return e
 
 
 # One pool of I/O threads and a few leaf buffers for the whole process: a pool and two

@@ -724,6 +724,53 @@ class MetaStore:
         fault_point("import.doc_saved")
         return ch.id, False
 
+    def record_imports(
+        self, fs: FileStore, batch: list[tuple[Path, ImportResult]], origin: str = "user"
+    ) -> list[tuple[str, bool]]:
+        """record_import for a batch of copies already durable in fs, in one write (one
+        transaction on SQLite, one _bulk_docs on CouchDB); (file_id, new_to_library) per
+        item. A doc another writer changed meanwhile is recorded again on its own."""
+        if not batch:
+            return []
+        store = self.store_doc(fs.id)
+        weight = transitions.store_copies_weight(store) if store else fs.copies
+        now = self.now()
+        ids = list(dict.fromkeys(r.content_hash.id for _, r in batch))
+        current = dict(zip(ids, self.lib.docs.get_many(ids), strict=True))
+        first: dict[str, tuple[Path, ImportResult]] = {}
+        for path, r in batch:
+            first.setdefault(r.content_hash.id, (path, r))
+        to_save: list[Doc] = []
+        created: set[str] = set()
+        for fid in ids:
+            path, r = first[fid]
+            doc = current[fid]
+            if doc is None:
+                stored = {fs.id: schema.create_stored_value(weight, r.mtime)}
+                to_save.append(
+                    schema.create_file(now, r.content_hash, stored, origin=origin, name=path.name)
+                )
+                created.add(fid)
+            elif (merged := _merge_import(doc, fs.id, weight, r.mtime, origin, now)) is not None:
+                to_save.append(merged)
+        retry: set[str] = set()
+        for doc, res in zip(to_save, self.lib.docs.save_many(to_save), strict=True):
+            if isinstance(res, DatabaseError):
+                retry.add(doc["_id"])  # a concurrent writer (Conflict): merged on its own
+                created.discard(doc["_id"])
+        for fid in sorted(retry):
+            path, r = first[fid]
+            if self.record_import(path, fs, r, origin)[1]:
+                created.add(fid)
+        for _ in to_save:
+            fault_point("import.doc_saved")  # once per doc, after its batch is saved
+        out = []
+        for _, r in batch:
+            fid = r.content_hash.id
+            out.append((fid, fid in created))
+            created.discard(fid)  # the same content twice in a batch: new once
+        return out
+
     def import_paths(
         self,
         paths: Iterable[str | os.PathLike[str]],
@@ -733,8 +780,9 @@ class MetaStore:
     ) -> ImportReport:
         """Import files and folders (recursively); empty files are skipped and counted.
 
-        Uses FileStore.import_files so each file's fsync overlaps reading the next; a
-        doc is written only after its copy is durable.
+        Uses FileStore.import_batches: a batch of files is written, fsync-ed and renamed
+        together while the next is read, and then recorded in one write; a doc is written
+        only after its copy is durable.
         """
         report = ImportReport()
         sizes: dict[Path, int] = {}
@@ -759,20 +807,29 @@ class MetaStore:
                 sizes[path] = size
                 yield path
 
-        for path, result in fs.import_files(non_empty()):
-            if isinstance(result, Exception):
-                msg = result.strerror if isinstance(result, OSError) and result.strerror else result
-                report.errors.append(f"{path}: {msg}")
-                continue
-            file_id, new = self.record_import(path, fs, result, origin)
-            size = sizes.pop(path, result.content_hash.file_size)
-            report.files += 1
-            report.bytes += size
-            report.new += new
-            report.duplicates += not new
-            report.file_ids.append(file_id)
-            if on_file:
-                on_file(path, size)
+        for batch in fs.import_batches(non_empty()):
+            done: list[tuple[Path, ImportResult]] = []
+            for path, result in batch:
+                if isinstance(result, Exception):
+                    msg = (
+                        result.strerror
+                        if isinstance(result, OSError) and result.strerror
+                        else result
+                    )
+                    report.errors.append(f"{path}: {msg}")
+                else:
+                    done.append((path, result))
+            for (path, result), (file_id, new) in zip(
+                done, self.record_imports(fs, done, origin), strict=True
+            ):
+                size = sizes.pop(path, result.content_hash.file_size)
+                report.files += 1
+                report.bytes += size
+                report.new += new
+                report.duplicates += not new
+                report.file_ids.append(file_id)
+                if on_file:
+                    on_file(path, size)
         return report
 
     # --- verification ----------------------------------------------------------------

@@ -618,9 +618,9 @@ def test_import_files_stopped_early_leaves_nothing_half_done(
         srcs[-1].write_bytes(data(1000 + i))
     gen = store.import_files(srcs)
     first_src, first = next(gen)
-    gen.close()  # the second file was already read: it is committed, not left in tmp/
+    gen.close()  # the batch is committed whole before its first result: nothing in tmp/
     assert first_src == srcs[0] and first.new  # type: ignore[union-attr]
-    assert len(list(store)) == 2
+    assert len(list(store)) == 3
     assert list(store.tmp_dir.iterdir()) == []
 
 
