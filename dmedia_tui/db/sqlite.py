@@ -340,6 +340,8 @@ class SQLiteDatabase(Database):
                 ):
                     state[doc_id] = (rev, bool(deleted))
             results, new_revs = self._apply(c, items, state)
+            if len(items) > 1:
+                fault_point("db.many_written")  # a save_many written, not committed
         # Only once the transaction is committed do the callers' dicts get their new _rev.
         for doc, rev in new_revs:
             doc["_rev"] = rev

@@ -25,6 +25,13 @@ POINTS = {
         "import.doc_saved",
         "files.committed@2",
         "import.doc_saved@3",
+        # inside a batch (import_batches: all written, all fsync-ed, all renamed, recorded)
+        "import.batch_staged",
+        "tmp.fsynced@2",
+        "import.batch_synced",
+        "files.renamed@2",
+        "import.batch_renamed",
+        "db.many_written",
     ],
     "copy": [
         "tmp.created",
@@ -67,6 +74,8 @@ POINTS = {
 FAST = {
     "import:tmp.write",
     "import:files.renamed",
+    "import:import.batch_synced",
+    "import:db.many_written",
     "copy:files.committed",
     "copy:copy.written",
     "verify:quarantine.linked",

@@ -1,0 +1,81 @@
+"""kill -9 at random points inside the batches of a many-file import (deterministic seeds).
+
+An import of 150 small files runs in three batches (64, 64, 22: files written, fsync-ed,
+renamed, their folders fsync-ed, then recorded in one transaction). Each seed picks one
+fault point of that pipeline and the N-th time it is reached, anywhere in any batch; the
+process SIGKILLs itself there, `daemon --once` recovers, and crash.check verifies
+independently that no doc claims a copy that is not on disk, no copy in files/ is partial
+or unknown, and nothing is left in tmp/. The normal suite runs the first seeds; DMEDIA_FAULTS=full
+runs them all.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.crash import Lib, check
+
+FILES = 150
+BATCHES = 3  # FileStore.IMPORT_BATCH_FILES = 64
+
+# point -> how many times one import of FILES files reaches it
+POINTS = {
+    "tmp.created": FILES,
+    "tmp.write": FILES,
+    "import.batch_staged": BATCHES,
+    "tmp.fsynced": FILES,
+    "import.batch_synced": BATCHES,
+    "files.renamed": FILES,
+    "import.batch_renamed": BATCHES,
+    "files.committed": FILES,
+    "db.many_written": BATCHES,
+    "import.doc_saved": FILES,
+}
+SEEDS = range(1, 13)
+FAST_SEEDS = 3
+
+
+def _fault(seed: int) -> str:
+    rng = random.Random(seed)
+    point = rng.choice(sorted(POINTS))
+    return f"{point}@{rng.randint(1, POINTS[point])}"
+
+
+def _small_files(folder: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for i in range(n):
+        d = folder / f"d{i // 40}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.bin").write_bytes(rng.randbytes(rng.randint(1, 12_000)))
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(s, id=f"seed{s}-{_fault(s)}")
+        for s in SEEDS
+        if s <= FAST_SEEDS or os.environ.get("DMEDIA_FAULTS") == "full"
+    ],
+)
+def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> None:
+    lib = Lib(tmp_path, int(time.time()))
+    lib.init_stores("ab")
+    _small_files(lib.photos, FILES, seed)
+    before = lib.outside_snapshot()
+    fault = _fault(seed)
+    died = lib.cli("import", str(lib.photos), "--store", "a", fault=fault)
+    assert died.killed, f"{fault} never reached (exit {died.returncode}): {died.stderr}"
+    recovered = lib.cli("daemon", "--once", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    assert check(lib, before) == []
+    # Whatever was cut short, importing again completes the library: every file known.
+    again = lib.cli("import", str(lib.photos), "--store", "a")
+    assert again.returncode == 0, again.stderr
+    files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
+    assert len(files) == FILES
+    assert check(lib, before) == []
