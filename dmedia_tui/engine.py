@@ -35,7 +35,7 @@ from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.conflicts import resolve_conflicts
 from dmedia_tui.db.base import InvalidDoc
 from dmedia_tui.durability import rank
-from dmedia_tui.filestore import FileStore, VerifyStatus
+from dmedia_tui.filestore import FileStore, VerifyResult, VerifyStatus
 from dmedia_tui.metastore import MetaStore, store_label
 
 log = logging.getLogger("dmedia_tui.engine")
@@ -431,6 +431,28 @@ class Engine:
                     break
         todo = list(dict.fromkeys(todo))  # a due copy may also be a priority request
         gone: set[str] = set()
+        verified: list[tuple[str, VerifyResult]] = []
+        try:
+            self._verify_items(todo, urgent, connected, gone, verified, s)
+        finally:
+            # Good copies are recorded together (one transaction): a crash before this
+            # only means they are verified again.
+            for sid, fid, e in self.ms.record_verified(verified):
+                self._bad_item(sid, fid, e)
+        self._set_activity("verify", None)
+        if todo:
+            self.emit("changed", None)
+        return s
+
+    def _verify_items(
+        self,
+        todo: list[tuple[str, str]],
+        urgent: int,
+        connected: dict[str, FileStore],
+        gone: set[str],
+        verified: list[tuple[str, VerifyResult]],
+        s: RoundSummary,
+    ) -> None:
         for i, (sid, fid) in enumerate(todo):
             if self._stop.is_set():
                 break
@@ -442,7 +464,7 @@ class Engine:
             try:
                 if not protocol.is_file_id(fid):
                     raise ValueError(f"invalid file ID: {fid!r:.60}")
-                if not self._verify_one(fs, fid, s, i, len(todo)):
+                if not self._verify_one(fs, fid, s, i, len(todo), verified):
                     gone.add(sid)
             except _Stopping:
                 break
@@ -450,10 +472,6 @@ class Engine:
                 # One bad doc (a junk _id, a damaged row, an absurd field) is reported once
                 # and set aside until the next schema pass; the round goes on.
                 self._bad_item(sid, fid, e)
-        self._set_activity("verify", None)
-        if todo:
-            self.emit("changed", None)
-        return s
 
     def _bad_item(self, sid: str, fid: Any, error: BaseException) -> None:
         log.warning("skipping %r on store %s: %s", fid, sid, error)
@@ -485,8 +503,17 @@ class Engine:
                     log.warning("cannot list store %s: %s", s, e)
         return list(dict.fromkeys(out))
 
-    def _verify_one(self, fs: FileStore, fid: str, s: RoundSummary, i: int, n: int) -> bool:
-        """Verify one copy and record the outcome; False when the store itself is gone."""
+    def _verify_one(
+        self,
+        fs: FileStore,
+        fid: str,
+        s: RoundSummary,
+        i: int,
+        n: int,
+        verified: list[tuple[str, VerifyResult]],
+    ) -> bool:
+        """Verify one copy and record the outcome (a good copy: appended to `verified`,
+        recorded with the round's others); False when the store itself is gone."""
         store = self.ms.store_doc(fs.id)
         act = Activity("verify", store_label(store, fs.id), fid, queue_done=i, queue_total=n)
         try:
@@ -511,7 +538,10 @@ class Engine:
             self._set_activity("verify", None)
             self._wake_house.set()
             return False
-        self.ms.apply_verify_result(fs, result)
+        if result.status == VerifyStatus.OK:
+            verified.append((fs.id, result))
+        else:
+            self.ms.apply_verify_result(fs, result)
         elapsed = time.monotonic() - started
         if result.status == VerifyStatus.OK:
             s.verified += 1

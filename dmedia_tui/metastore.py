@@ -834,6 +834,32 @@ class MetaStore:
 
     # --- verification ----------------------------------------------------------------
 
+    def record_verified(
+        self, verified: list[tuple[str, VerifyResult]]
+    ) -> list[tuple[str, str, Exception]]:
+        """Record good copies (store_id, OK result) as apply_verify_result does, many docs
+        a transaction (Database.update_many) instead of one each. Returns the (store_id,
+        file_id, error) of docs that could not be updated (damaged, invalid): the caller
+        reports them and sets them aside. A doc that is gone is only logged."""
+        failed: list[tuple[str, str, Exception]] = []
+        if not verified:
+            return failed
+        now = self.now()
+        weights: dict[str, int] = {}
+        by_id: dict[str, list[tuple[str, int, int]]] = {}
+        for sid, r in verified:
+            if sid not in weights:
+                store = self.store_doc(sid)
+                weights[sid] = transitions.store_copies_weight(store) if store else 0
+            by_id.setdefault(r.file_id, []).append((sid, weights[sid], r.mtime or 0))
+        for batch in self.lib.docs.update_many(list(by_id), _mark_verified_many, by_id, now):
+            for fid, e in batch.errors:
+                if isinstance(e, NotFound):
+                    log.info("verified an untracked copy %s", fid)
+                else:
+                    failed.extend((sid, fid, e) for sid, _, _ in by_id[fid])
+        return failed
+
     def apply_verify_result(self, fs: FileStore, result: VerifyResult) -> None:
         """Record what FileStore.verify found: verified, corrupt (quarantined, the store
         flagged), missing (forgotten there, unless the whole store went) or unreadable."""
@@ -1740,6 +1766,14 @@ class MetaStore:
                 n += 1
                 fault_point(fault)
         return n
+
+
+def _mark_verified_many(
+    doc: Doc, by_id: dict[str, list[tuple[str, int, int]]], now: float
+) -> Doc | None:
+    for sid, weight, mtime in by_id.get(doc.get("_id"), ()):  # type: ignore[arg-type]
+        doc = transitions.mark_verified(doc, sid, weight, mtime, now) or doc
+    return doc
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):

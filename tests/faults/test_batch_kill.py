@@ -79,3 +79,23 @@ def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> Non
     files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
     assert len(files) == FILES
     assert check(lib, before) == []
+
+
+def test_verify_round_killed_in_its_write_records_none_then_recovers(tmp_path: Path) -> None:
+    """A verify round records its good copies in one transaction: killed inside it, none
+    is marked verified (never some), and the next run verifies them all."""
+    lib = Lib(tmp_path, int(time.time()))
+    lib.init_stores("a")
+    _small_files(lib.photos, 30, seed=1)
+    lib.ok("import", str(lib.photos), "--store", "a")
+    before = lib.outside_snapshot()
+    died = lib.cli("daemon", "--once", fault="db.batch_written@1")
+    assert died.killed, died.stderr
+    files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
+    assert len(files) == 30
+    assert not any("verified" in e for d in files for e in d["stored"].values())
+    recovered = lib.cli("daemon", "--once", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
+    assert all("verified" in e for d in files for e in d["stored"].values())
+    assert check(lib, before) == []
