@@ -35,7 +35,7 @@ from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.conflicts import resolve_conflicts
 from dmedia_tui.db.base import InvalidDoc
 from dmedia_tui.durability import rank
-from dmedia_tui.filestore import FileStore, VerifyResult, VerifyStatus
+from dmedia_tui.filestore import FileStore, Progress, VerifyResult, VerifyStatus
 from dmedia_tui.metastore import MetaStore, store_label
 
 log = logging.getLogger("dmedia_tui.engine")
@@ -598,8 +598,11 @@ class Engine:
                 break
             want = min(100, scan_limit - scanned)
             page = self.ms.lib.fragile_files(limit=want, after=self._copy_after, origin="user")
+            batch: list[dict[str, Any]] = []
+            cut = False  # stopped inside the page (limit reached, stopping)
             for doc in page:
                 if tried >= limit or self._stop.is_set():
+                    cut = True
                     break
                 scanned += 1
                 self._copy_after = (rank(doc), str(doc.get("_id", "")))
@@ -608,11 +611,15 @@ class Engine:
                     pas.offline.update(stored)  # every copy is on a store not here
                     continue
                 tried += 1
-                try:
-                    gained = self._copy_one(doc, connected, tried, limit)
-                except _Stopping:
-                    break
-                except Exception as e:  # one bad file must not stop the worker
+                batch.append(doc)
+            try:
+                results = self._copy_batch(batch, connected, tried - len(batch), limit)
+            except _Stopping:
+                self._copy_more = True
+                break
+            for doc, gained in zip(batch, results, strict=True):
+                if isinstance(gained, Exception):  # one bad file must not stop the worker
+                    e = gained
                     log.warning("copy of %r failed: %s", doc.get("_id"), e)
                     if not protocol.is_file_id(doc.get("_id")) or schema.check_doc(doc):
                         self.ms.report_invalid(doc.get("_id"), e)
@@ -622,7 +629,7 @@ class Engine:
                     pas.copies += 1
                 else:
                     pas.no_destination += 1
-            else:
+            if not cut:
                 if len(page) < want:
                     self._end_copy_pass(key, connected)  # the end of the fragile list
                     break
@@ -637,30 +644,46 @@ class Engine:
             self.emit("changed", None)
         return s
 
-    def _copy_one(
-        self, doc: dict[str, Any], connected: dict[str, FileStore], i: int, n: int
-    ) -> int:
-        if not protocol.is_file_id(doc.get("_id")):
-            raise ValueError(f"invalid file ID: {doc.get('_id')!r:.60}")
-        size = doc.get("bytes")
-        act = Activity(
-            "copy",
-            "",
-            doc["_id"],
-            doc.get("name") if isinstance(doc.get("name"), str) else None,
-            total=size if isinstance(size, int) and not isinstance(size, bool) else 0,
-            queue_done=i,
-            queue_total=n,
-        )
-        self._set_activity("copy", act)
+    def _copy_batch(
+        self, docs: list[dict[str, Any]], connected: dict[str, FileStore], done: int, n: int
+    ) -> list[int | Exception]:
+        """Copies for a page of fragile files, made and recorded as one batch
+        (MetaStore.make_copies); per doc the copies gained or the error it met."""
+        out: list[int | Exception] = [0] * len(docs)
+        valid: list[tuple[int, dict[str, Any]]] = []
+        for i, doc in enumerate(docs):
+            if protocol.is_file_id(doc.get("_id")):
+                valid.append((i, doc))
+            else:
+                out[i] = ValueError(f"invalid file ID: {doc.get('_id')!r:.60}")
+        if not valid:
+            return out
 
-        def progress(nbytes: int) -> None:
-            if self._stop.is_set():
-                raise _Stopping  # the partial copy is discarded by the FileStore
-            act.done += nbytes
-            self.emit("activity", act)
+        def progress_for(i: int, doc: dict[str, Any]) -> Progress:
+            size = doc.get("bytes")
+            act = Activity(
+                "copy",
+                "",
+                doc["_id"],
+                doc.get("name") if isinstance(doc.get("name"), str) else None,
+                total=size if isinstance(size, int) and not isinstance(size, bool) else 0,
+                queue_done=done + valid[i][0] + 1,
+                queue_total=n,
+            )
+            self._set_activity("copy", act)
 
-        return self.ms.make_copy(doc, connected, progress=progress)
+            def progress(nbytes: int) -> None:
+                if self._stop.is_set():
+                    raise _Stopping  # the batch's partial copies are discarded
+                act.done += nbytes
+                self.emit("activity", act)
+
+            return progress
+
+        results = self.ms.make_copies([d for _, d in valid], connected, progress_for)
+        for (i, _), r in zip(valid, results, strict=True):
+            out[i] = r
+        return out
 
     def _copy_key(self, connected: dict[str, FileStore]) -> Any:
         """What decides whether a fragile file can be copied now (cheap: no file docs)."""

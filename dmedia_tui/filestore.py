@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,7 @@ class CopyResult:
     written: dict[str, int]  # dst store_id -> mtime of its copy (new, or already there)
     failed: dict[str, str]  # dst store_id -> one-line error
     source: VerifyResult  # the source as read: OK, CORRUPT (quarantined), MISSING, UNREADABLE
+    staged: dict[str, _TmpFile] = field(default_factory=dict)  # copy_to(commit=False)
 
 
 def _errstr(e: BaseException) -> str:
@@ -155,6 +156,9 @@ def _errstr(e: BaseException) -> str:
         name = errno.errorcode.get(e.errno, str(e.errno))
         return f"{e.strerror or os.strerror(e.errno)} ({name})"
     return str(e) or type(e).__name__
+
+
+error_text = _errstr  # for the layers above, which report a FileStore's OSErrors alike
 
 
 def _valid_copies(value: object) -> bool:
@@ -817,56 +821,13 @@ class FileStore:
                         staged[0].discard()
 
     def _commit_batch(self, batch: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
-        """fsync every tmp of a batch, rename them all, fsync their folders; per file the
-        ImportResult or the error. Never raises for one file's OSError."""
+        """Commit the staged files of an import batch; per file the ImportResult or the
+        error (empty, unreadable...) it already had."""
         results: list[Any] = [staged for _, staged in batch]
-        todo: list[tuple[int, _TmpFile, ContentHash]] = []
-        dirs: dict[str, int] = {}
-        try:
-            for i, staged in enumerate(results):
-                if not isinstance(staged, tuple):
-                    continue
-                tmp, ch = staged
-                try:
-                    tmp.sync()
-                except OSError as e:
-                    tmp.discard()
-                    results[i] = e
-                    continue
-                todo.append((i, tmp, ch))
-            fault_point("import.batch_synced")
-            placed: list[tuple[int, str]] = []
-            for i, tmp, ch in todo:
-                prefix = ch.id[:2]
-                try:
-                    if prefix not in dirs:
-                        dirs[prefix] = self._open_dir("files", prefix, create=True)
-                    mtime, new = tmp.place(ch.id, dirs[prefix])
-                except OSError as e:
-                    tmp.discard()
-                    results[i] = e
-                    continue
-                results[i] = ImportResult(ch, mtime, new)
-                if new:
-                    placed.append((i, prefix))
-            todo = []
-            fault_point("import.batch_renamed")
-            failed: dict[str, OSError] = {}
-            for prefix, pd in dirs.items():
-                try:
-                    os.fsync(pd)
-                except OSError as e:
-                    failed[prefix] = e
-            for i, prefix in placed:
-                if prefix in failed:  # in files/ but maybe not durable: not reported done
-                    results[i] = failed[prefix]
-                else:
-                    fault_point("files.committed")
-        finally:
-            for pd in dirs.values():
-                os.close(pd)
-            for _, tmp, _ in todo:  # an exception before they were placed
-                tmp.discard()
+        todo = [(i, staged) for i, staged in enumerate(results) if isinstance(staged, tuple)]
+        committed = commit_staged([(tmp, ch.id) for _, (tmp, ch) in todo], "import")
+        for (i, (_, ch)), r in zip(todo, committed, strict=True):
+            results[i] = r if isinstance(r, OSError) else ImportResult(ch, r[0], r[1])
         return [(src, r) for (src, _), r in zip(batch, results, strict=True)]
 
     def import_bytes(self, data: bytes) -> ImportResult:
@@ -1008,7 +969,11 @@ class FileStore:
         return VerifyResult(VerifyStatus.OK, file_id, mtime=int(st.st_mtime), content_hash=ch)
 
     def copy_to(
-        self, file_id: str, dsts: list[FileStore], progress: Progress | None = None
+        self,
+        file_id: str,
+        dsts: list[FileStore],
+        progress: Progress | None = None,
+        commit: bool = True,
     ) -> CopyResult:
         """Copy one file to several stores, verifying the source in the same single read.
 
@@ -1016,6 +981,10 @@ class FileStore:
         `file_id`. A corrupt source is quarantined (as verify does); an unreadable one
         leaves everything as it was. One destination failing (ENOSPC, EIO) does not stop
         the others. A destination that already has the file is left alone.
+
+        `commit=False`: the new copies are left written (not fsync-ed) in the
+        destinations' tmp/ and returned in `staged`, for commit_staged to commit with
+        other files' in one batch; the caller must commit or discard them.
         """
         written: dict[str, int] = {}
         failed: dict[str, str] = {}
@@ -1052,6 +1021,10 @@ class FileStore:
             if ch is None or ch.id != file_id:
                 src = self._quarantine(file_id, mtime=mtime, content_hash=ch)
                 return CopyResult(src.status, {}, {}, src)
+            if not commit:
+                src = VerifyResult(VerifyStatus.OK, file_id, mtime=mtime, content_hash=ch)
+                staged, tmps = tmps, {}
+                return CopyResult(src.status, written, failed, src, staged)
             for sid, tmp in list(tmps.items()):
                 try:
                     written[sid] = tmp.commit(file_id)[0]
@@ -1064,6 +1037,66 @@ class FileStore:
         finally:
             for tmp in tmps.values():
                 tmp.discard()
+
+
+def commit_staged(
+    items: list[tuple[_TmpFile, str]], op: str = "copy"
+) -> list[tuple[int, bool] | OSError]:
+    """Commit many written tmp files (of one store or several) as one batch: fsync them
+    all, rename them all into files/, fsync their folders; per item (mtime, new) as
+    _TmpFile.commit, or the OSError that item met (its tmp removed). Nothing here is
+    recorded anywhere: the caller records only the items that came back without error.
+
+    Fault points `<op>.batch_synced` and `<op>.batch_renamed` sit between the phases.
+    """
+    results: list[tuple[int, bool] | OSError | None] = [None] * len(items)
+    dirs: dict[tuple[str, str], int] = {}
+    todo: list[int] = []
+    try:
+        for i, (tmp, _) in enumerate(items):
+            try:
+                tmp.sync()
+            except OSError as e:
+                tmp.discard()
+                results[i] = e
+                continue
+            todo.append(i)
+        fault_point(f"{op}.batch_synced")
+        placed: list[tuple[int, tuple[str, str]]] = []
+        while todo:
+            i = todo.pop(0)
+            tmp, file_id = items[i]
+            key = (tmp.store.id, file_id[:2])
+            try:
+                check_file_id(file_id)
+                if key not in dirs:
+                    dirs[key] = tmp.store._open_dir("files", file_id[:2], create=True)
+                mtime, new = tmp.place(file_id, dirs[key])
+            except OSError as e:
+                tmp.discard()
+                results[i] = e
+                continue
+            results[i] = (mtime, new)
+            if new:
+                placed.append((i, key))
+        fault_point(f"{op}.batch_renamed")
+        failed: dict[tuple[str, str], OSError] = {}
+        for key, pd in dirs.items():
+            try:
+                os.fsync(pd)
+            except OSError as e:
+                failed[key] = e
+        for i, key in placed:
+            if key in failed:  # in files/ but maybe not durable: not reported done
+                results[i] = failed[key]
+            else:
+                fault_point("files.committed")
+    finally:
+        for pd in dirs.values():
+            os.close(pd)
+        for i in todo:  # an exception before they were placed
+            items[i][0].discard()
+    return results  # type: ignore[return-value]
 
 
 def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:

@@ -55,6 +55,8 @@ from dmedia_tui.filestore import (
     StoreUnsafe,
     VerifyResult,
     VerifyStatus,
+    commit_staged,
+    error_text,
 )
 from dmedia_tui.liveness import Observations
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
@@ -1123,10 +1125,111 @@ class MetaStore:
         self, doc: Doc, connected: dict[str, FileStore], progress: Progress | None = None
     ) -> int:
         """Bring one file toward the target; returns the number of new copies written."""
+        result = self.make_copies([doc], connected, lambda _i, _d: progress)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def make_copies(
+        self,
+        docs: list[Doc],
+        connected: dict[str, FileStore],
+        progress_for: Callable[[int, Doc], Progress | None] | None = None,
+    ) -> list[int | Exception]:
+        """Bring many files toward the target as one batch; per doc the number of new
+        copies written, or the exception that file met (the others go on).
+
+        Each file is read once (verifying its source) into its destinations' tmp/; then
+        the batch's copies are fsync-ed, renamed and their folders fsync-ed together
+        (filestore.commit_staged), and only then recorded, a transaction per batch
+        (Database.update_many): a crash never leaves a doc claiming a copy not on disk.
+        `progress_for(i, doc)` gives the progress callback for the i-th file (it may
+        raise to abandon the batch: then nothing of it is committed).
+        """
+        out: list[int | Exception] = [0] * len(docs)
+        staged: list[tuple[int, str, FileStore, Any]] = []  # (i, file_id, src, CopyResult)
+        verified: list[tuple[str, VerifyResult]] = []  # sources read OK, nothing new
+        aborted: list[BaseException] = []
+
+        def guarded(progress: Progress | None) -> Progress | None:
+            if progress is None:
+                return None
+
+            def call(n: int) -> None:
+                try:
+                    progress(n)
+                except BaseException as e:
+                    aborted.append(e)
+                    raise
+
+            return call
+
+        try:
+            for i, doc in enumerate(docs):
+                try:
+                    p = guarded(progress_for(i, doc) if progress_for else None)
+                    got = self._stage_copy(doc, connected, p)
+                except Exception as e:  # one bad file must not stop the batch...
+                    if aborted:
+                        raise  # ...but the caller abandoning it does
+                    out[i] = e
+                    continue
+                if got is not None:
+                    staged.append((i, doc["_id"], *got))
+            items = [(tmp, fid) for _, fid, _, r in staged for tmp in r.staged.values()]
+        except BaseException:
+            for _, _, _, r in staged:
+                for tmp in r.staged.values():
+                    tmp.discard()
+            raise
+        committed = iter(commit_staged(items, "copy"))
+        now = self.now()
+        plans: dict[str, tuple[str, int, Any, dict[str, tuple[int, int]]]] = {}
+        index: dict[str, int] = {}
+        for i, file_id, src, r in staged:
+            written = dict(r.written)
+            failed = dict(r.failed)
+            for sid in r.staged:
+                c = next(committed)
+                if isinstance(c, OSError):
+                    failed[sid] = error_text(c)
+                else:
+                    written[sid] = c[0]
+            fault_point("copy.written")
+            for sid, err in failed.items():
+                log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
+                full = any(f"({name})" in err for name in _FULL)
+                self.note_io_error(sid, file_id, err, op="write", counts=not full)
+            new = {
+                sid: (transitions.store_copies_weight(self.store_doc(sid)), mtime)
+                for sid, mtime in written.items()
+            }
+            if not new:
+                verified.append((src.id, r.source))
+                continue
+            weight = transitions.store_copies_weight(self.store_doc(src.id))
+            plans[file_id] = (src.id, weight, r.source.mtime, new)
+            index[file_id] = i
+        for _sid, fid, e in self.record_verified(verified):
+            self.report_invalid(fid, e)
+        if plans:
+            for batch in self.lib.docs.update_many(list(plans), _mark_copied_many, plans, now):
+                for fid, e in batch.errors:
+                    out[index[fid]] = e
+                for fid in batch.saved:
+                    out[index[fid]] = len(plans[fid][3])
+                    fault_point("copy.doc_saved")
+        return out
+
+    def _stage_copy(
+        self, doc: Doc, connected: dict[str, FileStore], progress: Progress | None
+    ) -> tuple[FileStore, Any] | None:
+        """Read one file from a good source into the destinations it needs (staged, not
+        committed): (source, CopyResult), or None when there is nothing to copy."""
         file_id = doc["_id"]
         need = self.thresholds.target_copies - durability(doc)
         if need <= 0:
-            return 0
+            return None
         stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
         sources = [
             connected[s]
@@ -1142,36 +1245,14 @@ class MetaStore:
             dsts.append(fs)
             gained += max(1, fs.copies)
         if not sources or not dsts:
-            return 0
+            return None
         for src in sources:
-            result = src.copy_to(file_id, dsts, progress=progress)
-            fault_point("copy.written")
-            self.apply_verify_result(src, result.source)
+            result = src.copy_to(file_id, dsts, progress=progress, commit=False)
             if result.source.status != VerifyStatus.OK:
+                self.apply_verify_result(src, result.source)
                 continue  # corrupt / missing / unreadable source: try the next one
-            now = self.now()
-            src_store = self.store_doc(src.id)
-            new = {}
-            for sid, mtime in result.written.items():
-                weight = transitions.store_copies_weight(self.store_doc(sid))
-                new[sid] = (weight, mtime)
-            for sid, err in result.failed.items():
-                log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
-                full = any(f"({name})" in err for name in _FULL)
-                self.note_io_error(sid, file_id, err, op="write", counts=not full)
-            if new:
-                self.lib.docs.update(
-                    file_id,
-                    transitions.mark_copied,
-                    now,
-                    src.id,
-                    transitions.store_copies_weight(src_store),
-                    result.source.mtime,
-                    new,
-                )
-                fault_point("copy.doc_saved")
-            return len(new)
-        return 0
+            return src, result
+        return None
 
     # --- time policies ---------------------------------------------------------------
 
@@ -1774,6 +1855,16 @@ def _mark_verified_many(
     for sid, weight, mtime in by_id.get(doc.get("_id"), ()):  # type: ignore[arg-type]
         doc = transitions.mark_verified(doc, sid, weight, mtime, now) or doc
     return doc
+
+
+def _mark_copied_many(
+    doc: Doc, plans: dict[str, tuple[str, int, Any, dict[str, tuple[int, int]]]], now: float
+) -> Doc | None:
+    plan = plans.get(doc.get("_id"))  # type: ignore[arg-type]
+    if plan is None:
+        return None
+    src_id, weight, mtime, new = plan
+    return transitions.mark_copied(doc, now, src_id, weight, mtime, new)
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):
