@@ -36,14 +36,28 @@ POINTS = {
     "db.many_written": BATCHES,
     "import.doc_saved": FILES,
 }
+# daemon --once copying the 150 files from a to b: pages of 100 (two batches), after a
+# verify round (one update_many) of a's copies.
+COPY_POINTS = {
+    "tmp.created": FILES,
+    "tmp.write": FILES,
+    "tmp.fsynced": FILES,
+    "copy.batch_synced": 2,
+    "files.renamed": FILES,
+    "copy.batch_renamed": 2,
+    "files.committed": FILES,
+    "copy.written": FILES,
+    "db.batch_written": 3,
+    "copy.doc_saved": FILES,
+}
 SEEDS = range(1, 13)
 FAST_SEEDS = 3
 
 
-def _fault(seed: int) -> str:
-    rng = random.Random(seed)
-    point = rng.choice(sorted(POINTS))
-    return f"{point}@{rng.randint(1, POINTS[point])}"
+def _fault(seed: int, points: dict[str, int] = POINTS, salt: str = "") -> str:
+    rng = random.Random(f"{salt}{seed}" if salt else seed)
+    point = rng.choice(sorted(points))
+    return f"{point}@{rng.randint(1, points[point])}"
 
 
 def _small_files(folder: Path, n: int, seed: int) -> None:
@@ -79,6 +93,31 @@ def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> Non
     files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
     assert len(files) == FILES
     assert check(lib, before) == []
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(s, id=f"seed{s}-{_fault(s, COPY_POINTS, 'copy')}")
+        for s in SEEDS
+        if s <= FAST_SEEDS or os.environ.get("DMEDIA_FAULTS") == "full"
+    ],
+)
+def test_copies_killed_inside_a_batch_recover(seed: int, tmp_path: Path) -> None:
+    lib = Lib(tmp_path, int(time.time()))
+    lib.init_stores("ab")
+    _small_files(lib.photos, FILES, seed)
+    lib.ok("import", str(lib.photos), "--store", "a")
+    before = lib.outside_snapshot()
+    fault = _fault(seed, COPY_POINTS, "copy")
+    died = lib.cli("daemon", "--once", fault=fault)
+    assert died.killed, f"{fault} never reached (exit {died.returncode}): {died.stderr}"
+    recovered = lib.cli("daemon", "--once", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    assert check(lib, before) == []
+    files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
+    assert len(files) == FILES
+    assert all(set(d["stored"]) == set(lib.ids.values()) for d in files)  # both copies
 
 
 def test_verify_round_killed_in_its_write_records_none_then_recovers(tmp_path: Path) -> None:

@@ -42,6 +42,11 @@ POINTS = {
         "files.renamed@2",
         "copy.written",
         "copy.doc_saved",
+        # inside a batch (make_copies: all read into tmp/, fsync-ed, renamed, recorded)
+        "tmp.fsynced@2",
+        "copy.batch_synced",
+        "copy.batch_renamed",
+        "copy.doc_saved@2",
     ],
     "verify": [
         "quarantine.linked",
@@ -78,6 +83,7 @@ FAST = {
     "import:db.many_written",
     "copy:files.committed",
     "copy:copy.written",
+    "copy:copy.batch_renamed",
     "verify:quarantine.linked",
     "verify:corrupt.doc_marked",
     "downgrade:downgrade.file",
