@@ -1,12 +1,13 @@
-"""kill -9 at random points inside the batches of a many-file import (deterministic seeds).
+"""kill -9 at random points inside the batches of a many-file import and of daemon --once
+making copies (deterministic seeds).
 
-An import of 150 small files runs in three batches (64, 64, 22: files written, fsync-ed,
-renamed, their folders fsync-ed, then recorded in one transaction). Each seed picks one
-fault point of that pipeline and the N-th time it is reached, anywhere in any batch; the
-process SIGKILLs itself there, `daemon --once` recovers, and crash.check verifies
-independently that no doc claims a copy that is not on disk, no copy in files/ is partial
-or unknown, and nothing is left in tmp/. The normal suite runs the first seeds; DMEDIA_FAULTS=full
-runs them all.
+An import of 150 small files runs in two batches (128, 22: files written, fsync-ed,
+renamed, their folders fsync-ed, then recorded in one transaction); daemon --once copies
+them a page (100) at a time the same way. Each seed picks one fault point of that
+pipeline and the N-th time it is reached, anywhere in any batch; the process SIGKILLs
+itself there, `daemon --once` recovers, and crash.check verifies independently that no
+doc claims a copy that is not on disk, no copy in files/ is partial or unknown, and
+nothing is left in tmp/. The normal suite runs the first seeds, DMEDIA_FAULTS=full all.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from tests.faults.crash import Lib, check
 
 FILES = 150
-BATCHES = 3  # FileStore.IMPORT_BATCH_FILES = 64
+BATCHES = 2  # FileStore.IMPORT_BATCH_FILES = 128
 
 # point -> how many times one import of FILES files reaches it
 POINTS = {
