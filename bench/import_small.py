@@ -4,8 +4,9 @@ For trees of small files (4-64 KiB, random contents, 100 a folder) and for a cam
 corpus, prints the time of `cp -r SRC DST && sync` and, in the same run, of the real CLI:
 `dmedia-tui import SRC` into a fresh library and store, and `daemon --once` making the
 second copy of every file on a new store (in a settled library: the imported copies were
-verified by an earlier run; it also verifies the new copies, as `daemon --once` does). Each figure is the best of --rounds; ratios are cp+sync time /
-dmedia time (1.0 = as fast as cp + sync). Goals (issue 13): small files >= 0.25 for both,
+verified by an earlier run; it also verifies the new copies, as `daemon --once` does).
+Each figure is the best of --rounds; ratios are cp+sync time / dmedia time (1.0 = as
+fast as cp + sync). Goals (issue 13): small files >= 0.25 for both,
 camera-sized import >= 0.8. The CLI runs in a child process, so its start-up (~0.3 s)
 is in the figure; the per-file cost excluding start-up is printed too.
 

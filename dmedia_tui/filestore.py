@@ -860,15 +860,15 @@ class FileStore:
                     if pending is not None:
                         yield pending.result()
                     pending = fut
-                fut = None
+                last = None
                 if batch:
                     fault_point("import.batch_staged")
-                    fut = ex.submit(self._commit_batch, batch)
+                    last = ex.submit(self._commit_batch, batch)
                 batch = []
                 if pending is not None:
                     yield pending.result()
-                if fut is not None:
-                    yield fut.result()
+                if last is not None:
+                    yield last.result()
             finally:
                 for _, staged in batch:  # staged, never submitted (an exception): removed
                     if isinstance(staged, tuple):

@@ -1210,12 +1210,12 @@ class MetaStore:
             weight = transitions.store_copies_weight(self.store_doc(src.id))
             plans[file_id] = (src.id, weight, r.source.mtime, new)
             index[file_id] = i
-        for _sid, fid, e in self.record_verified(verified):
-            self.report_invalid(fid, e)
+        for _sid, fid, err in self.record_verified(verified):
+            self.report_invalid(fid, err)
         if plans:
             for batch in self.lib.docs.update_many(list(plans), _mark_copied_many, plans, now):
-                for fid, e in batch.errors:
-                    out[index[fid]] = e
+                for fid, err in batch.errors:
+                    out[index[fid]] = err
                 for fid in batch.saved:
                     out[index[fid]] = len(plans[fid][3])
                     fault_point("copy.doc_saved")
