@@ -261,12 +261,13 @@ class _TmpFile:
     moment between O_EXCL-creating the file and flock-ing it is safe from another process.
     """
 
+    sealed = False  # made read-only (subclasses with their own __init__ start unsealed)
+
     def __init__(self, store: FileStore, tmp_fd: int | None = None) -> None:
         self.store = store
         self.name = f"{os.getpid()}.{random_id()}"
         self.path = store.tmp_dir / self.name
         self.written = 0
-        self.sealed = False
         self.dir_fd: int | None = (
             os.dup(tmp_fd) if tmp_fd is not None else store._open_dir("tmp", create=True)
         )
