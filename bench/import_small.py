@@ -150,11 +150,12 @@ def report(name: str, files: int, nbytes: int, t: dict[str, float], start: float
     ):
         secs = t[key]
         ratio = t["cp_sync"] / secs
-        per = max(secs - start, 0) / files * 1e3
+        work = max(secs - start, 1e-9)
+        per = work / files * 1e3
         verdict = "" if goal is None else f"goal >= {goal:.2f}  {U.verdict(ratio >= goal)}"
         print(
-            f"  {label:<20} {secs:8.3f} s  ratio {ratio:5.2f}  {per:7.3f} ms/file"
-            f" after start-up   {verdict}"
+            f"  {label:<20} {secs:8.3f} s  ratio {ratio:5.2f}  {per:7.3f} ms/file,"
+            f" ratio {t['cp_sync'] / work:5.2f} after start-up   {verdict}"
         )
 
 
