@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import threading
@@ -872,6 +873,7 @@ class MetaStore:
         file_id: str,
         result: VerifyResult | None = None,
         fs: FileStore | None = None,
+        resumed: bool = False,
     ) -> None:
         """A corrupt copy was found (and already moved to quarantine by the FileStore).
 
@@ -880,30 +882,35 @@ class MetaStore:
 
         Crash order: the quarantined copy in corrupt/ is the durable record of intent.
         Until the file doc is marked corrupt, `recover_store` finds it there (the doc
-        still lists the store) and runs this again; so the store is flagged first and
-        the file doc last, and each step is idempotent.
+        still lists the store) and runs this again (`resumed`); so the store is flagged
+        first and the file doc last, and each step is idempotent: resumed, an event the
+        crashed run logged already (this quarantine's `file/corrupt`, the store's
+        `store/failing` since its failure began) is not logged twice, and one it did
+        not log yet is.
         """
         now = self.now()
         drive = self._drive_fields(store_id)
-        self.log_event(
-            schema.LOG_FILE_CORRUPT,
-            level=logging.ERROR,
-            file_id=file_id,
-            store_id=store_id,
-            quarantine=str(result.quarantine) if result and result.quarantine else None,
-            **drive,
-        )
+        where = result.quarantine if result and result.quarantine else None
+        if not (resumed and self._corrupt_logged(store_id, file_id, where)):
+            self.log_event(
+                schema.LOG_FILE_CORRUPT,
+                level=logging.ERROR,
+                file_id=file_id,
+                store_id=store_id,
+                quarantine=str(where) if where else None,
+                **drive,
+            )
         fault_point("corrupt.logged")
         store = self.store_doc(store_id)
         if store is not None:
-            was_failing = bool(store.get("failure"))
+            failure = store.get("failure")
             flagged = self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
             fault_point("corrupt.flagged")
             if flagged is not None:  # the drive itself remembers it, beyond any purge
                 if fs is None:
                     fs = self.connected_filestores().get(store_id)
                 self.mark_drive(fs, flagged.get("failure"))
-            if not was_failing:
+            if not failure or (resumed and not self._failing_logged(store_id, failure)):
                 self.log_event(
                     schema.LOG_STORE_FAILING,
                     level=logging.ERROR,
@@ -926,6 +933,27 @@ class MetaStore:
             # Already downgraded: still make sure no copy on it counts.
             self._zero_copies_on(store_id)
 
+    def _corrupt_logged(self, store_id: str, file_id: str, where: Path | None) -> bool:
+        """Is this quarantine (the copy's name in corrupt/) logged as `file/corrupt`?"""
+        if where is None:
+            return False
+        for e in self.lib.events(
+            100, types=[schema.LOG_FILE_CORRUPT], store_id=store_id, file_id=file_id
+        ):
+            q = e.get("quarantine")
+            if isinstance(q, str) and Path(q).name == where.name:
+                return True
+        return False
+
+    def _failing_logged(self, store_id: str, failure: Any) -> bool:
+        """Was the store's `store/failing` logged since its failure began?"""
+        since = _time_of(failure) if isinstance(failure, dict) else None
+        if since is None:
+            return True  # a junk failure: not ours to re-announce
+        return bool(
+            self.lib.events(1, types=[schema.LOG_STORE_FAILING], store_id=store_id, since=since)
+        )
+
     # --- recovery after a crash ------------------------------------------------------
 
     def recover_store(self, fs: FileStore) -> dict[str, int]:
@@ -933,6 +961,9 @@ class MetaStore:
         drive plugged in). Returns counts {tmp, quarantines, adopted, relinked}.
 
         - partial writes in tmp/ are removed (purge_tmp: dead owners only);
+        - a copy both in files/ and in corrupt/ (one inode: a quarantine killed between
+          its link and its unlink) loses its files/ name, the corrupt/ one keeping the
+          bytes, and is handled as the corrupt copy it is;
         - a copy in corrupt/ whose file doc still lists this store (a crash between the
           quarantine and the docs) is handled as the corrupt copy it is;
         - a failing store left not downgraded is downgraded;
@@ -952,14 +983,27 @@ class MetaStore:
             log.warning("cannot list %s: %s", fs.corrupt_dir, e)
             quarantined = {}
         for fid, name in quarantined.items():
-            doc = self.lib.docs.get_or_none(fid)
-            stored = doc.get("stored") if isinstance(doc, dict) else None
-            if not isinstance(stored, dict) or sid not in stored or fs.exists(fid):
-                continue  # handled already, or a good copy is back: an old quarantine
+            where: Path | None = fs.corrupt_dir / name
+            if fs.exists(fid):
+                try:
+                    where = fs.finish_quarantine(fid)
+                except OSError as e:
+                    log.warning("cannot finish the quarantine of %s on %s: %s", fid, sid, e)
+                    continue
+                if where is None:
+                    continue  # a good copy is back: an old quarantine
+            else:
+                doc = self.lib.docs.get_or_none(fid)
+                stored = doc.get("stored") if isinstance(doc, dict) else None
+                if not isinstance(stored, dict) or sid not in stored:
+                    continue  # handled already
             log.warning("finishing an interrupted quarantine of %s on store %s", fid, sid)
-            where = fs.corrupt_dir / name
             self.handle_corrupt(
-                sid, fid, VerifyResult(VerifyStatus.CORRUPT, fid, quarantine=where), fs=fs
+                sid,
+                fid,
+                VerifyResult(VerifyStatus.CORRUPT, fid, quarantine=where),
+                fs=fs,
+                resumed=True,
             )
             out["quarantines"] += 1
         store = self.store_doc(sid)
@@ -1683,6 +1727,14 @@ class MetaStore:
                 n += 1
                 fault_point(fault)
         return n
+
+
+def _time_of(mark: Doc) -> float | None:
+    """The `time` of a store mark when it is a usable one (a number >= 0), else None."""
+    t = mark.get("time")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0:
+        return float(t)
+    return None
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):

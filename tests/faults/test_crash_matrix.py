@@ -77,17 +77,12 @@ FAST = {
 
 # Known defects (issue 10), each a strict xfail: when the fix lands the case passes, the
 # xfail turns into a failure, and whoever fixed it removes the line.
-_QUARANTINE = (
-    "issue 10 #3: killed between the link into corrupt/ and the unlink from files/, the bad "
-    "copy stays in files/, claimed, and the corruption is never recorded"
-)
 _DOWNGRADE = (
     "downgrade_store marks the store first: killed before every copy is zeroed and the event "
     "logged, nothing finishes it (its copies still count)"
 )
 _PURGE = "purge_store deletes the store doc before logging dmedia/store/purge: the event is lost"
 KNOWN: dict[str, str] = {
-    "verify:quarantine.linked": _QUARANTINE,
     "verify:downgrade.store_marked": _DOWNGRADE,
     "verify:downgrade.file": _DOWNGRADE,
     "verify:downgrade.files_done": _DOWNGRADE,
