@@ -279,10 +279,32 @@ class MetaStore:
 
     # --- log-1 -----------------------------------------------------------------------
 
-    def log_event(self, type: str, level: int = logging.WARNING, **fields: Any) -> Doc:
-        """Record a data-safety event in log-1 and in Python logging."""
-        doc = schema.create_log(self.now(), type, self.machine_id, **fields)
-        self.lib.log.save(doc)
+    def log_event(
+        self,
+        type: str,
+        level: int = logging.WARNING,
+        *,
+        log_id: str | None = None,
+        at: float | None = None,
+        **fields: Any,
+    ) -> Doc:
+        """Record a data-safety event in log-1 and in Python logging.
+
+        `log_id` (with `at`, the time it encodes): the event's ID chosen when the operation
+        began and recorded with its intent. Logging it again (a crashed run finished by the
+        next) finds it logged and returns that doc: one event, however many attempts.
+        """
+        now = self.now() if at is None else at
+        doc = schema.create_log(now, type, self.machine_id, log_id=log_id, **fields)
+        try:
+            self.lib.log.save(doc)
+        except Conflict:
+            if log_id is None:
+                raise
+            logged = self.lib.log.get_or_none(log_id)
+            if logged is not None:
+                return logged
+            raise
         detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
         log.log(level, "%s %s", type, detail)
         return doc
@@ -925,9 +947,10 @@ class MetaStore:
         except NotFound:
             pass
         fault_point("corrupt.doc_marked")
+        store = self.store_doc(store_id)
         if store is None:
             return
-        if not store.get("downgraded"):
+        if transitions.pending_downgrade(store) or not isinstance(store.get("downgraded"), dict):
             self.downgrade_store(store_id, reason="corrupt")
         else:
             # Already downgraded: still make sure no copy on it counts.
@@ -1137,14 +1160,15 @@ class MetaStore:
     # --- time policies ---------------------------------------------------------------
 
     def run_time_policies(self, online: set[str]) -> list[Doc]:
-        """Downgrade stores unseen for 3 days, purge those unseen for 8; purge orphans.
+        """Finish interrupted purges and downgrades (finish_interrupted), downgrade stores
+        unseen for 3 days, purge those unseen for 8; purge orphans.
 
         Returns the log docs written.
         """
+        events = self.finish_interrupted()
         obs = self.observe(persist=True)
         now = self.now()
         t = self.thresholds
-        events = []
         # Stores another machine lists: never acted on while its doc just changed (or we
         # have not watched it for heartbeat_fresh), and aged from its heartbeat as we saw
         # it, whatever its clock or ours says (liveness.py).
@@ -1249,15 +1273,34 @@ class MetaStore:
         return ActionPreview(action, store_id, store_label(store, store_id), files, copies, only)
 
     def downgrade_store(self, store_id: str, reason: str = "user") -> Doc:
-        """Every copy on the store counts 0 (locations still tracked); logged."""
+        """Every copy on the store counts 0 (locations still tracked); logged.
+
+        Crash order: the store is marked downgraded first (a copy recorded meanwhile
+        already counts 0), with the ID its event will have and `pending`; the copies are
+        zeroed a batch at a time; the event is logged under that ID; `pending` is cleared
+        last. Killed anywhere, the mark stays pending and finish_interrupted (every
+        housekeeping pass, `daemon --once`) finishes the job: one event, however many runs.
+        """
         now = self.now()
-        try:
-            self.lib.docs.update(store_id, transitions.downgrade_store, now, reason)
-        except NotFound:
-            raise UnknownStore(f"unknown store {store_id}") from None
-        fault_point("downgrade.store_marked")
+        store = self.store_doc(store_id)
+        if store is None:
+            raise UnknownStore(f"unknown store {store_id}")
+        mark = transitions.pending_downgrade(store)
+        if mark is None and not isinstance(store.get("downgraded"), dict):
+            _, counting = self._entries_on(store_id)
+            event = protocol.log_id(now)
+            try:
+                self.lib.docs.update(
+                    store_id, transitions.downgrade_store, now, reason, event, counting
+                )
+            except NotFound:
+                raise UnknownStore(f"unknown store {store_id}") from None
+            fault_point("downgrade.store_marked")
+            mark = transitions.pending_downgrade(self.store_doc(store_id))
+        if mark is not None:
+            return self._finish_downgrade(store_id, mark)
+        # Downgraded (and finished) already: nothing may count there; this request is logged.
         n = self._zero_copies_on(store_id)
-        fault_point("downgrade.files_done")
         return self.log_event(
             schema.LOG_STORE_DOWNGRADE,
             store_id=store_id,
@@ -1266,24 +1309,167 @@ class MetaStore:
             **self._drive_fields(store_id),
         )
 
+    def _finish_downgrade(self, store_id: str, mark: Doc) -> Doc:
+        """Zero the copies of a pending downgrade, log its event (once), clear `pending`."""
+        n = self._zero_copies_on(store_id)
+        fault_point("downgrade.files_done")
+        count = mark.get("count")
+        event = self.log_event(
+            schema.LOG_STORE_DOWNGRADE,
+            log_id=mark["event"],
+            at=_time_of(mark),
+            store_id=store_id,
+            reason=str(mark.get("reason") or transitions.REASON_USER),
+            count=count if type(count) is int and count >= n else n,
+            **self._drive_fields(store_id),
+        )
+        fault_point("downgrade.logged")
+        try:
+            self.lib.docs.update(store_id, transitions.downgrade_done, mark["event"])
+        except NotFound:
+            pass  # purged meanwhile: nothing left to clear
+        return event
+
     def purge_store(self, store_id: str, reason: str = "user", **extra: Any) -> Doc:
-        """Forget a store: remove it from every file and delete its doc. Files on disk stay."""
-        drive = self._drive_fields(store_id)
-        n = self._purge_entries(store_id)
-        fault_point("purge.files_done")
+        """Forget a store: remove it from every file and delete its doc. Files on disk stay.
+
+        Crash order: the store doc is marked `purging` first (with the ID, count and fields
+        of its event), every file forgets the store a batch at a time, the event is logged
+        under that ID, this machine forgets the store's folder, and the store doc is
+        deleted last. Killed anywhere, the mark stays and finish_interrupted finishes the
+        purge: one event, however many runs.
+        """
+        now = self.now()
         store = self.store_doc(store_id)
-        if store is not None:
+        mark = transitions.pending_purge(store)
+        if store is not None and mark is None:
+            fields = {**self._drive_fields(store_id), **extra}
+            fields = {k: v for k, v in fields.items() if v is not None}
+            entries, _ = self._entries_on(store_id)
+            event = protocol.log_id(now)
             try:
-                self.lib.docs.delete(store)
+                self.lib.docs.update(
+                    store_id, transitions.begin_purge, now, reason, event, entries, fields
+                )
             except NotFound:
                 pass
-        fault_point("purge.store_deleted")
+            fault_point("purge.store_marked")
+            mark = transitions.pending_purge(self.store_doc(store_id))
+        if mark is not None:
+            return self._finish_purge(store_id, mark)
+        # No store doc to mark (gone already): forget what still names the store.
+        n = self._purge_entries(store_id)
         self.config.forget_store(store_id)
-        fault_point("purge.forgotten")
-        fields = {**drive, **{k: v for k, v in extra.items() if v is not None}}
+        fields = {k: v for k, v in extra.items() if v is not None}
         return self.log_event(
             schema.LOG_STORE_PURGE, store_id=store_id, reason=reason, count=n, **fields
         )
+
+    def _finish_purge(self, store_id: str, mark: Doc) -> Doc:
+        """Every file forgets the store, the event is logged (once), the doc goes last."""
+        n = self._purge_entries(store_id)
+        fault_point("purge.files_done")
+        stored = mark.get("fields")
+        fields = {
+            k: v
+            for k, v in (stored if isinstance(stored, dict) else {}).items()
+            if k not in _EVENT_OWN_FIELDS
+        }
+        count = mark.get("count")
+        event = self.log_event(
+            schema.LOG_STORE_PURGE,
+            log_id=mark["event"],
+            at=_time_of(mark),
+            store_id=store_id,
+            reason=str(mark.get("reason") or transitions.REASON_USER),
+            count=count if type(count) is int and count >= n else n,
+            **fields,
+        )
+        fault_point("purge.logged")
+        self.config.forget_store(store_id)
+        fault_point("purge.forgotten")
+        for _ in range(20):
+            store = self.store_doc(store_id)
+            if store is None:
+                break
+            try:
+                self.lib.docs.delete(store)
+                break
+            except NotFound:
+                break
+            except Conflict:
+                continue  # touched meanwhile (a heartbeat): delete the new revision
+        fault_point("purge.store_deleted")
+        return event
+
+    def finish_interrupted(self) -> list[Doc]:
+        """Finish the store operations a crash (or a kill) left half done; the events logged.
+
+        - a store marked `purging` is purged (its files forget it, its event, its doc);
+        - a downgrade still `pending` is finished (copies zeroed, its event logged once);
+        - a downgraded store on which copies still count (a downgrade interrupted before
+          it recorded its intent, or a copy recorded with the weight read just before the
+          downgrade) has them zeroed, and its event logged if none was since it began.
+
+        Run by every housekeeping pass (and so by `daemon --once`), whether the store is
+        connected or not; cheap when nothing is left: the store docs and the placement
+        summary, no file doc.
+        """
+        events: list[Doc] = []
+        stores = self.lib.stores()
+        finished: set[str] = set()
+        for store in stores:
+            sid = store.get("_id")
+            if not protocol.is_store_id(sid):
+                continue  # reported by run_time_policies
+            try:
+                purge = transitions.pending_purge(store)
+                if purge is not None:
+                    log.warning("finishing the interrupted purge of store %s", sid)
+                    events.append(self._finish_purge(sid, purge))
+                    finished.add(sid)
+                    continue
+                mark = transitions.pending_downgrade(store)
+                if mark is not None:
+                    log.warning("finishing the interrupted downgrade of store %s", sid)
+                    events.append(self._finish_downgrade(sid, mark))
+                    finished.add(sid)
+            except (InvalidDoc, schema.SchemaError, ValueError, TypeError) as e:
+                self.report_invalid(sid, e)
+        downgraded = {
+            s["_id"]: s["downgraded"]
+            for s in stores
+            if protocol.is_store_id(s.get("_id"))
+            and s["_id"] not in finished
+            and isinstance(s.get("downgraded"), dict)
+        }
+        if not downgraded:
+            return events
+        counting: set[str] = set()
+        for row in self.lib.placement_summary():
+            counting.update(
+                sid
+                for sid, copies in parse_placement(row.placement)
+                if copies and sid in downgraded
+            )
+        for sid in sorted(counting):
+            mark = downgraded[sid]
+            n = self._zero_copies_on(sid)
+            log.warning("store %s is downgraded, yet %d copies on it counted: now 0", sid, n)
+            since = _time_of(mark)
+            if n and not self.lib.events(
+                1, types=[schema.LOG_STORE_DOWNGRADE], store_id=sid, since=since
+            ):
+                events.append(
+                    self.log_event(
+                        schema.LOG_STORE_DOWNGRADE,
+                        store_id=sid,
+                        reason=str(mark.get("reason") or transitions.REASON_USER),
+                        count=n,
+                        **self._drive_fields(sid),
+                    )
+                )
+        return events
 
     def acknowledge_failure(self, store_id: str) -> Doc | None:
         store = self.store_doc(store_id)
@@ -1693,6 +1879,17 @@ class MetaStore:
                 return
             after = page[-1]
 
+    def _entries_on(self, store_id: str) -> tuple[int, int]:
+        """(files with an entry for the store, those whose copy there counts), from the
+        placement summary alone (every origin): what a purge or a downgrade will change."""
+        entries = counting = 0
+        for row in self.lib.placement_summary():
+            for sid, copies in parse_placement(row.placement):
+                if sid == store_id:
+                    entries += row.count
+                    counting += row.count if copies else 0
+        return entries, counting
+
     def _zero_copies_on(self, store_id: str) -> int:
         return self._update_all(
             self._file_ids_on(store_id),
@@ -1727,6 +1924,11 @@ class MetaStore:
                 n += 1
                 fault_point(fault)
         return n
+
+
+# Fields a log doc sets itself or that name the event: never taken from a stored mark.
+_EVENT_OWN_FIELDS = frozenset({"_id", "_rev", "type", "time", "machine_id", "store_id", "reason"})
+_EVENT_OWN_FIELDS |= {"count", "level", "log_id", "at"}
 
 
 def _time_of(mark: Doc) -> float | None:

@@ -1,6 +1,7 @@
 """The recovery rules that finish what a killed run left half done (issue 10), one by one,
-on both backends: a quarantine killed between its link and its unlink, and the events of
-a resumed quarantine (each logged once).
+on both backends: a quarantine killed between its link and its unlink, a downgrade or a
+purge killed anywhere after it began, a downgraded store whose copies still count, and
+the events of a resumed quarantine (each logged once).
 
 A kill is simulated in-process: the fault point named raises `Killed` (a BaseException,
 so no handler of the product catches it), and nothing after it runs. The real SIGKILL of
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dmedia_tui import schema
+from dmedia_tui import schema, transitions
 from dmedia_tui.clock import FixedClock
 from dmedia_tui.config import Config
-from dmedia_tui.filestore import FileStore
+from dmedia_tui.filestore import FileStore, VerifyStatus
 from dmedia_tui.metastore import MetaStore
 from tests.conftest import NOW
 from tests.ops import import_one, verify_one
@@ -176,3 +177,125 @@ def test_a_resumed_quarantine_logs_each_event_once(
     assert len(events(ms, schema.LOG_STORE_FAILING)) == 1  # logged, and once
     assert len(events(ms, schema.LOG_STORE_DOWNGRADE)) == 1
     assert a.id in ms.lib.docs.get(fid)["corrupt"]
+
+
+# --- a downgrade killed anywhere after it began ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["downgrade.store_marked", "downgrade.file@2", "downgrade.files_done", "downgrade.logged"],
+)
+def test_an_interrupted_downgrade_is_finished_once(
+    ms: MetaStore, tmp_path: Path, die_at, monkeypatch, point: str
+) -> None:
+    a = new_store(ms, tmp_path, "a")
+    ids = import_n(ms, a, tmp_path, 3)
+    one_per_batch(ms, monkeypatch)
+    die_at(point)
+    with pytest.raises(Killed):
+        ms.downgrade_store(a.id, reason="user")
+    disarm(monkeypatch)
+    mark = ms.store_doc(a.id)["downgraded"]
+    assert mark["pending"] is True and mark["reason"] == "user"
+
+    # The next run finishes it, although the store is connected (no policy would act).
+    again = restarted(ms)
+    (ev,) = again.run_time_policies(online={a.id})
+    assert (ev["type"], ev["store_id"], ev["reason"]) == (schema.LOG_STORE_DOWNGRADE, a.id, "user")
+    assert ev["count"] == 3  # every copy that counted when it began
+    assert ev["_id"] == mark["event"]
+    assert all(again.lib.docs.get(f)["stored"][a.id]["copies"] == 0 for f in ids)
+    assert "pending" not in again.store_doc(a.id)["downgraded"]
+    assert restarted(ms).run_time_policies(online={a.id}) == []
+    assert len(events(ms, schema.LOG_STORE_DOWNGRADE)) == 1
+
+
+def test_a_downgraded_store_whose_copies_still_count_is_zeroed(
+    ms: MetaStore, tmp_path: Path
+) -> None:
+    """No intent recorded (an older version killed mid-way, or a copy recorded with the
+    weight read just before the downgrade): the copies are zeroed, the event logged once."""
+    a = new_store(ms, tmp_path, "a")
+    b = new_store(ms, tmp_path, "b")
+    ids = import_n(ms, a, tmp_path, 2)
+    import_n(ms, b, tmp_path, 1)
+    ms.lib.docs.update(a.id, transitions.downgrade_store, NOW, "user")  # the mark alone
+    (ev,) = ms.run_time_policies(online={a.id, b.id})
+    assert (ev["type"], ev["store_id"], ev["count"]) == (schema.LOG_STORE_DOWNGRADE, a.id, 2)
+    assert all(ms.lib.docs.get(f)["stored"][a.id]["copies"] == 0 for f in ids)
+    assert ms.run_time_policies(online={a.id, b.id}) == []
+    # A late copy recorded with weight 1 on the downgraded store: zeroed, no second event.
+    ms.lib.docs.update(ids[0], transitions.mark_added, a.id, 1, NOW)
+    assert ms.run_time_policies(online={a.id, b.id}) == []
+    assert ms.lib.docs.get(ids[0])["stored"][a.id]["copies"] == 0
+    assert len(events(ms, schema.LOG_STORE_DOWNGRADE)) == 1
+
+
+# --- a purge killed anywhere after it began -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "purge.store_marked",
+        "purge.file@2",
+        "purge.files_done",
+        "purge.logged",
+        "purge.forgotten",
+    ],
+)
+def test_an_interrupted_purge_is_finished_once(
+    ms: MetaStore, tmp_path: Path, die_at, monkeypatch, point: str
+) -> None:
+    a = new_store(ms, tmp_path, "a")
+    ids = import_n(ms, a, tmp_path, 3)
+    assert a.id in ms.config.known_stores()
+    one_per_batch(ms, monkeypatch)
+    die_at(point)
+    with pytest.raises(Killed):
+        ms.purge_store(a.id, reason="user")
+    disarm(monkeypatch)
+    mark = ms.store_doc(a.id)["purging"]
+    assert mark["reason"] == "user" and mark["count"] == 3
+
+    again = restarted(ms)
+    (ev,) = again.run_time_policies(online={a.id})  # connected: only the finishing acts
+    assert (ev["type"], ev["store_id"], ev["count"]) == (schema.LOG_STORE_PURGE, a.id, 3)
+    assert ev["_id"] == mark["event"] and ev["label"] == "a"
+    assert again.store_doc(a.id) is None
+    assert all(again.lib.docs.get(f)["stored"] == {} for f in ids)
+    assert a.id not in again.config.known_stores()
+    assert all(a.exists(f) for f in ids)  # a purge never deletes a copy
+    assert restarted(ms).run_time_policies(online={a.id}) == []
+    assert len(events(ms, schema.LOG_STORE_PURGE)) == 1
+
+
+def test_a_store_being_purged_takes_no_new_copy(ms: MetaStore, tmp_path: Path, die_at) -> None:
+    a = new_store(ms, tmp_path, "a")
+    assert transitions.takes_new_copies(ms.store_doc(a.id))
+    die_at("purge.store_marked")
+    with pytest.raises(Killed):
+        ms.purge_store(a.id)
+    assert not transitions.takes_new_copies(ms.store_doc(a.id))
+    assert schema.check_store(ms.store_doc(a.id)) == []
+
+
+def test_a_preset_log_id_is_logged_once(ms: MetaStore) -> None:
+    from dmedia_tui import protocol
+
+    sid = protocol.random_id()
+    lid = protocol.log_id(NOW)
+    first = ms.log_event(schema.LOG_STORE_PURGE, log_id=lid, at=NOW, store_id=sid, count=1)
+    second = ms.log_event(schema.LOG_STORE_PURGE, log_id=lid, at=NOW, store_id=sid, count=2)
+    assert first["_id"] == second["_id"] == lid and second["count"] == 1
+    assert len(ms.lib.events(10)) == 1
+
+
+def test_verify_ok_after_recovery(ms: MetaStore, tmp_path: Path) -> None:
+    """Sanity: the recovery rules leave a healthy store alone."""
+    a = new_store(ms, tmp_path, "a")
+    (fid,) = import_n(ms, a, tmp_path, 1)
+    assert ms.recover_store(a) == {"tmp": 0, "quarantines": 0, "adopted": 0, "relinked": 0}
+    assert ms.finish_interrupted() == []
+    assert verify_one(ms, a, fid).status == VerifyStatus.OK
