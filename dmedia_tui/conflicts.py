@@ -101,6 +101,10 @@ def merge_store_conflict(a: Doc, b: Doc) -> Doc:
     downgraded = _merge_downgrade(a.get("downgraded"), b.get("downgraded"))
     if downgraded is not None:
         merged["downgraded"] = downgraded
+    # A purge under way on either side is finished, whatever the other side saw since.
+    purging = next((p for p in (a.get("purging"), b.get("purging")) if isinstance(p, dict)), None)
+    if purging is not None:
+        merged["purging"] = copy.deepcopy(purging)
     for k, v in older.items():
         if k.startswith("x_"):
             merged.setdefault(k, copy.deepcopy(v))

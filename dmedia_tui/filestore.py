@@ -737,6 +737,8 @@ class FileStore:
         """Quarantine the canonical copy (never delete it); return where it went.
 
         A copy already quarantined under that ID is kept: the new one gets a suffix.
+        Crash order: linked into corrupt/ first, unlinked from files/ second, so the bytes
+        always have a name; killed in between, finish_quarantine completes it.
         """
         check_file_id(file_id)
         name = file_id[2:]
@@ -776,6 +778,57 @@ class FileStore:
                 os.close(cd)
         finally:
             os.close(pd)
+
+    def finish_quarantine(self, file_id: str) -> Path | None:
+        """Finish a quarantine killed between its link into corrupt/ and its unlink from
+        files/: when the canonical copy is the very file (same inode) as a quarantined
+        copy of that ID, its files/ name is removed and the corrupt/ one returned.
+
+        None (nothing changed) when the copy in files/ is any other file (a good copy
+        made since an old quarantine), or either is absent: the bytes are never left
+        without a name in corrupt/.
+        """
+        check_file_id(file_id)
+        name = file_id[2:]
+        try:
+            pd = self._open_dir("files", file_id[:2])
+        except FileNotFoundError:
+            return None
+        try:
+            st = _lstat_at(pd, name)
+            if st is None or not stat_mod.S_ISREG(st.st_mode) or st.st_nlink < 2:
+                return None
+            try:
+                cd = self._open_dir("corrupt")
+            except FileNotFoundError:
+                return None
+            try:
+                with os.scandir(cd) as it:
+                    names = sorted(
+                        e.name for e in it if e.name == file_id or e.name.startswith(file_id + ".")
+                    )
+                for qname in names:
+                    qst = _lstat_at(cd, qname)
+                    if (
+                        qst is not None
+                        and stat_mod.S_ISREG(qst.st_mode)
+                        and (qst.st_dev, qst.st_ino) == (st.st_dev, st.st_ino)
+                    ):
+                        os.unlink(name, dir_fd=pd)
+                        os.fsync(cd)
+                        os.fsync(pd)
+                        log.warning(
+                            "store %s: finished the quarantine of %s (into %s)",
+                            self.id,
+                            file_id,
+                            qname,
+                        )
+                        return self.corrupt_dir / qname
+            finally:
+                os.close(cd)
+        finally:
+            os.close(pd)
+        return None
 
     def _set_aside(self, pd: int, file_id: str) -> Path | None:
         """Move what is at a copy's path but is not a regular file (a link, folder, FIFO,

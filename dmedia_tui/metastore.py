@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import threading
@@ -280,10 +281,32 @@ class MetaStore:
 
     # --- log-1 -----------------------------------------------------------------------
 
-    def log_event(self, type: str, level: int = logging.WARNING, **fields: Any) -> Doc:
-        """Record a data-safety event in log-1 and in Python logging."""
-        doc = schema.create_log(self.now(), type, self.machine_id, **fields)
-        self.lib.log.save(doc)
+    def log_event(
+        self,
+        type: str,
+        level: int = logging.WARNING,
+        *,
+        log_id: str | None = None,
+        at: float | None = None,
+        **fields: Any,
+    ) -> Doc:
+        """Record a data-safety event in log-1 and in Python logging.
+
+        `log_id` (with `at`, the time it encodes): the event's ID chosen when the operation
+        began and recorded with its intent. Logging it again (a crashed run finished by the
+        next) finds it logged and returns that doc: one event, however many attempts.
+        """
+        now = self.now() if at is None else at
+        doc = schema.create_log(now, type, self.machine_id, log_id=log_id, **fields)
+        try:
+            self.lib.log.save(doc)
+        except Conflict:
+            if log_id is None:
+                raise
+            logged = self.lib.log.get_or_none(log_id)
+            if logged is not None:
+                return logged
+            raise
         detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
         log.log(level, "%s %s", type, detail)
         return doc
@@ -957,6 +980,7 @@ class MetaStore:
         file_id: str,
         result: VerifyResult | None = None,
         fs: FileStore | None = None,
+        resumed: bool = False,
     ) -> None:
         """A corrupt copy was found (and already moved to quarantine by the FileStore).
 
@@ -965,30 +989,35 @@ class MetaStore:
 
         Crash order: the quarantined copy in corrupt/ is the durable record of intent.
         Until the file doc is marked corrupt, `recover_store` finds it there (the doc
-        still lists the store) and runs this again; so the store is flagged first and
-        the file doc last, and each step is idempotent.
+        still lists the store) and runs this again (`resumed`); so the store is flagged
+        first and the file doc last, and each step is idempotent: resumed, an event the
+        crashed run logged already (this quarantine's `file/corrupt`, the store's
+        `store/failing` since its failure began) is not logged twice, and one it did
+        not log yet is.
         """
         now = self.now()
         drive = self._drive_fields(store_id)
-        self.log_event(
-            schema.LOG_FILE_CORRUPT,
-            level=logging.ERROR,
-            file_id=file_id,
-            store_id=store_id,
-            quarantine=str(result.quarantine) if result and result.quarantine else None,
-            **drive,
-        )
+        where = result.quarantine if result and result.quarantine else None
+        if not (resumed and self._corrupt_logged(store_id, file_id, where)):
+            self.log_event(
+                schema.LOG_FILE_CORRUPT,
+                level=logging.ERROR,
+                file_id=file_id,
+                store_id=store_id,
+                quarantine=str(where) if where else None,
+                **drive,
+            )
         fault_point("corrupt.logged")
         store = self.store_doc(store_id)
         if store is not None:
-            was_failing = bool(store.get("failure"))
+            failure = store.get("failure")
             flagged = self.lib.docs.update(store_id, transitions.flag_failing, now, "corrupt", 1)
             fault_point("corrupt.flagged")
             if flagged is not None:  # the drive itself remembers it, beyond any purge
                 if fs is None:
                     fs = self.connected_filestores().get(store_id)
                 self.mark_drive(fs, flagged.get("failure"))
-            if not was_failing:
+            if not failure or (resumed and not self._failing_logged(store_id, failure)):
                 self.log_event(
                     schema.LOG_STORE_FAILING,
                     level=logging.ERROR,
@@ -1003,13 +1032,35 @@ class MetaStore:
         except NotFound:
             pass
         fault_point("corrupt.doc_marked")
+        store = self.store_doc(store_id)
         if store is None:
             return
-        if not store.get("downgraded"):
+        if transitions.pending_downgrade(store) or not isinstance(store.get("downgraded"), dict):
             self.downgrade_store(store_id, reason="corrupt")
         else:
             # Already downgraded: still make sure no copy on it counts.
             self._zero_copies_on(store_id)
+
+    def _corrupt_logged(self, store_id: str, file_id: str, where: Path | None) -> bool:
+        """Is this quarantine (the copy's name in corrupt/) logged as `file/corrupt`?"""
+        if where is None:
+            return False
+        for e in self.lib.events(
+            100, types=[schema.LOG_FILE_CORRUPT], store_id=store_id, file_id=file_id
+        ):
+            q = e.get("quarantine")
+            if isinstance(q, str) and Path(q).name == where.name:
+                return True
+        return False
+
+    def _failing_logged(self, store_id: str, failure: Any) -> bool:
+        """Was the store's `store/failing` logged since its failure began?"""
+        since = _time_of(failure) if isinstance(failure, dict) else None
+        if since is None:
+            return True  # a junk failure: not ours to re-announce
+        return bool(
+            self.lib.events(1, types=[schema.LOG_STORE_FAILING], store_id=store_id, since=since)
+        )
 
     # --- recovery after a crash ------------------------------------------------------
 
@@ -1018,6 +1069,9 @@ class MetaStore:
         drive plugged in). Returns counts {tmp, quarantines, adopted, relinked}.
 
         - partial writes in tmp/ are removed (purge_tmp: dead owners only);
+        - a copy both in files/ and in corrupt/ (one inode: a quarantine killed between
+          its link and its unlink) loses its files/ name, the corrupt/ one keeping the
+          bytes, and is handled as the corrupt copy it is;
         - a copy in corrupt/ whose file doc still lists this store (a crash between the
           quarantine and the docs) is handled as the corrupt copy it is;
         - a failing store left not downgraded is downgraded;
@@ -1037,14 +1091,27 @@ class MetaStore:
             log.warning("cannot list %s: %s", fs.corrupt_dir, e)
             quarantined = {}
         for fid, name in quarantined.items():
-            doc = self.lib.docs.get_or_none(fid)
-            stored = doc.get("stored") if isinstance(doc, dict) else None
-            if not isinstance(stored, dict) or sid not in stored or fs.exists(fid):
-                continue  # handled already, or a good copy is back: an old quarantine
+            where: Path | None = fs.corrupt_dir / name
+            if fs.exists(fid):
+                try:
+                    where = fs.finish_quarantine(fid)
+                except OSError as e:
+                    log.warning("cannot finish the quarantine of %s on %s: %s", fid, sid, e)
+                    continue
+                if where is None:
+                    continue  # a good copy is back: an old quarantine
+            else:
+                doc = self.lib.docs.get_or_none(fid)
+                stored = doc.get("stored") if isinstance(doc, dict) else None
+                if not isinstance(stored, dict) or sid not in stored:
+                    continue  # handled already
             log.warning("finishing an interrupted quarantine of %s on store %s", fid, sid)
-            where = fs.corrupt_dir / name
             self.handle_corrupt(
-                sid, fid, VerifyResult(VerifyStatus.CORRUPT, fid, quarantine=where), fs=fs
+                sid,
+                fid,
+                VerifyResult(VerifyStatus.CORRUPT, fid, quarantine=where),
+                fs=fs,
+                resumed=True,
             )
             out["quarantines"] += 1
         store = self.store_doc(sid)
@@ -1257,14 +1324,15 @@ class MetaStore:
     # --- time policies ---------------------------------------------------------------
 
     def run_time_policies(self, online: set[str]) -> list[Doc]:
-        """Downgrade stores unseen for 3 days, purge those unseen for 8; purge orphans.
+        """Finish interrupted purges and downgrades (finish_interrupted), downgrade stores
+        unseen for 3 days, purge those unseen for 8; purge orphans.
 
         Returns the log docs written.
         """
+        events = self.finish_interrupted()
         obs = self.observe(persist=True)
         now = self.now()
         t = self.thresholds
-        events = []
         # Stores another machine lists: never acted on while its doc just changed (or we
         # have not watched it for heartbeat_fresh), and aged from its heartbeat as we saw
         # it, whatever its clock or ours says (liveness.py).
@@ -1369,15 +1437,34 @@ class MetaStore:
         return ActionPreview(action, store_id, store_label(store, store_id), files, copies, only)
 
     def downgrade_store(self, store_id: str, reason: str = "user") -> Doc:
-        """Every copy on the store counts 0 (locations still tracked); logged."""
+        """Every copy on the store counts 0 (locations still tracked); logged.
+
+        Crash order: the store is marked downgraded first (a copy recorded meanwhile
+        already counts 0), with the ID its event will have and `pending`; the copies are
+        zeroed a batch at a time; the event is logged under that ID; `pending` is cleared
+        last. Killed anywhere, the mark stays pending and finish_interrupted (every
+        housekeeping pass, `daemon --once`) finishes the job: one event, however many runs.
+        """
         now = self.now()
-        try:
-            self.lib.docs.update(store_id, transitions.downgrade_store, now, reason)
-        except NotFound:
-            raise UnknownStore(f"unknown store {store_id}") from None
-        fault_point("downgrade.store_marked")
+        store = self.store_doc(store_id)
+        if store is None:
+            raise UnknownStore(f"unknown store {store_id}")
+        mark = transitions.pending_downgrade(store)
+        if mark is None and not isinstance(store.get("downgraded"), dict):
+            _, counting = self._entries_on(store_id)
+            event = protocol.log_id(now)
+            try:
+                self.lib.docs.update(
+                    store_id, transitions.downgrade_store, now, reason, event, counting
+                )
+            except NotFound:
+                raise UnknownStore(f"unknown store {store_id}") from None
+            fault_point("downgrade.store_marked")
+            mark = transitions.pending_downgrade(self.store_doc(store_id))
+        if mark is not None:
+            return self._finish_downgrade(store_id, mark)
+        # Downgraded (and finished) already: nothing may count there; this request is logged.
         n = self._zero_copies_on(store_id)
-        fault_point("downgrade.files_done")
         return self.log_event(
             schema.LOG_STORE_DOWNGRADE,
             store_id=store_id,
@@ -1386,24 +1473,167 @@ class MetaStore:
             **self._drive_fields(store_id),
         )
 
+    def _finish_downgrade(self, store_id: str, mark: Doc) -> Doc:
+        """Zero the copies of a pending downgrade, log its event (once), clear `pending`."""
+        n = self._zero_copies_on(store_id)
+        fault_point("downgrade.files_done")
+        count = mark.get("count")
+        event = self.log_event(
+            schema.LOG_STORE_DOWNGRADE,
+            log_id=mark["event"],
+            at=_time_of(mark),
+            store_id=store_id,
+            reason=str(mark.get("reason") or transitions.REASON_USER),
+            count=count if type(count) is int and count >= n else n,
+            **self._drive_fields(store_id),
+        )
+        fault_point("downgrade.logged")
+        try:
+            self.lib.docs.update(store_id, transitions.downgrade_done, mark["event"])
+        except NotFound:
+            pass  # purged meanwhile: nothing left to clear
+        return event
+
     def purge_store(self, store_id: str, reason: str = "user", **extra: Any) -> Doc:
-        """Forget a store: remove it from every file and delete its doc. Files on disk stay."""
-        drive = self._drive_fields(store_id)
-        n = self._purge_entries(store_id)
-        fault_point("purge.files_done")
+        """Forget a store: remove it from every file and delete its doc. Files on disk stay.
+
+        Crash order: the store doc is marked `purging` first (with the ID, count and fields
+        of its event), every file forgets the store a batch at a time, the event is logged
+        under that ID, this machine forgets the store's folder, and the store doc is
+        deleted last. Killed anywhere, the mark stays and finish_interrupted finishes the
+        purge: one event, however many runs.
+        """
+        now = self.now()
         store = self.store_doc(store_id)
-        if store is not None:
+        mark = transitions.pending_purge(store)
+        if store is not None and mark is None:
+            fields = {**self._drive_fields(store_id), **extra}
+            fields = {k: v for k, v in fields.items() if v is not None}
+            entries, _ = self._entries_on(store_id)
+            event = protocol.log_id(now)
             try:
-                self.lib.docs.delete(store)
+                self.lib.docs.update(
+                    store_id, transitions.begin_purge, now, reason, event, entries, fields
+                )
             except NotFound:
                 pass
-        fault_point("purge.store_deleted")
+            fault_point("purge.store_marked")
+            mark = transitions.pending_purge(self.store_doc(store_id))
+        if mark is not None:
+            return self._finish_purge(store_id, mark)
+        # No store doc to mark (gone already): forget what still names the store.
+        n = self._purge_entries(store_id)
         self.config.forget_store(store_id)
-        fault_point("purge.forgotten")
-        fields = {**drive, **{k: v for k, v in extra.items() if v is not None}}
+        fields = {k: v for k, v in extra.items() if v is not None}
         return self.log_event(
             schema.LOG_STORE_PURGE, store_id=store_id, reason=reason, count=n, **fields
         )
+
+    def _finish_purge(self, store_id: str, mark: Doc) -> Doc:
+        """Every file forgets the store, the event is logged (once), the doc goes last."""
+        n = self._purge_entries(store_id)
+        fault_point("purge.files_done")
+        stored = mark.get("fields")
+        fields = {
+            k: v
+            for k, v in (stored if isinstance(stored, dict) else {}).items()
+            if k not in _EVENT_OWN_FIELDS
+        }
+        count = mark.get("count")
+        event = self.log_event(
+            schema.LOG_STORE_PURGE,
+            log_id=mark["event"],
+            at=_time_of(mark),
+            store_id=store_id,
+            reason=str(mark.get("reason") or transitions.REASON_USER),
+            count=count if type(count) is int and count >= n else n,
+            **fields,
+        )
+        fault_point("purge.logged")
+        self.config.forget_store(store_id)
+        fault_point("purge.forgotten")
+        for _ in range(20):
+            store = self.store_doc(store_id)
+            if store is None:
+                break
+            try:
+                self.lib.docs.delete(store)
+                break
+            except NotFound:
+                break
+            except Conflict:
+                continue  # touched meanwhile (a heartbeat): delete the new revision
+        fault_point("purge.store_deleted")
+        return event
+
+    def finish_interrupted(self) -> list[Doc]:
+        """Finish the store operations a crash (or a kill) left half done; the events logged.
+
+        - a store marked `purging` is purged (its files forget it, its event, its doc);
+        - a downgrade still `pending` is finished (copies zeroed, its event logged once);
+        - a downgraded store on which copies still count (a downgrade interrupted before
+          it recorded its intent, or a copy recorded with the weight read just before the
+          downgrade) has them zeroed, and its event logged if none was since it began.
+
+        Run by every housekeeping pass (and so by `daemon --once`), whether the store is
+        connected or not; cheap when nothing is left: the store docs and the placement
+        summary, no file doc.
+        """
+        events: list[Doc] = []
+        stores = self.lib.stores()
+        finished: set[str] = set()
+        for store in stores:
+            sid = store.get("_id")
+            if not protocol.is_store_id(sid):
+                continue  # reported by run_time_policies
+            try:
+                purge = transitions.pending_purge(store)
+                if purge is not None:
+                    log.warning("finishing the interrupted purge of store %s", sid)
+                    events.append(self._finish_purge(sid, purge))
+                    finished.add(sid)
+                    continue
+                mark = transitions.pending_downgrade(store)
+                if mark is not None:
+                    log.warning("finishing the interrupted downgrade of store %s", sid)
+                    events.append(self._finish_downgrade(sid, mark))
+                    finished.add(sid)
+            except (InvalidDoc, schema.SchemaError, ValueError, TypeError) as e:
+                self.report_invalid(sid, e)
+        downgraded = {
+            s["_id"]: s["downgraded"]
+            for s in stores
+            if protocol.is_store_id(s.get("_id"))
+            and s["_id"] not in finished
+            and isinstance(s.get("downgraded"), dict)
+        }
+        if not downgraded:
+            return events
+        counting: set[str] = set()
+        for row in self.lib.placement_summary():
+            counting.update(
+                sid
+                for sid, copies in parse_placement(row.placement)
+                if copies and sid in downgraded
+            )
+        for sid in sorted(counting):
+            mark = downgraded[sid]
+            n = self._zero_copies_on(sid)
+            log.warning("store %s is downgraded, yet %d copies on it counted: now 0", sid, n)
+            since = _time_of(mark)
+            if n and not self.lib.events(
+                1, types=[schema.LOG_STORE_DOWNGRADE], store_id=sid, since=since
+            ):
+                events.append(
+                    self.log_event(
+                        schema.LOG_STORE_DOWNGRADE,
+                        store_id=sid,
+                        reason=str(mark.get("reason") or transitions.REASON_USER),
+                        count=n,
+                        **self._drive_fields(sid),
+                    )
+                )
+        return events
 
     def acknowledge_failure(self, store_id: str) -> Doc | None:
         store = self.store_doc(store_id)
@@ -1813,6 +2043,17 @@ class MetaStore:
                 return
             after = page[-1]
 
+    def _entries_on(self, store_id: str) -> tuple[int, int]:
+        """(files with an entry for the store, those whose copy there counts), from the
+        placement summary alone (every origin): what a purge or a downgrade will change."""
+        entries = counting = 0
+        for row in self.lib.placement_summary():
+            for sid, copies in parse_placement(row.placement):
+                if sid == store_id:
+                    entries += row.count
+                    counting += row.count if copies else 0
+        return entries, counting
+
     def _zero_copies_on(self, store_id: str) -> int:
         return self._update_all(
             self._file_ids_on(store_id),
@@ -1865,6 +2106,19 @@ def _mark_copied_many(
         return None
     src_id, weight, mtime, new = plan
     return transitions.mark_copied(doc, now, src_id, weight, mtime, new)
+
+
+# Fields a log doc sets itself or that name the event: never taken from a stored mark.
+_EVENT_OWN_FIELDS = frozenset({"_id", "_rev", "type", "time", "machine_id", "store_id", "reason"})
+_EVENT_OWN_FIELDS |= {"count", "level", "log_id", "at"}
+
+
+def _time_of(mark: Doc) -> float | None:
+    """The `time` of a store mark when it is a usable one (a number >= 0), else None."""
+    t = mark.get("time")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0:
+        return float(t)
+    return None
 
 
 def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):

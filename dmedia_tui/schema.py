@@ -417,7 +417,16 @@ def check_store(doc: Any) -> list[str]:
     for key in _STORE_BOOL_FIELDS:
         if key in doc and type(doc[key]) is not bool:
             out.append(f"{key}: must be true or false, got {_got(doc[key])}")
-    _check_optional_time_dict(doc, "downgraded", out)
+    for key in ("downgraded", "purging"):
+        mark = _check_optional_time_dict(doc, key, out)
+        if mark is None:
+            continue
+        if "event" in mark and not is_id(mark["event"], RANDOM_B32LEN):
+            out.append(f"{key}.event: must be a log ID, got {_got(mark['event'])}")
+        if "pending" in mark and type(mark["pending"]) is not bool:
+            out.append(f"{key}.pending: must be true or false, got {_got(mark['pending'])}")
+        if "count" in mark and not _is_int(mark["count"]):
+            out.append(f"{key}.count: {_int_range_msg(mark['count'], MAX_INT)}")
     failure = _check_optional_time_dict(doc, "failure", out)
     if failure is not None:
         if not _is_int(failure.get("corrupt_count")):
@@ -706,12 +715,19 @@ def create_machine(
     return doc
 
 
-def create_log(now: float, type: str, machine_id: str, **fields: Any) -> dict:
-    """A `log-1` event doc; its `_id` sorts by `now`. Log docs are never edited."""
+def create_log(
+    now: float, type: str, machine_id: str, *, log_id: str | None = None, **fields: Any
+) -> dict:
+    """A `log-1` event doc; its `_id` sorts by `now`. Log docs are never edited.
+
+    `log_id`: an ID chosen in advance (recorded with the intent of a long operation), so
+    that logging the event again after a crash is a conflict, not a second event.
+    """
     reserved = {"_id", "_rev", "type", "time", "machine_id"} & fields.keys()
     if reserved:
         raise SchemaError(f"create_log sets {', '.join(sorted(reserved))} itself")
-    doc = {"_id": protocol.log_id(now), "type": type, "time": now, "machine_id": machine_id}
+    _id = protocol.log_id(now) if log_id is None else log_id
+    doc = {"_id": _id, "type": type, "time": now, "machine_id": machine_id}
     doc.update(fields)
     _raise_if(check_log(doc), "log doc")
     return doc

@@ -352,15 +352,93 @@ def merge_file_conflict(a: Any, b: Any) -> Doc:
 # --- store docs ------------------------------------------------------------------------
 
 
-def downgrade_store(store_doc: Doc, now: float, reason: str) -> Doc | None:
+def downgrade_store(
+    store_doc: Doc,
+    now: float,
+    reason: str,
+    event: str | None = None,
+    count: int | None = None,
+) -> Doc | None:
     """Copies on the store count 0 from now on. None if it is already downgraded (the
-    first time and reason are kept: that is when the trouble began)."""
+    first time and reason are kept: that is when the trouble began).
+
+    With `event` (the log ID its `dmedia/store/downgrade` event will have) the mark is
+    also the intent of the work still to do: `pending` until every copy on the store is
+    zeroed and that event is logged (downgrade_done). A crash in between leaves the mark
+    pending, and the next run finishes the job (MetaStore.finish_interrupted), logging
+    the event under that ID once. `count`: the copies that counted there when it began.
+    """
     if not isinstance(store_doc, dict):
         return None
     if isinstance(store_doc.get("downgraded"), dict):
         return None
-    store_doc["downgraded"] = {"time": now, "reason": reason}
+    mark: dict[str, Any] = {"time": now, "reason": reason}
+    if event is not None:
+        mark.update(event=event, pending=True)
+        if count is not None:
+            mark["count"] = _int_or_none(count) or 0
+    store_doc["downgraded"] = mark
     return store_doc
+
+
+def pending_downgrade(store_doc: Any) -> dict[str, Any] | None:
+    """The `downgraded` mark of a downgrade begun but not finished (see downgrade_store),
+    or None (not downgraded, finished, or a mark too damaged to finish by its event)."""
+    if not isinstance(store_doc, dict):
+        return None
+    mark = store_doc.get("downgraded")
+    if not isinstance(mark, dict) or mark.get("pending") is not True:
+        return None
+    return mark if isinstance(mark.get("event"), str) else None
+
+
+def downgrade_done(store_doc: Doc, event: str) -> Doc | None:
+    """The downgrade whose event is `event` is finished: its mark is no longer pending.
+
+    None when there is nothing to clear (finished already, trusted or re-seen meanwhile,
+    or another downgrade's mark).
+    """
+    if not isinstance(store_doc, dict):
+        return None
+    mark = store_doc.get("downgraded")
+    if not isinstance(mark, dict) or mark.get("event") != event or "pending" not in mark:
+        return None
+    del mark["pending"]
+    return store_doc
+
+
+def begin_purge(
+    store_doc: Doc, now: float, reason: str, event: str, count: int, fields: Mapping[str, Any]
+) -> Doc | None:
+    """Mark the store as being purged (the intent, recorded before any file doc changes).
+
+    The store doc is deleted last, once every file forgot the store and the
+    `dmedia/store/purge` event (log ID `event`, with `count` and `fields`) is logged; a
+    crash in between leaves this mark and the next run finishes the purge. None when a
+    purge is already under way (its mark is kept: that purge is the one finished).
+    """
+    if not isinstance(store_doc, dict):
+        return None
+    if isinstance(store_doc.get("purging"), dict):
+        return None
+    store_doc["purging"] = {
+        "time": now,
+        "reason": reason,
+        "event": event,
+        "count": _int_or_none(count) or 0,
+        "fields": dict(fields),
+    }
+    return store_doc
+
+
+def pending_purge(store_doc: Any) -> dict[str, Any] | None:
+    """The `purging` mark of a purge begun but not finished, or None."""
+    if not isinstance(store_doc, dict):
+        return None
+    mark = store_doc.get("purging")
+    if not isinstance(mark, dict) or not isinstance(mark.get("event"), str):
+        return None
+    return mark
 
 
 def flag_failing(
@@ -457,9 +535,10 @@ def takes_new_copies(store_doc: Any) -> bool:
     import (MetaStore.import_destination) and health's INSUFFICIENT_STORAGE all ask it.
 
     Yes only when it is trusted (no `failure`, no `no_new_copies`), not `downgraded` (by the
-    user or by a policy: a copy written there would count 0) and a copy there is worth at
-    least 1. Free space and "is it connected" are separate questions for the caller. The
-    rule itself is views.StoreView.takes_new_copies, which health reads too.
+    user or by a policy: a copy written there would count 0), not being purged, and a copy
+    there is worth at least 1. Free space and "is it connected" are separate questions
+    for the caller. The rule itself is views.StoreView.takes_new_copies, which health
+    reads too.
     """
     # A new condition goes into StoreView.takes_new_copies, never here: health reads the
     # view, not this function, and the two must not disagree.

@@ -129,6 +129,7 @@ class StoreView:
     internal: bool
     no_new_copies: bool  # flagged: place no new copy there
     downgraded: bool  # by the user or a policy: its copies count 0
+    purging: bool  # a purge is under way (MetaStore.purge_store): it is being forgotten
     failing: bool  # corrupt copies were found there (a `failure` mark)
     acknowledged: bool  # the user has seen the failure
     corrupt_count: int
@@ -159,6 +160,7 @@ class StoreView:
             # make a store untrusted, never trusted.
             no_new_copies=doc.get("no_new_copies") not in (None, False),
             downgraded=doc.get("downgraded") is not None,
+            purging=doc.get("purging") is not None,
             failing=failure is not None,
             acknowledged=fdict.get("acknowledged") is True,
             corrupt_count=count_value(fdict.get("corrupt_count")),
@@ -177,9 +179,10 @@ class StoreView:
 
     @property
     def takes_new_copies(self) -> bool:
-        """THE rule for placing a copy: trusted, not downgraded, and a copy there is worth
-        at least 1. Free space and "is it connected" are separate questions."""
-        return self.trusted and self.weight >= 1
+        """THE rule for placing a copy: trusted, not downgraded, not being purged (a copy
+        placed there now would be forgotten with it), and a copy there is worth at least 1.
+        Free space and "is it connected" are separate questions."""
+        return self.trusted and not self.purging and self.weight >= 1
 
 
 # --- file docs -------------------------------------------------------------------------

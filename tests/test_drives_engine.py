@@ -268,7 +268,9 @@ def _wipe_and_plug(blockdevs: BlockDevs, ms, running, replace_with: Path | None)
     d.mount(mp)
     report(
         "wiped stick mount command -> purged" + (" (re-initialised)" if replace_with else ""),
-        wait_for("purged", lambda: purge_events(ms, sid), since=t0),
+        # Purged: the event is logged before the store doc goes (the doc is the purge's
+        # intent until the end), so wait for both.
+        wait_for("purged", lambda: purge_events(ms, sid) and ms.store_doc(sid) is None, since=t0),
     )
     [event] = purge_events(ms, sid)
     assert ms.store_doc(sid) is None

@@ -375,6 +375,57 @@ def test_downgrade_store_keeps_the_first_time():
     assert check_store(doc) == []
 
 
+def test_a_downgrade_with_an_event_is_pending_until_done():
+    doc = sdoc()
+    ev = protocol.log_id(NOW)
+    assert tr.downgrade_store(doc, NOW, tr.REASON_USER, ev, 7) is doc
+    assert doc["downgraded"] == {
+        "time": NOW,
+        "reason": "user",
+        "event": ev,
+        "pending": True,
+        "count": 7,
+    }
+    assert check_store(doc) == []
+    assert tr.store_copies_weight(doc) == 0  # counts 0 from the mark on, not from the end
+    assert tr.pending_downgrade(doc) is doc["downgraded"]
+    assert tr.downgrade_store(doc, NOW + 5, tr.REASON_CORRUPT, protocol.log_id(NOW)) is None
+    assert tr.downgrade_done(doc, protocol.log_id(NOW + 9)) is None  # another downgrade's
+    assert tr.downgrade_done(doc, ev) is doc
+    assert "pending" not in doc["downgraded"] and doc["downgraded"]["event"] == ev
+    assert tr.pending_downgrade(doc) is None
+    assert tr.downgrade_done(doc, ev) is None  # done once
+    assert check_store(doc) == []
+
+
+def test_begin_purge_records_the_intent_once():
+    doc = sdoc()
+    ev = protocol.log_id(NOW)
+    assert tr.takes_new_copies(doc)
+    assert tr.begin_purge(doc, NOW, "atime", ev, 3, {"label": "usb"}) is doc
+    mark = {"time": NOW, "reason": "atime", "event": ev, "count": 3, "fields": {"label": "usb"}}
+    assert doc["purging"] == mark
+    assert tr.pending_purge(doc) == mark
+    assert tr.begin_purge(doc, NOW + 1, "user", protocol.log_id(NOW + 1), 0, {}) is None
+    assert doc["purging"] == mark  # the purge under way is the one finished
+    assert not tr.takes_new_copies(doc)  # a copy placed now would be forgotten with it
+    assert check_store(doc) == []
+
+
+def test_pending_marks_of_junk_are_none():
+    for junk in (None, [], "doc", 5, sdoc(), sdoc(downgraded="yes"), sdoc(purging=[1])):
+        assert tr.pending_downgrade(junk) is None
+        assert tr.pending_purge(junk) is None
+    assert (
+        tr.pending_downgrade(sdoc(downgraded={"time": 1, "reason": "x", "pending": True})) is None
+    )
+    assert tr.downgrade_done("junk", "x") is None
+    assert tr.begin_purge("junk", NOW, "user", "x", 1, {}) is None
+    bad = sdoc(downgraded={"time": 1, "reason": "x", "event": "e", "pending": 1, "count": -1})
+    assert len(check_store(bad)) == 3
+    assert check_store(sdoc(purging={"time": 1})) == ["purging.reason: must be a str, got None"]
+
+
 def test_flag_failing_counts_and_withdraws_acknowledgement():
     doc = sdoc(x_k=[1])
     assert tr.flag_failing(doc, NOW, tr.REASON_CORRUPT) is doc

@@ -242,7 +242,27 @@ def check(lib: Lib, before: dict[str, str]) -> list[str]:
         ):
             problems.append(f"purge: store {label} gone without a dmedia/store/purge event")
 
-    # 8. nothing outside the stores changed
+    # 8. each event once: a crashed run finished by the next never logs one twice
+    seen: dict[tuple[Any, ...], int] = {}
+    for e in events:
+        t = e.get("type")
+        if t == "dmedia/file/corrupt":
+            key: tuple[Any, ...] = (t, e.get("file_id"), e.get("store_id"))
+        elif t in ("dmedia/store/failing", "dmedia/store/purge") or (
+            t == "dmedia/store/downgrade" and e.get("scope") != "copies"
+        ):
+            key = (t, e.get("store_id"))
+        else:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+    for key, n in sorted(seen.items(), key=str):
+        if n > 1:
+            problems.append(f"events: {key[0]} for {str(key[1])[:8]} logged {n} times")
+    for sid, sdoc in store_docs.items():
+        if sdoc.get("failure") and ("dmedia/store/failing", sid) not in seen:
+            problems.append(f"failing: {sid[:6]} flagged without a dmedia/store/failing event")
+
+    # 9. nothing outside the stores changed
     after = lib.outside_snapshot()
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:

@@ -59,20 +59,29 @@ POINTS = {
         "downgrade.store_marked",
         "downgrade.file",
         "downgrade.files_done",
+        "downgrade.logged",
     ],
     "downgrade": [
         "downgrade.store_marked",
         "downgrade.file",
         "downgrade.file@2",
         "downgrade.files_done",
+        "downgrade.logged",
     ],
-    "downgrade-atime": ["downgrade.store_marked", "downgrade.file@2", "downgrade.files_done"],
+    "downgrade-atime": [
+        "downgrade.store_marked",
+        "downgrade.file@2",
+        "downgrade.files_done",
+        "downgrade.logged",
+    ],
     "purge": [
+        "purge.store_marked",
         "purge.file",
         "purge.file@2",
         "purge.files_done",
-        "purge.store_deleted",
+        "purge.logged",
         "purge.forgotten",
+        "purge.store_deleted",
     ],
 }
 
@@ -88,34 +97,12 @@ FAST = {
     "verify:corrupt.doc_marked",
     "downgrade:downgrade.file",
     "purge:purge.file@2",
+    "purge:purge.forgotten",
 }
 
-# Known defects (issue 10), each a strict xfail: when the fix lands the case passes, the
-# xfail turns into a failure, and whoever fixed it removes the line.
-_QUARANTINE = (
-    "issue 10 #3: killed between the link into corrupt/ and the unlink from files/, the bad "
-    "copy stays in files/, claimed, and the corruption is never recorded"
-)
-_DOWNGRADE = (
-    "downgrade_store marks the store first: killed before every copy is zeroed and the event "
-    "logged, nothing finishes it (its copies still count)"
-)
-_PURGE = "purge_store deletes the store doc before logging dmedia/store/purge: the event is lost"
-KNOWN: dict[str, str] = {
-    "verify:quarantine.linked": _QUARANTINE,
-    "verify:downgrade.store_marked": _DOWNGRADE,
-    "verify:downgrade.file": _DOWNGRADE,
-    "verify:downgrade.files_done": _DOWNGRADE,
-    "downgrade:downgrade.store_marked": _DOWNGRADE,
-    "downgrade:downgrade.file": _DOWNGRADE,
-    "downgrade:downgrade.file@2": _DOWNGRADE,
-    "downgrade:downgrade.files_done": _DOWNGRADE,
-    "downgrade-atime:downgrade.store_marked": _DOWNGRADE,
-    "downgrade-atime:downgrade.file@2": _DOWNGRADE,
-    "downgrade-atime:downgrade.files_done": _DOWNGRADE,
-    "purge:purge.store_deleted": _PURGE,
-    "purge:purge.forgotten": _PURGE,
-}
+# Known defects, each a strict xfail: when the fix lands the case passes, the xfail
+# turns into a failure, and whoever fixed it removes the line. None left (issue 10).
+KNOWN: dict[str, str] = {}
 
 FULL = os.environ.get("DMEDIA_FAULTS") == "full"
 

@@ -300,6 +300,18 @@ def test_store_merge_keeps_every_safety_flag_whoever_wins():
         assert m["_rev"] == a["_rev"]
 
 
+def test_store_merge_keeps_a_purge_under_way_whoever_wins():
+    from dmedia_tui.conflicts import merge_store_conflict
+
+    base = {"_id": SID, "type": "dmedia/store", "copies": 1}
+    mark = {"time": 90, "reason": "atime", "event": "3" * 24, "count": 2, "fields": {}}
+    purging = {**base, "_rev": "3-a", "atime": 80, "purging": mark}
+    seen = {**base, "_rev": "3-b", "atime": 200}  # a heartbeat on another machine, newer
+    for a, b in ((purging, seen), (seen, purging)):
+        m = merge_store_conflict(a, b)
+        assert m["atime"] == 200 and m["purging"] == mark  # finished by the next pass
+
+
 def test_merge_revisions_by_type_and_unknown_docs_left_alone():
     from dmedia_tui.conflicts import merge_revisions
 
