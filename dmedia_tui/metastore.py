@@ -673,7 +673,9 @@ class MetaStore:
                 return ch.id, True
             except Conflict:
                 pass  # a concurrent import saved it first: merge below
-        self.lib.docs.update(ch.id, _merge_import, fs.id, weight, result.mtime, origin, self.now())
+        self.lib.docs.update(
+            ch.id, transitions.merge_import, fs.id, weight, result.mtime, origin, self.now()
+        )
         fault_point("import.doc_saved")
         return ch.id, False
 
@@ -752,7 +754,7 @@ class MetaStore:
                 log.warning("store %s is gone; %s not marked missing", fs.id, file_id)
                 return
             try:
-                changed = self.lib.docs.update(file_id, _mark_missing_if_present, fs.id)
+                changed = self.lib.docs.update(file_id, transitions.mark_missing_if_present, fs.id)
             except NotFound:
                 changed = None
             if changed is not None:
@@ -1676,21 +1678,6 @@ def _time_of(mark: Doc) -> float | None:
     return None
 
 
-def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):
-    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
-    changed = False
-    if store_id not in stored:
-        transitions.mark_added(doc, store_id, weight, mtime)
-        changed = True
-    if origin == "user" and doc.get("origin") != "user":
-        doc["origin"] = "user"
-        changed = True
-    if changed:
-        doc["atime"] = int(now)
-        return doc
-    return None
-
-
 _FULL = ("ENOSPC", "EDQUOT", "EFBIG")  # a full disk is not a failing drive
 
 
@@ -1748,13 +1735,6 @@ def _why_no_copies(doc: Doc | None) -> str:
         reason = downgraded.get("reason") if isinstance(downgraded, dict) else None
         return f"downgraded{f' ({reason})' if reason else ''}"
     return "a copy there counts 0 (--copies 0)"
-
-
-def _mark_missing_if_present(doc: Doc, store_id: str):
-    stored = doc.get("stored")
-    if isinstance(stored, dict) and store_id in stored:
-        return transitions.mark_missing(doc, store_id)
-    return None
 
 
 def _shared_filesystems(stores: list[Doc]) -> list[tuple[str, str]]:
