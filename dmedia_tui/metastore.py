@@ -1509,7 +1509,7 @@ class MetaStore:
             self.thresholds,
             verification=verification,
             metadata_problems=self.metadata_problems(),
-            shared_filesystems=_shared_filesystems(stores),
+            shared_filesystems=health_mod.shared_filesystems(stores),
             machine_id=me,
             unreachable=unreachable,
         )
@@ -1735,22 +1735,6 @@ def _why_no_copies(doc: Doc | None) -> str:
         reason = downgraded.get("reason") if isinstance(downgraded, dict) else None
         return f"downgraded{f' ({reason})' if reason else ''}"
     return "a copy there counts 0 (--copies 0)"
-
-
-def _shared_filesystems(stores: list[Doc]) -> list[tuple[str, str]]:
-    """Pairs of stores on one filesystem of one machine (by partition UUID or device)."""
-    seen: dict[tuple[Any, Any], str] = {}
-    pairs = []
-    for s in stores:
-        key_val = s.get("partition_uuid") or s.get("filesystem_id")
-        if not key_val:
-            continue
-        key = (s.get("machine_id"), key_val)
-        if key in seen:
-            pairs.append((seen[key], s["_id"]))
-        else:
-            seen[key] = s["_id"]
-    return pairs
 
 
 def _drive_identity(folder: Path) -> dict[str, Any]:
