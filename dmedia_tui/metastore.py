@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +51,7 @@ from dmedia_tui.filestore import (
     StoreUnsafe,
     VerifyResult,
     VerifyStatus,
+    walk_files,
 )
 from dmedia_tui.liveness import Observations
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
@@ -145,65 +145,6 @@ class ActionPreview:
 
 # Pseudo filesystems: a store there would write into devices, processes or the kernel.
 _SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")
-
-
-def _not_regular(mode: int) -> str | None:
-    """Why a file of this st_mode is not imported (None for a regular file)."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "not a regular file"
-
-
-def walk_files(
-    paths: Iterable[str | os.PathLike[str]],
-    on_skip: Callable[[Path, str], None] | None = None,
-) -> Iterator[Path]:
-    """Every regular file under the given paths (files or folders), sorted.
-
-    Nothing else is ever opened (a FIFO would block, a device never ends): FIFOs,
-    sockets, devices and symlinks inside folders go to `on_skip(path, reason)` so the
-    caller can say what it left out. A path named directly is followed if it is a link.
-    """
-    skip = on_skip or (lambda _p, _r: None)
-    for p in paths:
-        path = Path(p)
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            raise MetaStoreError(f"no such file or folder: {path}") from None
-        if stat.S_ISDIR(mode):
-            for root, dirs, files in os.walk(path):
-                keep = []
-                for d in sorted(dirs):
-                    if d == ".dmedia":
-                        continue
-                    if os.path.islink(os.path.join(root, d)):
-                        skip(Path(root, d), "symlink")
-                    else:
-                        keep.append(d)
-                dirs[:] = keep
-                for name in sorted(files):
-                    fp = Path(root, name)
-                    try:
-                        reason = _not_regular(fp.lstat().st_mode)
-                    except OSError:
-                        continue  # gone since the walk listed it
-                    if reason is None:
-                        yield fp
-                    else:
-                        skip(fp, reason)
-        elif (reason := _not_regular(mode)) is None:
-            yield path
-        else:
-            skip(path, reason)
 
 
 class MetaStore:
