@@ -26,7 +26,7 @@ from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError, IdentityError
 from dmedia_tui.db import DatabaseError, DatabaseOffline, Library, is_couch_url, open_library
-from dmedia_tui.filestore import FileStoreError
+from dmedia_tui.filestore import FileStoreError, walk_files
 from dmedia_tui.metastore import (
     MetaStore,
     MetaStoreError,
@@ -456,8 +456,6 @@ def import_(
         fs = ms.import_destination(store_name)
         show = sys.stderr.isatty() and not as_json
         if show:
-            from dmedia_tui.metastore import walk_files
-
             total = sum(p.stat().st_size for p in walk_files(paths))
             with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
                 report = ms.import_paths(paths, fs, origin, on_file=lambda _p, n: bar.update(n))

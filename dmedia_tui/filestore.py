@@ -362,6 +362,65 @@ class _TmpFile:
             self.close()
 
 
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode is not imported (None for a regular file)."""
+    if stat_mod.S_ISREG(mode):
+        return None
+    if stat_mod.S_ISLNK(mode):
+        return "symlink"
+    if stat_mod.S_ISFIFO(mode):
+        return "FIFO"
+    if stat_mod.S_ISSOCK(mode):
+        return "socket"
+    if stat_mod.S_ISCHR(mode) or stat_mod.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+def walk_files(
+    paths: Iterable[str | os.PathLike[str]],
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
+    """Every regular file under the given paths (files or folders), sorted.
+
+    Nothing else is ever opened (a FIFO would block, a device never ends): FIFOs,
+    sockets, devices and symlinks inside folders go to `on_skip(path, reason)` so the
+    caller can say what it left out. A path named directly is followed if it is a link.
+    """
+    skip = on_skip or (lambda _p, _r: None)
+    for p in paths:
+        path = Path(p)
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            raise FileStoreError(f"no such file or folder: {path}") from None
+        if stat_mod.S_ISDIR(mode):
+            for root, dirs, files in os.walk(path):
+                keep = []
+                for d in sorted(dirs):
+                    if d == ".dmedia":
+                        continue
+                    if os.path.islink(os.path.join(root, d)):
+                        skip(Path(root, d), "symlink")
+                    else:
+                        keep.append(d)
+                dirs[:] = keep
+                for name in sorted(files):
+                    fp = Path(root, name)
+                    try:
+                        reason = _not_regular(fp.lstat().st_mode)
+                    except OSError:
+                        continue  # gone since the walk listed it
+                    if reason is None:
+                        yield fp
+                    else:
+                        skip(fp, reason)
+        elif (reason := _not_regular(mode)) is None:
+            yield path
+        else:
+            skip(path, reason)
+
+
 class FileStore:
     """An opened FileStore; see the module docstring for the layout and guarantees."""
 

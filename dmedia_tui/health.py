@@ -1022,3 +1022,19 @@ def with_clock_skew(h: Health, skews: list[tuple[str, float]]) -> Health:
     if not alerts:
         return h
     return dataclasses.replace(h, alerts=_sort_alerts([*h.alerts, *alerts]))
+
+
+def shared_filesystems(stores: list[Doc]) -> list[tuple[str, str]]:
+    """Pairs of stores on one filesystem of one machine (by partition UUID or device)."""
+    seen: dict[tuple[Any, Any], str] = {}
+    pairs = []
+    for s in stores:
+        key_val = s.get("partition_uuid") or s.get("filesystem_id")
+        if not key_val:
+            continue
+        key = (s.get("machine_id"), key_val)
+        if key in seen:
+            pairs.append((seen[key], s["_id"]))
+        else:
+            seen[key] = s["_id"]
+    return pairs

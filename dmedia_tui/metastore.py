@@ -10,16 +10,11 @@ not on disk.
 
 from __future__ import annotations
 
-import bisect
-import hashlib
-import json
 import logging
 import math
 import os
-import stat
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +22,7 @@ from typing import Any
 
 from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
+from dmedia_tui.checker import Checker, CheckReport
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
 from dmedia_tui.db.base import (
@@ -58,6 +54,7 @@ from dmedia_tui.filestore import (
     VerifyStatus,
     commit_staged,
     error_text,
+    walk_files,
 )
 from dmedia_tui.liveness import Observations
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
@@ -149,103 +146,8 @@ class ActionPreview:
         return s
 
 
-@dataclass(frozen=True)
-class CheckReport:
-    docs: int
-    invalid: int
-    inconsistent: int
-    logged: int  # new log-1 events written by this pass
-
-
 # Pseudo filesystems: a store there would write into devices, processes or the kernel.
 _SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")
-
-
-def _not_regular(mode: int) -> str | None:
-    """Why a file of this st_mode is not imported (None for a regular file)."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "not a regular file"
-
-
-def walk_files(
-    paths: Iterable[str | os.PathLike[str]],
-    on_skip: Callable[[Path, str], None] | None = None,
-) -> Iterator[Path]:
-    """Every regular file under the given paths (files or folders), sorted.
-
-    Nothing else is ever opened (a FIFO would block, a device never ends): FIFOs,
-    sockets, devices and symlinks inside folders go to `on_skip(path, reason)` so the
-    caller can say what it left out. A path named directly is followed if it is a link.
-    """
-    skip = on_skip or (lambda _p, _r: None)
-    for p in paths:
-        path = Path(p)
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            raise MetaStoreError(f"no such file or folder: {path}") from None
-        if stat.S_ISDIR(mode):
-            for root, dirs, files in os.walk(path):
-                keep = []
-                for d in sorted(dirs):
-                    if d == ".dmedia":
-                        continue
-                    if os.path.islink(os.path.join(root, d)):
-                        skip(Path(root, d), "symlink")
-                    else:
-                        keep.append(d)
-                dirs[:] = keep
-                for name in sorted(files):
-                    fp = Path(root, name)
-                    try:
-                        reason = _not_regular(fp.lstat().st_mode)
-                    except OSError:
-                        continue  # gone since the walk listed it
-                    if reason is None:
-                        yield fp
-                    else:
-                        skip(fp, reason)
-        elif (reason := _not_regular(mode)) is None:
-            yield path
-        else:
-            skip(path, reason)
-
-
-class LoggedProblems:
-    """The problems log-1 already holds, at 8 bytes each (a million logged problems must
-    not cost a million tuples): a sorted array of 64-bit key hashes read from the log,
-    plus a set of the keys added since. A hash collision (odds ~1e-8 at a million
-    problems) could only hide a duplicate of a problem already logged under that hash."""
-
-    def __init__(self, hashes: Iterable[int] = ()) -> None:
-        self._old = array("Q", sorted(hashes))
-        self._new: set[int] = set()
-
-    @staticmethod
-    def key(type: str, doc_id: Any, errors: Iterable[str]) -> int:
-        text = f"{type}\0{doc_id}\0{'|'.join(errors)}".encode("utf-8", "surrogatepass")
-        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
-
-    def __contains__(self, key: int) -> bool:
-        if key in self._new:
-            return True
-        i = bisect.bisect_left(self._old, key)
-        return i < len(self._old) and self._old[i] == key
-
-    def add(self, key: int) -> None:
-        self._new.add(key)
-
-    def __len__(self) -> int:
-        return len(self._old) + len(self._new)
 
 
 class MetaStore:
@@ -260,7 +162,7 @@ class MetaStore:
         # never read or written; shown as STORE_UNSAFE. store_id -> the reason.
         self.unsafe_stores: dict[str, str] = {}
         self._read_errors: dict[str, _ReadErrors] = {}
-        self._problems_logged: LoggedProblems | None = None
+        self.checker = Checker(lib, config, self.now)  # the schema pass, log-once
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
         self._obs: Observations | None = None
@@ -312,38 +214,8 @@ class MetaStore:
         return doc
 
     def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = DOCS_DB) -> None:
-        """A doc a worker could not use: log `dmedia/doc/invalid` once (the same key as
-        check() uses, so the check does not log it again) and let the worker go on."""
-        problems = self._problems_of(doc_id, db)
-        if not problems:
-            problems = [f"unusable: {str(error).splitlines()[0][:200] if str(error) else error!r}"]
-        key = LoggedProblems.key(schema.LOG_DOC_INVALID, str(doc_id), problems)
-        seen = self._load_logged_problems()
-        if key in seen:
-            return
-        seen.add(key)
-        try:
-            self.log_event(
-                schema.LOG_DOC_INVALID,
-                level=logging.ERROR,
-                doc_id=str(doc_id)[:200],
-                db=db,
-                errors=problems,
-            )
-        except Exception as e:  # reporting must never be what stops a worker
-            log.error("invalid doc %r (%s); cannot log it: %s", doc_id, problems, e)
-
-    def _problems_of(self, doc_id: Any, db: str) -> list[str]:
-        if not isinstance(doc_id, str) or not doc_id:
-            return [f"_id: must be a non-empty str, got {doc_id!r:.60}"]
-        database = self.lib.docs if db == DOCS_DB else self.lib.log
-        try:
-            doc = database.get(doc_id)
-        except InvalidDoc as e:
-            return [f"doc: damaged: {e.problem}"]
-        except Exception:
-            return []
-        return schema.check_doc(doc)
+        """A doc a worker could not use: logged once, with the key the check uses."""
+        self.checker.report_invalid(doc_id, error, db)
 
     # --- stores ----------------------------------------------------------------------
 
@@ -745,7 +617,9 @@ class MetaStore:
                 return ch.id, True
             except Conflict:
                 pass  # a concurrent import saved it first: merge below
-        self.lib.docs.update(ch.id, _merge_import, fs.id, weight, result.mtime, origin, self.now())
+        self.lib.docs.update(
+            ch.id, transitions.merge_import, fs.id, weight, result.mtime, origin, self.now()
+        )
         fault_point("import.doc_saved")
         return ch.id, False
 
@@ -776,7 +650,7 @@ class MetaStore:
                     schema.create_file(now, r.content_hash, stored, origin=origin, name=path.name)
                 )
                 created.add(fid)
-            elif (merged := _merge_import(doc, fs.id, weight, r.mtime, origin, now)) is not None:
+            elif (merged := transitions.merge_import(doc, fs.id, weight, r.mtime, origin, now)) is not None:
                 to_save.append(merged)
         retry: set[str] = set()
         for doc, res in zip(to_save, self.lib.docs.save_many(to_save), strict=True):
@@ -907,7 +781,7 @@ class MetaStore:
                 log.warning("store %s is gone; %s not marked missing", fs.id, file_id)
                 return
             try:
-                changed = self.lib.docs.update(file_id, _mark_missing_if_present, fs.id)
+                changed = self.lib.docs.update(file_id, transitions.mark_missing_if_present, fs.id)
             except NotFound:
                 changed = None
             if changed is not None:
@@ -1653,209 +1527,16 @@ class MetaStore:
         self.mark_drive(self.connected_filestores().get(store_id), None)
         return self.log_event(schema.LOG_STORE_TRUST, level=logging.INFO, store_id=store_id)
 
-    # --- schema and consistency check ------------------------------------------------
-
-    def _load_logged_problems(self) -> LoggedProblems:
-        """Read once per MetaStore: each problem type is a range of the events index,
-        walked by keyset (no OFFSET, no sort), so loading is linear in the log."""
-        if self._problems_logged is None:
-            hashes: list[int] = []
-            for typ in (schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT):
-                cursor = None
-                while True:
-                    page = self.lib.events(1000, newest_first=False, cursor=cursor, types=[typ])
-                    for ev in page:
-                        errors = ev.get("errors")
-                        errors = [str(e) for e in errors] if isinstance(errors, list) else []
-                        doc_id = ev.get("doc_id") or ev.get("file_id")
-                        hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
-                    if len(page) < 1000:
-                        break
-                    cursor = page[-1]["_id"]
-            self._problems_logged = LoggedProblems(hashes)
-        return self._problems_logged
-
-    CHECK_LOG_BATCH = 1000  # problem events saved per log-1 bulk write
+    # --- schema and consistency check (checker.py) ----------------------------------
 
     def check(self, page_size: int = 1000) -> CheckReport:
-        """Walk every doc of both databases; log each new problem once. Rewrites nothing.
-
-        Streaming: docs are read a page at a time (keyset on `_id`), new problem events
-        are saved to log-1 a batch at a time, and what is already logged costs 8 bytes a
-        problem, so time is linear and memory bounded at any library size.
-        """
-        seen = self._load_logged_problems()
-        docs = invalid = inconsistent = logged = 0
-        pending: list[Doc] = []
-        now = self.now()
-
-        def problem(type: str, about: Any, errors: list[str], **fields: Any) -> None:
-            nonlocal logged
-            key = LoggedProblems.key(type, str(about), errors)
-            if key in seen:
-                return
-            seen.add(key)
-            pending.append(schema.create_log(now, type, self.machine_id, **fields, errors=errors))
-            detail = " ".join(f"{k}={v}" for k, v in fields.items())
-            log.error("%s %s", type, detail)
-            logged += 1
-            if len(pending) >= self.CHECK_LOG_BATCH:
-                flush()
-
-        def flush() -> None:
-            if pending:
-                for r in self.lib.log.save_many(pending):
-                    if isinstance(r, Exception):
-                        raise r
-                pending.clear()
-
-        for dbname, db in ((DOCS_DB, self.lib.docs), (LOG_DB, self.lib.log)):
-            for doc in db.iter_docs(page_size):
-                doc_id = doc.get("_id", "")
-                if isinstance(doc_id, str) and doc_id.startswith("_design/"):
-                    continue
-                docs += 1
-                problems = schema.check_doc(doc)
-                if problems:
-                    invalid += 1
-                    problem(
-                        schema.LOG_DOC_INVALID,
-                        doc_id,
-                        problems,
-                        doc_id=doc_id,
-                        db=dbname,
-                        doc_type=doc.get("type"),
-                    )
-                    continue
-                if dbname == DOCS_DB and doc.get("type") == schema.TYPE_FILE:
-                    errs = schema.check_file_consistency(doc)
-                    if errs:
-                        inconsistent += 1
-                        problem(schema.LOG_FILE_INCONSISTENT, doc_id, errs, file_id=doc_id)
-            flush()  # before log-1 is walked, so the walk sees what this pass logged
-        last = self.metadata_problems()
-        if (invalid, inconsistent) != (last["invalid"], last["inconsistent"]):
-            level = logging.ERROR if invalid or inconsistent else logging.INFO
-            self.log_event(
-                schema.LOG_CHECK_RESULT,
-                level=level,
-                docs=docs,
-                invalid=invalid,
-                inconsistent=inconsistent,
-            )
-            logged += 1
-        return CheckReport(docs, invalid, inconsistent, logged)
+        return self.checker.check(page_size)
 
     def check_if_due(self, full: bool = False) -> CheckReport:
-        """The schema pass an engine round runs: proportional to what changed.
-
-        A full pass (storage check + every doc) when asked, when none was recorded here,
-        when the last is `schema_check_interval` old, or when the newest result has
-        problems (their totals need one). Otherwise only the docs changed since the last
-        pass (the changes feeds from a cursor kept in the data dir) are checked: if all
-        are sound the totals of a clean library stay 0, so nothing is logged; one with a
-        problem turns it into a full pass. An idle round over a million clean files costs
-        a few index lookups instead of a million decoded docs.
-        """
-        now = self.now()
-        state = self._read_check_state()
-        docs_seq, log_seq = self.lib.docs.update_seq(), self.lib.log.update_seq()
-        last = self.metadata_problems()
-        due = (
-            full
-            or state is None
-            or now - state["time"] >= self.thresholds.schema_check_interval
-            or last["invalid"]
-            or last["inconsistent"]
-        )
-        report = None
-        full_pass_at = now  # the time of the newest full pass, which this state keeps
-        if not due and state is not None:
-            report = self._check_changes(state["docs_seq"], state["log_seq"])
-            full_pass_at = state["time"]
-        if report is None:
-            self.lib.check_storage()  # a damaged library file stops here, named
-            report = self.check()
-            full_pass_at = now
-        self._write_check_state({"time": full_pass_at, "docs_seq": docs_seq, "log_seq": log_seq})
-        return report
-
-    def _check_changes(self, docs_since: str, log_since: str) -> CheckReport | None:
-        """Check the docs changed since the cursors; None when one has a problem."""
-        n = 0
-        for db, since in ((self.lib.docs, docs_since), (self.lib.log, log_since)):
-            while True:
-                try:
-                    ch = db.changes(since, limit=1000)
-                except DatabaseError:
-                    return None  # a cursor of another library or a reset one: full pass
-                ids = [c.id for c in ch.results if not c.deleted]
-                for doc_id, doc in zip(ids, db.get_many(ids), strict=True):
-                    if doc is None:
-                        try:
-                            db.get(doc_id)
-                        except NotFound:
-                            continue  # deleted meanwhile
-                        except DatabaseError:
-                            return None  # a damaged row: the full pass names it
-                        return None  # came back meanwhile: let the full pass see it
-                    n += 1
-                    if schema.check_doc(doc):
-                        return None
-                    is_file = db is self.lib.docs and doc.get("type") == schema.TYPE_FILE
-                    if is_file and schema.check_file_consistency(doc):
-                        return None
-                if len(ch.results) < 1000 or ch.last_seq == since:
-                    break
-                since = ch.last_seq
-        return CheckReport(n, 0, 0, 0)
-
-    def _check_state_path(self) -> Path:
-        return Path(self.config.data_dir) / "check-state.json"
-
-    def _read_check_state(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self._check_state_path().read_text())
-            state = data[self.lib.display_url]
-            if isinstance(state["time"], int | float) and all(
-                isinstance(state[k], str) for k in ("docs_seq", "log_seq")
-            ):
-                return state
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return None
-
-    def _write_check_state(self, state: dict[str, Any]) -> None:
-        path = self._check_state_path()
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
-        data[self.lib.display_url] = state
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
-        except OSError as e:  # no cursor: the next round just does a full pass
-            log.warning("cannot record the check cursor in %s: %s", path, e)
+        return self.checker.check_if_due(full)
 
     def metadata_problems(self) -> dict[str, int]:
-        """Invalid and inconsistent docs as the newest check pass of any machine found
-        them (log-1, so every machine shows the same): one lookup in the events index.
-
-        A pass logs its result only when it differs from the newest one, so the newest
-        result is the truth until a pass finds otherwise (a fixed doc resolves itself).
-        """
-        found = self.lib.events(1, types=[schema.LOG_CHECK_RESULT])
-        ev = found[0] if found else {}
-        out = {}
-        for key in ("invalid", "inconsistent"):
-            v = ev.get(key)
-            out[key] = v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
-        return out
+        return self.checker.metadata_problems()
 
     # --- health ----------------------------------------------------------------------
 
@@ -1934,7 +1615,7 @@ class MetaStore:
             self.thresholds,
             verification=verification,
             metadata_problems=self.metadata_problems(),
-            shared_filesystems=_shared_filesystems(stores),
+            shared_filesystems=health_mod.shared_filesystems(stores),
             machine_id=me,
             unreachable=unreachable,
         )
@@ -2121,21 +1802,6 @@ def _time_of(mark: Doc) -> float | None:
     return None
 
 
-def _merge_import(doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float):
-    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
-    changed = False
-    if store_id not in stored:
-        transitions.mark_added(doc, store_id, weight, mtime)
-        changed = True
-    if origin == "user" and doc.get("origin") != "user":
-        doc["origin"] = "user"
-        changed = True
-    if changed:
-        doc["atime"] = int(now)
-        return doc
-    return None
-
-
 _FULL = ("ENOSPC", "EDQUOT", "EFBIG")  # a full disk is not a failing drive
 
 
@@ -2193,29 +1859,6 @@ def _why_no_copies(doc: Doc | None) -> str:
         reason = downgraded.get("reason") if isinstance(downgraded, dict) else None
         return f"downgraded{f' ({reason})' if reason else ''}"
     return "a copy there counts 0 (--copies 0)"
-
-
-def _mark_missing_if_present(doc: Doc, store_id: str):
-    stored = doc.get("stored")
-    if isinstance(stored, dict) and store_id in stored:
-        return transitions.mark_missing(doc, store_id)
-    return None
-
-
-def _shared_filesystems(stores: list[Doc]) -> list[tuple[str, str]]:
-    """Pairs of stores on one filesystem of one machine (by partition UUID or device)."""
-    seen: dict[tuple[Any, Any], str] = {}
-    pairs = []
-    for s in stores:
-        key_val = s.get("partition_uuid") or s.get("filesystem_id")
-        if not key_val:
-            continue
-        key = (s.get("machine_id"), key_val)
-        if key in seen:
-            pairs.append((seen[key], s["_id"]))
-        else:
-            seen[key] = s["_id"]
-    return pairs
 
 
 def _drive_identity(folder: Path) -> dict[str, Any]:

@@ -152,6 +152,26 @@ def mark_added(doc: Doc, store_id: str, copies: int, mtime: int | float) -> Doc 
     return doc
 
 
+def merge_import(
+    doc: Doc, store_id: str, weight: int, mtime: int, origin: str, now: float
+) -> Doc | None:
+    """A file imported into a store: the copy added (if the doc does not list it there)
+    and `origin` raised to "user" (never lowered); `atime` set when anything changed.
+    None when nothing changes."""
+    stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
+    changed = False
+    if store_id not in stored:
+        mark_added(doc, store_id, weight, mtime)
+        changed = True
+    if origin == "user" and doc.get("origin") != "user":
+        doc["origin"] = "user"
+        changed = True
+    if changed:
+        doc["atime"] = int(now)
+        return doc
+    return None
+
+
 def mark_verified(
     doc: Doc, store_id: str, copies: int, mtime: int | float, now: float
 ) -> Doc | None:
@@ -185,6 +205,14 @@ def mark_missing(doc: Doc, store_id: str) -> Doc | None:
         return None
     clean_stored(doc).pop(store_id, None)
     return doc
+
+
+def mark_missing_if_present(doc: Doc, store_id: str) -> Doc | None:
+    """`mark_missing`, but None (no write) when the doc does not list the store."""
+    stored = doc.get("stored")
+    if isinstance(stored, dict) and store_id in stored:
+        return mark_missing(doc, store_id)
+    return None
 
 
 def mark_copied(

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from dmedia_tui import protocol, schema
+from dmedia_tui.checker import LoggedProblems
 from dmedia_tui.config import Config
-from dmedia_tui.metastore import LoggedProblems, MetaStore
+from dmedia_tui.metastore import MetaStore
 from dmedia_tui.protocol import random_id
 from tests.conftest import NOW
 
@@ -44,7 +45,7 @@ def test_logged_problems_are_hashes_found_old_or_new() -> None:
 
 def test_check_logs_new_problems_in_batches_and_each_once(ms: MetaStore) -> None:
     ms.lib.docs.save_many([bad_file(i) for i in range(7)])
-    ms.CHECK_LOG_BATCH = 3  # type: ignore[misc]
+    ms.checker.CHECK_LOG_BATCH = 3  # type: ignore[misc]
     sql = traced(ms.lib._conn())  # type: ignore[attr-defined]
     report = ms.check(page_size=4)
     assert (report.invalid, report.logged) == (7, 7 + 1)  # + the dmedia/check/result

@@ -1,0 +1,330 @@
+"""The schema and consistency pass: every doc of both databases checked, each new problem
+logged to log-1 once, the result logged when it changes.
+
+Separate from the operations (`metastore.py`) because it changes no doc: it only reads
+docs and writes log-1 events. `Checker.check()` is the full pass (streaming, bounded
+memory); `check_if_due()` is what an engine round runs (the full pass when due, else only
+the docs changed since the cursor kept in the data dir's `check-state.json`);
+`report_invalid()` lets a worker log a doc it could not use with the same key, so the
+pass does not log it again. `metadata_problems()` reads the newest result any machine
+logged, for the METADATA_INVALID alert.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import os
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmedia_tui import schema
+from dmedia_tui.config import Config
+from dmedia_tui.db.base import (
+    DOCS_DB,
+    LOG_DB,
+    DatabaseError,
+    Doc,
+    InvalidDoc,
+    Library,
+    NotFound,
+)
+
+log = logging.getLogger("dmedia_tui")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    docs: int
+    invalid: int
+    inconsistent: int
+    logged: int  # new log-1 events written by this pass
+
+
+class LoggedProblems:
+    """The problems log-1 already holds, at 8 bytes each (a million logged problems must
+    not cost a million tuples): a sorted array of 64-bit key hashes read from the log,
+    plus a set of the keys added since. A hash collision (odds ~1e-8 at a million
+    problems) could only hide a duplicate of a problem already logged under that hash."""
+
+    def __init__(self, hashes: Iterable[int] = ()) -> None:
+        self._old = array("Q", sorted(hashes))
+        self._new: set[int] = set()
+
+    @staticmethod
+    def key(type: str, doc_id: Any, errors: Iterable[str]) -> int:
+        text = f"{type}\0{doc_id}\0{'|'.join(errors)}".encode("utf-8", "surrogatepass")
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+    def __contains__(self, key: int) -> bool:
+        if key in self._new:
+            return True
+        i = bisect.bisect_left(self._old, key)
+        return i < len(self._old) and self._old[i] == key
+
+    def add(self, key: int) -> None:
+        self._new.add(key)
+
+    def __len__(self) -> int:
+        return len(self._old) + len(self._new)
+
+
+class Checker:
+    """The check pass of one library, for one machine: keeps what log-1 already holds
+    (read once) so that neither the pass nor a worker logs a problem twice."""
+
+    def __init__(self, lib: Library, config: Config, now: Callable[[], float]) -> None:
+        self.lib = lib
+        self.config = config
+        self._now = now
+        self._problems_logged: LoggedProblems | None = None
+
+    def _log_event(self, type: str, level: int, **fields: Any) -> Doc:
+        """Record the event in log-1 and in Python logging (as MetaStore.log_event)."""
+        doc = schema.create_log(self._now(), type, self.config.machine_id, **fields)
+        self.lib.log.save(doc)
+        detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
+        log.log(level, "%s %s", type, detail)
+        return doc
+
+    def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = DOCS_DB) -> None:
+        """A doc a worker could not use: log `dmedia/doc/invalid` once (the same key as
+        check() uses, so the check does not log it again) and let the worker go on."""
+        problems = self._problems_of(doc_id, db)
+        if not problems:
+            problems = [f"unusable: {str(error).splitlines()[0][:200] if str(error) else error!r}"]
+        key = LoggedProblems.key(schema.LOG_DOC_INVALID, str(doc_id), problems)
+        seen = self._load_logged_problems()
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            self._log_event(
+                schema.LOG_DOC_INVALID,
+                level=logging.ERROR,
+                doc_id=str(doc_id)[:200],
+                db=db,
+                errors=problems,
+            )
+        except Exception as e:  # reporting must never be what stops a worker
+            log.error("invalid doc %r (%s); cannot log it: %s", doc_id, problems, e)
+
+    def _problems_of(self, doc_id: Any, db: str) -> list[str]:
+        if not isinstance(doc_id, str) or not doc_id:
+            return [f"_id: must be a non-empty str, got {doc_id!r:.60}"]
+        database = self.lib.docs if db == DOCS_DB else self.lib.log
+        try:
+            doc = database.get(doc_id)
+        except InvalidDoc as e:
+            return [f"doc: damaged: {e.problem}"]
+        except Exception:
+            return []
+        return schema.check_doc(doc)
+
+    def _load_logged_problems(self) -> LoggedProblems:
+        """Read once per Checker (one per MetaStore): each problem type is a range of the
+        events index, walked by keyset (no OFFSET, no sort), so loading is linear in the log."""
+        if self._problems_logged is None:
+            hashes: list[int] = []
+            for typ in (schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT):
+                cursor = None
+                while True:
+                    page = self.lib.events(1000, newest_first=False, cursor=cursor, types=[typ])
+                    for ev in page:
+                        errors = ev.get("errors")
+                        errors = [str(e) for e in errors] if isinstance(errors, list) else []
+                        doc_id = ev.get("doc_id") or ev.get("file_id")
+                        hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
+                    if len(page) < 1000:
+                        break
+                    cursor = page[-1]["_id"]
+            self._problems_logged = LoggedProblems(hashes)
+        return self._problems_logged
+
+    CHECK_LOG_BATCH = 1000  # problem events saved per log-1 bulk write
+
+    def check(self, page_size: int = 1000) -> CheckReport:
+        """Walk every doc of both databases; log each new problem once. Rewrites nothing.
+
+        Streaming: docs are read a page at a time (keyset on `_id`), new problem events
+        are saved to log-1 a batch at a time, and what is already logged costs 8 bytes a
+        problem, so time is linear and memory bounded at any library size.
+        """
+        seen = self._load_logged_problems()
+        docs = invalid = inconsistent = logged = 0
+        pending: list[Doc] = []
+        now = self._now()
+
+        def problem(type: str, about: Any, errors: list[str], **fields: Any) -> None:
+            nonlocal logged
+            key = LoggedProblems.key(type, str(about), errors)
+            if key in seen:
+                return
+            seen.add(key)
+            machine_id = self.config.machine_id  # read only when there is a problem to log
+            pending.append(schema.create_log(now, type, machine_id, **fields, errors=errors))
+            detail = " ".join(f"{k}={v}" for k, v in fields.items())
+            log.error("%s %s", type, detail)
+            logged += 1
+            if len(pending) >= self.CHECK_LOG_BATCH:
+                flush()
+
+        def flush() -> None:
+            if pending:
+                for r in self.lib.log.save_many(pending):
+                    if isinstance(r, Exception):
+                        raise r
+                pending.clear()
+
+        for dbname, db in ((DOCS_DB, self.lib.docs), (LOG_DB, self.lib.log)):
+            for doc in db.iter_docs(page_size):
+                doc_id = doc.get("_id", "")
+                if isinstance(doc_id, str) and doc_id.startswith("_design/"):
+                    continue
+                docs += 1
+                problems = schema.check_doc(doc)
+                if problems:
+                    invalid += 1
+                    problem(
+                        schema.LOG_DOC_INVALID,
+                        doc_id,
+                        problems,
+                        doc_id=doc_id,
+                        db=dbname,
+                        doc_type=doc.get("type"),
+                    )
+                    continue
+                if dbname == DOCS_DB and doc.get("type") == schema.TYPE_FILE:
+                    errs = schema.check_file_consistency(doc)
+                    if errs:
+                        inconsistent += 1
+                        problem(schema.LOG_FILE_INCONSISTENT, doc_id, errs, file_id=doc_id)
+            flush()  # before log-1 is walked, so the walk sees what this pass logged
+        last = self.metadata_problems()
+        if (invalid, inconsistent) != (last["invalid"], last["inconsistent"]):
+            level = logging.ERROR if invalid or inconsistent else logging.INFO
+            self._log_event(
+                schema.LOG_CHECK_RESULT,
+                level=level,
+                docs=docs,
+                invalid=invalid,
+                inconsistent=inconsistent,
+            )
+            logged += 1
+        return CheckReport(docs, invalid, inconsistent, logged)
+
+    def check_if_due(self, full: bool = False) -> CheckReport:
+        """The schema pass an engine round runs: proportional to what changed.
+
+        A full pass (storage check + every doc) when asked, when none was recorded here,
+        when the last is `schema_check_interval` old, or when the newest result has
+        problems (their totals need one). Otherwise only the docs changed since the last
+        pass (the changes feeds from a cursor kept in the data dir) are checked: if all
+        are sound the totals of a clean library stay 0, so nothing is logged; one with a
+        problem turns it into a full pass. An idle round over a million clean files costs
+        a few index lookups instead of a million decoded docs.
+        """
+        now = self._now()
+        state = self._read_check_state()
+        docs_seq, log_seq = self.lib.docs.update_seq(), self.lib.log.update_seq()
+        last = self.metadata_problems()
+        due = (
+            full
+            or state is None
+            or now - state["time"] >= self.config.thresholds.schema_check_interval
+            or last["invalid"]
+            or last["inconsistent"]
+        )
+        report = None
+        full_pass_at = now  # the time of the newest full pass, which this state keeps
+        if not due and state is not None:
+            report = self._check_changes(state["docs_seq"], state["log_seq"])
+            full_pass_at = state["time"]
+        if report is None:
+            self.lib.check_storage()  # a damaged library file stops here, named
+            report = self.check()
+            full_pass_at = now
+        self._write_check_state({"time": full_pass_at, "docs_seq": docs_seq, "log_seq": log_seq})
+        return report
+
+    def _check_changes(self, docs_since: str, log_since: str) -> CheckReport | None:
+        """Check the docs changed since the cursors; None when one has a problem."""
+        n = 0
+        for db, since in ((self.lib.docs, docs_since), (self.lib.log, log_since)):
+            while True:
+                try:
+                    ch = db.changes(since, limit=1000)
+                except DatabaseError:
+                    return None  # a cursor of another library or a reset one: full pass
+                ids = [c.id for c in ch.results if not c.deleted]
+                for doc_id, doc in zip(ids, db.get_many(ids), strict=True):
+                    if doc is None:
+                        try:
+                            db.get(doc_id)
+                        except NotFound:
+                            continue  # deleted meanwhile
+                        except DatabaseError:
+                            return None  # a damaged row: the full pass names it
+                        return None  # came back meanwhile: let the full pass see it
+                    n += 1
+                    if schema.check_doc(doc):
+                        return None
+                    is_file = db is self.lib.docs and doc.get("type") == schema.TYPE_FILE
+                    if is_file and schema.check_file_consistency(doc):
+                        return None
+                if len(ch.results) < 1000 or ch.last_seq == since:
+                    break
+                since = ch.last_seq
+        return CheckReport(n, 0, 0, 0)
+
+    def _check_state_path(self) -> Path:
+        return Path(self.config.data_dir) / "check-state.json"
+
+    def _read_check_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._check_state_path().read_text())
+            state = data[self.lib.display_url]
+            if isinstance(state["time"], int | float) and all(
+                isinstance(state[k], str) for k in ("docs_seq", "log_seq")
+            ):
+                return state
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def _write_check_state(self, state: dict[str, Any]) -> None:
+        path = self._check_state_path()
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data[self.lib.display_url] = state
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except OSError as e:  # no cursor: the next round just does a full pass
+            log.warning("cannot record the check cursor in %s: %s", path, e)
+
+    def metadata_problems(self) -> dict[str, int]:
+        """Invalid and inconsistent docs as the newest check pass of any machine found
+        them (log-1, so every machine shows the same): one lookup in the events index.
+
+        A pass logs its result only when it differs from the newest one, so the newest
+        result is the truth until a pass finds otherwise (a fixed doc resolves itself).
+        """
+        found = self.lib.events(1, types=[schema.LOG_CHECK_RESULT])
+        ev = found[0] if found else {}
+        out = {}
+        for key in ("invalid", "inconsistent"):
+            v = ev.get(key)
+            out[key] = v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+        return out
