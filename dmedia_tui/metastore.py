@@ -650,8 +650,10 @@ class MetaStore:
                     schema.create_file(now, r.content_hash, stored, origin=origin, name=path.name)
                 )
                 created.add(fid)
-            elif (merged := transitions.merge_import(doc, fs.id, weight, r.mtime, origin, now)) is not None:
-                to_save.append(merged)
+            else:
+                merged = transitions.merge_import(doc, fs.id, weight, r.mtime, origin, now)
+                if merged is not None:
+                    to_save.append(merged)
         retry: set[str] = set()
         for doc, res in zip(to_save, self.lib.docs.save_many(to_save), strict=True):
             if isinstance(res, DatabaseError):
