@@ -1353,15 +1353,8 @@ class MetaStore:
         """Zero the copies of a pending downgrade, log its event (once), clear `pending`."""
         n = self._zero_copies_on(store_id)
         fault_point("downgrade.files_done")
-        count = mark.get("count")
-        event = self.log_event(
-            schema.LOG_STORE_DOWNGRADE,
-            log_id=mark["event"],
-            at=_time_of(mark),
-            store_id=store_id,
-            reason=str(mark.get("reason") or transitions.REASON_USER),
-            count=count if type(count) is int and count >= n else n,
-            **self._drive_fields(store_id),
+        event = self._log_marked(
+            schema.LOG_STORE_DOWNGRADE, store_id, mark, n, self._drive_fields(store_id)
         )
         fault_point("downgrade.logged")
         try:
@@ -1369,6 +1362,23 @@ class MetaStore:
         except NotFound:
             pass  # purged meanwhile: nothing left to clear
         return event
+
+    def _log_marked(
+        self, event_type: str, store_id: str, mark: Doc, n: int, fields: dict[str, Any]
+    ) -> Doc:
+        """Log the event a store mark promised, under the ID and time the mark chose (a
+        rerun finds it logged). Its count is the one taken when the operation began, unless
+        the copies found now are more."""
+        count = mark.get("count")
+        return self.log_event(
+            event_type,
+            log_id=mark["event"],
+            at=_time_of(mark),
+            store_id=store_id,
+            reason=str(mark.get("reason") or transitions.REASON_USER),
+            count=count if type(count) is int and count >= n else n,
+            **fields,
+        )
 
     def purge_store(self, store_id: str, reason: str = "user", **extra: Any) -> Doc:
         """Forget a store: remove it from every file and delete its doc. Files on disk stay.
@@ -1415,16 +1425,7 @@ class MetaStore:
             for k, v in (stored if isinstance(stored, dict) else {}).items()
             if k not in _EVENT_OWN_FIELDS
         }
-        count = mark.get("count")
-        event = self.log_event(
-            schema.LOG_STORE_PURGE,
-            log_id=mark["event"],
-            at=_time_of(mark),
-            store_id=store_id,
-            reason=str(mark.get("reason") or transitions.REASON_USER),
-            count=count if type(count) is int and count >= n else n,
-            **fields,
-        )
+        event = self._log_marked(schema.LOG_STORE_PURGE, store_id, mark, n, fields)
         fault_point("purge.logged")
         self.config.forget_store(store_id)
         fault_point("purge.forgotten")
