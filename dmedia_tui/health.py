@@ -613,13 +613,21 @@ def _no_known_copy_alert(groups: list[_Group]) -> Alert | None:
     )
 
 
+# What a failure reason means to the person reading the banner (others shown as stored).
+_FAILURE_WORDS = {
+    "smart": "smart: the drive reports it is failing",
+    "io_errors": "io_errors: its reads keep failing",
+}
+
+
 def _failure_alert(s: StoreView, files: int, size: int) -> Alert:
     """DRIVE_FAILURE for one unacknowledged failing store."""
     serial = f" (serial {s.drive_serial})" if s.drive_serial else ""
     if s.corrupt_count:
         what = f"{s.corrupt_count:,} corrupt cop{'y' if s.corrupt_count == 1 else 'ies'} found"
     else:
-        what = f"marked failing ({s.failure_reason or 'no reason recorded'})"
+        why = _FAILURE_WORDS.get(s.failure_reason or "", s.failure_reason)
+        what = f"marked failing ({why or 'no reason recorded'})"
     return Alert(
         code=DRIVE_FAILURE,
         severity=Severity.PANIC,
@@ -754,7 +762,9 @@ def store_safety_alerts(
     until fixed. `unsafe`: store_id -> the reason (from the FileStore).
     DRIVE_READ_ERRORS (panic): a store whose doc counts `read_error_alert` or more I/O
     errors (EIO, permission, a write EIO) within `read_error_window` of now: the drive
-    keeps failing reads; copy its files elsewhere. Pure, like assess.
+    keeps failing reads; copy its files elsewhere. The operations flag such a store failing
+    (reason `io_errors`), and then DRIVE_FAILURE speaks for it instead; this alert remains
+    for counts the operations did not flag (a threshold lowered since). Pure, like assess.
     """
     th = thresholds or Thresholds()
     labels = {}
@@ -778,8 +788,8 @@ def store_safety_alerts(
         )
     for sid, doc in sorted(docs.items()):
         errs = doc.get("read_errors")
-        if not isinstance(errs, dict):
-            continue
+        if not isinstance(errs, dict) or isinstance(doc.get("failure"), dict):
+            continue  # a failing store has its own banner (DRIVE_FAILURE), or was acknowledged
         count, last = _int(errs.get("count")), time_value(errs.get("last"))
         if (
             count >= max(1, th.read_error_alert)

@@ -833,14 +833,15 @@ class MetaStore:
         n, counted = r.pending, r.counted
         r.pending = r.counted = 0
         r.last_flush = now
+        store = None
         if counted:
             try:
-                self.lib.docs.update(
+                store = self.lib.docs.update(
                     store_id, _count_read_errors, counted, now, self.thresholds.read_error_window
                 )
             except NotFound:
                 pass
-        return self.log_event(
+        ev = self.log_event(
             schema.LOG_FILE_UNREADABLE,
             file_id=file_id,
             store_id=store_id,
@@ -849,6 +850,53 @@ class MetaStore:
             count=n,
             **self._drive_fields(store_id),
         )
+        if store is not None and _reads_keep_failing(store, self.thresholds.read_error_alert):
+            errs = store["read_errors"]
+            self.flag_store_failing(
+                store_id,
+                transitions.REASON_IO_ERRORS,
+                [f"{errs['count']} I/O errors since {int(errs['first'])}, the latest: {error}"],
+            )
+        return ev
+
+    def flag_store_failing(
+        self, store_id: str, reason: str, errors: list[str], fs: FileStore | None = None
+    ) -> bool:
+        """The drive is failing for `reason` (SMART, repeated I/O errors): logged as
+        `store/failing`, the store flagged (DRIVE_FAILURE, no new copies; an earlier
+        acknowledgement withdrawn), the mark written on the drive, and downgraded.
+
+        The event is logged first: a run killed before the flag logs it again (one
+        duplicate) rather than leaving a failing store nobody was told about.
+        False when the store is unknown.
+        """
+        store = self.store_doc(store_id)
+        if store is None:
+            return False
+        now = self.now()
+        self.log_event(
+            schema.LOG_STORE_FAILING,
+            level=logging.ERROR,
+            store_id=store_id,
+            reason=reason,
+            count=0,
+            errors=list(errors),
+            **self._drive_fields(store_id),
+        )
+        try:
+            flagged = self.lib.docs.update(store_id, transitions.flag_failing, now, reason, 0)
+        except NotFound:
+            return False
+        if flagged is not None:
+            if fs is None:
+                fs = self.connected_filestores().get(store_id)
+            self.mark_drive(fs, flagged.get("failure"))
+        store = self.store_doc(store_id)
+        if store is not None and (
+            transitions.pending_downgrade(store) or not isinstance(store.get("downgraded"), dict)
+        ):
+            self.downgrade_store(store_id, reason=reason)
+        return True
 
     def handle_corrupt(
         self,
@@ -1816,6 +1864,31 @@ class _ReadErrors:
     counted: int = 0  # ... of which count toward the drive alert
     last_flush: float = float("-inf")
     sample: tuple[str, str, str] = ("", "", "")  # the latest (file_id, error, op)
+
+
+def _reads_keep_failing(store: Doc, alert: int) -> bool:
+    """Has the store's I/O error count reached `alert`, in an episode nobody has heard of?
+
+    Not when the store is failing already (its banner is up), unless the user acknowledged
+    that failure before this run of errors began: errors again after an acknowledgement
+    are news.
+    """
+    errs = store.get("read_errors")
+    if not isinstance(errs, dict):
+        return False
+    count, first = errs.get("count"), errs.get("first")
+    if type(count) is not int or count < max(1, alert) or not isinstance(first, int | float):
+        return False
+    failure = store.get("failure")
+    if not isinstance(failure, dict):
+        return True
+    acked = failure.get("acknowledged_time")
+    return (
+        failure.get("acknowledged") is True
+        and isinstance(acked, int | float)
+        and not isinstance(acked, bool)
+        and first > acked
+    )
 
 
 def _count_read_errors(doc: Doc, n: int, now: float, window: int) -> Doc | None:

@@ -292,8 +292,6 @@ def apply(ms: Any, store_id: str, report: SmartReport, verdict: Verdict) -> bool
     A store already failing for SMART is flagged again only when the drive got worse
     (a count grew), which also withdraws an earlier acknowledgement.
     """
-    from dmedia_tui import schema, transitions
-
     if verdict.state != FAILING:
         return False
     store = ms.store_doc(store_id)
@@ -303,20 +301,7 @@ def apply(ms: Any, store_id: str, report: SmartReport, verdict: Verdict) -> bool
     grew = any("grew" in r for r in verdict.reasons)
     if failure is not None and not grew:
         return False  # already flagged; nothing new to say
-    now = ms.now()
-    ms.lib.docs.update(store_id, transitions.flag_failing, now, REASON_SMART, 0)
-    ms.log_event(
-        schema.LOG_STORE_FAILING,
-        level=logging.ERROR,
-        store_id=store_id,
-        reason=REASON_SMART,
-        count=0,
-        errors=list(verdict.reasons),
-        **ms._drive_fields(store_id),
-    )
-    if not store.get("downgraded"):
-        ms.downgrade_store(store_id, reason=REASON_SMART)
-    return True
+    return bool(ms.flag_store_failing(store_id, REASON_SMART, list(verdict.reasons)))
 
 
 @dataclass

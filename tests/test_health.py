@@ -704,7 +704,13 @@ class TestDriveFailure:
 
     def test_failure_without_count_names_the_reason(self):
         h = assess([], [failing_store(corrupt_count=None, reason="smart")], [], NOW, {B})
-        assert "marked failing (smart)" in only(h, DRIVE_FAILURE).message
+        msg = only(h, DRIVE_FAILURE).message
+        assert "marked failing (smart: the drive reports it is failing)" in msg
+        h = assess([], [failing_store(corrupt_count=None, reason="io_errors")], [], NOW, {B})
+        msg = only(h, DRIVE_FAILURE).message
+        assert "marked failing (io_errors: its reads keep failing)" in msg
+        h = assess([], [failing_store(corrupt_count=None, reason="odd")], [], NOW, {B})
+        assert "marked failing (odd)" in only(h, DRIVE_FAILURE).message
 
     def test_one_alert_per_failing_store(self):
         other = {**failing_store(), "_id": C, "label": "usb-3"}
@@ -1168,3 +1174,33 @@ def test_alerts_name_the_placement_groups_of_their_files():
     assert by_code[DISCONNECTED_ONLY_COPY].placements == (offline_only,)
     assert by_code[NO_KNOWN_COPY].placements == ("",)
     assert set(by_code[LOW_DURABILITY].placements) == {offline_only, low, nowhere}
+
+
+@pytest.mark.parametrize(
+    ("count", "last_ago", "failure", "expected"),
+    [
+        (TH.read_error_alert - 1, 0, None, False),  # one short of the threshold
+        (TH.read_error_alert, 0, None, True),  # at it: a count nobody flagged
+        (TH.read_error_alert, TH.read_error_window, None, True),  # the window's last second
+        (TH.read_error_alert, TH.read_error_window + 1, None, False),  # a quiet window since
+        # flagged failing (io_errors): DRIVE_FAILURE speaks for it, acknowledged or not
+        (TH.read_error_alert, 0, {"time": NOW, "reason": "io_errors", "corrupt_count": 0}, False),
+        (
+            TH.read_error_alert,
+            0,
+            {"time": NOW, "reason": "io_errors", "corrupt_count": 0, "acknowledged": True},
+            False,
+        ),
+    ],
+)
+def test_drive_read_errors_banner_only_for_an_unflagged_count(
+    count: int, last_ago: int, failure: dict | None, expected: bool
+) -> None:
+    from dmedia_tui.health import DRIVE_READ_ERRORS, store_safety_alerts
+
+    errs = {"count": count, "first": NOW - last_ago - 60, "last": NOW - last_ago}
+    doc = store(A, "usb", read_errors=errs, **({"failure": failure} if failure else {}))
+    h = store_safety_alerts(assess([], [doc], [], NOW, {A}, TH), {}, [doc], NOW, TH)
+    codes = [a.code for a in h.alerts]
+    assert (DRIVE_READ_ERRORS in codes) is expected
+    assert codes.count(DRIVE_READ_ERRORS) <= 1

@@ -179,3 +179,40 @@ def test_copy_enospc_on_one_destination_leaves_no_half_copy_there(lib: Lib) -> N
         # for the last one: a file can stay at 2 copies this round, never fewer)
         assert set(doc["stored"]) <= {lib.ids[x] for x in "bcd"} and len(doc["stored"]) >= 2
     assert check(lib, before) == []
+
+
+def test_a_drive_whose_reads_keep_failing_is_flagged_failing(lib: Lib) -> None:
+    """Issue 14: repeated real EIO while verifying one store (10 unreadable copies, the
+    default `read_error_alert`) flag it failing with reason io_errors: DRIVE_FAILURE in
+    `status`, no new copies there, downgraded; still nothing quarantined, every copy still
+    tracked, the files copied elsewhere by the next run."""
+    lib.init_stores()
+    photos = _photos(lib, [20 * KB + i for i in range(10)])
+    lib.ok("import", str(lib.photos), "--store", "a")
+    lib.ok("daemon", "--once")
+    before = lib.outside_snapshot()
+    sid = lib.ids["a"]
+    ids = [_id_of(lib, p) for p in photos]
+    _fuse(lib).set(eio=[{"path": _copy_rel(lib, fid), "offset": 0} for fid in ids])
+
+    r = lib.cli("verify", "--store", "a", "--all", "--json", now=lib.now + DAY)
+    _one_line_errors(r.stderr)
+    assert r.returncode == 0, r.stderr  # unreadable is not corrupt
+    assert __import__("json").loads(r.stdout)["unreadable"] == 10
+
+    store = next(d for d in lib.docs(1) if d["_id"] == sid)
+    assert store["failure"]["reason"] == "io_errors" and store["no_new_copies"] is True
+    assert store["downgraded"]["reason"] == "io_errors"
+    failing = _events(lib, "dmedia/store/failing")
+    assert [(e["store_id"], e["reason"]) for e in failing] == [(sid, "io_errors")]
+    backing = lib.root / "backing" / "a" / ".dmedia"
+    assert list((backing / "corrupt").iterdir()) == []  # I/O errors are not corruption
+    for fid in ids:
+        assert (backing / "files" / fid[:2] / fid[2:]).is_file()
+        assert _file_doc(lib, fid)["stored"][sid]["copies"] == 0  # tracked, counting 0
+    st = __import__("json").loads(lib.cli("status", "--json", now=lib.now + DAY).stdout)
+    flagged = [a for a in st["alerts"] if a["code"] == "DRIVE_FAILURE"]
+    assert [a["store_ids"] for a in flagged] == [[sid]]
+    assert "DRIVE_READ_ERRORS" not in {a["code"] for a in st["alerts"]}
+    _fuse(lib).set()
+    assert check(lib, before) == []

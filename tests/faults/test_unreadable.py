@@ -55,11 +55,86 @@ def test_unreadable_is_logged_counted_alerted_and_never_verified(ms, tmp_path: P
     logged = ms.lib.events(100, newest_first=False, types=[LOG_FILE_UNREADABLE])
     assert sum(e["count"] for e in logged) == th.read_error_alert
     assert ms.store_doc(fs.id)["read_errors"]["count"] == th.read_error_alert
+    # ... and at the threshold the drive is failing (issue 14, reason io_errors): one
+    # DRIVE_FAILURE banner (not a second DRIVE_READ_ERRORS one), no new copies there.
     alerts = {a.code: a for a in ms.health(local=[fs.id]).alerts}
-    assert alerts["DRIVE_READ_ERRORS"].store_ids == (fs.id,)
+    assert alerts["DRIVE_FAILURE"].store_ids == (fs.id,)
+    assert "DRIVE_READ_ERRORS" not in alerts
+    store = ms.store_doc(fs.id)
+    assert store["failure"]["reason"] == "io_errors" and store["no_new_copies"] is True
+    assert store["downgraded"]["reason"] == "io_errors"
     assert ms.lib.docs.get(fid)["stored"][fs.id]["verified"] == verified
     # A full disk on a copy's destination is logged, but it is not the drive failing.
     ms.clock = FixedClock(NOW + 10 * 86400)
     ms.note_io_error(fs.id, fid, "No space left on device (ENOSPC)", op="write", counts=False)
     assert ms.lib.events(1, types=[LOG_FILE_UNREADABLE])[0]["op"] == "write"
     assert "DRIVE_READ_ERRORS" not in {a.code for a in ms.health(local=[fs.id]).alerts}
+
+
+def _fail_reads(ms: MetaStore, store_id: str, fid: str, n: int) -> None:
+    eio = "Input/output error (EIO)"
+    for _ in range(n):
+        ms.note_io_error(store_id, fid, eio)
+    ms.flush_io_errors()
+
+
+def test_repeated_io_errors_flag_the_store_once_per_episode(ms, tmp_path: Path) -> None:
+    """Issue 14: reads that keep failing flag the store failing (reason io_errors) once;
+    more errors in the same run of them say nothing new; an acknowledgement hides the
+    banner until a new run of errors begins after it."""
+    from dmedia_tui.schema import LOG_STORE_FAILING
+
+    (tmp_path / "a").mkdir()
+    fs, _, _ = ms.init_store(tmp_path / "a", label="a", same_filesystem=True)
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"p" * 10_000)
+    fid, _ = import_one(ms, src, fs)
+    th = ms.thresholds
+
+    def failing_events() -> list[dict]:
+        return ms.lib.events(100, newest_first=False, types=[LOG_STORE_FAILING])
+
+    def codes() -> set[str]:
+        return {a.code for a in ms.health(local=[fs.id]).alerts}
+
+    # One error short of the threshold: counted, not flagged.
+    _fail_reads(ms, fs.id, fid, th.read_error_alert - 1)
+    assert "failure" not in ms.store_doc(fs.id) and failing_events() == []
+    assert not ({"DRIVE_FAILURE", "DRIVE_READ_ERRORS"} & codes())
+    # The threshold: flagged, logged once, downgraded (its copy still tracked, counting 0).
+    ms.clock = FixedClock(NOW + 60)
+    _fail_reads(ms, fs.id, fid, 1)
+    assert [(e["store_id"], e["reason"]) for e in failing_events()] == [(fs.id, "io_errors")]
+    assert "10 I/O errors" in failing_events()[0]["errors"][0]
+    assert ms.lib.docs.get(fid)["stored"][fs.id]["copies"] == 0
+    assert "DRIVE_FAILURE" in codes()
+    # More of the same run: nothing new to say.
+    ms.clock = FixedClock(NOW + 120)
+    _fail_reads(ms, fs.id, fid, 5)
+    assert len(failing_events()) == 1
+    # Acknowledged: the banner goes, and errors of the same run keep it gone.
+    ms.clock = FixedClock(NOW + 180)
+    ms.acknowledge_failure(fs.id)
+    assert not ({"DRIVE_FAILURE", "DRIVE_READ_ERRORS"} & codes())
+    ms.clock = FixedClock(NOW + 240)
+    _fail_reads(ms, fs.id, fid, 5)
+    assert len(failing_events()) == 1 and "DRIVE_FAILURE" not in codes()
+    # A quiet window later the drive fails again: that is news, the banner is back.
+    ms.clock = FixedClock(NOW + 240 + th.read_error_window + 1)
+    _fail_reads(ms, fs.id, fid, th.read_error_alert)
+    assert len(failing_events()) == 2
+    assert ms.store_doc(fs.id)["failure"]["acknowledged"] is False
+    assert "DRIVE_FAILURE" in codes()
+
+
+def test_full_disk_errors_never_flag_the_store(ms, tmp_path: Path) -> None:
+    """ENOSPC is logged but is not the drive failing, however many there are."""
+    (tmp_path / "a").mkdir()
+    fs, _, _ = ms.init_store(tmp_path / "a", label="a", same_filesystem=True)
+    for _ in range(3 * ms.thresholds.read_error_alert):
+        ms.note_io_error(
+            fs.id, "X" * 48, "No space left on device (ENOSPC)", op="write", counts=False
+        )
+    ms.flush_io_errors()
+    store = ms.store_doc(fs.id)
+    assert "failure" not in store and "downgraded" not in store
