@@ -519,7 +519,8 @@ def acknowledge_failure(store_doc: Doc, now: float) -> Doc | None:
 
 
 def trust_store(store_doc: Doc) -> Doc | None:
-    """The user vouches for the store: clear no_new_copies, downgraded and failure.
+    """The user vouches for the store: clear no_new_copies, downgraded, failure and the
+    I/O error count (counting starts again, so one more error does not flag it at once).
 
     Copies on it stay at 0 until each is verified again. None when nothing was set.
     """
@@ -529,6 +530,7 @@ def trust_store(store_doc: Doc) -> Doc | None:
     changed = nnc is not None and nnc is not False
     changed |= store_doc.pop("downgraded", None) is not None
     changed |= store_doc.pop("failure", None) is not None
+    changed |= store_doc.pop("read_errors", None) is not None
     store_doc["no_new_copies"] = False
     return store_doc if changed else None
 

@@ -476,10 +476,12 @@ def test_acknowledge_without_failure_changes_nothing():
 def test_trust_store_clears_every_flag():
     doc = sdoc()
     tr.downgrade_store(doc, NOW, "corrupt")
-    tr.flag_failing(doc, NOW, "corrupt")
+    tr.flag_failing(doc, NOW, "io_errors", 0)
+    doc["read_errors"] = {"count": 12, "first": NOW - 60, "last": NOW}
     assert tr.trust_store(doc) is doc
     assert doc["no_new_copies"] is False
     assert "downgraded" not in doc and "failure" not in doc
+    assert "read_errors" not in doc  # the count starts again: one more error is not 13
     assert tr.is_store_trusted(doc) and tr.store_copies_weight(doc) == 1
     assert tr.trust_store(doc) is None
     assert check_store(doc) == []
