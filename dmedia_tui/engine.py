@@ -121,6 +121,9 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._retry_after: dict[tuple[str, str], float] = {}
         self._priority: deque[tuple[str | None, str | None]] = deque()
+        # Set by the first look at which stores are connected: until then a verify request
+        # waits (popped earlier it would find no store and be lost).
+        self._stores_known = threading.Event()
         self._lock_fd: int | None = None
         self._last_check = 0.0
         self._drive_watcher: Any = None
@@ -250,6 +253,10 @@ class Engine:
             except Exception as e:  # recovery is retried next time; never stop the pass
                 log.warning("recovery of store %s failed: %s", sid, e)
         self._sync_store_watches(found)
+        if not self._stores_known.is_set():
+            self._stores_known.set()
+            if self._priority:
+                self._wake_verify.set()  # the requests that waited for this
         return found, set(found) - before, before - set(found)
 
     def _announce(self, found: dict[str, FileStore], added: set[str], removed: set[str]) -> None:
@@ -411,6 +418,8 @@ class Engine:
         """Verify up to `limit` due copies (priority requests first) across stores."""
         s = RoundSummary()
         todo: list[tuple[str, str]] = []
+        if not self._priority_ready():
+            return s  # requests wait for the first look at the connected stores
         while self._priority and len(todo) < limit:
             sid, fid = self._priority.popleft()
             todo.extend(self._priority_items(sid, fid))
@@ -478,6 +487,12 @@ class Engine:
         self.ms.report_invalid(fid, error)
         retry = self.ms.now() + self.ms.thresholds.schema_check_interval
         self._retry_after[(sid, str(fid))] = retry
+
+    def _priority_ready(self) -> bool:
+        """May verify requests be taken now? Not before the stores were looked at once
+        (unless a caller set `connected` itself): the request would match no store."""
+        with self._conn_lock:
+            return self._stores_known.is_set() or bool(self.connected)
 
     def _priority_items(self, sid: str | None, fid: str | None) -> list[tuple[str, str]]:
         with self._conn_lock:
@@ -881,7 +896,8 @@ class Engine:
     def _verify_loop(self) -> None:
         def round_() -> bool:
             r = self.verify_round()
-            return bool(r.verified or r.corrupt or r.missing or self._priority)
+            waiting = bool(self._priority) and self._priority_ready()
+            return bool(r.verified or r.corrupt or r.missing or waiting)
 
         self._loop(self._wake_verify, round_, 30.0)
 

@@ -343,3 +343,20 @@ def test_copy_worker_goes_past_files_it_cannot_copy_and_says_what_it_waits_for(
 
     wait_for("the copy worker says what it waits for", lambda: "usb-archive" in waiting())
     assert waiting().startswith("waiting for")
+
+
+def test_a_verify_request_made_before_the_stores_are_known_waits_for_them(ms, tmp_path, clock):
+    """The app asks to verify before the housekeeping thread's first look at the stores:
+    the request is kept, not popped against an empty set of stores and lost."""
+    a = new_store(ms, tmp_path, "a")
+    [fid] = import_files(ms, a, tmp_path, 1)
+    Engine(ms, watch_drives=False, watch_folders=False).run_once()
+    t0 = verified_at(ms, fid, a.id)
+    clock.advance(DAY)  # nothing is due for 15 days
+
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    engine.request_verify()  # every connected store, asked at once
+    assert engine.verify_round().verified == 0  # no store known yet: it waits
+    engine.refresh_connected()
+    assert engine.verify_round().verified == 1
+    assert verified_at(ms, fid, a.id) == t0 + DAY
