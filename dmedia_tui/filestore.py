@@ -89,6 +89,14 @@ class NotAFileStore(FileStoreError):
     """No valid .dmedia/store.json at the path."""
 
 
+class NoStoreJson(NotAFileStore):
+    """Certainly no FileStore at the path: the folder, `.dmedia` or its store.json is absent.
+
+    The one "not a FileStore" that proves absence (the wiped-drive purge may act on it);
+    an invalid store.json is a NotAFileStore but proves nothing.
+    """
+
+
 class StoreUnreadable(FileStoreError):
     """store.json exists (or may) but cannot be read: an I/O error, not an absent store.
 
@@ -444,7 +452,7 @@ class FileStore:
         try:
             root = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
-            raise NotAFileStore(f"not a FileStore (not a directory): {path}") from None
+            raise NoStoreJson(f"not a FileStore (not a directory): {path}") from None
         except OSError as e:
             raise StoreUnreadable(f"cannot read {path}: {_errstr(e)}") from None
         try:
@@ -462,7 +470,7 @@ class FileStore:
                     raise NotAFileStore(f"not a FileStore ({STORE_JSON} is not a file): {path}")
                 doc = json.loads(f.read(1 << 20))
         except (FileNotFoundError, NotADirectoryError):
-            raise NotAFileStore(f"not a FileStore (no {DOTDIR}/{STORE_JSON}): {path}") from None
+            raise NoStoreJson(f"not a FileStore (no {DOTDIR}/{STORE_JSON}): {path}") from None
         except ValueError:
             raise NotAFileStore(f"not a FileStore (invalid {STORE_JSON}): {path}") from None
         except FileStoreError:
@@ -474,6 +482,18 @@ class FileStore:
         if not isinstance(doc, dict) or not is_store_id(doc.get("_id")):
             raise NotAFileStore(f"not a FileStore (invalid store ID in {STORE_JSON}): {path}")
         return doc
+
+    @staticmethod
+    def read_id(path: str | os.PathLike[str]) -> str | None:
+        """The store ID that `path`'s store.json names, None only when there certainly is
+        no store.json (NoStoreJson). Anything that cannot tell raises a FileStoreError: an
+        I/O error (StoreUnreadable), a link (StoreUnsafe), an invalid store.json. The one
+        reader of store.json: opening a store and the wiped-drive probe both use it, and it
+        never writes (no folder is created, nothing purged)."""
+        try:
+            return str(FileStore._read_doc(Path(path))["_id"])
+        except NoStoreJson:
+            return None
 
     def _check_layout(self) -> None:
         """Raise StoreUnsafe if .dmedia/{files,tmp,corrupt} or a files/XX is a link (or
