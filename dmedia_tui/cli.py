@@ -493,13 +493,13 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
 
     _check_notify_config(ctx)
     with ctx.metastore() as ms:
-        engine = Engine(ms, watch_drives=False, watch_folders=False)
-        engine.refresh_connected()
+        # The connected stores are presence.py's (known folders and mounted drives), as
+        # for every command; no watcher thread runs (`verify` is one pass).
+        engine = Engine(ms, watch_folders=False)
         sid = ms.resolve_store(store_name)["_id"] if store_name else None
-        if sid and sid not in engine.connected:
+        found = engine.refresh_connected(only=sid)
+        if sid and sid not in found:
             raise UserError(f"store {store_name} is not connected to this machine")
-        if sid:
-            engine.connected = {sid: engine.connected[sid]}
         if all_:
             engine.request_verify(sid)
         summary = engine.verify_until_done(limit=500).to_json()
@@ -1044,8 +1044,7 @@ def _smart_once(engine: Any) -> None:
     files are copied elsewhere in the same run."""
     from dmedia_tui import smart
 
-    engine.refresh_connected()
-    smart.check_once(engine.ms, dict(engine.connected))
+    smart.check_once(engine.ms, engine.refresh_connected())
 
 
 # --- metrics (dmedia_tui/metrics.py) ---------------------------------------------------------

@@ -10,13 +10,12 @@ Two discovery sources, chosen per call by `discovery_source()`:
   ``blkid -o export <dev>`` (util-linux). The drive serial is read from sysfs where the
   kernel exposes one (USB device ``serial``, NVMe/virtio ``serial``, SCSI VPD page 0x80).
 
-Either way a mount is what makes a partition a *connected* store: a drive that is plugged
-in but not mounted holds nothing we can read. Discovery is best effort and never raises:
-an unreadable drive, a missing tool or an odd mount leaves fields at None.
+Either way a mount is what makes a partition reachable: a drive that is plugged in but
+not mounted holds nothing we can read. Discovery is best effort and never raises: an
+unreadable drive, a missing tool or an odd mount leaves fields at None.
 
-Matching a connected partition to store docs and the ``filestore_missing`` purge rule
-(DESIGN.md §2) live here too, as pure functions over `Partition` values, so that the rules
-are tested on saved udev property dumps as well as on real loop devices.
+This module only says what is there. Which stores those partitions hold, whether a store
+is connected, and the ``filestore_missing`` purge rule are decided in `presence.py`.
 """
 
 from __future__ import annotations
@@ -95,53 +94,6 @@ class MountEntry:
     @property
     def dev(self) -> int:
         return os.makedev(self.major, self.minor)
-
-
-@dataclass(frozen=True)
-class StoreMatch:
-    """A store doc that belongs on a partition, how we know, and where its FileStore should be.
-
-    `expected_path` is None when the doc does not record where on the partition the store
-    folder is (no `relative_path`) or the partition is not mounted: then nobody can say
-    the FileStore is missing.
-    """
-
-    store_id: str
-    by: str  # "partition_uuid" | "drive_serial"
-    expected_path: Path | None
-
-
-@dataclass(frozen=True)
-class PurgeDecision:
-    """A store to purge now because its drive is here but its FileStore is not."""
-
-    store_id: str
-    reason: str  # "filestore_missing"
-    matched_by: str  # "partition_uuid" | "drive_serial"
-    expected_path: Path
-    found_store_id: str | None  # a FileStore with another ID sits there (re-initialised)
-    drive_serial: str | None
-    drive_model: str | None
-    partition_uuid: str | None  # the UUID recorded in the store doc
-    found_partition_uuid: str | None  # the UUID of the partition mounted now
-    devname: str
-
-    def log_fields(self) -> dict[str, Any]:
-        """The fields a `dmedia/store/purge` log doc carries about this decision."""
-        out: dict[str, Any] = {
-            "store_id": self.store_id,
-            "reason": self.reason,
-            "matched_by": self.matched_by,
-            "expected_path": str(self.expected_path),
-            "drive_serial": self.drive_serial,
-            "drive_model": self.drive_model,
-            "partition_uuid": self.partition_uuid,
-            "found_partition_uuid": self.found_partition_uuid,
-            "devname": self.devname,
-        }
-        if self.found_store_id is not None:
-            out["found_store_id"] = self.found_store_id
-        return out
 
 
 # --- small robust readers --------------------------------------------------------------
@@ -647,171 +599,6 @@ def drive_identity_for_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         relative_path="" if relative == "." else relative,
     )
     return out
-
-
-# --- matching and the filestore_missing rule --------------------------------------------
-
-
-def _safe_relative(value: object) -> PurePosixPath | None:
-    """A recorded relative path, only if it cannot escape the partition."""
-    if not isinstance(value, str):
-        return None
-    rel = PurePosixPath(value)
-    if rel.is_absolute() or ".." in rel.parts or "\x00" in value:
-        return None
-    return rel
-
-
-def _expected_path(partition: Partition, doc: Mapping[str, Any]) -> Path | None:
-    if partition.mount_point is None:
-        return None
-    rel = _safe_relative(doc.get("relative_path"))
-    if rel is None:
-        return None
-    root = PurePosixPath(partition.mount_root)
-    if partition.mount_root != "/":
-        # Only the part of the filesystem under mount_root is visible here.
-        try:
-            rel = PurePosixPath("/", rel).relative_to(root)
-        except ValueError:
-            return None
-    return Path(partition.mount_point, rel)
-
-
-# Serials that cheap USB bridges give to every unit they make: never an identity.
-_BOGUS_SERIALS = frozenset({"0123456789ABCDEF", "123456789ABC", "0123456789", "1234567890"})
-
-
-def plausible_serial(serial: str | None) -> bool:
-    """False for serials that identify nothing (too short, one repeated character, or a
-    placeholder that many USB enclosures share)."""
-    if not serial:
-        return False
-    s = serial.strip().upper()
-    return len(s) >= 4 and len(set(s)) > 1 and s not in _BOGUS_SERIALS
-
-
-def match_store(partition: Partition, store_docs: Iterable[Mapping[str, Any]]) -> list[StoreMatch]:
-    """Store docs that belong on this partition: same filesystem UUID (certain), else the
-    same drive serial (the drive is right, the filesystem may have been re-made).
-
-    A serial match needs a plausible serial (see `plausible_serial`) and, when both sides
-    know it, the same drive model: two drives in identical enclosures must not match."""
-    matches = []
-    for doc in store_docs:
-        store_id = doc.get("_id")
-        if not isinstance(store_id, str):
-            continue
-        uuid = _clean(doc.get("partition_uuid"))
-        serial = _clean(doc.get("drive_serial"))
-        if uuid and partition.fs_uuid and uuid.lower() == partition.fs_uuid.lower():
-            by = "partition_uuid"
-        elif (
-            plausible_serial(serial)
-            and serial == partition.drive_serial
-            and _same_model(doc.get("drive_model"), partition.drive_model)
-        ):
-            by = "drive_serial"
-        else:
-            continue
-        matches.append(StoreMatch(store_id, by, _expected_path(partition, doc)))
-    return matches
-
-
-def _same_model(recorded: object, current: str | None) -> bool:
-    recorded = _clean(recorded)
-    return recorded is None or current is None or recorded == current
-
-
-def _look(filestore_exists: Callable[[Path], str | None], path: Path) -> tuple[bool, str | None]:
-    """(certain, store_id found). An error while looking is never certain."""
-    try:
-        return True, filestore_exists(path)
-    except Exception as e:
-        log.info("cannot look for a FileStore at %s: %s", path, e)
-        return False, None
-
-
-def find_missing_filestores(
-    partition: Partition,
-    store_docs: Iterable[Mapping[str, Any]],
-    filestore_exists: Callable[[Path], str | None],
-    drive_partitions: Sequence[Partition] | None = None,
-) -> list[PurgeDecision]:
-    """Stores to purge at once because their drive is connected but their FileStore is gone.
-
-    `filestore_exists(path)` returns the store ID of the FileStore at `path`, or None.
-    `drive_partitions` is what is known now about every filesystem, mounted or not, as
-    `list_partitions()` gives it (the default, computed only when a serial match needs it);
-    never pass `DriveWatcher.partitions` (mounted only): unmounted siblings must be seen.
-
-    The rules (a purge forgets every copy on the store, so any doubt means "no"):
-    - The partition must be mounted and the store doc must say where the store folder is
-      on it (`relative_path`); looking there must not fail.
-    - UUID match: purge when no FileStore is at the recorded place, or one with a
-      different store ID is (the drive was re-initialised).
-    - Serial match alone (the filesystem UUID differs or the doc has none: typically a
-      reformatted drive): the whole drive must be accounted for. If the doc's UUID is on
-      any filesystem of the drive that is known now, that filesystem decides, not this
-      one. Otherwise every filesystem of the drive must be mounted and readable, and the
-      FileStore must be at the recorded place on none of them. An unmounted or unreadable
-      sibling partition (it may hold the store) means no purge.
-    - Neither UUID nor serial matches: not our store, never a purge.
-    """
-    if partition.mount_point is None:
-        return []
-    docs = [d for d in store_docs if isinstance(d, Mapping)]
-    known: list[Partition] | None = list(drive_partitions) if drive_partitions is not None else None
-    decisions = []
-    for match in match_store(partition, docs):
-        doc = next(d for d in docs if d.get("_id") == match.store_id)
-        if match.expected_path is None:
-            continue
-        certain, found = _look(filestore_exists, match.expected_path)
-        if not certain or found == match.store_id:
-            continue
-        if match.by == "drive_serial":
-            if known is None:
-                known = list_partitions()
-            if partition.key not in {p.key for p in known}:
-                known.append(partition)
-            uuid = _clean(doc.get("partition_uuid"))
-            siblings = [
-                p
-                for p in known
-                if p.drive_serial == partition.drive_serial
-                or (p.disk is not None and p.disk == partition.disk)
-            ]
-            if uuid and any(p.fs_uuid and p.fs_uuid.lower() == uuid.lower() for p in siblings):
-                continue  # its own filesystem is here: the UUID match there decides
-            if any(p.mount_point is None or p.fs_uuid is None for p in siblings):
-                continue  # part of the drive cannot be looked at
-            elsewhere = False
-            for p in siblings:
-                if p.key == partition.key:
-                    continue
-                path = _expected_path(p, doc)
-                ok, other = _look(filestore_exists, path) if path else (False, None)
-                if not ok or other == match.store_id:
-                    elsewhere = True
-                    break
-            if elsewhere:
-                continue
-        decisions.append(
-            PurgeDecision(
-                store_id=match.store_id,
-                reason="filestore_missing",
-                matched_by=match.by,
-                expected_path=match.expected_path,
-                found_store_id=found,
-                drive_serial=partition.drive_serial or _clean(doc.get("drive_serial")),
-                drive_model=partition.drive_model or _clean(doc.get("drive_model")),
-                partition_uuid=_clean(doc.get("partition_uuid")),
-                found_partition_uuid=partition.fs_uuid,
-                devname=partition.devname,
-            )
-        )
-    return decisions
 
 
 # --- watching -----------------------------------------------------------------------------

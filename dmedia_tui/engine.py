@@ -1,9 +1,9 @@
 """The workers that keep a library safe, and the small event bus they report on.
 
 One `Engine` per machine and library (a lock file says who holds it). It owns:
-- housekeeping: connected stores (known folders + mounted drives), the heartbeat, the
-  immediate purge of stores whose drive is back without its FileStore, the time
-  policies, and the periodic schema/consistency check;
+- housekeeping: the connected stores (presence.py decides which: known folders and
+  mounted drives), the heartbeat, the immediate purge of the stores presence.py finds
+  wiped, the time policies, and the periodic schema/consistency check;
 - verification: due copies, never-verified first, oldest-verified next;
 - copy-making: user files below 3 copies, most fragile first;
 - watchers: drives (pyudev or a mountinfo poll) and store folders (watchdog).
@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -28,10 +27,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from dmedia_tui import protocol, schema, transitions
+from dmedia_tui import presence, protocol, schema, transitions
 from dmedia_tui.conflicts import resolve_conflicts
 from dmedia_tui.db.base import InvalidDoc
 from dmedia_tui.durability import rank
@@ -201,9 +199,10 @@ class Engine:
 
     # --- connected stores ------------------------------------------------------------
 
-    def refresh_connected(self) -> dict[str, FileStore]:
-        """Stores present now: known folders plus FileStores on mounted drives."""
-        found, added, removed = self._refresh(self._partitions() if self.watch_drives else None)
+    def refresh_connected(self, only: str | None = None) -> dict[str, FileStore]:
+        """Stores present now (presence.py: known folders plus FileStores on mounted drives);
+        with `only`, the engine works on that store alone (`verify --store`)."""
+        found, added, removed = self._refresh(self._partitions(), only)
         if added or removed:
             self._announce(found, added, removed)
         return found
@@ -213,35 +212,30 @@ class Engine:
         heartbeat (store atimes, the machine doc listing them), purge the stores whose drive
         is back without its FileStore. One partition scan serves all three."""
         s = RoundSummary()
-        parts = self._partitions() if self.watch_drives else None
+        parts = self._partitions()
         peer = self._peer_publication()  # before the refresh: keeps connect -> announce short
         found, added, removed = self._refresh(parts)
         for sid in sorted(self.ms.heartbeat(found, peer=peer)):
             # Back after a purge or a days-long absence: its copies count 0 (or are not
             # recorded) until verified, so verify them all now rather than in 15 days.
             self.request_verify(sid)
-        if parts is not None:
-            s.purged += self.purge_wiped_drives(parts, connected=found)
+        wiped = self._purge_wiped(parts, found) if parts is not None else []
+        s.purged += len(wiped)
         if added or removed:
-            self._announce(found, added, removed)
+            self._announce(found, added, removed, wiped=set(wiped))
         return s
 
     def _partitions(self) -> list[Any] | None:
-        """Every filesystem known now (mounted or not); None when discovery fails."""
-        try:
-            from dmedia_tui import drives
-
-            return drives.list_partitions()
-        except Exception as e:
-            log.info("drive discovery failed: %s", e)
-            return None
+        """Every filesystem known now; None when discovery fails or this engine does not
+        look at drives (`watch_drives=False`: tests, and nothing else)."""
+        return self.ms.presence.partitions() if self.watch_drives else None
 
     def _refresh(
-        self, partitions: list[Any] | None
+        self, partitions: list[Any] | None, only: str | None = None
     ) -> tuple[dict[str, FileStore], set[str], set[str]]:
-        found = self.ms.connected_filestores()
-        if partitions:
-            found.update(self._stores_on_drives(found, partitions))
+        found = self.ms.presence.connected(partitions, scan=False, remember=True)
+        if only is not None:
+            found = {sid: fs for sid, fs in found.items() if sid == only}
         with self._conn_lock:
             before = set(self.connected)
             self.connected = found
@@ -259,14 +253,26 @@ class Engine:
                 self._wake_verify.set()  # the requests that waited for this
         return found, set(found) - before, before - set(found)
 
-    def _announce(self, found: dict[str, FileStore], added: set[str], removed: set[str]) -> None:
+    def _announce(
+        self,
+        found: dict[str, FileStore],
+        added: set[str],
+        removed: set[str],
+        wiped: set[str] | None = None,
+    ) -> None:
         for sid in sorted(added):
             log.info("store %s connected at %s", sid, found[sid].path)
-        for sid in sorted(removed):
-            log.info("store %s disconnected", sid)
+        gone = {sid: self._away(sid, found, wiped or set()) for sid in sorted(removed)}
+        for sid, why in gone.items():
+            log.info("store %s disconnected (%s)", sid, why)
         self.emit(
             "changed",
-            {"connected": sorted(found), "added": sorted(added), "removed": sorted(removed)},
+            {
+                "connected": sorted(found),
+                "added": sorted(added),
+                "removed": sorted(removed),
+                "gone": gone,
+            },
         )
         self._wake_verify.set()
         self._wake_copy.set()
@@ -289,105 +295,49 @@ class Engine:
         except Exception as e:  # watching is a help, never a condition
             log.info("store watches not updated: %s", e)
 
-    def _stores_on_drives(
-        self, known: dict[str, FileStore], partitions: list[Any]
-    ) -> dict[str, FileStore]:
-        """Stores of this library on mounted partitions: at the root of the filesystem, or at
-        the folder their doc records on it (`relative_path`, matched by partition UUID or
-        drive serial), wherever the partition is mounted now. A store found where this
-        machine did not know it is remembered there."""
-        from dmedia_tui import drives
-
-        out: dict[str, FileStore] = {}
-        stores: list[dict[str, Any]] | None = None
+    def _away(self, store_id: str, connected: dict[str, FileStore], wiped: set[str]) -> str:
+        """presence.verdict for a store that just went: wiped (purged by this drive pass),
+        unplugged, or with another machine (elsewhere, or machine off)."""
+        if store_id in wiped:
+            return str(presence.Away.WIPED)
         try:
-            remembered = self.ms.config.known_stores()
-        except Exception:
-            remembered = {}
-        for p in partitions:
-            if not p.mount_point:
-                continue
-            if stores is None:
-                stores = self.ms.stores()
-            paths = [Path(p.mount_point)]
-            paths += [
-                m.expected_path
-                for m in drives.match_store(p, stores)
-                if m.expected_path and self._claimable_in_folder(m.store_id, stores)
-            ]
-            for path in dict.fromkeys(paths):
-                try:
-                    fs = FileStore(path)
-                except Exception:
-                    continue
-                if fs.id in known or fs.id in out:
-                    continue  # already found
-                if self.ms.store_doc(fs.id) is None and not self.ms.purged_by_policy(fs.id):
-                    continue  # not a store of this library (or one the user purged)
-                out[fs.id] = fs
-                if remembered.get(fs.id) != os.path.realpath(fs.path):
-                    try:
-                        self.ms.config.remember_store(fs.id, fs.path)
-                    except Exception as e:
-                        log.warning("cannot remember store %s at %s: %s", fs.id, fs.path, e)
-        return out
-
-    def _claimable_in_folder(self, store_id: str, stores: list[dict[str, Any]]) -> bool:
-        """May a store found in a folder of a partition (not at its root) be taken as
-        connected here? Yes for this machine's stores and for removable drives. A folder
-        of another machine's internal disk seen here is a disk both can reach (a shared or
-        simulated one): claiming it would make the two machines fight over the store."""
-        doc = next((d for d in stores if d.get("_id") == store_id), None)
-        if doc is None:
-            return False
-        return doc.get("machine_id") in (None, self.ms.machine_id) or doc.get("removable") is True
+            doc = self.ms.store_doc(store_id)
+            online = self.ms.online(connected) if doc and doc.get("machine_id") else set()
+            me = self.ms.config.known_machine_id()
+        except Exception as e:  # a word for the log, never a reason to stop the pass
+            log.info("cannot tell where store %s went: %s", store_id, e)
+            return "unknown"
+        return str(presence.verdict(store_id, doc, me, connected=connected, online=online))
 
     def purge_wiped_drives(
         self,
         partitions: list[Any] | None = None,
         connected: dict[str, FileStore] | None = None,
     ) -> int:
-        """Purge stores whose drive is mounted without their FileStore (wiped, re-initialised).
-
-        Any doubt means no purge: a store connected now is never purged, and a place we
-        cannot read (I/O error, unreadable store.json) or that stopped being the mounted
-        filesystem while we looked (an unmount racing us) counts as "cannot tell".
-        """
-        from dmedia_tui import drives
-
+        """Purge the stores presence.py finds wiped (drive mounted without their FileStore);
+        any doubt there means no purge, and a store connected now is never purged."""
         if partitions is None:
-            partitions = self._partitions()
+            partitions = self.ms.presence.partitions()
             if partitions is None:
                 return 0
         if connected is None:
             with self._conn_lock:
                 connected = dict(self.connected)
-        stores = self.ms.stores()
-        look = _filestore_lookup(partitions)
+        return len(self._purge_wiped(partitions, connected))
+
+    def _purge_wiped(self, partitions: list[Any], connected: dict[str, FileStore]) -> list[str]:
         purged: list[str] = []
-        for p in partitions:
-            if not p.mount_point:
+        for decision in self.ms.presence.wiped(partitions, connected):
+            if self.ms.store_doc(decision.store_id) is None:
                 continue
-            for decision in drives.find_missing_filestores(p, stores, look, partitions):
-                if decision.store_id in connected:
-                    log.warning(
-                        "not purging store %s: it is connected at %s (a cloned drive?)",
-                        decision.store_id,
-                        connected[decision.store_id].path,
-                    )
-                    continue
-                if self.ms.store_doc(decision.store_id) is None:
-                    continue
-                extra = {
-                    k: v
-                    for k, v in decision.log_fields().items()
-                    if k not in ("store_id", "reason")
-                }
-                self.ms.purge_store(decision.store_id, reason=decision.reason, **extra)
-                purged.append(decision.store_id)
+            extra = {
+                k: v for k, v in decision.log_fields().items() if k not in ("store_id", "reason")
+            }
+            self.ms.purge_store(decision.store_id, reason=decision.reason, **extra)
+            purged.append(decision.store_id)
         if purged:
             self.emit("changed", {"purged": purged})
-        return len(purged)
+        return purged
 
     # --- rounds (each bounded; used by threads and by run_once) ---------------------
 
@@ -1050,47 +1000,3 @@ class _CopyPass:
 
 class _Stopping(Exception):
     """Raised from a progress callback to abandon a verify or copy when the engine stops."""
-
-
-def _filestore_lookup(partitions: list[Any]) -> Callable[[Path], str | None]:
-    """`filestore_exists` for drives.find_missing_filestores, made safe for a purge.
-
-    It answers None ("no FileStore there") only when store.json is certainly absent: the
-    lookup found nothing *and* the partition was the filesystem mounted there both before
-    and after we looked (an unmount racing us shows the empty folder underneath). An I/O
-    error, an unreadable or invalid store.json, or a path on no known mount raises, which
-    the rule treats as "cannot tell" (no purge). FileStore() is not used: it reads an
-    EIO as "not a FileStore" and creates folders.
-    """
-    mounts = sorted(
-        ((Path(p.mount_point), p.dev) for p in partitions if p.mount_point and p.dev is not None),
-        key=lambda m: len(str(m[0])),
-        reverse=True,
-    )
-
-    def look(path: Path) -> str | None:
-        path = Path(path)
-        owner = next((m for m in mounts if path == m[0] or m[0] in path.parents), None)
-        if owner is None:
-            raise LookupError(f"{path} is on no mounted partition")
-        mount_point, dev = owner
-
-        def still_mounted() -> None:
-            if os.stat(mount_point).st_dev != dev:
-                raise LookupError(f"{mount_point} is no longer the partition we looked at")
-
-        still_mounted()
-        if (path / ".dmedia").is_symlink():
-            raise LookupError(f"{path}/.dmedia is a symbolic link: cannot tell")
-        try:
-            data = (path / ".dmedia" / "store.json").read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            still_mounted()
-            return None
-        doc = json.loads(data)
-        store_id = doc.get("_id") if isinstance(doc, dict) else None
-        if not protocol.is_store_id(store_id):
-            raise ValueError(f"invalid store.json at {path}")
-        return store_id
-
-    return look

@@ -49,7 +49,6 @@ from dmedia_tui.filestore import (
     FileStoreError,
     ImportResult,
     NotAFileStore,
-    StoreUnsafe,
     VerifyResult,
     VerifyStatus,
     commit_staged,
@@ -57,6 +56,7 @@ from dmedia_tui.filestore import (
     walk_files,
 )
 from dmedia_tui.liveness import Observations
+from dmedia_tui.presence import Presence, plausible_serial
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
 
 log = logging.getLogger("dmedia_tui")
@@ -158,9 +158,10 @@ class MetaStore:
         self.config = config
         self.clock = clock
         self.thresholds = config.thresholds
+        self.presence = Presence(lib, config)  # which stores are connected here
         # Stores whose folder holds a link (or a non-folder) where the layout has a folder:
         # never read or written; shown as STORE_UNSAFE. store_id -> the reason.
-        self.unsafe_stores: dict[str, str] = {}
+        self.unsafe_stores: dict[str, str] = self.presence.unsafe_stores
         self._read_errors: dict[str, _ReadErrors] = {}
         self.checker = Checker(lib, config, self.now)  # the schema pass, log-once
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
@@ -244,32 +245,14 @@ class MetaStore:
         raise UnknownStore(f"unknown store {name!r} (see: dmedia-tui store list)")
 
     def open_filestore(self, store_id: str, path: str | os.PathLike[str]) -> FileStore | None:
-        """The FileStore at path if it is the expected store, else None.
-
-        A store whose layout holds a link is never opened: it is remembered in
-        `unsafe_stores` (shown as STORE_UNSAFE) and treated as not connected.
-        """
-        try:
-            fs = FileStore(path, expected_id=store_id)
-        except StoreUnsafe as e:
-            if self.unsafe_stores.get(store_id) != str(e):
-                log.error("store %s not used: %s", store_id, e)
-            self.unsafe_stores[store_id] = str(e)
-            return None
-        except (FileStoreError, OSError):
-            self.unsafe_stores.pop(store_id, None)
-            return None
-        self.unsafe_stores.pop(store_id, None)
-        return fs
+        """The FileStore at path if it is the expected store, else None (a store whose
+        layout holds a link is never opened: Presence.open)."""
+        return self.presence.open(store_id, path)
 
     def connected_filestores(self) -> dict[str, FileStore]:
-        """Stores this machine knows whose FileStore is present at their folder now."""
-        found: dict[str, FileStore] = {}
-        for store_id, folder in self.config.known_stores().items():
-            fs = self.open_filestore(store_id, folder)
-            if fs is not None:
-                found[store_id] = fs
-        return found
+        """Stores connected here now: known folders and mounted drives (presence.py, the
+        one rule; the engine asks the same)."""
+        return self.presence.connected()
 
     def filesystem_peers(self, path: Path) -> list[str]:
         """Connected stores of this machine on the same filesystem as path."""
@@ -555,8 +538,6 @@ class MetaStore:
     def failed_stores_on_drive(self, identity: Doc) -> list[Doc]:
         """The newest unforgiven `dmedia/store/failing` event of each other store that was
         on this drive (same partition UUID, or same plausible drive serial)."""
-        from dmedia_tui.drives import plausible_serial
-
         uuid = identity.get("partition_uuid")
         serial = identity.get("drive_serial")
         serial = serial if isinstance(serial, str) and plausible_serial(serial) else None
@@ -583,10 +564,9 @@ class MetaStore:
         return [ev for sid, ev in sorted(out.items()) if self.remembered_failure(sid)[0]]
 
     def purged_by_policy(self, store_id: str) -> bool:
-        """Did the library forget this store by a policy (unseen for days, its drive seen
-        without it), not by the user's `store purge`? Such a store found again is ours."""
-        purged = self.lib.events(1, types=[schema.LOG_STORE_PURGE], store_id=store_id)
-        return bool(purged) and purged[0].get("reason") != transitions.REASON_USER
+        """Did the library forget this store by a policy, not by the user's `store purge`?
+        Such a store found again is ours (Presence.purged_by_policy)."""
+        return self.presence.purged_by_policy(store_id)
 
     def mark_drive(self, fs: FileStore | None, failure: Doc | None) -> None:
         """Write the failure mark into the store's own store.json (None clears it); best

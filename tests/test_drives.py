@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dmedia_tui import drives
+from dmedia_tui import drives, presence
 from dmedia_tui.drives import DriveWatcher, Partition
 from tests import blockdev
 from tests.blockdev import BlockDevs, settle, udevd
@@ -126,30 +126,30 @@ def test_match_store_by_uuid_then_serial_and_never_otherwise(tmp_path: Path):
         store_doc("5" * 24, sata),
         {"_id": "6" * 24, "partition_uuid": None, "drive_serial": None},
     ]
-    got = drives.match_store(p1, docs)
+    got = presence.match_store(p1, docs)
     assert got == [
-        drives.StoreMatch(STORE_A, "partition_uuid", tmp_path / "media"),
-        drives.StoreMatch(STORE_B, "drive_serial", tmp_path),
+        presence.StoreMatch(STORE_A, "partition_uuid", tmp_path / "media"),
+        presence.StoreMatch(STORE_B, "drive_serial", tmp_path),
     ]
 
 
 def test_serial_match_needs_a_plausible_serial_and_the_same_model(tmp_path: Path):
     p = fixture_partition("usb-disk-part1", str(tmp_path))
     other_model = store_doc(STORE_A, p, partition_uuid=None, drive_model="Passport_0748")
-    assert drives.match_store(p, [other_model]) == []
+    assert presence.match_store(p, [other_model]) == []
     unknown_model = store_doc(STORE_A, p, partition_uuid=None, drive_model=None)
-    assert [m.by for m in drives.match_store(p, [unknown_model])] == ["drive_serial"]
+    assert [m.by for m in presence.match_store(p, [unknown_model])] == ["drive_serial"]
     for bogus in ("0000000000000000", "0123456789ABCDEF", "1"):
         cheap = dataclasses.replace(p, drive_serial=bogus)
         doc = store_doc(STORE_A, cheap, partition_uuid=None)
-        assert drives.match_store(cheap, [doc]) == []
-        assert drives.find_missing_filestores(cheap, [doc], filestore_exists, [cheap]) == []
+        assert presence.match_store(cheap, [doc]) == []
+        assert presence.find_missing_filestores(cheap, [doc], filestore_exists, [cheap]) == []
 
 
 def test_match_store_uuid_is_case_insensitive_and_unmounted_has_no_expected_path():
     p = fixture_partition("usb-disk-part1")  # not mounted
     doc = store_doc(STORE_A, p, "", partition_uuid="64a1-0f3e", drive_serial=None)
-    assert drives.match_store(p, [doc]) == [drives.StoreMatch(STORE_A, "partition_uuid", None)]
+    assert presence.match_store(p, [doc]) == [presence.StoreMatch(STORE_A, "partition_uuid", None)]
 
 
 # --- find_missing_filestores on fixture data -------------------------------------------------
@@ -168,13 +168,13 @@ def test_filestore_present_means_no_purge(usb):
     p1, _ = usb
     make_filestore(Path(p1.mount_point) / "lib", STORE_A)
     doc = store_doc(STORE_A, p1, "lib")
-    assert drives.find_missing_filestores(p1, [doc], filestore_exists) == []
+    assert presence.find_missing_filestores(p1, [doc], filestore_exists) == []
 
 
 def test_uuid_match_and_filestore_gone_purges(usb):
     p1, _ = usb
     doc = store_doc(STORE_A, p1, "lib")
-    (decision,) = drives.find_missing_filestores(p1, [doc], filestore_exists)
+    (decision,) = presence.find_missing_filestores(p1, [doc], filestore_exists)
     assert decision.store_id == STORE_A
     assert decision.reason == "filestore_missing"
     assert decision.matched_by == "partition_uuid"
@@ -188,7 +188,7 @@ def test_uuid_match_and_filestore_gone_purges(usb):
 def test_reinitialised_filestore_with_other_id_purges(usb):
     p1, _ = usb
     make_filestore(Path(p1.mount_point), STORE_B)
-    (decision,) = drives.find_missing_filestores(p1, [store_doc(STORE_A, p1)], filestore_exists)
+    (decision,) = presence.find_missing_filestores(p1, [store_doc(STORE_A, p1)], filestore_exists)
     assert decision.found_store_id == STORE_B
     assert decision.log_fields()["found_store_id"] == STORE_B
 
@@ -197,7 +197,7 @@ def test_not_mounted_never_purges(usb):
     p1, _ = usb
     unmounted = dataclasses.replace(p1, mount_point=None)
     assert (
-        drives.find_missing_filestores(unmounted, [store_doc(STORE_A, p1)], filestore_exists) == []
+        presence.find_missing_filestores(unmounted, [store_doc(STORE_A, p1)], filestore_exists) == []
     )
 
 
@@ -209,13 +209,13 @@ def test_no_uuid_or_serial_match_never_purges(usb):
         "drive_serial": "OTHER",
         "relative_path": "",
     }
-    assert drives.find_missing_filestores(p1, [doc], filestore_exists) == []
+    assert presence.find_missing_filestores(p1, [doc], filestore_exists) == []
 
 
 def test_unknown_or_escaping_relative_path_never_purges(usb):
     p1, _ = usb
     docs = [store_doc(STORE_A, p1, None), store_doc(STORE_B, p1, "../elsewhere")]
-    assert drives.find_missing_filestores(p1, docs, filestore_exists) == []
+    assert presence.find_missing_filestores(p1, docs, filestore_exists) == []
 
 
 def test_error_while_looking_never_purges(usb):
@@ -224,13 +224,13 @@ def test_error_while_looking_never_purges(usb):
     def unreadable(path: Path) -> str | None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    assert drives.find_missing_filestores(p1, [store_doc(STORE_A, p1)], unreadable) == []
+    assert presence.find_missing_filestores(p1, [store_doc(STORE_A, p1)], unreadable) == []
 
 
 def test_serial_match_on_reformatted_single_partition_drive_purges(usb):
     p1, _ = usb
     doc = store_doc(STORE_A, p1, "", partition_uuid="0000-OLD0")  # before the reformat
-    (decision,) = drives.find_missing_filestores(p1, [doc], filestore_exists, [p1])
+    (decision,) = presence.find_missing_filestores(p1, [doc], filestore_exists, [p1])
     assert decision.matched_by == "drive_serial"
     assert decision.partition_uuid == "0000-OLD0"
     assert decision.found_partition_uuid == "64A1-0F3E"
@@ -240,21 +240,21 @@ def test_serial_match_with_unmounted_sibling_never_purges(usb):
     p1, p2 = usb
     doc = store_doc(STORE_A, p1, "", partition_uuid="0000-OLD0")
     sibling = dataclasses.replace(p2, mount_point=None)
-    assert drives.find_missing_filestores(p1, [doc], filestore_exists, [p1, sibling]) == []
+    assert presence.find_missing_filestores(p1, [doc], filestore_exists, [p1, sibling]) == []
 
 
 def test_serial_match_when_store_uuid_is_a_sibling_partition_leaves_it_to_that_one(usb):
     p1, p2 = usb
     doc = store_doc(STORE_B, p2, "")  # the store lives on partition 2, which is empty now
-    assert drives.find_missing_filestores(p1, [doc], filestore_exists, [p1, p2]) == []
-    (decision,) = drives.find_missing_filestores(p2, [doc], filestore_exists, [p1, p2])
+    assert presence.find_missing_filestores(p1, [doc], filestore_exists, [p1, p2]) == []
+    (decision,) = presence.find_missing_filestores(p2, [doc], filestore_exists, [p1, p2])
     assert decision.matched_by == "partition_uuid"
 
 
 def test_serial_match_whole_drive_mounted_and_store_nowhere_purges(usb):
     p1, p2 = usb
     doc = store_doc(STORE_A, p1, "lib", partition_uuid="0000-OLD0")
-    got = drives.find_missing_filestores(p1, [doc], filestore_exists, [p1, p2])
+    got = presence.find_missing_filestores(p1, [doc], filestore_exists, [p1, p2])
     assert [d.store_id for d in got] == [STORE_A]
 
 
@@ -262,14 +262,14 @@ def test_serial_match_without_uuid_and_store_on_sibling_never_purges(usb):
     p1, p2 = usb
     make_filestore(Path(p2.mount_point) / "lib", STORE_A)
     doc = store_doc(STORE_A, p1, "lib", partition_uuid=None)
-    assert drives.find_missing_filestores(p1, [doc], filestore_exists, [p1, p2]) == []
+    assert presence.find_missing_filestores(p1, [doc], filestore_exists, [p1, p2]) == []
 
 
 def test_serial_match_with_unreadable_sibling_never_purges(usb):
     p1, p2 = usb
     doc = store_doc(STORE_A, p1, "", partition_uuid="0000-OLD0")
     unknown = dataclasses.replace(p2, fs_uuid=None)
-    assert drives.find_missing_filestores(p1, [doc], filestore_exists, [p1, unknown]) == []
+    assert presence.find_missing_filestores(p1, [doc], filestore_exists, [p1, unknown]) == []
 
 
 # --- real loop devices ------------------------------------------------------------------------
@@ -350,17 +350,17 @@ def test_filestore_wiped_on_same_uuid_loop_device_purges(blockdevs: BlockDevs):
     ident = drives.drive_identity_for_path(disk.mount_point / "lib")
     doc = {"_id": STORE_A, "type": "dmedia/store", **ident}
     part = drives.partition_for_path(disk.mount_point)
-    assert drives.find_missing_filestores(part, [doc], filestore_exists) == []
+    assert presence.find_missing_filestores(part, [doc], filestore_exists) == []
     # The user deletes the store folder: same filesystem, same UUID, no FileStore.
     subprocess.run(["rm", "-rf", str(disk.mount_point / "lib")], check=True)
-    (decision,) = drives.find_missing_filestores(part, [doc], filestore_exists)
+    (decision,) = presence.find_missing_filestores(part, [doc], filestore_exists)
     assert (decision.store_id, decision.matched_by) == (STORE_A, "partition_uuid")
     # Unmounted, the same drive never triggers a purge.
     disk.umount()
     gone = [p for p in drives.list_partitions() if p.devname == disk.devname]
     assert all(not p.mounted for p in gone)
     for p in gone:
-        assert drives.find_missing_filestores(p, [doc], filestore_exists) == []
+        assert presence.find_missing_filestores(p, [doc], filestore_exists) == []
 
 
 def test_reformatted_loop_device_gets_new_uuid_and_without_serial_no_purge(
@@ -376,8 +376,8 @@ def test_reformatted_loop_device_gets_new_uuid_and_without_serial_no_purge(
     assert part.fs_uuid and part.fs_uuid != doc["partition_uuid"]
     # Loop devices have no serial: nothing ties the new filesystem to the store doc, so
     # the rule stays silent (the store will age into downgrade/purge instead).
-    assert drives.match_store(part, [doc]) == []
-    assert drives.find_missing_filestores(part, [doc], filestore_exists) == []
+    assert presence.match_store(part, [doc]) == []
+    assert presence.find_missing_filestores(part, [doc], filestore_exists) == []
 
 
 def test_fuse_exfat_identity(blockdevs: BlockDevs):
