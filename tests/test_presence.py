@@ -204,6 +204,32 @@ def test_metastore_and_engine_ask_the_same_rule(ms: MetaStore, tmp_path: Path, m
     assert set(Engine(ms, watch_folders=False).refresh_connected()) == {sid}
 
 
+def test_the_engine_says_why_a_store_went(ms: MetaStore, tmp_path: Path, monkeypatch):
+    """The engine's "changed" event and log name the verdict of each store that went:
+    unplugged for a folder that emptied, wiped for a drive back without its FileStore
+    (purged in the same pass)."""
+    from dmedia_tui.engine import Engine
+
+    a = tmp_path / "a"
+    a.mkdir()
+    _fs, doc, _ = ms.init_store(a)
+    mp = tmp_path / "stick"
+    sid = store_on_stick(ms, mp)
+    monkeypatch.setattr(presence, "list_partitions", lambda: [part(mp)])
+    engine = Engine(ms, watch_folders=False)
+    events: list = []
+    engine.subscribe(events.append)
+    engine.drive_pass()
+    assert set(engine.connected) == {doc["_id"], sid}
+
+    a.rename(tmp_path / "a-moved")
+    (mp / ".dmedia" / "store.json").unlink()
+    assert engine.drive_pass().purged == 1
+    [gone] = [e.data["gone"] for e in events if isinstance(e.data, dict) and e.data.get("gone")]
+    assert gone == {doc["_id"]: "unplugged", sid: "wiped"}
+    assert ms.store_doc(sid) is None and ms.store_doc(doc["_id"]) is not None
+
+
 # --- the wiped-drive probe ----------------------------------------------------------------
 
 
