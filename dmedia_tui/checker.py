@@ -132,17 +132,11 @@ class Checker:
         if self._problems_logged is None:
             hashes: list[int] = []
             for typ in (schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT):
-                cursor = None
-                while True:
-                    page = self.lib.events(1000, newest_first=False, cursor=cursor, types=[typ])
-                    for ev in page:
-                        errors = ev.get("errors")
-                        errors = [str(e) for e in errors] if isinstance(errors, list) else []
-                        doc_id = ev.get("doc_id") or ev.get("file_id")
-                        hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
-                    if len(page) < 1000:
-                        break
-                    cursor = page[-1]["_id"]
+                for ev in self.lib.iter_events(types=[typ]):
+                    errors = ev.get("errors")
+                    errors = [str(e) for e in errors] if isinstance(errors, list) else []
+                    doc_id = ev.get("doc_id") or ev.get("file_id")
+                    hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
             self._problems_logged = LoggedProblems(hashes)
         return self._problems_logged
 

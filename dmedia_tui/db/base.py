@@ -8,6 +8,19 @@ suite in `tests/db/` runs against both and proves they answer alike.
 Docs are plain dicts. `_rev` is opaque ("N-xxxx"): saving a doc whose `_rev` is not the
 current one (or saving a new doc over an existing `_id`) raises Conflict; `save` sets the
 new `_rev` on the dict it was given.
+
+Who may read what (the read rule; README "How it works" says the same):
+- Presentation (`cli.py`, `tui/`) reads docs and the log only through the MetaStore (its
+  reads: `stores`, `store_doc`, `file_doc`, `docs`, `files_by_store`, `events`,
+  `iter_events`, `health`, `change_token`) and the doc views (`views.py`); never `ms.lib`,
+  never a `Database`.
+- Operations (`metastore.py`, `checker.py`, `presence.py`), workers (`engine.py`,
+  `smart.py`, `peer/service.py`) and the commands that build or move a whole library
+  (`demo.py`, `migrate.py`, `rebuild.py`) use a Library and its named queries here.
+- A walk over the log or the docs is `iter_events` / `iter_docs`: keyset paging (each page
+  after the last `_id`), never OFFSET and never a paging loop written by hand.
+- Pure policies (`health.py`, `transitions.py`, `durability.py`) read nothing: they are
+  given docs.
 """
 
 from __future__ import annotations
@@ -370,6 +383,35 @@ class Library(abc.ABC):
         Paged by log `_id` (which sorts by time): `cursor` is the `_id` of the last row
         of the previous page; rows strictly before it (newest_first) or after it.
         """
+
+    def iter_events(
+        self,
+        *,
+        newest_first: bool = False,
+        since: float | None = None,
+        types: Iterable[str] | None = None,
+        store_id: str | None = None,
+        file_id: str | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[Doc]:
+        """Every log doc `events()` would match, a page at a time: keyset paging on the
+        log `_id` (each page starts after the last one's `_id`; no OFFSET), so a walk over
+        the whole log is linear. The one loop over the log: callers never page by hand."""
+        cursor: str | None = None
+        while True:
+            page = self.events(
+                page_size,
+                newest_first=newest_first,
+                since=since,
+                types=types,
+                store_id=store_id,
+                file_id=file_id,
+                cursor=cursor,
+            )
+            yield from page
+            if len(page) < page_size:
+                return
+            cursor = page[-1]["_id"]
 
     def conflicted_ids(self) -> list[str]:
         """`dmedia-1` doc IDs that may hold conflicting revisions (from replication).

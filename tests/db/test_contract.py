@@ -896,6 +896,34 @@ def test_events_cursor_paging_both_ways(library: Library) -> None:
     assert ids(more) == [want[1]]
 
 
+def test_iter_events_walks_every_page_with_the_filters(library: Library) -> None:
+    """Library.iter_events, the one loop over the log: every match exactly once in order,
+    whatever the page size (pages that end exactly at the last event included), with the
+    filters of events(); each page asks only for rows after the last `_id` (keyset)."""
+    s1, s2, f1, evs = _events(library)
+    want = ids(evs)
+    for size in (1, 2, 3, 6, 7):
+        assert ids(library.iter_events(page_size=size)) == want
+        assert ids(library.iter_events(newest_first=True, page_size=size)) == want[::-1]
+    got = library.iter_events(types=("dmedia/file/corrupt", "dmedia/store/purge"), page_size=1)
+    assert ids(got) == [want[1], want[3], want[5]]
+    assert ids(library.iter_events(store_id=s2, since=NOW - 250, page_size=1)) == [
+        want[3],
+        want[5],
+    ]
+    assert ids(library.iter_events(file_id=f1, page_size=1)) == want[1:3]
+    asked: list[str | None] = []
+    real = library.events
+
+    def spy(limit: int = 100, **kw: Any) -> list[dict[str, Any]]:
+        asked.append(kw.get("cursor"))
+        return real(limit, **kw)
+
+    library.events = spy  # type: ignore[method-assign]
+    assert len(list(library.iter_events(page_size=4))) == 6
+    assert asked == [None, want[3]]  # page 2 starts after page 1's last _id
+
+
 # --- the derived queries always equal a recomputation from the docs --------------------------
 
 
