@@ -25,7 +25,7 @@ import humanize
 from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError, IdentityError
-from dmedia_tui.db import DatabaseError, DatabaseOffline, Library, is_couch_url, open_library
+from dmedia_tui.db import DatabaseError, DatabaseOffline, is_couch_url, open_library
 from dmedia_tui.filestore import FileStoreError, walk_files
 from dmedia_tui.metastore import (
     MetaStore,
@@ -522,7 +522,7 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
 def check(ctx: Context, as_json: bool) -> None:
     """Schema and consistency pass over every doc; new problems go to log-1."""
     with ctx.metastore() as ms:
-        ms.lib.check_storage()  # every page of an SQLite library (too slow for every open)
+        ms.check_storage()  # every page of an SQLite library (too slow for every open)
         report = ms.check()
     data = report.__dict__
     if as_json:
@@ -578,7 +578,7 @@ def daemon(ctx: Context, once: bool, as_json: bool, verbose: bool) -> None:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             engine.start()
-            log.info("engine running (library %s)", ms.lib.display_url)
+            log.info("engine running (library %s)", ms.library_url)
             sd = _systemd_ready(engine)  # READY=1 and watchdog pings under systemd
             stop.wait()
             sd.stopping()
@@ -736,8 +736,8 @@ def events(
             try:
                 sid = ms.resolve_store(store_name)["_id"]
             except UnknownStore:
-                sid = _purged_store_id(ms.lib, store_name)  # its events remain
-        rows = _collect_events(ms.lib, since_t, full_types or None, sid, limit)
+                sid = _purged_store_id(ms, store_name)  # its events remain
+        rows = _collect_events(ms, since_t, full_types or None, sid, limit)
     for ev in rows:
         if as_json:
             click.echo(json.dumps(ev, sort_keys=True, default=str))
@@ -762,12 +762,12 @@ def _event_time(value: Any) -> str:
         return f"{'(bad time)':19}"
 
 
-def _purged_store_id(lib: Library, name: str) -> str:
+def _purged_store_id(ms: MetaStore, name: str) -> str:
     """The ID of a purged store named by ID, unique ID prefix or label (from its purge event)."""
     from dmedia_tui.schema import LOG_STORE_PURGE
 
     purged: dict[str, str] = {}
-    for ev in _collect_events(lib, None, [LOG_STORE_PURGE], None, None):
+    for ev in ms.iter_events(types=[LOG_STORE_PURGE]):
         if ev.get("store_id"):
             purged[ev["store_id"]] = ev.get("label") or ""
     if name in purged:
@@ -783,20 +783,12 @@ def _purged_store_id(lib: Library, name: str) -> str:
     raise UserError(f"unknown store {name!r} (see: dmedia-tui store list)")
 
 
-def _collect_events(lib: Library, since: float | None, types, store_id, limit) -> list[dict]:
+def _collect_events(ms: MetaStore, since: float | None, types, store_id, limit) -> list[dict]:
+    """The matching events, oldest first: the newest `limit`, or all of them."""
     if limit:
-        rows = lib.events(limit, newest_first=True, since=since, types=types, store_id=store_id)
+        rows = ms.events(limit, newest_first=True, since=since, types=types, store_id=store_id)
         return list(reversed(rows))
-    out: list[dict] = []
-    cursor = None
-    while True:
-        page = lib.events(
-            1000, newest_first=False, since=since, types=types, store_id=store_id, cursor=cursor
-        )
-        out.extend(page)
-        if len(page) < 1000:
-            return out
-        cursor = page[-1]["_id"]
+    return list(ms.iter_events(since=since, types=types, store_id=store_id))
 
 
 # --- rebuild -------------------------------------------------------------------------------
@@ -835,7 +827,7 @@ def rebuild(ctx: Context, folders: tuple[Path, ...], as_json: bool) -> None:
                 report = run_rebuild(ms, targets, progress=lambda _f, n: bar.update(n))
         else:
             report = run_rebuild(ms, targets)
-        where = ms.lib.display_url
+        where = ms.library_url
     if as_json:
         _emit_json({"library": where, **report.to_json()})
     else:
@@ -1171,7 +1163,7 @@ def _systemd_ready(engine: Any) -> Any:
 
     threads = list(getattr(engine, "_threads", []))
     sd = SdNotifier(alive=lambda: bool(threads) and all(t.is_alive() for t in threads))
-    sd.ready(status=f"engine running on {engine.ms.lib.display_url}")
+    sd.ready(status=f"engine running on {engine.ms.library_url}")
     return sd
 
 

@@ -218,6 +218,47 @@ class MetaStore:
         """A doc a worker could not use: logged once, with the key the check uses."""
         self.checker.report_invalid(doc_id, error, db)
 
+    # --- reads for the presentation -------------------------------------------------
+    # The app and the CLI read docs and the log here (or through the views), never through
+    # `ms.lib`: the read rule is in db/base.py's docstring and the README.
+
+    @property
+    def library_url(self) -> str:
+        """The library's name for people (a path, or a URL without its password)."""
+        return self.lib.display_url
+
+    def change_token(self) -> tuple[str, str]:
+        """Changes whenever a doc or an event is written (both update sequences): the
+        app's refresh loop redraws only then. Raises when the database went away."""
+        return (self.lib.docs.update_seq(), self.lib.log.update_seq())
+
+    def check_storage(self) -> None:
+        """The storage's own check (every page of an SQLite file); DatabaseOffline if
+        damaged."""
+        self.lib.check_storage()
+
+    def file_doc(self, file_id: str) -> Doc | None:
+        return self.lib.docs.get_or_none(file_id)
+
+    def docs(self, ids: list[str]) -> list[Doc | None]:
+        """The docs of `ids`, in order (None for each unknown one)."""
+        return self.lib.docs.get_many(ids)
+
+    def files_by_store(
+        self, store_id: str, limit: int, after: tuple[int, str] | None = None
+    ) -> list[Doc]:
+        """One page of the files on a store, most fragile first (`after`: the last key)."""
+        return self.lib.files_by_store(store_id, limit, after)
+
+    def events(self, limit: int = 100, **filters: Any) -> list[Doc]:
+        """One page of the log, newest first unless `newest_first=False` (the filters of
+        Library.events; `cursor`: the last `_id` of the previous page)."""
+        return self.lib.events(limit, **filters)
+
+    def iter_events(self, **filters: Any) -> Iterator[Doc]:
+        """Every matching event (Library.iter_events: keyset paging, oldest first)."""
+        return self.lib.iter_events(**filters)
+
     # --- stores ----------------------------------------------------------------------
 
     def stores(self) -> list[Doc]:
@@ -544,23 +585,18 @@ class MetaStore:
         if not uuid and not serial:
             return []
         out: dict[str, Doc] = {}
-        cursor = None
-        while True:  # failing events are rare: a few per failed drive, ever
-            page = self.lib.events(500, types=[schema.LOG_STORE_FAILING], cursor=cursor)
-            for ev in page:
-                sid = ev.get("store_id")
-                if not isinstance(sid, str) or sid == identity.get("_id") or sid in out:
-                    continue
-                same_uuid = (
-                    uuid
-                    and isinstance(ev.get("partition_uuid"), str)
-                    and (ev["partition_uuid"].lower() == str(uuid).lower())
-                )
-                if same_uuid or (serial and ev.get("drive_serial") == serial):
-                    out[sid] = ev
-            if len(page) < 500:
-                break
-            cursor = page[-1]["_id"]
+        # failing events are rare (a few per failed drive, ever): newest first, one each
+        for ev in self.lib.iter_events(newest_first=True, types=[schema.LOG_STORE_FAILING]):
+            sid = ev.get("store_id")
+            if not isinstance(sid, str) or sid == identity.get("_id") or sid in out:
+                continue
+            same_uuid = (
+                uuid
+                and isinstance(ev.get("partition_uuid"), str)
+                and (ev["partition_uuid"].lower() == str(uuid).lower())
+            )
+            if same_uuid or (serial and ev.get("drive_serial") == serial):
+                out[sid] = ev
         return [ev for sid, ev in sorted(out.items()) if self.remembered_failure(sid)[0]]
 
     def purged_by_policy(self, store_id: str) -> bool:

@@ -48,3 +48,16 @@ def test_the_contract_names_no_module_that_is_gone() -> None:
         if not any(m == layer or m.startswith(layer + ".") for m in modules)
     )
     assert not gone, f"the layers in pyproject.toml name modules that do not exist: {gone}"
+
+
+def test_the_presentation_reads_through_the_metastore() -> None:
+    """The read rule (db/base.py, README): cli.py and tui/ read docs and the log through
+    the MetaStore's reads, never through its Library (`ms.lib`, `engine.ms.lib`)."""
+    files = [PACKAGE / "cli.py", *sorted((PACKAGE / "tui").rglob("*.py"))]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.lib\b", line) and not line.lstrip().startswith("#")
+    ]
+    assert not found, "read through the MetaStore instead:\n" + "\n".join(found)

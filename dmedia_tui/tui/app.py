@@ -129,7 +129,7 @@ class DmediaApp(App[int]):
         self.poll = poll
         self.coalesce = coalesce
         self.data: DashboardData | None = None
-        self.library_name = short_path(ms.lib.display_url)
+        self.library_name = short_path(ms.library_url)
         self.machine_name = ms.hostname
         self.simulated = bool(getattr(ms.clock, "simulated", False))
         self.engine_state = READ_ONLY if read_only else NO_ENGINE
@@ -210,7 +210,7 @@ class DmediaApp(App[int]):
         last: tuple[str, str] | None = None
         while not self._stop.is_set():
             try:
-                token = (self.ms.lib.docs.update_seq(), self.ms.lib.log.update_seq())
+                token = self.ms.change_token()
             except Exception as e:  # the database went away: say so, keep polling
                 token = None
                 self._changed.clear()

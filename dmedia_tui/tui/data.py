@@ -155,14 +155,14 @@ def _names(ms: MetaStore, file_ids: Iterable[str]) -> dict[str, str]:
     if not ids:
         return {}
     out = {}
-    for fid, doc in zip(ids, ms.lib.docs.get_many(ids), strict=True):
+    for fid, doc in zip(ids, ms.docs(ids), strict=True):
         if doc and isinstance(doc.get("name"), str):
             out[fid] = doc["name"]
     return out
 
 
 def _labels(ms: MetaStore) -> dict[str, str]:
-    return {s["_id"]: store_label(s) for s in ms.lib.stores()}
+    return {s["_id"]: store_label(s) for s in ms.stores()}
 
 
 def load_events(
@@ -176,7 +176,7 @@ def load_events(
     cursor: str | None = None,
 ) -> tuple[EventLine, ...]:
     """Newest first, described; `cursor`: the ID of the last event of the previous page."""
-    docs = ms.lib.events(
+    docs = ms.events(
         limit, newest_first=True, types=types, store_id=store_id, file_id=file_id, cursor=cursor
     )
     labels = labels if labels is not None else _labels(ms)
@@ -246,7 +246,7 @@ def load_files_page(
     ms: MetaStore, store_id: str, after: tuple[int, str] | None = None, limit: int = PAGE
 ) -> tuple[FileRow, ...]:
     """One page of the files on a store, most fragile first."""
-    rows = (file_row(d, store_id) for d in ms.lib.files_by_store(store_id, limit, after))
+    rows = (file_row(d, store_id) for d in ms.files_by_store(store_id, limit, after))
     return tuple(r for r in rows if r is not None)
 
 
@@ -273,7 +273,7 @@ class FileData:
 
 def load_file(ms: MetaStore, file_id: str, online: set[str] | None = None) -> FileData | None:
     """A file doc with its locations, corrupt history and events; None if unknown."""
-    doc = ms.lib.docs.get_or_none(file_id)
+    doc = ms.file_doc(file_id)
     view = FileView.of(doc)
     if doc is None or view is None:
         return None
