@@ -197,7 +197,8 @@ def test_not_mounted_never_purges(usb):
     p1, _ = usb
     unmounted = dataclasses.replace(p1, mount_point=None)
     assert (
-        presence.find_missing_filestores(unmounted, [store_doc(STORE_A, p1)], filestore_exists) == []
+        presence.find_missing_filestores(unmounted, [store_doc(STORE_A, p1)], filestore_exists)
+        == []
     )
 
 
