@@ -26,15 +26,14 @@ from dmedia_tui import __version__
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError, IdentityError
 from dmedia_tui.db import DatabaseError, DatabaseOffline, is_couch_url, open_library
-from dmedia_tui.filestore import FileStoreError, walk_files
+from dmedia_tui.errors import DmediaError
+from dmedia_tui.filestore import walk_files
 from dmedia_tui.metastore import (
     MetaStore,
-    MetaStoreError,
     UnknownStore,
     failure_warning,
     store_label,
 )
-from dmedia_tui.protocol import ProtocolError
 
 log = logging.getLogger("dmedia_tui")
 
@@ -166,6 +165,12 @@ _db_option = click.option(
 )
 
 
+def _exit_code(e: DmediaError) -> int:
+    """The exit code of an error that ends a command: 3 when this machine's identity cannot
+    be read (nothing can be told about the library), 1 for every other DmediaError."""
+    return EXIT_UNREADABLE if isinstance(e, IdentityError) else 1
+
+
 def _handle_errors(fn):
     """Turn the core's typed errors into one line on stderr (never a traceback)."""
     import functools
@@ -174,12 +179,8 @@ def _handle_errors(fn):
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except IdentityError as e:
-            raise UserError(str(e), EXIT_UNREADABLE) from None
-        except (MetaStoreError, FileStoreError, ProtocolError, ConfigError) as e:
-            raise UserError(str(e)) from None
-        except DatabaseError as e:
-            raise UserError(str(e)) from None
+        except DmediaError as e:
+            raise UserError(str(e), _exit_code(e)) from None
         except OSError as e:
             raise UserError(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
 
@@ -638,7 +639,7 @@ def status(ctx: Context, as_json: bool, short: bool) -> None:
     except UserError as e:
         # Any failure is "cannot tell": exit 1 or 2 would read as a health verdict.
         raise UserError(e.message, EXIT_UNREADABLE) from None
-    except (ConfigError, MetaStoreError, FileStoreError, DatabaseError, OSError) as e:
+    except (DmediaError, OSError) as e:
         raise UserError(str(e), EXIT_UNREADABLE) from None
     if as_json:
         _emit_json(h.to_json())
@@ -958,10 +959,7 @@ def _check_notify_config(ctx: Context) -> None:
     any bad setting: alerts nobody receives because of a typo must not pass unnoticed."""
     from dmedia_tui import notify
 
-    try:
-        notify.make_backends(notify.NotifySettings.load(ctx.config.config_dir))
-    except notify.NotifyConfigError as e:
-        raise UserError(str(e)) from None
+    notify.make_backends(notify.NotifySettings.load(ctx.config.config_dir))  # or raises
 
 
 def _attach_notifier(engine: Any) -> Any:
@@ -993,11 +991,8 @@ def notify_test(ctx: Context) -> None:
     """Send one test notification through every configured backend."""
     from dmedia_tui import notify
 
-    try:
-        settings = notify.NotifySettings.load(ctx.config.config_dir)
-        backends = notify.make_backends(settings)
-    except notify.NotifyConfigError as e:
-        raise UserError(str(e)) from None
+    settings = notify.NotifySettings.load(ctx.config.config_dir)
+    backends = notify.make_backends(settings)
     if not backends:
         raise UserError(
             f"no notification backend configured: add [notify] urls = [...] or command = "
@@ -1255,6 +1250,9 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("dmedia-tui: interrupted", err=True)
         sys.exit(130)
+    except DmediaError as e:  # a command without _handle_errors: still bad input, not a bug
+        click.echo(f"dmedia-tui: {e}", err=True)
+        sys.exit(_exit_code(e))
     except Exception as e:
         if os.environ.get("DMEDIA_DEBUG"):
             raise

@@ -11,6 +11,8 @@ import os
 import time
 from typing import Protocol
 
+from dmedia_tui.errors import DmediaError
+
 
 class Clock(Protocol):
     def now(self) -> float: ...
@@ -57,7 +59,7 @@ class OffsetClock:
         return time.time() + self.offset
 
 
-class ClockError(ValueError):
+class ClockError(DmediaError, ValueError):
     pass
 
 

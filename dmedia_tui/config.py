@@ -29,6 +29,7 @@ import platformdirs
 
 from dmedia_tui import protocol
 from dmedia_tui.durability import TARGET
+from dmedia_tui.errors import DmediaError
 
 APP_NAME = "dmedia-tui"
 DAY = 86400
@@ -36,7 +37,7 @@ DB_TIMEOUT = 30.0  # seconds a CouchDB request may go unanswered ([database] tim
 DB_TIMEOUT_ENV = "DMEDIA_DB_TIMEOUT"
 
 
-class ConfigError(ValueError):
+class ConfigError(DmediaError, ValueError):
     """The configuration cannot be read or makes no sense (one line, for the user)."""
 
 

@@ -48,6 +48,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dmedia_tui.errors import DmediaError
 from dmedia_tui.faults import fault_point
 from dmedia_tui.protocol import (
     LEAF_SIZE,
@@ -81,7 +82,7 @@ IMPORT_BATCH_FILES = 128
 IMPORT_BATCH_BYTES = 64 << 20
 
 
-class FileStoreError(Exception):
+class FileStoreError(DmediaError):
     """A FileStore operation failed; the message is one line for the user."""
 
 

@@ -43,6 +43,7 @@ from dmedia_tui.durability import (
     parse_placement,
     rank,
 )
+from dmedia_tui.errors import DmediaError
 from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
     FileStore,
@@ -87,7 +88,7 @@ def failure_warning(doc: Doc) -> str | None:
     )
 
 
-class MetaStoreError(Exception):
+class MetaStoreError(DmediaError):
     """A user-level error: one line, fit for stderr or a banner."""
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmedia_tui.errors import DmediaError
 from dmedia_tui.health import Alert, Health, Severity
 
 log = logging.getLogger("dmedia_tui.notify")
@@ -55,7 +56,7 @@ log = logging.getLogger("dmedia_tui.notify")
 NEW, WORSE, CLEARED = "new", "worse", "cleared"
 
 
-class NotifyConfigError(ValueError):
+class NotifyConfigError(DmediaError, ValueError):
     """The [notify] table of config.toml makes no sense (one line for the user)."""
 
 

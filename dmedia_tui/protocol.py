@@ -23,6 +23,8 @@ from typing import Protocol, TypeGuard
 
 from blake3 import blake3
 
+from dmedia_tui.errors import DmediaError
+
 LEAF_SIZE = 8 * 1024 * 1024
 DIGEST_BYTES = 30
 DIGEST_B32LEN = 48  # 30 bytes * 8 / 5
@@ -40,7 +42,7 @@ _FROM_SORTABLE = str.maketrans(ALPHABET, _STD)
 _ALPHABET_SET = frozenset(ALPHABET)
 
 
-class ProtocolError(ValueError):
+class ProtocolError(DmediaError, ValueError):
     """Base class for every violation of the hashing protocol or the ID format."""
 
 

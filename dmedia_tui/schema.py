@@ -30,6 +30,7 @@ from typing import Any, TypeGuard
 
 from dmedia_tui import protocol
 from dmedia_tui.durability import MAX_COPIES, MAX_INT
+from dmedia_tui.errors import DmediaError
 from dmedia_tui.protocol import DIGEST_B32LEN, RANDOM_B32LEN, ContentHash, is_id
 from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
@@ -125,6 +126,7 @@ _STORE_STR_FIELDS = (
     "partition_uuid",
     *sorted(STORE_OPTIONAL_FIELDS - {"filesystem_id"}),
 )
+
 _STORE_BOOL_FIELDS = ("removable", "internal", "no_new_copies")
 
 _TYPE_RE = re.compile(r"dmedia/[a-z]+(?:/[a-z]+)*")
@@ -138,7 +140,7 @@ DAMAGED = "_damaged"
 _KNOWN_TYPES = frozenset({TYPE_FILE, TYPE_STORE, TYPE_MACHINE, *LOG_TYPES})
 
 
-class SchemaError(ValueError):
+class SchemaError(DmediaError, ValueError):
     """A constructor was given values that would make an invalid doc."""
 
 

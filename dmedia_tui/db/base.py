@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmedia_tui.errors import DmediaError
+
 Doc = dict[str, Any]
 
 DOCS_DB = "dmedia-1"
@@ -42,7 +44,7 @@ LOG_DB = "log-1"
 UPDATE_BATCH = 2000
 
 
-class DatabaseError(Exception):
+class DatabaseError(DmediaError):
     """The database could not do what was asked (a message fit for one line)."""
 
 

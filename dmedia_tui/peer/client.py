@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dmedia_tui import protocol
+from dmedia_tui.errors import DmediaError
 from dmedia_tui.filestore import FileStore, _TmpFile
 from dmedia_tui.peer.identity import Identity, fingerprint_der
 
@@ -45,7 +46,7 @@ PARTIAL_DIR = "peer"  # under .dmedia/tmp/
 Progress = Callable[[int], None]
 
 
-class PeerError(Exception):
+class PeerError(DmediaError):
     """Base of every error of a pull; the message is one line."""
 
 

@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dmedia_tui.errors import DmediaError
+
 CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
@@ -44,7 +46,7 @@ _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
 _CN_PREFIX = "dmedia-tui peer"
 
 
-class IdentityError(Exception):
+class IdentityError(DmediaError):
     """The peer identity cannot be read or made (one line, for the user)."""
 
 

@@ -42,6 +42,7 @@ from aiohttp import web
 from blake3 import blake3
 
 from dmedia_tui import protocol
+from dmedia_tui.errors import DmediaError
 from dmedia_tui.filestore import FileStore
 from dmedia_tui.peer.identity import Identity, add_trusted, fingerprint_der, fingerprint_pem
 from dmedia_tui.views import FileView
@@ -64,7 +65,7 @@ def _not_send_noise(record: logging.LogRecord) -> bool:
     return record.getMessage() != "socket.send() raised exception."
 
 
-class ListenError(ValueError):
+class ListenError(DmediaError, ValueError):
     """`[peer] listen` is not HOST:PORT."""
 
 
@@ -85,7 +86,7 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class RangeNotSatisfiable(ValueError):
+class RangeNotSatisfiable(DmediaError, ValueError):
     pass
 
 
