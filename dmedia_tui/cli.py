@@ -23,6 +23,7 @@ import click
 import humanize
 
 from dmedia_tui import __version__
+from dmedia_tui.actions import MODIFYING, STORE_ACTIONS, StoreAction
 from dmedia_tui.clock import Clock, ClockError, clock_from_env
 from dmedia_tui.config import Config, ConfigError, IdentityError
 from dmedia_tui.db import DatabaseError, DatabaseOffline, is_couch_url, open_library
@@ -381,7 +382,7 @@ def store_list(ctx: Context, as_json: bool) -> None:
         )
 
 
-def _store_action(ctx: Context, name: str, action: str, yes: bool, dry_run: bool) -> None:
+def _store_action(ctx: Context, name: str, action: StoreAction, yes: bool, dry_run: bool) -> None:
     with ctx.metastore() as ms:
         doc = ms.resolve_store(name)
         sid = doc["_id"]
@@ -389,26 +390,19 @@ def _store_action(ctx: Context, name: str, action: str, yes: bool, dry_run: bool
             click.echo(ms.preview(action, sid).describe())
             return
         # Downgrade and purge weaken durability; trust lets new copies go to a store that
-        # was flagged: all three show what they change and ask (off a terminal: --yes).
-        if action in ("downgrade", "purge", "trust") and not yes:
+        # was flagged: those ask (actions.py), showing what they change (off a terminal: --yes).
+        if action.confirm and not yes:
             preview = ms.preview(action, sid)  # counts every file on the store: only here
             if not sys.stdin.isatty():
                 raise UserError(f"refusing without --yes (not a terminal); {preview.describe()}")
             click.echo(preview.describe())
             if not click.confirm("Proceed?", default=False):
                 raise UserError("nothing changed", 1)
-        if action == "downgrade":
-            ms.downgrade_store(sid, reason="user")
-        elif action == "purge":
-            ms.purge_store(sid, reason="user")
-        elif action == "ack":
-            ms.acknowledge_failure(sid)
-        elif action == "trust":
-            ms.trust_store(sid)
-        click.echo(f"{action}: {store_label(doc)} ({sid}) done")
+        ms.run_action(action, sid)
+        click.echo(f"{action.verb}: {store_label(doc)} ({sid}) done")
 
 
-def _make_store_action(action: str, help_text: str):
+def _make_store_action(action: StoreAction) -> None:
     @click.argument("store_name", metavar="STORE")
     @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
     @click.option("--dry-run", is_flag=True, help="Only show what would change.")
@@ -418,16 +412,14 @@ def _make_store_action(action: str, help_text: str):
     def command(ctx: Context, store_name: str, yes: bool, dry_run: bool) -> None:
         _store_action(ctx, store_name, action, yes, dry_run)
 
-    command.__doc__ = help_text
-    return store.command(action)(command)
+    command.__doc__ = action.cli_help
+    store.command(action.verb)(command)
 
 
-_make_store_action("downgrade", "Make every copy on STORE count 0 (locations stay tracked).")
-_make_store_action("purge", "Forget STORE and its copies (files on disk are never deleted).")
-_make_store_action("ack", "Acknowledge STORE's failure: the banner goes, the store stays FAILING.")
-_make_store_action(
-    "trust", "Clear STORE's flags: new copies allowed, copies count once verified (asks)."
-)
+# `store downgrade`, `purge`, `ack`, `trust`: every action of the table that runs on a store.
+for _action in STORE_ACTIONS:
+    if _action.cli == ("store", _action.verb):
+        _make_store_action(_action)
 
 
 # --- import / verify / check / daemon ------------------------------------------------------
@@ -1113,7 +1105,9 @@ def metrics_cmd(ctx: Context, textfile: Path | None, listen: str | None) -> None
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8472, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
-    "--allow-actions", is_flag=True, help="Let the browser verify, downgrade, purge, ack, trust."
+    "--allow-actions",
+    is_flag=True,
+    help=f"Let the browser {', '.join(a.verb for a in MODIFYING)}.",
 )
 @click.option("--public-url", help="The URL browsers use, behind a proxy (default: from host).")
 @_db_option

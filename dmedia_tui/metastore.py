@@ -22,6 +22,8 @@ from typing import Any
 
 from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
+from dmedia_tui.actions import ActionPreview as ActionPreview  # the preview, re-exported
+from dmedia_tui.actions import StoreAction, store_action
 from dmedia_tui.checker import Checker, CheckReport
 from dmedia_tui.clock import Clock
 from dmedia_tui.config import Config
@@ -119,32 +121,6 @@ class ImportReport:
             "file_ids": self.file_ids,
             "skipped": self.skipped,
         }
-
-
-@dataclass(frozen=True)
-class ActionPreview:
-    """What a store action would change, shown before the user confirms."""
-
-    action: str
-    store_id: str
-    label: str
-    files: int  # file docs with an entry for the store
-    copies: int  # durability that would be lost (sum of copies on it)
-    user_files_only_there: int  # user files whose only recorded copy is on this store
-
-    def describe(self) -> str:
-        what = {
-            "downgrade": "count 0 copies",
-            "purge": "forget the store and its copies (files on disk are kept)",
-            "trust": "allow new copies again (copies count once re-verified)",
-            "ack": "hide the failure banner (the store stays FAILING)",
-        }.get(self.action, self.action)
-        s = f"{self.action} {self.label}: {self.files} files would {what}"
-        if self.action in ("downgrade", "purge") and self.copies:
-            s += f"; durability lost: {self.copies}"
-        if self.action == "purge" and self.user_files_only_there:
-            s += f"; {self.user_files_only_there} user files have no other known copy"
-        return s
 
 
 # Pseudo filesystems: a store there would write into devices, processes or the kernel.
@@ -1366,8 +1342,9 @@ class MetaStore:
 
     # --- user actions (CLI and TUI) --------------------------------------------------
 
-    def preview(self, action: str, store_id: str) -> ActionPreview:
+    def preview(self, action: StoreAction | str, store_id: str) -> ActionPreview:
         """What an action on the store would change (counts only; changes nothing)."""
+        verb = action.verb if isinstance(action, StoreAction) else action
         store = self.store_doc(store_id)
         files = copies = only = 0
         for doc in self.iter_files_on(store_id):
@@ -1375,7 +1352,16 @@ class MetaStore:
             copies += copies_of(doc["stored"].get(store_id))
             if file_origin(doc) == "user" and len(doc.get("stored") or {}) == 1:
                 only += 1
-        return ActionPreview(action, store_id, store_label(store, store_id), files, copies, only)
+        return ActionPreview(verb, store_id, store_label(store, store_id), files, copies, only)
+
+    def run_action(self, action: StoreAction | str, store_id: str) -> Doc | None:
+        """Run a user's store action (actions.py: the CLI and the app both come here), with
+        the user as its reason; the event it logged (None: nothing to log)."""
+        a = store_action(action)
+        if a.operation is None:
+            raise MetaStoreError(f"{a.verb} is not an operation on a store")
+        operation: Callable[[str], Doc | None] = getattr(self, a.operation)
+        return operation(store_id)
 
     def downgrade_store(self, store_id: str, reason: str = "user") -> Doc:
         """Every copy on the store counts 0 (locations still tracked); logged.

@@ -15,6 +15,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from dmedia_tui.actions import MODIFYING
+
 DEFAULT_PORT = 8472
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
@@ -57,7 +59,8 @@ def warnings(host: str, allow_actions: bool) -> list[str]:
             + (" and can act on it (--allow-actions)" if allow_actions else "")
         )
     if allow_actions:
-        out.append("actions are allowed in the browser (verify, downgrade, purge, ack, trust)")
+        verbs = ", ".join(a.verb for a in MODIFYING)
+        out.append(f"actions are allowed in the browser ({verbs})")
     return out
 
 

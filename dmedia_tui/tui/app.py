@@ -31,6 +31,7 @@ from textual.logging import TextualHandler
 from textual.message import Message
 from textual.worker import WorkerCancelled
 
+from dmedia_tui.actions import ACK, DOWNGRADE, MODIFYING, PURGE, STORE_ACTIONS, TRUST, StoreAction
 from dmedia_tui.health import DRIVE_FAILURE, Alert, database_offline
 from dmedia_tui.tui.commands import DmediaCommands
 from dmedia_tui.tui.data import DashboardData, load_dashboard
@@ -55,14 +56,8 @@ ENGINE_MONITOR = "read-only monitor: another engine runs"
 READ_ONLY = "read-only"
 NO_ENGINE = "no engine"
 
-MODIFYING = ("verify", "downgrade", "purge", "ack", "trust")
-CONFIRMED = ("downgrade", "purge", "trust")  # weaken safety or forget copies: ask first
-STORE_ACTION_DONE = {
-    "downgrade": "downgraded",
-    "purge": "purged",
-    "ack": "failure acknowledged for",
-    "trust": "trusted again:",
-}
+# What a read-only app refuses (actions.py decides which actions modify the library).
+MODIFYING_VERBS = frozenset(a.verb for a in MODIFYING)
 
 
 def short_path(url: str) -> str:
@@ -100,16 +95,10 @@ class DmediaApp(App[int]):
         Binding("e", "events", "events"),
         Binding("exclamation_mark", "alert", "alert", show=False),
         Binding("r", "refresh", "refresh", show=False),
-        Binding("v", "verify", "verify"),
-        Binding("d", "downgrade", "downgrade"),
-        Binding("p", "purge", "purge"),
-        Binding("a", "ack", "ack"),
-        Binding("t", "trust", "trust", show=False),
-        # In read-only mode the actions above are hidden and these answer instead.
-        *(
-            Binding(k, f"refuse('{a}')", show=False)
-            for k, a in zip("vdpat", MODIFYING, strict=True)
-        ),
+        # v d p a t: the store actions' keys (actions.py); each runs `action_<verb>`.
+        *(Binding(a.key, a.verb, a.verb, show=a.footer) for a in STORE_ACTIONS if a.key),
+        # In read-only mode the modifying ones are hidden and these answer instead.
+        *(Binding(a.key, f"refuse('{a.verb}')", show=False) for a in MODIFYING if a.key),
     ]
 
     def __init__(
@@ -337,7 +326,7 @@ class DmediaApp(App[int]):
     # --- actions -------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in MODIFYING:
+        if action in MODIFYING_VERBS:
             return not self.read_only
         if action == "refuse":
             return self.read_only
@@ -370,10 +359,10 @@ class DmediaApp(App[int]):
         self.notify(f"verifying {what} next")
 
     def action_downgrade(self) -> None:
-        self._store_action("downgrade")
+        self._store_action(DOWNGRADE)
 
     def action_purge(self) -> None:
-        self._store_action("purge")
+        self._store_action(PURGE)
 
     def action_ack(self) -> None:
         """Acknowledge the selected store's failure; with none selected (or a store that
@@ -385,58 +374,52 @@ class DmediaApp(App[int]):
             if a.code == DRIVE_FAILURE and a.store_ids
         ]
         if store_id not in failing and len(failing) == 1:
-            self._run_store_action("ack", failing[0])
+            self._run_store_action(ACK, failing[0])
             return
-        self._store_action("ack")
+        self._store_action(ACK)
 
     def action_trust(self) -> None:
-        self._store_action("trust")
+        self._store_action(TRUST)
 
-    def _store_action(self, action: str) -> None:
+    def _store_action(self, action: StoreAction) -> None:
         store_id = self._target()[0]
         if store_id is None:
-            self.notify(f"{action}: select a store first", severity="warning")
+            self.notify(f"{action.verb}: select a store first", severity="warning")
             return
-        if action in CONFIRMED:
+        if action.confirm:
             self._preview(action, store_id)
         else:
             self._run_store_action(action, store_id)
 
     @work(thread=True, group="action")
-    def _preview(self, action: str, store_id: str) -> None:
+    def _preview(self, action: StoreAction, store_id: str) -> None:
         try:
             preview = self.ms.preview(action, store_id)
         except Exception as e:
-            self.call_from_thread(self._error, action, e)
+            self.call_from_thread(self._error, action.verb, e)
             return
         self.call_from_thread(self._ask, action, store_id, preview.describe())
 
-    def _ask(self, action: str, store_id: str, description: str) -> None:
-        title = f"{action.capitalize()} store {self._label(store_id)}?"
+    def _ask(self, action: StoreAction, store_id: str, description: str) -> None:
+        title = f"{action.verb.capitalize()} store {self._label(store_id)}?"
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
                 self._run_store_action(action, store_id)
             else:
-                self.notify(f"{action} cancelled")
+                self.notify(f"{action.verb} cancelled")
 
         self.push_screen(ConfirmScreen(title, description), done)
 
     @work(thread=True, group="action")
-    def _run_store_action(self, action: str, store_id: str) -> None:
-        fn = {
-            "downgrade": self.ms.downgrade_store,
-            "purge": self.ms.purge_store,
-            "ack": self.ms.acknowledge_failure,
-            "trust": self.ms.trust_store,
-        }[action]
+    def _run_store_action(self, action: StoreAction, store_id: str) -> None:
         try:
-            fn(store_id)
+            self.ms.run_action(action, store_id)
         except Exception as e:
-            self.call_from_thread(self._error, action, e)
+            self.call_from_thread(self._error, action.verb, e)
             return
         label = self._label(store_id)
-        self.call_from_thread(self.notify, f"{STORE_ACTION_DONE[action]} {label}")
+        self.call_from_thread(self.notify, f"{action.done} {label}")
         self.call_from_thread(self.request_refresh)
 
     def _error(self, action: str, error: Exception) -> None:

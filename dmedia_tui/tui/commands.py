@@ -6,19 +6,18 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from dmedia_tui.actions import MODIFYING, STORE_ACTIONS
+
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("Verify selected store now", "verify", "verify the copies on the selected store"),
-    ("Downgrade selected store", "downgrade", "copies there count 0 (asks first)"),
-    ("Purge selected store", "purge", "forget the store and its copies (asks first)"),
-    ("Acknowledge drive failure", "ack", "hide the failure banner; the store stays FAILING"),
-    ("Trust selected store again", "trust", "clear the store's safety flags (asks first)"),
+    # The store actions (actions.py): verify, downgrade, purge, ack, trust.
+    *((a.title, a.verb, a.asks(a.hint)) for a in STORE_ACTIONS if a.title),
     ("Show events", "events", "the event log, filtered by type and store"),
     ("Show worst alert", "alert", "what is wrong and what to do"),
     ("Refresh now", "refresh", "recompute the dashboard"),
     ("Help: keys", "help", "every key binding"),
 )
 
-READ_ONLY_HIDDEN = {"verify", "downgrade", "purge", "ack", "trust"}
+READ_ONLY_HIDDEN = frozenset(a.verb for a in MODIFYING)
 
 
 class DmediaCommands(Provider):

@@ -9,6 +9,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from dmedia_tui.actions import MODIFYING, STORE_ACTIONS
+
 KEYS: tuple[tuple[str, str], ...] = (
     ("q / ctrl+q", "quit"),
     ("? / F1", "this help"),
@@ -16,11 +18,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("escape", "back"),
     ("!", "open the worst alert"),
     ("e", "event log (filter by type and store)"),
-    ("v", "verify the selected store (or file) now"),
-    ("d", "downgrade the selected store (asks first)"),
-    ("p", "purge the selected store (asks first)"),
-    ("a", "acknowledge the selected store's drive failure"),
-    ("t", "trust the selected store again (asks first)"),
+    # v d p a t: the store actions (actions.py)
+    *((a.key, a.asks(a.key_help)) for a in STORE_ACTIONS if a.key),
     ("r", "refresh now"),
     ("page down", "next page of files (store screen)"),
     ("tab / shift+tab", "move between panels and banners"),
@@ -28,7 +27,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("ctrl+p", "command palette: actions, themes, screenshot"),
 )
 
-READ_ONLY_NOTE = "read-only: v d p a t are disabled"
+# The keys a read-only app refuses: those of the actions that change the library.
+READ_ONLY_KEYS = frozenset(a.key for a in MODIFYING if a.key)
 
 
 def help_table(read_only: bool) -> Text:
@@ -37,7 +37,7 @@ def help_table(read_only: bool) -> Text:
     for i, (key, what) in enumerate(KEYS):
         if i:
             t.append("\n")
-        if read_only and key in ("v", "d", "p", "a", "t"):
+        if read_only and key in READ_ONLY_KEYS:
             what += " (disabled: read-only)"
         t.append(key.ljust(width), "bold cyan")
         t.append(what)
