@@ -30,6 +30,8 @@ from dmedia_tui.config import Config
 from dmedia_tui.db.base import (
     DOCS_DB,
     LOG_DB,
+    SET_DOWNGRADE,
+    SET_PURGE,
     Conflict,
     DatabaseError,
     Doc,
@@ -1325,9 +1327,7 @@ class MetaStore:
             # Never-verified copies are judged by the verify worker first.
             due = self.lib.copies_due(sid, before, limit=100000)
             ids = [d.file_id for d in due if d.verified is not None]
-            n = self._update_all(
-                ids, transitions.downgrade_store_in_file, sid, fault="downgrade.unverified"
-            )
+            n = self._set_all(ids, sid, SET_DOWNGRADE, "downgrade.unverified")
             if n:
                 out.append(
                     self.log_event(
@@ -1790,33 +1790,29 @@ class MetaStore:
         return entries, counting
 
     def _zero_copies_on(self, store_id: str) -> int:
-        return self._update_all(
-            self._file_ids_on(store_id),
-            transitions.downgrade_store_in_file,
-            store_id,
-            fault="downgrade.file",
-        )
+        return self._set_all(self._file_ids_on(store_id), store_id, SET_DOWNGRADE, "downgrade.file")
 
     def _purge_entries(self, store_id: str) -> int:
-        return self._update_all(
-            self._file_ids_on(store_id),
-            transitions.purge_store_in_file,
-            store_id,
-            fault="purge.file",
-        )
+        return self._set_all(self._file_ids_on(store_id), store_id, SET_PURGE, "purge.file")
 
-    def _update_all(
-        self, ids: Iterable[str], fn: Callable[..., Doc | None], *args: Any, fault: str
-    ) -> int:
-        """fn(doc, *args) on every doc, a batch (one transaction) at a time; a doc that
-        cannot be updated is reported and skipped, never the end of the pass.
+    def _set_all(self, ids: Iterable[str], store_id: str, op: str, fault: str) -> int:
+        """Downgrade (copies count 0) or purge (entry removed) the store's entry in every
+        doc of `ids`, as a set operation where the backend can (update_store_entries):
+        the same docs as transitions.downgrade_store_in_file / purge_store_in_file
+        would write. A doc that cannot be updated is reported and skipped, never the
+        end of the pass.
 
         The fault point is passed once per changed doc, after its batch is committed:
         `name@N` kills right after the batch holding the N-th change, so a crash test
         lands on a batch boundary (every doc before or after, never half).
         """
+        fn = (
+            transitions.purge_store_in_file
+            if op == SET_PURGE
+            else transitions.downgrade_store_in_file
+        )
         n = 0
-        for batch in self.lib.docs.update_many(ids, fn, *args):
+        for batch in self.lib.docs.update_store_entries(ids, store_id, op, fn):
             for fid, e in batch.errors:
                 self.report_invalid(fid, e)
             for _ in batch.saved:

@@ -85,10 +85,16 @@ def one_per_batch(ms: MetaStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Set operations commit a batch per file, so `name@2` stops one mid-way."""
     orig = ms.lib.docs.update_many
 
-    def update_many(ids, fn, *args):
+    def update_many(ids, fn, *args, **_):
         return orig(ids, fn, *args, batch_size=1)
 
     monkeypatch.setattr(ms.lib.docs, "update_many", update_many)
+    entries = ms.lib.docs.update_store_entries
+
+    def update_store_entries(ids, store_id, op, fn):
+        return entries(ids, store_id, op, fn, batch_size=1)
+
+    monkeypatch.setattr(ms.lib.docs, "update_store_entries", update_store_entries)
 
 
 def events(ms: MetaStore, type: str) -> list[dict]:

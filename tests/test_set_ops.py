@@ -1,0 +1,293 @@
+"""Downgrade and purge of a whole store as set operations (issue 13 pt 2).
+
+The SQLite backend does them in SQL (update_store_entries); these tests prove that the
+docs, the derived indexes (placement summary, per-store copy index and counts) and the
+events are the ones the per-file path (transitions.downgrade_store_in_file /
+purge_store_in_file on each doc) gives, on a library of mixed copies, on both backends.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmedia_tui import protocol, schema, transitions
+from dmedia_tui.clock import FixedClock
+from dmedia_tui.config import Config
+from dmedia_tui.db import Library, open_library
+from dmedia_tui.durability import file_bytes, file_origin, placement_key, rank, stored_items
+from dmedia_tui.metastore import MetaStore
+from tests.conftest import NOW
+
+DAY = 86400
+
+
+def mixed_library(lib: Library, n: int = 120, seed: int = 7) -> tuple[list[str], dict[str, Any]]:
+    """Store docs and `n` file docs: copies 0/1/2, verified or not, pinned, x_ keys, files
+    with no entry on the busiest store, and a few whose entry there only fn can clean."""
+    rng = random.Random(seed)
+    stores = sorted(protocol.random_id() for _ in range(4))
+    lib.docs.save_many(
+        [{"_id": s, "type": "dmedia/store", "time": NOW, "copies": 1, "atime": NOW} for s in stores]
+    )
+    busy = stores[0]
+    docs = []
+    for i in range(n):
+        data = i.to_bytes(4, "big") + b"mixed"
+        leaf = protocol.hash_leaf(0, data)
+        where = set(rng.sample(stores, rng.randint(1, 4)))
+        if i % 3 == 0:
+            where.add(busy)
+        stored: dict[str, Any] = {}
+        for s in sorted(where):
+            e: dict[str, Any] = {"copies": rng.choice([0, 1, 1, 2]), "mtime": NOW - i}
+            if rng.random() < 0.6:
+                e["verified"] = NOW - rng.randint(0, 20 * DAY)  # none due for the 30-day rule
+            if rng.random() < 0.1:
+                e["pinned"] = True
+            stored[s] = e
+        if i % 11 == 0:
+            stored["x_note"] = {"kept": i}
+        if busy in stored and i % 17 == 0:  # only fn knows what to make of these
+            stored[busy] = rng.choice(
+                [{"copies": 2.0, "mtime": 5}, {"copies": 1}, {"copies": 1, "mtime": -3}, 7]
+            )
+        docs.append(
+            {
+                "_id": protocol.hash_root(len(data), [leaf]),
+                "type": "dmedia/file",
+                "time": NOW - i,
+                "atime": NOW - i,
+                "bytes": len(data) + i,
+                "origin": rng.choice(["user", "user", "cache"]),
+                "name": f"f{i}.jpg",
+                "ext": "jpg",
+                "leaf_hashes": protocol.encode_leaf_hashes([leaf]),
+                "stored": stored,
+            }
+        )
+    for r in lib.docs.save_many(docs):
+        assert isinstance(r, dict)
+    return stores, {d["_id"]: d for d in docs}
+
+
+def all_files(lib: Library) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    after = None
+    while page := lib.docs.page(500, after):
+        out.update((d["_id"], d) for d in page if d.get("type") == "dmedia/file")
+        after = page[-1]["_id"]
+    return out
+
+
+def bare(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "_rev"}
+
+
+def expected_after(before: dict[str, Any], fn: Any, sid: str) -> dict[str, Any]:
+    out = {}
+    for fid, doc in before.items():
+        new = fn(copy.deepcopy(doc), sid)
+        out[fid] = bare(new if new is not None else doc)
+    return out
+
+
+def assert_indexes_match(lib: Library, docs: dict[str, Any], stores: list[str]) -> None:
+    """What the backend's named queries say equals what the docs say."""
+    want: Counter = Counter()
+    size: Counter = Counter()
+    for d in docs.values():
+        key = (file_origin(d), placement_key(d))
+        want[key] += 1
+        size[key] += file_bytes(d)
+    got = {(r.origin, r.placement): (r.count, r.bytes) for r in lib.placement_summary()}
+    assert got == {k: (want[k], size[k]) for k in want}
+    for sid in stores:
+        on = sorted((rank(d), fid) for fid, d in docs.items() if sid in dict(stored_items(d)))
+        assert lib.file_ids_by_store(sid, limit=10_000) == on
+        stats = lib.verification_stats(sid)
+        assert stats.copies == len(on)
+
+
+def sqlite_tables(path: str) -> dict[str, list[tuple]]:
+    c = sqlite3.connect(path)
+    try:
+        return {
+            t: c.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+            for t in ("file", "copy", "placement_sum", "store_sum")
+        }
+    finally:
+        c.close()
+
+
+def assert_sqlite_reindexed(lib: Library, docs: dict[str, Any], tmp_path: Path) -> None:
+    """SQLite: the derived tables are row for row those of a library the same docs were
+    saved into afresh (by the per-doc indexer)."""
+    path = getattr(lib, "path", None)
+    if path is None:
+        return
+    fresh_path = str(tmp_path / "fresh.sqlite3")
+    fresh = open_library(fresh_path)
+    fresh.docs.save_many([dict(d) for d in lib.stores()] + [bare(d) for d in docs.values()])
+    fresh.close()
+    got, want = sqlite_tables(path), sqlite_tables(fresh_path)
+    assert got == want
+
+
+@pytest.fixture
+def ms(library: Library, tmp_path: Path) -> MetaStore:
+    return MetaStore(library, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+
+
+def test_downgrade_gives_the_docs_and_indexes_of_the_per_file_path(
+    ms: MetaStore, tmp_path: Path
+) -> None:
+    stores, _ = mixed_library(ms.lib)
+    busy = stores[0]
+    before = all_files(ms.lib)
+    want = expected_after(before, transitions.downgrade_store_in_file, busy)
+    changed = sum(want[f] != bare(before[f]) for f in before)
+    assert changed > 20  # the library is worth the name
+
+    ev = ms.downgrade_store(busy)
+
+    after = all_files(ms.lib)
+    assert {f: bare(d) for f, d in after.items()} == want
+    for fid, doc in after.items():  # a new revision exactly where the doc changed
+        assert (doc["_rev"] != before[fid]["_rev"]) == (want[fid] != bare(before[fid]))
+    assert ev["count"] == changed
+    assert ms.store_doc(busy)["downgraded"].get("pending") is None
+    assert_indexes_match(ms.lib, after, stores)
+    assert_sqlite_reindexed(ms.lib, after, tmp_path)
+    # The changes feed lists every changed doc once (no seq reused).
+    seqs = ms.lib.docs.changes().results
+    assert len({c.id for c in seqs}) == len(seqs)
+
+
+def test_purge_gives_the_docs_and_indexes_of_the_per_file_path(
+    ms: MetaStore, tmp_path: Path
+) -> None:
+    stores, _ = mixed_library(ms.lib)
+    busy = stores[0]
+    before = all_files(ms.lib)
+    want = expected_after(before, transitions.purge_store_in_file, busy)
+    entries = sum(busy in d["stored"] for d in before.values())
+
+    ev = ms.purge_store(busy)
+
+    after = all_files(ms.lib)
+    assert {f: bare(d) for f, d in after.items()} == want
+    assert ev["count"] == entries
+    assert ms.store_doc(busy) is None
+    assert_indexes_match(ms.lib, after, stores[1:])
+    assert ms.lib.verification_stats(busy).copies == 0
+    assert_sqlite_reindexed(ms.lib, after, tmp_path)
+
+
+def test_a_second_downgrade_changes_no_doc(ms: MetaStore) -> None:
+    stores, _ = mixed_library(ms.lib)
+    ms.downgrade_store(stores[0])
+    revs = {f: d["_rev"] for f, d in all_files(ms.lib).items()}
+    ev = ms.downgrade_store(stores[0])
+    assert ev["count"] == 0
+    assert {f: d["_rev"] for f, d in all_files(ms.lib).items()} == revs
+
+
+def test_other_entries_are_left_as_they_are(sqlite_library: Library, tmp_path: Path) -> None:
+    """The SQL path writes only the store's entry: a junk entry of another store (which
+    the per-file path would also have cleaned) stays, and the indexes stay right."""
+    lib = sqlite_library
+    stores, docs = mixed_library(lib, n=30)
+    busy, other = stores[0], stores[1]
+    fid = next(
+        f
+        for f, d in docs.items()
+        if isinstance(e := d["stored"].get(busy), dict)
+        and type(e.get("copies")) is int
+        and e["copies"] > 0
+        and type(e.get("mtime")) is int
+        and e["mtime"] >= 0
+    )
+    doc = lib.docs.get(fid)
+    doc["stored"][other] = {"copies": "two", "mtime": 1}
+    lib.docs.save(doc)
+    ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    ms.downgrade_store(busy)
+    got = lib.docs.get(fid)
+    assert got["stored"][busy]["copies"] == 0
+    assert got["stored"][other] == {"copies": "two", "mtime": 1}
+    after = all_files(lib)
+    assert_indexes_match(lib, after, stores)
+    assert_sqlite_reindexed(lib, after, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("unseen", "action"),
+    [
+        (3 * DAY - 1, None),
+        (3 * DAY, schema.LOG_STORE_DOWNGRADE),
+        (8 * DAY - 1, schema.LOG_STORE_DOWNGRADE),
+        (8 * DAY, schema.LOG_STORE_PURGE),
+    ],
+)
+def test_time_policies_take_the_set_path_at_their_boundaries(
+    library: Library, tmp_path: Path, unseen: int, action: str | None
+) -> None:
+    stores, _ = mixed_library(library, n=40)
+    busy = stores[0]
+    before = all_files(library)
+    store = library.docs.get(busy)
+    store["atime"] = NOW - unseen
+    library.docs.save(store)
+    ms = MetaStore(library, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    events = ms.run_time_policies(online=set(stores[1:]))
+    acted = [e for e in events if e.get("store_id") == busy]
+    after = {f: bare(d) for f, d in all_files(library).items()}
+    if action is None:
+        assert acted == [] and after == {f: bare(d) for f, d in before.items()}
+        return
+    assert [e["type"] for e in acted] == [action]
+    fn = (
+        transitions.downgrade_store_in_file
+        if action == schema.LOG_STORE_DOWNGRADE
+        else transitions.purge_store_in_file
+    )
+    assert after == expected_after(before, fn, busy)
+
+
+def test_sqlite_runs_the_per_file_transition_only_for_docs_sql_cannot_do(
+    sqlite_library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of the set path: clean docs never reach Python's per-doc transition."""
+    stores, docs = mixed_library(sqlite_library)
+    busy = stores[0]
+    calls: list[str] = []
+    orig = transitions.downgrade_store_in_file
+
+    def counted(doc: dict[str, Any], sid: str) -> dict[str, Any] | None:
+        calls.append(doc["_id"])
+        return orig(doc, sid)
+
+    monkeypatch.setattr(transitions, "downgrade_store_in_file", counted)
+    ms = MetaStore(
+        sqlite_library, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW)
+    )
+    ms.downgrade_store(busy)
+    dirty = {
+        f
+        for f, d in docs.items()
+        if busy in d["stored"]
+        and not (
+            isinstance(e := d["stored"][busy], dict)
+            and type(e.get("copies")) is int
+            and type(e.get("mtime")) is int
+            and e["mtime"] >= 0
+        )
+    }
+    assert dirty and set(calls) == dirty
