@@ -164,7 +164,9 @@ GOALS: dict[str, tuple[float | None, float | None]] = {}
 
 def main() -> int:
     p = U.parser(__doc__.splitlines()[0])
-    p.add_argument("--files", default="1000,10000", help="small-file tree sizes")
+    p.add_argument(
+        "--files", default="1000,10000", help="small-file tree sizes (0: skip, camera only)"
+    )
     p.add_argument("--camera-mb", type=int, default=200, help="camera corpus MB (0: skip)")
     p.set_defaults(rounds=3)
     args = p.parse_args()
@@ -172,7 +174,9 @@ def main() -> int:
     try:
         start = startup(work)
         print(f"work folder {work}; CLI start-up {start:.3f} s (in every dmedia figure)")
-        for n in (int(x) for x in args.files.split(",") if x):
+        # `--files 0` means no small-file tree (it used to measure an empty one and divide
+        # by its zero files).
+        for n in (int(x) for x in args.files.split(",") if x and int(x) > 0):
             name = f"{n} small"
             GOALS[name] = (0.25, 0.25)
             src = work / f"small-{n}"

@@ -136,7 +136,11 @@ elif op == "idle":
     c0, t0 = cpu(), time.perf_counter()
     r = ms.check_if_due()
     out.update(seconds=time.perf_counter() - t0, cpu=cpu() - c0, docs=r.docs)
-elif op in ("downgrade", "purge"):
+elif op.split("/")[0] in ("downgrade", "purge"):
+    if op.endswith("/per-file"):  # the per-doc path (decode, transition, encode): the baseline
+        from dmedia_tui.db.base import Database
+        type(lib.docs).update_store_entries = Database.update_store_entries
+    op = op.split("/")[0]
     sid = max(lib.stores(), key=lambda s: lib.verification_stats(s["_id"]).copies)["_id"]
     copies = lib.verification_stats(sid).copies
     c0, t0 = cpu(), time.perf_counter()
@@ -177,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(tempfile.gettempdir()) / "dmedia-scale-cache",
         help="where built libraries are kept between runs (never in the repo)",
     )
+    ap.add_argument(
+        "--per-file",
+        action="store_true",
+        help="also time downgrade/purge on the per-doc path, for the ratio in the same run",
+    )
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="dmedia-scale-", dir="/var/tmp"))
@@ -206,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {r['cpu']:.1f} s CPU  {per * 1e6:6.1f} us CPU/copy"
                     f"  (= {per * 1e6:.0f} s CPU per 1M copies)  RSS {r['rss_mb']:.0f} MB"
                 )
+                if args.per_file:
+                    b = run(op + "/per-file", src, scratch, copy=True)
+                    print(
+                        f"    per-file path         {b['seconds']:.1f} s wall"
+                        f"  {b['cpu'] / b['copies'] * 1e6:6.1f} us CPU/copy:"
+                        f" the set operation is {b['cpu'] / r['cpu']:.1f}x less CPU,"
+                        f" {b['seconds'] / r['seconds']:.1f}x less wall"
+                    )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -132,40 +132,40 @@ CREATE INDEX event_file ON event (file_id, id);
 
 
 # --- downgrade and purge of a store as set operations (update_store_entries) -----------
-# The batch's IDs, and one row per doc done in SQL: what its file row and the placement
-# summary become. `n` numbers the rows (their new update seqs: seq + n).
-_SET_TEMP_IDS = "CREATE TEMP TABLE IF NOT EXISTS set_id (id TEXT PRIMARY KEY) WITHOUT ROWID"
+# One row per doc of the batch done in SQL: what its file row and the placement summary
+# become. `n` numbers the rows (their new update seqs are seq + n).
 _SET_TEMP_ROWS = """CREATE TEMP TABLE IF NOT EXISTS set_row (
-    n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, changed INTEGER NOT NULL,
+    id TEXT PRIMARY KEY, n INTEGER NOT NULL, changed INTEGER NOT NULL,
     c INTEGER NOT NULL, never INTEGER NOT NULL, origin TEXT NOT NULL, bytes INTEGER NOT NULL,
     old_pl TEXT NOT NULL, new_pl TEXT NOT NULL, rank INTEGER NOT NULL, dur INTEGER NOT NULL,
     rev TEXT NOT NULL
-)"""
+) WITHOUT ROWID"""
 # Docs done in SQL: the store's entry is clean (an object; copies a whole number, the one
 # the `copy` table indexes, as the placement string is rewritten from it; mtime a whole
 # number >= 0; `verified` one too if present; `pinned` true if present). Any other doc
-# gets fn. (`x NOT IN (...)` is NULL, so not 0, when the key is absent.) CASE, not AND:
-# only CASE promises json_type never sees text that is not JSON. Other stores' entries
-# are left as they are, where fn's clean_stored would also clean them: checking every
-# entry cost 27 us a doc, more than the whole set operation's budget.
+# gets fn. (`x NOT IN (...)` is NULL, so not 0, when the key is absent.) The doc is
+# parsed once (json_each over its `stored`), the entry's checks parse only the entry.
+# CASE, not AND: only CASE promises json_type never sees text that is not JSON. Other
+# stores' entries are left as they are, where fn's clean_stored would also clean them:
+# checking every entry cost 27 us a doc, more than the whole set operation's budget.
 _SET_DOABLE = """CASE
-    WHEN NOT json_valid(d.json) THEN 0
-    WHEN json_type(d.json, :p) IS NOT 'object' THEN 0
-    WHEN json_type(d.json, :p || '.copies') IS NOT 'integer' THEN 0
-    WHEN json_type(d.json, :p || '.mtime') IS NOT 'integer' THEN 0
-    WHEN json_type(d.json, :p || '.verified') NOT IN ('integer') THEN 0
-    WHEN json_type(d.json, :p || '.pinned') NOT IN ('true') THEN 0
-    ELSE json_extract(d.json, :p || '.copies') = cp.copies
-        AND json_extract(d.json, :p || '.mtime') >= 0
-        AND coalesce(json_extract(d.json, :p || '.verified'), 0) >= 0
+    WHEN e.type IS NOT 'object' THEN 0
+    WHEN json_type(e.value, '$.copies') IS NOT 'integer' THEN 0
+    WHEN json_type(e.value, '$.mtime') IS NOT 'integer' THEN 0
+    WHEN json_type(e.value, '$.verified') NOT IN ('integer') THEN 0
+    WHEN json_type(e.value, '$.pinned') NOT IN ('true') THEN 0
+    ELSE json_extract(e.value, '$.copies') = cp.copies
+        AND json_extract(e.value, '$.mtime') >= 0
+        AND coalesce(json_extract(e.value, '$.verified'), 0) >= 0
 END"""
-# CROSS JOIN fixes the order: driven by the batch's IDs, never by a scan of `doc`.
-_SET_FROM = f"""FROM temp.set_id t
-CROSS JOIN copy cp ON cp.file_id = t.id AND cp.store_id = :s
-CROSS JOIN file f ON f.id = t.id
-CROSS JOIN doc d ON d.db = 1 AND d.id = t.id AND d.deleted = 0
-WHERE {_SET_DOABLE}
-ORDER BY changed DESC, t.id"""
+# The batch's IDs come as one JSON array (:ids), and CROSS JOIN fixes the join order:
+# driven by them, never by a scan of `doc`.
+_SET_FROM = f"""FROM json_each(:ids) t
+CROSS JOIN copy cp ON cp.file_id = t.value AND cp.store_id = :s
+CROSS JOIN file f ON f.id = t.value
+CROSS JOIN doc d ON d.db = 1 AND d.id = t.value AND d.deleted = 0
+CROSS JOIN json_each(iif(json_valid(d.json), d.json, '{{}}'), '$.stored') e
+WHERE e.key = :s AND {_SET_DOABLE}"""
 _NEW_REV = (
     "(CAST(substr(d.rev, 1, instr(d.rev, '-') - 1) AS INTEGER) + 1)"
     " || '-' || lower(hex(randomblob(16)))"
@@ -173,10 +173,10 @@ _NEW_REV = (
 _T = durability.TARGET
 _SET_COLS = (
     "INSERT INTO temp.set_row"
-    " (id, changed, c, never, origin, bytes, old_pl, new_pl, rank, dur, rev)"
+    " (id, n, changed, c, never, origin, bytes, old_pl, new_pl, rank, dur, rev)"
 )
 _SET_SELECT_DOWNGRADE = f"""{_SET_COLS}
-SELECT f.id, cp.copies > 0 AS changed, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
+SELECT f.id, row_number() OVER (), cp.copies > 0, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
     f.placement,
     trim(replace(',' || f.placement || ',', ',' || :s || ':' || cp.copies || ',',
         ',' || :s || ':0,'), ','),
@@ -184,7 +184,8 @@ SELECT f.id, cp.copies > 0 AS changed, cp.copies, cp.verified IS NULL, f.origin,
     f.durability - cp.copies, {_NEW_REV}
 {_SET_FROM}"""
 _SET_SELECT_PURGE = f"""{_SET_COLS}
-SELECT f.id, 1 AS changed, cp.copies, cp.verified IS NULL, f.origin, f.bytes, f.placement,
+SELECT f.id, row_number() OVER (), 1, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
+    f.placement,
     trim(replace(',' || f.placement || ',', ',' || :s || ':' || cp.copies || ',', ','), ','),
     min({_T}, length(f.placement) - length(replace(f.placement, ',', '')))
         + min({_T}, f.durability - cp.copies),
@@ -581,21 +582,15 @@ class SQLiteDatabase(Database):
         out = UpdateBatch()
         purge = op == SET_PURGE
         with self._lib._write() as c:
-            c.execute(_SET_TEMP_IDS)
             c.execute(_SET_TEMP_ROWS)
-            c.execute("DELETE FROM temp.set_id")
             c.execute("DELETE FROM temp.set_row")
-            c.executemany(
-                "INSERT OR IGNORE INTO temp.set_id (id) VALUES (?)", ((i,) for i in doc_ids)
-            )
             path = f'$.stored."{store_id}"'
             c.execute(
-                _SET_SELECT_PURGE if purge else _SET_SELECT_DOWNGRADE, {"s": store_id, "p": path}
+                _SET_SELECT_PURGE if purge else _SET_SELECT_DOWNGRADE,
+                {"s": store_id, "p": path, "ids": json.dumps(doc_ids)},
             )
             handled = {i for (i,) in c.execute("SELECT id FROM temp.set_row")}
-            saved = [
-                i for (i,) in c.execute("SELECT id FROM temp.set_row WHERE changed ORDER BY n")
-            ]
+            saved = [i for (i,) in c.execute("SELECT id FROM temp.set_row WHERE changed")]
             if saved:
                 (seq,) = c.execute("SELECT seq FROM dbinfo WHERE db=?", (self._key,)).fetchone()
                 (top,) = c.execute("SELECT max(n) FROM temp.set_row").fetchone()
