@@ -1762,22 +1762,6 @@ class MetaStore:
                 return
             after = (rank(page[-1]), page[-1]["_id"])
 
-    def _file_ids_on(self, store_id: str, page_size: int = 5000) -> Iterator[str]:
-        """IDs of the files on the store, streamed by (rank, _id) from the index alone.
-
-        Safe to update while paging for the passes that use it: downgrading or purging
-        the store's entry only lowers a file's rank or removes its row, so no file moves
-        past the cursor and each is seen once, with no snapshot of a million IDs.
-        """
-        after: tuple[int, str] | None = None
-        while True:
-            page = self.lib.file_ids_by_store(store_id, limit=page_size, after=after)
-            for _, fid in page:
-                yield fid
-            if len(page) < page_size:
-                return
-            after = page[-1]
-
     def _entries_on(self, store_id: str) -> tuple[int, int]:
         """(files with an entry for the store, those whose copy there counts), from the
         placement summary alone (every origin): what a purge or a downgrade will change."""
@@ -1790,10 +1774,12 @@ class MetaStore:
         return entries, counting
 
     def _zero_copies_on(self, store_id: str) -> int:
-        return self._set_all(self._file_ids_on(store_id), store_id, SET_DOWNGRADE, "downgrade.file")
+        return self._set_all(
+            self.lib.iter_file_ids_on(store_id), store_id, SET_DOWNGRADE, "downgrade.file"
+        )
 
     def _purge_entries(self, store_id: str) -> int:
-        return self._set_all(self._file_ids_on(store_id), store_id, SET_PURGE, "purge.file")
+        return self._set_all(self.lib.iter_file_ids_on(store_id), store_id, SET_PURGE, "purge.file")
 
     def _set_all(self, ids: Iterable[str], store_id: str, op: str, fault: str) -> int:
         """Downgrade (copies count 0) or purge (entry removed) the store's entry in every

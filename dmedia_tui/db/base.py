@@ -371,6 +371,25 @@ class Library(abc.ABC):
         order, without reading a single doc (a store-wide pass over a million files
         should not decode a million docs just to learn their IDs)."""
 
+    def iter_file_ids_on(self, store_id: str, page_size: int = 5000) -> Iterator[str]:
+        """IDs of the files with an entry for the store, each once, streamed from the index
+        alone: what the store-wide passes (downgrade, purge) work through.
+
+        Safe to update while streaming for those passes: downgrading or purging the
+        store's entry only lowers a file's rank or removes its row, so no file moves past
+        the cursor. This version pages by (rank, _id); a backend may stream in the order
+        its docs are stored (SQLite: by _id, so a pass rewrites each page of the doc
+        table once instead of once per batch that has a doc on it).
+        """
+        after: tuple[int, str] | None = None
+        while True:
+            page = self.file_ids_by_store(store_id, limit=page_size, after=after)
+            for _, fid in page:
+                yield fid
+            if len(page) < page_size:
+                return
+            after = page[-1]
+
     @abc.abstractmethod
     def fragile_files(
         self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"

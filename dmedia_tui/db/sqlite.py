@@ -1097,6 +1097,26 @@ class SQLiteLibrary(Library):
             ).fetchall()
         return [(r, i) for r, i in rows]
 
+    def iter_file_ids_on(self, store_id: str, page_size: int = 5000) -> Iterator[str]:
+        # By _id over the copy table's primary key (`+store_id`: not the store indexes,
+        # whose order is not the doc table's): a set pass then rewrites the doc pages in
+        # order, each once. A cursor on _id is safe while the entries change or go.
+        after = ""
+        while True:
+            with self._read() as c:
+                page = [
+                    i
+                    for (i,) in c.execute(
+                        "SELECT file_id FROM copy WHERE file_id > ? AND +store_id = ?"
+                        " ORDER BY file_id LIMIT ?",
+                        (after, store_id, max(1, page_size)),
+                    )
+                ]
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1]
+
     def fragile_files(
         self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"
     ) -> list[Doc]:
