@@ -10,6 +10,7 @@ the dashboard's cold load (placement summary + health). Copies of the cached lib
 worked on, so runs are repeatable. Small-file import and copy are not measured here.
 
     nice uv run python bench/scale.py [--sizes 10000,100000] [--bad N] [--cache DIR]
+        [--per-file] [--couch]
 """
 
 from __future__ import annotations
@@ -179,6 +180,65 @@ def run(op: str, src: Path, scratch: Path, copy: bool) -> dict[str, Any]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def couch(n: int, bad: int) -> None:
+    """The CouchDB backend on PouchDB Server (in memory, started here): the same library
+    built through `_bulk_docs`, then check, downgrade and purge of the busiest store, in
+    this process (CPU is the client's; the server's is its own)."""
+    import resource
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from dmedia_tui.clock import FixedClock
+    from dmedia_tui.config import Config
+    from dmedia_tui.db.couch import CouchLibrary
+    from dmedia_tui.metastore import MetaStore
+    from tests.couchserver import start_pouchdb_server
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    work = Path(tempfile.mkdtemp(prefix="dmedia-scale-couch-", dir="/var/tmp"))
+    server = start_pouchdb_server(work / "server")
+    try:
+        lib = CouchLibrary(f"{server.url}?prefix=scale{int(time.time())}-")
+        stores = sorted(protocol.random_id() for _ in range(STORES))
+        lib.docs.save_many(
+            [
+                {"_id": s, "type": "dmedia/store", "time": NOW, "copies": 1, "atime": NOW}
+                for s in stores
+            ]
+        )
+        t0 = time.perf_counter()
+        for batch in synthetic(n, stores, bad):
+            for i in range(0, len(batch), 2000):
+                lib.docs.save_many(batch[i : i + 2000])
+        secs = time.perf_counter() - t0
+        print(f"== CouchDB (PouchDB Server) {n:,} files: built in {secs:.0f} s")
+        ms = MetaStore(lib, Config.load(work / "config", work / "data"), FixedClock(NOW))
+        c0, t0 = cpu(), time.perf_counter()
+        r = ms.check()
+        wall, used = time.perf_counter() - t0, cpu() - c0
+        print(
+            f"  check                     {r.docs / wall:10,.0f} docs/s wall"
+            f"  {used / r.docs * 1e6:6.1f} us client CPU/doc  (invalid {r.invalid})"
+        )
+        sid = max(stores, key=lambda s: lib.verification_stats(s).copies)
+        copies = lib.verification_stats(sid).copies
+        for op in ("downgrade", "purge"):
+            c0, t0 = cpu(), time.perf_counter()
+            ev = ms.downgrade_store(sid) if op == "downgrade" else ms.purge_store(sid)
+            wall, used = time.perf_counter() - t0, cpu() - c0
+            print(
+                f"  store {op:<9}           {copies:,} copies  {wall:.1f} s wall"
+                f" (= {wall / copies * 1e6:.0f} s per 1M copies)  client CPU"
+                f" {used / copies * 1e6:.1f} us/copy  (count {ev['count']})"
+            )
+        lib.close()
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -194,7 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time downgrade/purge on the per-doc path, for the ratio in the same run",
     )
+    ap.add_argument(
+        "--couch",
+        action="store_true",
+        help="CouchDB backend instead (PouchDB Server from tests/node_modules): check,"
+        " downgrade and purge at each size",
+    )
     args = ap.parse_args(argv)
+    if args.couch:
+        for n in (int(x) for x in args.sizes.split(",")):
+            couch(n, args.bad)
+        return 0
     args.cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="dmedia-scale-", dir="/var/tmp"))
     try:
