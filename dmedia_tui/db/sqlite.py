@@ -558,12 +558,13 @@ class SQLiteDatabase(Database):
 
         Per-doc Python (decode, fn, encode, reindex) cost ~250 us a copy; this does the
         same in SQLite's JSON functions and a few UPDATEs over the derived tables. Only
-        docs whose `stored` is already clean (every key a store ID or `x_*`, each entry
-        an object with whole copies/mtime >= 0, `verified` a whole number if present,
-        `pinned` true if present, and the store's copies the one the `copy` table
-        indexes) are done in SQL: for those fn would change nothing but the store's
-        entry and `_rev`, so the doc is exactly the one fn would write. Every other doc
-        gets fn, in the same transaction.
+        docs whose entry for this store is clean (an object with whole copies/mtime >= 0,
+        `verified` a whole number if present, `pinned` true if present, and its copies
+        the number the `copy` table indexes) are done in SQL; every other doc gets fn, in
+        the same transaction. In SQL only that entry and `_rev` change: a malformed entry
+        of another store is left as it is, where fn's clean_stored would also have
+        rewritten it (checking every entry cost more than the whole pass; the indexes
+        are right either way, and tests/test_set_ops.py pins this).
         """
         if (
             self.name != DOCS_DB
