@@ -769,11 +769,14 @@ def store_safety_alerts(
     th = thresholds or Thresholds()
     labels = {}
     docs = {}
+    failing = set()
     for doc in stores if isinstance(stores, list | tuple) else ():
         s = StoreView.of(doc)
         if s is not None:
             labels[s.id] = s.label
             docs[s.id] = doc
+            if s.failing:
+                failing.add(s.id)
     alerts = list(h.alerts)
     for sid, reason in sorted((unsafe or {}).items()):
         alerts.append(
@@ -788,7 +791,7 @@ def store_safety_alerts(
         )
     for sid, doc in sorted(docs.items()):
         errs = doc.get("read_errors")
-        if not isinstance(errs, dict) or isinstance(doc.get("failure"), dict):
+        if not isinstance(errs, dict) or sid in failing:
             continue  # a failing store has its own banner (DRIVE_FAILURE), or was acknowledged
         count, last = _int(errs.get("count")), time_value(errs.get("last"))
         if (

@@ -62,6 +62,7 @@ from dmedia_tui.filestore import (
 )
 from dmedia_tui.liveness import Observations
 from dmedia_tui.presence import Presence, plausible_serial
+from dmedia_tui.views import StoreView, time_value
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
 
 log = logging.getLogger("dmedia_tui")
@@ -1864,16 +1865,12 @@ def _reads_keep_failing(store: Doc, alert: int) -> bool:
     count, first = errs.get("count"), errs.get("first")
     if type(count) is not int or count < max(1, alert) or not isinstance(first, int | float):
         return False
-    failure = store.get("failure")
-    if not isinstance(failure, dict):
+    view = StoreView.of(store)
+    if view is None or not view.failing:  # StoreView: the one rule for "failing"
         return True
-    acked = failure.get("acknowledged_time")
-    return (
-        failure.get("acknowledged") is True
-        and isinstance(acked, int | float)
-        and not isinstance(acked, bool)
-        and first > acked
-    )
+    failure = store.get("failure")
+    acked = time_value(failure.get("acknowledged_time")) if isinstance(failure, dict) else None
+    return view.acknowledged and acked is not None and first > acked
 
 
 def _count_read_errors(doc: Doc, n: int, now: float, window: int) -> Doc | None:

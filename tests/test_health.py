@@ -1191,10 +1191,12 @@ def test_alerts_name_the_placement_groups_of_their_files():
             {"time": NOW, "reason": "io_errors", "corrupt_count": 0, "acknowledged": True},
             False,
         ),
+        # a junk failure mark is failing all the same (StoreView.failing): one banner
+        (TH.read_error_alert, 0, "junk", False),
     ],
 )
 def test_drive_read_errors_banner_only_for_an_unflagged_count(
-    count: int, last_ago: int, failure: dict | None, expected: bool
+    count: int, last_ago: int, failure: dict | str | None, expected: bool
 ) -> None:
     from dmedia_tui.health import DRIVE_READ_ERRORS, store_safety_alerts
 
