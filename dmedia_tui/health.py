@@ -29,6 +29,7 @@ import humanize
 from dmedia_tui.config import DAY, Thresholds
 from dmedia_tui.db.base import Doc, PlacementRow, VerificationStats
 from dmedia_tui.protocol import is_store_id
+from dmedia_tui.transitions import REASON_IO_ERRORS, REASON_SMART
 from dmedia_tui.views import MachineView, StoreView, store_label, time_value
 
 # Stable alert codes (scripts and harnesses match on these).
@@ -615,8 +616,8 @@ def _no_known_copy_alert(groups: list[_Group]) -> Alert | None:
 
 # What a failure reason means to the person reading the banner (others shown as stored).
 _FAILURE_WORDS = {
-    "smart": "smart: the drive reports it is failing",
-    "io_errors": "io_errors: its reads keep failing",
+    REASON_SMART: f"{REASON_SMART}: the drive reports it is failing",
+    REASON_IO_ERRORS: f"{REASON_IO_ERRORS}: its reads keep failing",
 }
 
 

@@ -35,10 +35,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmedia_tui import transitions
+
 log = logging.getLogger("dmedia_tui.smart")
 
 OK, WARNING, FAILING, UNKNOWN = "ok", "warning", "failing", "unknown"
-REASON_SMART = "smart"
+REASON_SMART = transitions.REASON_SMART  # its one definition is with the other reasons
 DEFAULT_TEMP_LIMIT = 60
 # smartctl exit status bits (man smartctl, "EXIT STATUS")
 EXIT_CMDLINE, EXIT_OPEN, EXIT_SMART_CMD = 1, 2, 4

@@ -43,6 +43,7 @@ REASON_CORRUPT = "corrupt"  # a corrupt copy was found on it
 REASON_FILESTORE_MISSING = "filestore_missing"  # its drive is back but the FileStore is gone
 REASON_USER = "user"  # the user asked
 REASON_IO_ERRORS = "io_errors"  # reads (or writes) kept failing with I/O errors
+REASON_SMART = "smart"  # the drive's SMART verdict is failing (smart.py)
 
 
 # --- cleaning --------------------------------------------------------------------------
