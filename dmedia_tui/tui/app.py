@@ -235,7 +235,13 @@ class DmediaApp(App[int]):
             return
         try:
             self._apply(message)
-        except (NoMatches, LookupError):  # the app is closing: its screens are going away
+        except (NoMatches, LookupError):
+            # The app is closing (its screens are going away), or the dashboard was not
+            # composed yet when its first data came: then ask again, or that data (and
+            # settle()) would wait for the library to change, on an idle one forever.
+            if not self._stop.is_set():
+                self._changed.set()
+                self._wake.set()
             return
 
     def _apply(self, message: DataReady) -> None:

@@ -712,3 +712,27 @@ async def test_a_verification_elsewhere_updates_the_stores_table_in_place(tlib):
             verify_one(tlib.ms, fs, tlib.files[name])  # as another process would
         await until(pilot, lambda: table.get_cell(sid, column) == "6 never")
         assert table.row_count == 3
+
+
+async def test_first_data_that_comes_before_the_dashboard_is_composed_is_asked_again(
+    tlib, monkeypatch
+):
+    """Under load the first DataReady can arrive before the dashboard's widgets exist: it
+    is asked for again, not dropped (an idle library would have kept an empty dashboard,
+    and settle() waited forever: a CI hang)."""
+    from textual.css.query import NoMatches
+
+    real = DmediaApp._apply
+    calls = []
+
+    def not_composed_the_first_time(self, message):
+        calls.append(message.generation)
+        if len(calls) == 1:
+            raise NoMatches("the dashboard is not composed yet")
+        return real(self, message)
+
+    monkeypatch.setattr(DmediaApp, "_apply", not_composed_the_first_time)
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE):
+        await app.settle()
+        assert len(calls) >= 2 and app.refreshes >= 1
