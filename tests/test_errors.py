@@ -69,7 +69,7 @@ def test_every_public_exception_of_the_package_is_a_dmedia_error():
         "metastore.MetaStoreError",
         "db.base.DatabaseError",
         "peer.client.PeerError",
-        "peer.identity.IdentityError",
+        "peer.identity.PeerIdentityError",
         "peer.server.ListenError",
         "notify.NotifyConfigError",
         "migrate.MigrateError",

@@ -46,7 +46,7 @@ _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
 _CN_PREFIX = "dmedia-tui peer"
 
 
-class IdentityError(DmediaError):
+class PeerIdentityError(DmediaError):
     """The peer identity cannot be read or made (one line, for the user)."""
 
 
@@ -56,11 +56,11 @@ def fingerprint_der(der: bytes) -> str:
 
 
 def fingerprint_pem(pem: str | bytes) -> str:
-    """The fingerprint of a PEM certificate; IdentityError if it is not one."""
+    """The fingerprint of a PEM certificate; PeerIdentityError if it is not one."""
     try:
         der = ssl.PEM_cert_to_DER_cert(pem.decode() if isinstance(pem, bytes) else pem)
     except (ValueError, UnicodeDecodeError) as e:
-        raise IdentityError(f"not a PEM certificate: {e}") from None
+        raise PeerIdentityError(f"not a PEM certificate: {e}") from None
     return fingerprint_der(der)
 
 
@@ -224,15 +224,15 @@ def _load(directory: Path) -> Identity:
         key_st = os.stat(key_path)
         key_bytes = key_path.read_bytes()
     except FileNotFoundError as e:
-        raise IdentityError(
+        raise PeerIdentityError(
             f"incomplete peer identity in {directory}: {Path(e.filename).name} is missing "
             "(move the folder away to make a new identity; other machines must then "
             "learn the new fingerprint)"
         ) from None
     except OSError as e:
-        raise IdentityError(f"cannot read the peer identity in {directory}: {e}") from None
+        raise PeerIdentityError(f"cannot read the peer identity in {directory}: {e}") from None
     if stat.S_IMODE(key_st.st_mode) & 0o077:
-        raise IdentityError(
+        raise PeerIdentityError(
             f"{key_path} is readable by others (mode {stat.S_IMODE(key_st.st_mode):o}): "
             f"chmod 600 {key_path}"
         )
@@ -240,10 +240,10 @@ def _load(directory: Path) -> Identity:
         cert = x509.load_pem_x509_certificate(cert_bytes)
         key = serialization.load_pem_private_key(key_bytes, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise IdentityError(f"garbled peer identity in {directory}: {e}") from None
+        raise PeerIdentityError(f"garbled peer identity in {directory}: {e}") from None
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
-        raise IdentityError(f"garbled peer identity in {directory}: key and cert do not match")
+        raise PeerIdentityError(f"garbled peer identity in {directory}: key and cert do not match")
     if _shared_name(cert) and isinstance(key, ec.EllipticCurvePrivateKey):
         cert = _reissue(cert_path, key)
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -273,7 +273,7 @@ def _reissue(cert_path: Path, key: ec.EllipticCurvePrivateKey) -> x509.Certifica
 def load_or_create(directory: str | os.PathLike[str]) -> Identity:
     """The identity in `directory` (`<config dir>/peer`), made on first use.
 
-    Raises IdentityError when an identity is there but cannot be used (missing half,
+    Raises PeerIdentityError when an identity is there but cannot be used (missing half,
     garbled, key readable by others, unreadable); never replaces it.
     """
     directory = Path(directory)
@@ -281,7 +281,7 @@ def load_or_create(directory: str | os.PathLike[str]) -> Identity:
         try:
             _create(directory)
         except OSError as e:
-            raise IdentityError(f"cannot create a peer identity in {directory}: {e}") from None
+            raise PeerIdentityError(f"cannot create a peer identity in {directory}: {e}") from None
     return _load(directory)
 
 

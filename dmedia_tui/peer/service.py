@@ -30,7 +30,7 @@ from dmedia_tui.durability import durability, rank
 from dmedia_tui.filestore import FileStore
 from dmedia_tui.metastore import MetaStore
 from dmedia_tui.peer import client
-from dmedia_tui.peer.identity import Identity, IdentityError, load_or_create
+from dmedia_tui.peer.identity import Identity, PeerIdentityError, load_or_create
 from dmedia_tui.peer.server import PeerServer, format_address
 from dmedia_tui.views import MachineView
 
@@ -155,7 +155,7 @@ class Peers:
         """This machine's `peer` for its machine doc; None if it has no usable identity."""
         try:
             me = self.identity
-        except IdentityError as e:
+        except PeerIdentityError as e:
             log.error("%s", e)
             return None
         return {"fingerprint": me.fingerprint, "addresses": self.addresses(), "cert": me.cert_pem}
@@ -190,7 +190,7 @@ class Peers:
         if want and self.server is None:
             try:
                 me = self.identity
-            except IdentityError as e:
+            except PeerIdentityError as e:
                 log.error("peer server not started: %s", e)
                 return False
             srv = PeerServer(

@@ -62,7 +62,7 @@ def test_a_garbled_file_is_an_error_not_a_new_identity(tmp_path: Path, name: str
     ident.load_or_create(tmp_path / "peer")
     path = tmp_path / "peer" / name
     path.write_bytes(b"-----BEGIN GARBAGE-----\nnope\n")
-    with pytest.raises(ident.IdentityError, match="garbled"):
+    with pytest.raises(ident.PeerIdentityError, match="garbled"):
         ident.load_or_create(tmp_path / "peer")
     assert path.read_bytes() == b"-----BEGIN GARBAGE-----\nnope\n"
 
@@ -71,7 +71,7 @@ def test_a_garbled_file_is_an_error_not_a_new_identity(tmp_path: Path, name: str
 def test_a_missing_half_is_an_error_not_a_new_identity(tmp_path: Path, name: str) -> None:
     ident.load_or_create(tmp_path / "peer")
     (tmp_path / "peer" / name).unlink()
-    with pytest.raises(ident.IdentityError, match=f"{name} is missing"):
+    with pytest.raises(ident.PeerIdentityError, match=f"{name} is missing"):
         ident.load_or_create(tmp_path / "peer")
     assert not (tmp_path / "peer" / name).exists()
 
@@ -80,14 +80,14 @@ def test_a_key_and_certificate_that_do_not_belong_together(tmp_path: Path) -> No
     ident.load_or_create(tmp_path / "a")
     ident.load_or_create(tmp_path / "b")
     (tmp_path / "a" / "cert.pem").write_bytes((tmp_path / "b" / "cert.pem").read_bytes())
-    with pytest.raises(ident.IdentityError, match="do not match"):
+    with pytest.raises(ident.PeerIdentityError, match="do not match"):
         ident.load_or_create(tmp_path / "a")
 
 
 def test_a_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     ident.load_or_create(tmp_path / "peer")
     os.chmod(tmp_path / "peer" / "key.pem", 0o644)
-    with pytest.raises(ident.IdentityError, match="chmod 600"):
+    with pytest.raises(ident.PeerIdentityError, match="chmod 600"):
         ident.load_or_create(tmp_path / "peer")
 
 
@@ -97,5 +97,5 @@ def test_an_empty_folder_gets_an_identity(tmp_path: Path) -> None:
 
 
 def test_fingerprint_pem_refuses_what_is_not_a_certificate() -> None:
-    with pytest.raises(ident.IdentityError):
+    with pytest.raises(ident.PeerIdentityError):
         ident.fingerprint_pem("hello")
