@@ -1086,8 +1086,17 @@ class MetaStore:
 
     # --- copy-making -----------------------------------------------------------------
 
-    def destinations(self, doc: Doc, connected: dict[str, FileStore]) -> list[FileStore]:
-        """Connected, trusted stores without this file and with room for it, emptiest first."""
+    def destinations(
+        self,
+        doc: Doc,
+        connected: dict[str, FileStore],
+        store_docs: dict[str, Doc | None] | None = None,
+    ) -> list[FileStore]:
+        """Connected, trusted stores without this file and with room for it, emptiest first.
+
+        `store_docs`: store docs already read in this batch (filled as they are read), so
+        a batch of a thousand small files reads each store doc once, not once a file.
+        """
         size = doc.get("bytes", 0)
         stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
         corrupt = corrupt_ if isinstance(corrupt_ := doc.get("corrupt"), dict) else {}
@@ -1095,7 +1104,7 @@ class MetaStore:
         for sid, fs in connected.items():
             if sid in stored or sid in corrupt:
                 continue
-            store = self.store_doc(sid)
+            store = self._store_doc_in(sid, store_docs)
             if not transitions.takes_new_copies(store):
                 continue
             try:
@@ -1107,6 +1116,14 @@ class MetaStore:
             out.append((avail, sid, fs))
         out.sort(key=lambda t: (-t[0], t[1]))
         return [fs for _, _, fs in out]
+
+    def _store_doc_in(self, sid: str, cache: dict[str, Doc | None] | None) -> Doc | None:
+        """store_doc(sid), through `cache` when one is given (one batch's reads)."""
+        if cache is None:
+            return self.store_doc(sid)
+        if sid not in cache:
+            cache[sid] = self.store_doc(sid)
+        return cache[sid]
 
     def make_copy(
         self, doc: Doc, connected: dict[str, FileStore], progress: Progress | None = None
@@ -1137,6 +1154,7 @@ class MetaStore:
         staged: list[tuple[int, str, FileStore, Any]] = []  # (i, file_id, src, CopyResult)
         verified: list[tuple[str, VerifyResult]] = []  # sources read OK, nothing new
         aborted: list[BaseException] = []
+        store_docs: dict[str, Doc | None] = {}  # read once for the batch
 
         def guarded(progress: Progress | None) -> Progress | None:
             if progress is None:
@@ -1155,7 +1173,7 @@ class MetaStore:
             for i, doc in enumerate(docs):
                 try:
                     p = guarded(progress_for(i, doc) if progress_for else None)
-                    got = self._stage_copy(doc, connected, p)
+                    got = self._stage_copy(doc, connected, p, store_docs)
                 except Exception as e:  # one bad file must not stop the batch...
                     if aborted:
                         raise  # ...but the caller abandoning it does
@@ -1170,6 +1188,7 @@ class MetaStore:
                     tmp.discard()
             raise
         committed = iter(commit_staged(items, "copy"))
+        store_docs.clear()  # what is recorded reads the store docs as they are now
         now = self.now()
         plans: dict[str, tuple[str, int, Any, dict[str, tuple[int, int]]]] = {}
         index: dict[str, int] = {}
@@ -1187,14 +1206,15 @@ class MetaStore:
                 log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
                 full = any(f"({name})" in err for name in _FULL)
                 self.note_io_error(sid, file_id, err, op="write", counts=not full)
+                store_docs.pop(sid, None)  # the error may have flagged it (weight 0)
             new = {
-                sid: (transitions.store_copies_weight(self.store_doc(sid)), mtime)
+                sid: (transitions.store_copies_weight(self._store_doc_in(sid, store_docs)), mtime)
                 for sid, mtime in written.items()
             }
             if not new:
                 verified.append((src.id, r.source))
                 continue
-            weight = transitions.store_copies_weight(self.store_doc(src.id))
+            weight = transitions.store_copies_weight(self._store_doc_in(src.id, store_docs))
             plans[file_id] = (src.id, weight, r.source.mtime, new)
             index[file_id] = i
         for _sid, fid, err in self.record_verified(verified):
@@ -1209,7 +1229,11 @@ class MetaStore:
         return out
 
     def _stage_copy(
-        self, doc: Doc, connected: dict[str, FileStore], progress: Progress | None
+        self,
+        doc: Doc,
+        connected: dict[str, FileStore],
+        progress: Progress | None,
+        store_docs: dict[str, Doc | None] | None = None,
     ) -> tuple[FileStore, Any] | None:
         """Read one file from a good source into the destinations it needs (staged, not
         committed): (source, CopyResult), or None when there is nothing to copy."""
@@ -1223,7 +1247,7 @@ class MetaStore:
             for s in sorted(stored, key=lambda s: -copies_of(stored[s]))
             if s in connected
         ]
-        dsts_all = self.destinations(doc, connected)
+        dsts_all = self.destinations(doc, connected, store_docs)
         dsts: list[FileStore] = []
         gained = 0
         for fs in dsts_all:
