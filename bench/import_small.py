@@ -53,8 +53,11 @@ class CLI:
         self.root = root
         (root / "config" / "dmedia-tui").mkdir(parents=True, exist_ok=True)
         (root / "data").mkdir(exist_ok=True)
+        # A user's Python caches compiled modules; a machine with PYTHONDONTWRITEBYTECODE
+        # set (this one has) would compile every module on every call and count it.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env = {
-            **os.environ,
+            **env,
             "XDG_CONFIG_HOME": str(root / "config"),
             "XDG_DATA_HOME": str(root / "data"),
             "DMEDIA_DB": str(root / "library.sqlite3"),
@@ -83,6 +86,7 @@ class CLI:
 def startup(work: Path) -> float:
     """Time of a CLI call that does nothing (`--help`): the floor of every figure."""
     cli = CLI(work / "startup")
+    cli.run("--help")  # the first call writes the compiled modules
     t0 = time.perf_counter()
     cli.run("--help")
     return time.perf_counter() - t0
