@@ -1748,8 +1748,9 @@ class MetaStore:
     VERIFICATION_STATS_TTL = 30.0
 
     def _verification_stats(self, store_id: str):
-        """Verification ages change slowly and cost a median walk (~50 ms for a store of
-        300k copies), so the dashboard's frequent refreshes reuse them for 30 s."""
+        """Verification ages change slowly and cost a few index lookups per store (the
+        median from the backend's per-hour counts on SQLite, a skip on CouchDB), so the
+        dashboard's frequent refreshes reuse them for 30 s."""
         now = time.monotonic()
         hit = self._vstats_cache.get(store_id)
         if hit is not None and now - hit[0] < self.VERIFICATION_STATS_TTL:

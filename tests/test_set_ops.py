@@ -20,7 +20,7 @@ import pytest
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.clock import FixedClock
 from dmedia_tui.config import Config
-from dmedia_tui.db import Library, open_library
+from dmedia_tui.db import Library, VerificationStats, open_library
 from dmedia_tui.durability import file_bytes, file_origin, placement_key, rank, stored_items
 from dmedia_tui.metastore import MetaStore
 from tests.conftest import NOW
@@ -111,8 +111,17 @@ def assert_indexes_match(lib: Library, docs: dict[str, Any], stores: list[str]) 
     for sid in stores:
         on = sorted((rank(d), fid) for fid, d in docs.items() if sid in dict(stored_items(d)))
         assert lib.file_ids_by_store(sid, limit=10_000) == on
-        stats = lib.verification_stats(sid)
-        assert stats.copies == len(on)
+        times = sorted(
+            e["verified"]
+            for d in docs.values()
+            if isinstance(e := d["stored"].get(sid), dict)
+            and sid in dict(stored_items(d))
+            and isinstance(e.get("verified"), int)
+        )
+        mid = times[(len(times) - 1) // 2] if times else None
+        assert lib.verification_stats(sid) == VerificationStats(
+            len(on), len(on) - len(times), min(times, default=None), mid, max(times, default=None)
+        )
 
 
 def sqlite_tables(path: str) -> dict[str, list[tuple]]:
@@ -120,7 +129,7 @@ def sqlite_tables(path: str) -> dict[str, list[tuple]]:
     try:
         return {
             t: c.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
-            for t in ("file", "copy", "placement_sum", "store_sum")
+            for t in ("file", "copy", "placement_sum", "store_sum", "verify_hour")
         }
     finally:
         c.close()

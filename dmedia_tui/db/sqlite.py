@@ -67,7 +67,7 @@ from dmedia_tui.protocol import RANDOM_B32LEN, is_id
 from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 APPLICATION_ID = 0x644D5431  # "dMT1": marks the file as a dmedia-tui library
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.1  # wait_changes() polls update_seq this often
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -88,6 +88,22 @@ CREATE TABLE store_sum (
 INSERT INTO store_sum (store_id, copies, never)
     SELECT store_id, count(*), count(*) - count(verified) FROM copy GROUP BY store_id;
 """
+
+# Schema 3 added verify_hour: how many copies of a store were last verified in each hour,
+# so verification_stats finds its median in ~one row per hour with verifications plus a
+# walk inside one hour, instead of an OFFSET over half of a store's verified copies
+# (measured 274 ms at 100k files, growing with the store).
+VERIFY_BUCKET = 3600
+_MIGRATE_2_TO_3 = f"""
+CREATE TABLE verify_hour (
+    store_id TEXT NOT NULL, hour INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (store_id, hour)
+) WITHOUT ROWID;
+INSERT INTO verify_hour (store_id, hour, count)
+    SELECT store_id, verified / {VERIFY_BUCKET}, count(*) FROM copy
+    WHERE verified IS NOT NULL GROUP BY 1, 2;
+"""
+_MIGRATIONS = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,6 +136,10 @@ CREATE TABLE placement_sum (
 ) WITHOUT ROWID;
 CREATE TABLE store_sum (
     store_id TEXT PRIMARY KEY, copies INTEGER NOT NULL, never INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE verify_hour (
+    store_id TEXT NOT NULL, hour INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (store_id, hour)
 ) WITHOUT ROWID;
 CREATE TABLE event (
     id TEXT PRIMARY KEY, type TEXT, time REAL, store_id TEXT, file_id TEXT
@@ -225,6 +245,13 @@ _SET_PURGE = [
     " json_set(json_remove(doc.json, :p), '$._rev', r.rev)"
     " FROM temp.set_row r WHERE r.id = doc.id)"
     " WHERE db = 1 AND id IN (SELECT id FROM temp.set_row WHERE changed)",
+    # The purged copies' verification hours go out of verify_hour before their rows go.
+    "INSERT INTO verify_hour (store_id, hour, count)"
+    f" SELECT :s, verified / {VERIFY_BUCKET}, -count(*) FROM copy"
+    " WHERE store_id = :s AND file_id IN (SELECT id FROM temp.set_row)"
+    " AND verified IS NOT NULL GROUP BY 2"
+    " ON CONFLICT (store_id, hour) DO UPDATE SET count=count+excluded.count",
+    "DELETE FROM verify_hour WHERE store_id = :s AND count <= 0",
     "DELETE FROM copy WHERE store_id = :s AND file_id IN (SELECT id FROM temp.set_row)",
     *_SET_INDEX,
     "UPDATE store_sum SET copies = copies - (SELECT count(*) FROM temp.set_row),"
@@ -663,6 +690,7 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
     ids = list(final)
     deltas: dict[tuple[str, str], list[int]] = {}
     per_store: dict[str, list[int]] = {}  # store_id -> [copies delta, never delta]
+    hours: dict[tuple[str, int], int] = {}  # (store_id, hour verified) -> delta
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
         for origin, placement, size in c.execute(
@@ -679,6 +707,12 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
             p = per_store.setdefault(store_id, [0, 0])
             p[0] -= n
             p[1] -= never
+        for store_id, hour, n in c.execute(
+            f"SELECT store_id, verified / {VERIFY_BUCKET}, count(*) FROM copy"
+            f" WHERE file_id IN ({marks}) AND verified IS NOT NULL GROUP BY 1, 2",
+            chunk,
+        ):
+            hours[(store_id, hour)] = hours.get((store_id, hour), 0) - n
         c.execute(f"DELETE FROM file WHERE id IN ({marks})", chunk)
         c.execute(f"DELETE FROM copy WHERE file_id IN ({marks})", chunk)
     files: list[tuple[Any, ...]] = []
@@ -703,7 +737,11 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
     for row in copies:
         p = per_store.setdefault(row[1], [0, 0])
         p[0] += 1
-        p[1] += row[3] is None
+        if row[3] is None:
+            p[1] += 1
+        else:
+            key = (row[1], row[3] // VERIFY_BUCKET)
+            hours[key] = hours.get(key, 0) + 1
     stores = [(sid, n, never) for sid, (n, never) in per_store.items() if n or never]
     if stores:
         c.executemany(
@@ -713,6 +751,14 @@ def _index_files(c: sqlite3.Connection, final: dict[str, Doc | None]) -> None:
             stores,
         )
         c.execute("DELETE FROM store_sum WHERE copies <= 0")
+    moved = [(sid, hour, n) for (sid, hour), n in hours.items() if n]
+    if moved:
+        c.executemany(
+            "INSERT INTO verify_hour (store_id, hour, count) VALUES (?,?,?)"
+            " ON CONFLICT (store_id, hour) DO UPDATE SET count=count+excluded.count",
+            moved,
+        )
+        c.execute("DELETE FROM verify_hour WHERE count <= 0")
     changed = [(o, p, n, _i64(b)) for (o, p), (n, b) in deltas.items() if n or b]
     if changed:
         c.executemany(
@@ -845,7 +891,7 @@ class SQLiteLibrary(Library):
                 f"library schema {version} is newer than this program supports "
                 f"({SCHEMA_VERSION}): upgrade dmedia-tui"
             )
-        if version == 1:
+        if version in _MIGRATIONS:
             version = self._migrate(conn)
         if version < 1:
             raise self._offline(f"library schema {version} is unknown")
@@ -872,7 +918,9 @@ class SQLiteLibrary(Library):
         the engine's schema pass).
         """
         whole = not at_open or os.path.getsize(self.path) <= QUICK_CHECK_OPEN_BYTES
-        targets = [None] if whole else ["meta", "dbinfo", "placement_sum", "store_sum"]
+        targets = (
+            [None] if whole else ["meta", "dbinfo", "placement_sum", "store_sum", "verify_hour"]
+        )
         timer = None
         if at_open:
             timer = threading.Timer(QUICK_CHECK_OPEN_SECONDS, conn.interrupt)
@@ -907,17 +955,18 @@ class SQLiteLibrary(Library):
             raise self._error(e) from None
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
-        """Bring a schema-1 library to schema 2 (in one transaction; re-checked under lock)."""
+        """Bring an older library to SCHEMA_VERSION, step by step, in one transaction (the
+        version re-checked under the write lock: another process may have just done it)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 1:
-                for stmt in _MIGRATE_1_TO_2.split(";"):
+            while version in _MIGRATIONS:
+                for stmt in _MIGRATIONS[version].split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
-                conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
-                conn.execute("PRAGMA user_version = 2")
-                version = 2
+                version += 1
+                conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+                conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -1156,8 +1205,9 @@ class SQLiteLibrary(Library):
         return [CopyDue(f, s, v, b) for f, s, v, b in rows]
 
     def verification_stats(self, store_id: str) -> VerificationStats:
-        # Counts from store_sum (kept by deltas), min/max are index lookups; only the
-        # median walks half of the store's verified copies (an index range, no table).
+        # Counts from store_sum, the median's hour from verify_hour (both kept by deltas),
+        # min/max and the median inside its hour are index lookups and a walk over the
+        # copies verified in that one hour: nothing here grows with the store.
         with self._read(snapshot=True) as c:
             row = c.execute(
                 "SELECT copies, never FROM store_sum WHERE store_id=?", (store_id,)
@@ -1171,13 +1221,32 @@ class SQLiteLibrary(Library):
                 " AND verified IS NOT NULL), (SELECT max(verified) FROM copy WHERE store_id=?1)",
                 (store_id,),
             ).fetchone()
-            # The lower median: an actual verification time, never an average.
-            median = c.execute(
-                "SELECT verified FROM copy WHERE store_id=? AND verified IS NOT NULL"
-                " ORDER BY verified LIMIT 1 OFFSET ?",
-                (store_id, (verified - 1) // 2),
-            ).fetchone()[0]
+            median = self._median(c, store_id, (verified - 1) // 2)
         return VerificationStats(copies, never, oldest, median, newest)
+
+    @staticmethod
+    def _median(c: sqlite3.Connection, store_id: str, k: int) -> int | None:
+        """The k-th (from 0) verified time of the store, in verified order: the hour that
+        holds it from verify_hour's running sums, then a walk inside that hour from
+        whichever end is nearer. (The lower median: an actual verification time, never
+        an average.)"""
+        row = c.execute(
+            "SELECT hour, count, cum FROM (SELECT hour, count, sum(count) OVER"
+            " (ORDER BY hour ROWS UNBOUNDED PRECEDING) AS cum FROM verify_hour"
+            " WHERE store_id=?) WHERE cum > ? ORDER BY hour LIMIT 1",
+            (store_id, k),
+        ).fetchone()
+        if row is None:
+            return None
+        hour, count, cum = row
+        at = k - (cum - count)  # rank inside the hour
+        order, skip = ("ASC", at) if at < count - 1 - at else ("DESC", count - 1 - at)
+        found = c.execute(
+            "SELECT verified FROM copy WHERE store_id=? AND verified >= ? AND verified < ?"
+            f" ORDER BY verified {order} LIMIT 1 OFFSET ?",
+            (store_id, hour * VERIFY_BUCKET, (hour + 1) * VERIFY_BUCKET, skip),
+        ).fetchone()
+        return found[0] if found else None
 
     def events(
         self,

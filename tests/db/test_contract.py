@@ -835,6 +835,36 @@ def test_verification_stats(library: Library) -> None:
     assert library.verification_stats(a) == VerificationStats(7, 2, NOW - 900, NOW - 300, NOW)
 
 
+def test_verification_median_is_exact_when_many_copies_share_an_hour(library: Library) -> None:
+    """Verified times crowded into a few hours (as when a verify pass runs at disk speed)
+    and spread over others: as copies go, the lower median walks across hour boundaries
+    and through the crowded hours from both ends, and is always the per-copy answer."""
+    rng = random.Random(13)
+    a = sid()
+    hours = [NOW - 3 * 3600, NOW - 3600, NOW - 7 * 86400]
+    docs = []
+    for i in range(90):
+        base = hours[i % 3] - hours[i % 3] % 3600
+        t = base + rng.choice([0, 1, 1, 1799, 1800, 3599]) if i % 5 else NOW - rng.randint(0, 10**6)
+        docs.append(file_doc({a: entry(1, t)}))
+    docs += [file_doc({a: entry(1)}) for _ in range(5)]
+    save_all(library, docs)
+    live = list(docs)
+    while live:
+        times = sorted(d["stored"][a]["verified"] for d in live if "verified" in d["stored"][a])
+        want = VerificationStats(
+            len(live),
+            len(live) - len(times),
+            times[0] if times else None,
+            times[(len(times) - 1) // 2] if times else None,
+            times[-1] if times else None,
+        )
+        assert library.verification_stats(a) == want
+        gone = [live.pop(rng.randrange(len(live))) for _ in range(min(len(live), 7))]
+        for d in gone:
+            library.docs.delete(d)
+
+
 # --- named queries: events -------------------------------------------------------------------
 
 

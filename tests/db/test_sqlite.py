@@ -83,6 +83,7 @@ def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
     lib.close()
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE store_sum")  # what a schema-1 file looks like
+    conn.execute("DROP TABLE verify_hour")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     lib = SQLiteLibrary(path, create=False)
@@ -91,7 +92,63 @@ def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
     finally:
         lib.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+    conn.close()
+
+
+def verify_hours(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """verify_hour's rows, and what they must be: copies per (store, hour verified)."""
+    conn = sqlite3.connect(path)
+    try:
+        got = conn.execute("SELECT * FROM verify_hour ORDER BY 1, 2").fetchall()
+        want = conn.execute(
+            "SELECT store_id, verified / 3600, count(*) FROM copy WHERE verified IS NOT NULL"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        conn.close()
+    return got, want
+
+
+def test_a_schema_2_library_gets_its_verification_hours(tmp_path: Path) -> None:
+    """The migration fills verify_hour from the copies, so the median is right at once."""
+    import random
+
+    rng = random.Random(2)
+    path = tmp_path / "library.sqlite3"
+    stores = [random_id() for _ in range(3)]
+    lib = SQLiteLibrary(path)
+    docs = []
+    for _ in range(300):
+        stored: dict[str, Any] = {}
+        for s in rng.sample(stores, rng.randint(1, 3)):
+            e: dict[str, Any] = {"copies": 1, "mtime": 1}
+            if rng.random() < 0.8:
+                e["verified"] = 1_795_608_000 - rng.choice([0, 60, 3600, 86400]) * rng.randint(0, 9)
+            stored[s] = e
+        docs.append({"_id": random_id(30), "type": "dmedia/file", "bytes": 1, "stored": stored})
+    lib.docs.save_many(docs)
+    before = [lib.verification_stats(s) for s in stores]
+    lib.close()
+    got, want = verify_hours(path)
+    assert got == want and len(got) > 10
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE verify_hour")  # what a schema-2 file looks like
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    lib = SQLiteLibrary(path, create=False)
+    try:
+        assert [lib.verification_stats(s) for s in stores] == before
+        lib.docs.save(docs[0] | {"stored": {stores[0]: {"copies": 1, "mtime": 1, "verified": 7}}})
+    finally:
+        lib.close()
+    got, want = verify_hours(path)
+    assert got == want
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
 
 
