@@ -133,6 +133,7 @@ class DmediaApp(App[int]):
         self._activity_shown = False
         self._requested = 0
         self._applied = -1
+        self._pending: DataReady | None = None
         self._thread: threading.Thread | None = None
         self._unsubscribe: Any = None
         self.refreshes = 0  # dashboard recomputations (tests and bench read it)
@@ -151,10 +152,12 @@ class DmediaApp(App[int]):
                 # keys, the palette, the help screen and the banners all read read_only).
                 self.engine_state = ENGINE_MONITOR
                 self.read_only = True
-        await self.push_screen(DashboardScreen(self.compact))
+        # The first load starts before the dashboard is composed: its queries run while
+        # Textual builds the screen, and its data is applied once the widgets exist.
         self._thread = threading.Thread(target=self._refresh_loop, name="dmedia-tui-refresh")
         self._thread.daemon = True
         self._thread.start()
+        await self.push_screen(DashboardScreen(self.compact))
 
     async def action_quit(self) -> None:
         self._stop.set()  # no more refreshes while the widgets go away
@@ -231,18 +234,24 @@ class DmediaApp(App[int]):
             self._wake.clear()
 
     def on_data_ready(self, message: DataReady) -> None:
-        if self._stop.is_set():
+        self._pending = message  # the newest data received; older pending data is stale
+        self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        message, self._pending = self._pending, None
+        if message is None or self._stop.is_set():
             return
         try:
             self._apply(message)
         except (NoMatches, LookupError):
             # The app is closing (its screens are going away), or the dashboard was not
-            # composed yet when its first data came: then ask again, or that data (and
-            # settle()) would wait for the library to change, on an idle one forever.
+            # composed yet when its first data came: then keep it and try again shortly,
+            # or that data (and settle()) would wait for the library to change, on an
+            # idle one forever. Newer data arriving meanwhile takes its place.
             if not self._stop.is_set():
-                self._changed.set()
-                self._wake.set()
-            return
+                if self._pending is None:
+                    self._pending = message
+                self.set_timer(0.01, self._apply_pending)
 
     def _apply(self, message: DataReady) -> None:
         self.data = message.data

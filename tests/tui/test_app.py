@@ -714,25 +714,71 @@ async def test_a_verification_elsewhere_updates_the_stores_table_in_place(tlib):
         assert table.row_count == 3
 
 
-async def test_first_data_that_comes_before_the_dashboard_is_composed_is_asked_again(
-    tlib, monkeypatch
-):
-    """Under load the first DataReady can arrive before the dashboard's widgets exist: it
-    is asked for again, not dropped (an idle library would have kept an empty dashboard,
-    and settle() waited forever: a CI hang)."""
+async def test_until_the_first_data_the_dashboard_says_loading_not_safe(tlib, monkeypatch):
+    """The first frame comes before the first data: the histogram, the compact summary
+    and the activity panel say "loading…" (an empty histogram would read as nothing at
+    risk), and the data replaces it when it comes."""
+    import threading
+
+    from dmedia_tui.tui import app as app_module
+    from dmedia_tui.tui.widgets.activity import ActivityPanel
+    from dmedia_tui.tui.widgets.histogram import DurabilityHistogram
+    from dmedia_tui.tui.widgets.summary import CompactSummary
+
+    release = threading.Event()
+    real = app_module.load_dashboard
+
+    def held(*args):
+        release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(app_module, "load_dashboard", held)
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.screen.query(DurabilityHistogram))
+        await pilot.pause()
+        hist = app.screen.query_one(DurabilityHistogram)
+        assert text_of(hist) == "loading…"
+        assert text_of(app.screen.query_one(CompactSummary)) == "loading…"
+        assert "loading…" in str(app.screen.query_one("#activity-text").render())
+        assert app.refreshes == 0
+        release.set()
+        await app.settle()
+        assert hist.buckets == app.data.health.histogram
+        assert sum(b.files for b in hist.buckets) > 0
+        assert "loading" not in text_of(hist)
+        assert "loading" not in text_of(app.screen.query_one(CompactSummary))
+        panel = app.screen.query_one(ActivityPanel)
+        assert "loading" not in str(panel.query_one("#activity-text").render())
+
+
+async def test_first_data_that_comes_before_the_dashboard_is_composed_is_kept(tlib, monkeypatch):
+    """The first load starts before the dashboard is composed; data that comes too early
+    is applied once the widgets exist, not computed a second time."""
     from textual.css.query import NoMatches
 
-    real = DmediaApp._apply
-    calls = []
+    from dmedia_tui.tui import app as app_module
+
+    real_apply = DmediaApp._apply
+    applied = []
 
     def not_composed_the_first_time(self, message):
-        calls.append(message.generation)
-        if len(calls) == 1:
+        applied.append(message)
+        if len(applied) == 1:
             raise NoMatches("the dashboard is not composed yet")
-        return real(self, message)
+        return real_apply(self, message)
+
+    loads = []
+    real_load = app_module.load_dashboard
+
+    def counted(*args):
+        loads.append(1)
+        return real_load(*args)
 
     monkeypatch.setattr(DmediaApp, "_apply", not_composed_the_first_time)
+    monkeypatch.setattr(app_module, "load_dashboard", counted)
     app = DmediaApp(tlib.ms)
-    async with app.run_test(size=SIZE):
-        await app.settle()
-        assert len(calls) >= 2 and app.refreshes >= 1
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.refreshes >= 1)
+        assert applied[1] is applied[0]  # the same data, applied on the second try
+        assert len(loads) == 1
