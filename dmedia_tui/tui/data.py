@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 Doc = dict[str, Any]
 
 EVENTS_ON_DASHBOARD = 10
+LOADING = "loading…"  # what a panel says until its first data has come
 PAGE = 100
 
 

@@ -11,7 +11,7 @@ from textual.events import Resize
 from textual.widgets import DataTable, Footer, Static
 
 from dmedia_tui.health import DATABASE_OFFLINE
-from dmedia_tui.tui.data import DashboardData
+from dmedia_tui.tui.data import LOADING, DashboardData
 from dmedia_tui.tui.screens.base import AppScreen
 from dmedia_tui.tui.widgets.activity import ActivityPanel
 from dmedia_tui.tui.widgets.banners import AlertBanner, Banners
@@ -50,7 +50,7 @@ class DashboardScreen(AppScreen):
         yield AppHeader(id="header")
         yield Banners(id="banners")
         yield CompactSummary(id="summary")
-        yield Static(Text("loading…", "dim"), id="first-run")
+        yield Static(Text(LOADING, "dim"), id="first-run")
         with Vertical(id="main"):
             with Horizontal(id="top"):
                 yield StoresTable(id="stores")

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from dmedia_tui.tui.data import bar, fmt_eta, fmt_rate
+from dmedia_tui.tui.data import LOADING, bar, fmt_eta, fmt_rate
 from dmedia_tui.tui.widgets.repaint import repaint
 
 
@@ -47,7 +47,7 @@ class ActivityPanel(Vertical):
     _last: Text | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(Text("idle", "dim"), id="activity-text")
+        yield Static(Text(LOADING, "dim"), id="activity-text")  # idle once the app knows
         yield Static("", id="activity-rate")
         spark = Sparkline([], id="activity-spark")
         spark.display = False

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dmedia_tui.health import Bucket
-from dmedia_tui.tui.data import bar, fmt_size
+from dmedia_tui.tui.data import LOADING, bar, fmt_size
 
 _STYLES = {0: "bold red", 1: "red", 2: "yellow", 3: "green"}
 
@@ -16,7 +16,8 @@ class DurabilityHistogram(Static):
     """Bars scaled to the largest bucket; the 3+ row is the target."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+        # Until the first data: an empty panel must not read as "nothing is at risk".
+        super().__init__(Text(LOADING, "dim"), **kwargs)
         self.buckets: tuple[Bucket, ...] = ()
 
     def show_buckets(self, buckets: tuple[Bucket, ...]) -> None:

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dmedia_tui.health import Health
+from dmedia_tui.tui.data import LOADING
 from dmedia_tui.tui.widgets.repaint import repaint
 
 
@@ -21,5 +22,8 @@ def summary_line(health: Health) -> Text:
 
 
 class CompactSummary(Static):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(Text(LOADING, "dim"), **kwargs)  # no counts before the first data
+
     def show_health(self, health: Health) -> None:
         repaint(self, summary_line(health), fixed=True)  # one line high (tcss)
