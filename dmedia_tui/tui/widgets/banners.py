@@ -232,21 +232,28 @@ class Banners(Vertical):
         if not banners:
             return
         width = (self.size.width or (self.screen.size.width if self.is_mounted else 80)) - 2
-        heights = [b.lines_at(width) for b in banners]
-        if sum(heights) <= self.budget:
+        # Wrapping a banner's text costs ~1 ms: measure only until the budget is spent
+        # (dozens of alerts, e.g. every store offline, would wrap them all on each fit).
+        heights: list[int] = []
+        for b in banners:
+            heights.append(b.lines_at(width))
+            if sum(heights) > self.budget:
+                break
+        else:
             for b, h in zip(banners, heights, strict=True):
                 b.display = True
                 b.set_whole(True, h)
             self._more.display = False
             return
         i = min(self.whole_index, len(banners) - 1)
-        room = self.budget - heights[i]  # lines left for the others, one each
+        whole = heights[i] if i < len(heights) else banners[i].lines_at(width)
+        room = self.budget - whole  # lines left for the others, one each
         others = [j for j in range(len(banners)) if j != i]
         shown = set(others if room >= len(others) else others[: max(0, room - 1)])
         for j, b in enumerate(banners):
             if j == i:
                 b.display = True
-                b.set_whole(True, heights[i])
+                b.set_whole(True, whole)
             else:
                 b.display = j in shown
                 b.set_whole(False, 1)
