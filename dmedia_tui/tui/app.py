@@ -141,6 +141,10 @@ class DmediaApp(App[int]):
     # --- lifecycle -----------------------------------------------------------------------
 
     async def on_mount(self) -> None:
+        # What is imported and built so far (Python, Textual, dmedia_tui, the app) lives
+        # as long as the process: out of the collector's full passes, which otherwise walk
+        # it all again and again while Textual builds and paints the first screen.
+        gc.freeze()
         if self.engine is not None and not self.read_only:
             if self.engine.acquire_lock():
                 self._unsubscribe = self.engine.subscribe(self._on_engine_event)
