@@ -16,6 +16,7 @@ import humanize
 
 from dmedia_tui.durability import rank
 from dmedia_tui.health import Health
+from dmedia_tui.smart import warnings_by_store
 from dmedia_tui.views import FileView, store_label, text_value, time_value
 
 if TYPE_CHECKING:
@@ -199,8 +200,6 @@ class DashboardData:
 
 def load_dashboard(ms: MetaStore, local: Iterable[str] | None) -> DashboardData:
     """Everything the dashboard shows, in one pass (run in a worker thread)."""
-    from dmedia_tui.smart import warnings_by_store
-
     health = ms.health(local=local, with_verification=True)
     labels = {r.store_id: r.label for r in health.store_rows}
     events = load_events(ms, EVENTS_ON_DASHBOARD, labels=labels)
