@@ -5,12 +5,19 @@ Builds (and caches, in a temp dir outside the repo) SQLite libraries of 10k, 100
 invalid docs), then for each size prints, per file or per copy, the figures of issue 13:
 `check` (docs/s, peak RSS of a process doing only that), an idle round's check (CPU), an
 idle `daemon --once` round (Engine.run_once with nothing to do, CPU),
-`store downgrade` and `store purge` of the busiest store (per copy, per 1M copies), and
-the dashboard's cold load (placement summary + health). Copies of the cached library are
-worked on, so runs are repeatable. Small-file import and copy are not measured here.
+`store downgrade` and `store purge` of the busiest store (per copy, per 1M copies), the
+dashboard's cold load (`load_dashboard()`, what the app's refresh thread computes: health
+with each store's verification ages, the latest events; the bare placement summary +
+health beside it) and the app's first frames (headless, 120x40, each in a fresh process:
+the first paint, a "loading" placeholder, and the first frame showing the library's
+durability histogram). Copies of the cached library are worked on, so runs are
+repeatable. Small-file import and copy are not measured here.
+
+Cached libraries are named by schema version: a library cached by an older schema is
+copied and migrated (the older file is left as it is, for checkouts still using it).
 
     nice uv run python bench/scale.py [--sizes 10000,100000] [--bad N] [--cache DIR]
-        [--per-file] [--couch]
+        [--per-file] [--couch] [--only-dashboard]
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from dmedia_tui import protocol  # noqa: E402
-from dmedia_tui.db.sqlite import SQLiteLibrary  # noqa: E402
+from dmedia_tui.db.sqlite import SCHEMA_VERSION, SQLiteLibrary  # noqa: E402
 
 NOW = 1_795_608_000
 STORES = 6
@@ -98,12 +105,29 @@ def build(path: Path, n: int, bad: int) -> float:
 
 
 def cached(cache: Path, n: int, bad: int) -> Path:
-    path = cache / f"lib-{n}-bad{bad}.sqlite3"
-    if not path.exists():
-        tmp = cache / f".building-{n}-{os.getpid()}.sqlite3"
-        secs = build(tmp, n, bad)
+    path = cache / f"lib-{n}-bad{bad}-v{SCHEMA_VERSION}.sqlite3"
+    if path.exists():
+        return path
+    tmp = cache / f".building-{n}-{os.getpid()}.sqlite3"
+    # Schema 2 libraries were cached without a version in their name.
+    older = [cache / f"lib-{n}-bad{bad}-v{v}.sqlite3" for v in range(SCHEMA_VERSION - 1, 2, -1)]
+    older = [p for p in [*older, cache / f"lib-{n}-bad{bad}.sqlite3"] if p.exists()]
+    if older:
+        import sqlite3
+
+        t0 = time.perf_counter()
+        src, dst = sqlite3.connect(older[0]), sqlite3.connect(tmp)  # plain: no migration
+        src.backup(dst)
+        src.close()
+        dst.close()
+        SQLiteLibrary(tmp, create=False, quick_check=False).close()  # migrates the copy
         os.replace(tmp, path)
-        print(f"  built {n:,} files in {secs:.0f} s ({n / secs:,.0f} docs/s), cached at {path}")
+        secs = time.perf_counter() - t0
+        print(f"  migrated {older[0].name} to schema {SCHEMA_VERSION} in {secs:.0f} s: {path}")
+        return path
+    secs = build(tmp, n, bad)
+    os.replace(tmp, path)
+    print(f"  built {n:,} files in {secs:.0f} s ({n / secs:,.0f} docs/s), cached at {path}")
     return path
 
 
@@ -124,10 +148,43 @@ lib = SQLiteLibrary(path, create=False, quick_check=False)
 ms = MetaStore(lib, Config.load(work / "config", work / "data"), FixedClock(1_795_608_000))
 out = {}
 if op == "dashboard":
+    from dmedia_tui.tui.data import load_dashboard
+    t0 = time.perf_counter()
+    load_dashboard(ms, None)  # cold: the first call in this process
+    out["seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     summary = lib.placement_summary(); stores = lib.stores(); machines = lib.machines()
     health.assess(summary, stores, machines, 1_795_608_000, {s["_id"] for s in stores})
-    out["seconds"] = time.perf_counter() - t0
+    out["bare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for s in stores:
+        lib.verification_stats(s["_id"])
+    out["vstats"] = time.perf_counter() - t0
+elif op == "frame":
+    import asyncio
+    t0 = time.perf_counter()
+    from dmedia_tui.tui.app import DmediaApp
+    from dmedia_tui.tui.widgets.histogram import DurabilityHistogram
+    out["imports"] = time.perf_counter() - t0
+    app = DmediaApp(ms, engine=None, read_only=True)
+    frames = []
+    original = app._display
+    def display(screen, renderable):
+        original(screen, renderable)
+        hist = app.screen.query(DurabilityHistogram)
+        filled = bool(hist) and any(b.files for b in hist.first().buckets)
+        frames.append((time.perf_counter(), filled))
+    app._display = display
+    async def main():
+        t0 = time.perf_counter()
+        async with app.run_test(size=(120, 40)) as pilot:
+            while not any(f for _, f in frames):
+                await asyncio.sleep(0.002)
+            await pilot.pause()
+        return t0
+    t0 = asyncio.run(main())
+    out["first"] = frames[0][0] - t0
+    out["data"] = next(t for t, f in frames if f) - t0
 elif op == "check":
     c0, t0 = cpu(), time.perf_counter()
     r = ms.check()
@@ -168,11 +225,15 @@ def run(op: str, src: Path, scratch: Path, copy: bool) -> dict[str, Any]:
         path = work / "library.sqlite3"
         shutil.copy(src, path)
         os.sync()
+    # As installed: with bytecode (pip compiles it at install time; a checkout writes it
+    # on first import), or every child would compile Textual and dmedia_tui from source.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     r = subprocess.run(
         [sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent.parent), op, path, work],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     shutil.rmtree(work, ignore_errors=True)
     if r.returncode:
@@ -250,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where built libraries are kept between runs (never in the repo)",
     )
     ap.add_argument(
+        "--only-dashboard",
+        action="store_true",
+        help="only the dashboard's cold load and the app's first frames",
+    )
+    ap.add_argument(
         "--per-file",
         action="store_true",
         help="also time downgrade/purge on the per-doc path, for the ratio in the same run",
@@ -272,7 +338,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {n:,} files (bad {args.bad})")
             src = cached(args.cache, n, args.bad)
             d = run("dashboard", src, scratch, copy=False)
-            print(f"  dashboard cold load       {d['seconds'] * 1000:8.1f} ms")
+            print(
+                f"  dashboard cold load       {d['seconds'] * 1000:8.1f} ms  (load_dashboard;"
+                f" placement summary + health alone {d['bare'] * 1000:.1f} ms, verification"
+                f" stats of {STORES} stores warm {d['vstats'] * 1000:.1f} ms)"
+            )
+            f = run("frame", src, scratch, copy=False)
+            print(
+                f"  app first frame           {f['first'] * 1000:8.1f} ms  (loading); with the"
+                f" histogram {f['data'] * 1000:.1f} ms  (after imports of {f['imports'] * 1000:.0f}"
+                " ms)"
+            )
+            if args.only_dashboard:
+                continue
             c = run("check", src, scratch, copy=True)
             print(
                 f"  check                     {c['docs'] / c['seconds']:10,.0f} docs/s wall"
