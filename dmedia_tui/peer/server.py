@@ -51,6 +51,8 @@ log = logging.getLogger("dmedia_tui.peer.server")
 
 DEFAULT_PORT = 8476
 WRITE_CHUNK = 1024 * 1024  # leaves go out in 1 MiB writes: bounded transport buffers
+SPARE_BUFFERS = 2  # leaf buffers kept between transfers (16 MiB): a new one costs more
+# CPU (zeroing, page faults) than encrypting its bytes, and most files are 1-4 leaves
 
 Doc = dict[str, Any]
 Trust = Callable[[], Mapping[str, str]]  # fingerprint -> PEM certificate, every machine
@@ -124,25 +126,24 @@ class _Copy:
     fd: int
 
 
-def _read_and_check(fd: int, index: int, length: int, expected: bytes) -> bytearray | None:
-    """Read leaf `index` whole and hash it: its bytes when they match, None when not.
+def _read_and_check(fd: int, index: int, view: memoryview, expected: bytes) -> bool:
+    """Read leaf `index` whole into `view` (its length) and hash it: True when it matches.
 
     Runs in a worker thread (pread and blake3 release the GIL). A short read (the file
     shrank under us) is a mismatch: the copy is not the file. OSError propagates.
     """
-    buf = bytearray(length)
-    view = memoryview(buf)
+    length = len(view)
     got = 0
     offset = index * protocol.LEAF_SIZE
     while got < length:
         n = os.preadv(fd, [view[got:]], offset + got)
         if n == 0:
-            return None
+            return False
         got += n
     h = blake3(derive_key_context=protocol.LEAF_CONTEXT, max_threads=blake3.AUTO)
     h.update(index.to_bytes(8, "little"))
-    h.update(buf)
-    return buf if h.digest(length=protocol.DIGEST_BYTES) == expected else None
+    h.update(view)
+    return h.digest(length=protocol.DIGEST_BYTES) == expected
 
 
 class PeerServer:
@@ -187,6 +188,7 @@ class PeerServer:
         self._pool: ThreadPoolExecutor | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._transfers = 0
+        self._spare: list[bytearray] = []  # only touched in the loop's thread
         self.stats = {"requests": 0, "refused": 0, "bytes": 0, "corrupt": 0, "io_errors": 0}
 
     # --- lifecycle -------------------------------------------------------------------
@@ -439,37 +441,45 @@ class PeerServer:
             except Exception:
                 log.exception("on_corrupt callback failed")
 
-    def _leaf(self, live: list[_Copy], file_id: str, index: int, expected: bytes, size: int):
-        """Leaf `index` from the first copy that reads and matches (runs in a pool thread).
+    def _leaf(
+        self,
+        live: list[_Copy],
+        file_id: str,
+        index: int,
+        expected: bytes,
+        size: int,
+        buf: bytearray,
+    ) -> memoryview:
+        """Leaf `index`, read into `buf`, from the first copy that reads and matches (runs
+        in a pool thread).
 
         Copies that do not are closed and dropped from `live`: rot is reported to
         on_corrupt, an I/O error only logged (it is not corruption). Only one such job
         runs at a time per transfer, so `live` is never touched by two threads at once.
         """
         length = min(protocol.LEAF_SIZE, size - index * protocol.LEAF_SIZE)
+        view = memoryview(buf)[:length]
         while live:
             c = live[0]
             try:
-                data = self._read_leaf(c.fd, index, length, expected)
+                good = self._read_leaf(c.fd, index, view, expected)
             except OSError as e:
                 self.stats["io_errors"] += 1
                 log.warning("cannot read %s on store %s: %s", file_id, c.store_id, e)
             else:
-                if data is not None:
-                    return data
+                if good:
+                    return view
                 self._report_corrupt(c.store_id, file_id)
             live.pop(0)
             os.close(c.fd)
         raise _NoGoodCopy
 
-    def _read_leaf(self, fd: int, index: int, length: int, expected: bytes) -> bytearray | None:
+    def _read_leaf(self, fd: int, index: int, view: memoryview, expected: bytes) -> bool:
         if self.verify_leaves:
-            return _read_and_check(fd, index, length, expected)
-        buf = bytearray(length)
-        n = os.preadv(fd, [buf], index * protocol.LEAF_SIZE)
-        if n != length:
+            return _read_and_check(fd, index, view, expected)
+        if os.preadv(fd, [view], index * protocol.LEAF_SIZE) != len(view):
             raise OSError(errno.EIO, "short read")
-        return buf
+        return True
 
     async def _send(
         self,
@@ -483,24 +493,35 @@ class PeerServer:
         copies: list[_Copy],
     ) -> None:
         """Stream [start, end): each leaf read and verified (the next one already being
-        read) before any of its bytes are written."""
+        read) before any of its bytes are written.
+
+        Two leaf buffers per transfer take turns: leaf i+2 is read into leaf i's buffer
+        once every write of leaf i has returned, and by then the TLS transport has
+        encrypted those bytes into its own buffer (asyncio's SSL protocol encrypts in
+        write() itself), so nothing still points into it. A new buffer for every leaf
+        cost more CPU than the TLS encryption of its bytes.
+        """
         assert self._pool is not None
         first, last = start // protocol.LEAF_SIZE, (end - 1) // protocol.LEAF_SIZE
         live = list(copies)
         copies.clear()  # the fds are ours now: closed below, after the last read
+        bufs: list[bytearray] = []
 
-        def fetch(i: int) -> Future[bytearray]:
+        def fetch(i: int) -> Future[memoryview]:
             assert self._pool is not None
-            return self._pool.submit(self._leaf, live, file_id, i, leaves[i], size)
+            if len(bufs) < 2:
+                bufs.append(self._spare.pop() if self._spare else bytearray(protocol.LEAF_SIZE))
+            buf = bufs[(i - first) % 2]
+            return self._pool.submit(self._leaf, live, file_id, i, leaves[i], size, buf)
 
-        nxt: Future[bytearray] | None = fetch(first)
+        nxt: Future[memoryview] | None = fetch(first)
         try:
             for i in range(first, last + 1):
                 assert nxt is not None
                 data = await asyncio.wrap_future(nxt)
                 nxt = fetch(i + 1) if i < last else None
                 base = i * protocol.LEAF_SIZE
-                view = memoryview(data)[max(start, base) - base : min(end, base + len(data)) - base]
+                view = data[max(start, base) - base : min(end, base + len(data)) - base]
                 for off in range(0, len(view), WRITE_CHUNK):
                     await resp.write(view[off : off + WRITE_CHUNK])
                 self.stats["bytes"] += len(view)
@@ -516,9 +537,11 @@ class PeerServer:
                 live.clear()
 
             if nxt is not None and not nxt.done():
-                nxt.add_done_callback(close)  # a read may still use the fds
+                nxt.add_done_callback(close)  # a read may still use the fds (and buffer)
             else:
                 close()
+                room = SPARE_BUFFERS - len(self._spare)
+                self._spare.extend(bufs[:room])
 
 
 class _NoGoodCopy(Exception):

@@ -275,10 +275,10 @@ def test_the_serving_store_unplugged_mid_transfer_is_an_io_error_not_corruption(
     dst = bob.new_store()
     real = server_mod._read_and_check
 
-    def unplugged_after_leaf_0(fd: int, index: int, length: int, expected: bytes):
+    def unplugged_after_leaf_0(fd: int, index: int, view: memoryview, expected: bytes):
         if index >= 1:
             raise OSError(errno.EIO, "Input/output error")
-        return real(fd, index, length, expected)
+        return real(fd, index, view, expected)
 
     monkeypatch.setattr(server_mod, "_read_and_check", unplugged_after_leaf_0)
     srv = alice.server(bob)
