@@ -510,7 +510,8 @@ class PeerServer:
         def fetch(i: int) -> Future[memoryview]:
             assert self._pool is not None
             if len(bufs) < 2:
-                bufs.append(self._spare.pop() if self._spare else bytearray(protocol.LEAF_SIZE))
+                need = min(protocol.LEAF_SIZE, size - i * protocol.LEAF_SIZE)
+                bufs.append(self._spare.pop() if self._spare else bytearray(need))
             buf = bufs[(i - first) % 2]
             return self._pool.submit(self._leaf, live, file_id, i, leaves[i], size, buf)
 
@@ -540,8 +541,8 @@ class PeerServer:
                 nxt.add_done_callback(close)  # a read may still use the fds (and buffer)
             else:
                 close()
-                room = SPARE_BUFFERS - len(self._spare)
-                self._spare.extend(bufs[:room])
+                whole = [b for b in bufs if len(b) == protocol.LEAF_SIZE]
+                self._spare.extend(whole[: SPARE_BUFFERS - len(self._spare)])
 
 
 class _NoGoodCopy(Exception):
