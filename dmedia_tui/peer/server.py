@@ -51,8 +51,9 @@ log = logging.getLogger("dmedia_tui.peer.server")
 
 DEFAULT_PORT = 8476
 WRITE_CHUNK = 1024 * 1024  # leaves go out in 1 MiB writes: bounded transport buffers
-SPARE_BUFFERS = 2  # leaf buffers kept between transfers (16 MiB): a new one costs more
-# CPU (zeroing, page faults) than encrypting its bytes, and most files are 1-4 leaves
+SPARE_BUFFERS = 4  # leaf buffers kept between transfers (32 MiB: two transfers at once, as
+# a peer's copy worker pulls): a new one costs more CPU (zeroing, page faults) than
+# encrypting its bytes, and most files are 1-4 leaves
 
 Doc = dict[str, Any]
 Trust = Callable[[], Mapping[str, str]]  # fingerprint -> PEM certificate, every machine
