@@ -179,13 +179,14 @@ class Engine:
 
     # --- activity (what the workers are doing) -----------------------------------------
 
-    def _set_activity(self, kind: str, act: Activity | None) -> None:
-        """A worker starts (act) or stops (None) showing what it does."""
+    def _set_activity(self, slot: str, act: Activity | None) -> None:
+        """A worker starts (act) or stops (None) showing what it does; `slot` is the
+        worker ("verify", "copy", or "pull <thread>": pulls run side by side)."""
         with self._activity_lock:
             if act is None:
-                self.activity.pop(kind, None)
+                self.activity.pop(slot, None)
             else:
-                self.activity[kind] = act
+                self.activity[slot] = act
 
     def activity_snapshot(self) -> tuple[list[Activity], list[float]]:
         """Copies of the current activities (in the activity panel's order: verify, pull,
@@ -892,10 +893,15 @@ class Engine:
         if peers is None or self._stop.is_set():
             return s
 
+        slots: set[str] = set()
+
         def started(doc: dict[str, Any], machine: Any, dst: FileStore) -> Callable[[int], None]:
+            # Pulls run side by side, one per pull thread: each shows its own line.
+            slot = f"pull {threading.current_thread().name}"
+            slots.add(slot)
             label = f"{machine.hostname} -> {store_label(self.ms.store_doc(dst.id), dst.id)}"
             act = Activity("pull", label, doc["_id"], doc.get("name"), total=doc.get("bytes", 0))
-            self._set_activity("pull", act)
+            self._set_activity(slot, act)
 
             def progress(nbytes: int) -> None:
                 if self._stop.is_set():
@@ -910,7 +916,8 @@ class Engine:
         except _Stopping:
             return s
         finally:
-            self._set_activity("pull", None)
+            for slot in slots:
+                self._set_activity(slot, None)
         s.copies += r.copies
         self._last_pull_refused = r.refused
         if r.copies:

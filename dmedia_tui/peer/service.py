@@ -9,7 +9,10 @@ One `Peers` per engine. The engine calls:
   when it no longer should run;
 - `pull_round(connected)` in the copy worker: user files below the target with no good
   copy here, a local store that may take them, and an online peer that has them
-  connected, are pulled from the peer with the fewest recent failures;
+  connected, are pulled from the peer with the fewest recent failures, PULLS_AT_ONCE
+  at a time (one transfer's handshake, first leaf and final fsync overlap the other's
+  bytes; each is verified, committed and recorded on its own, so one that fails does
+  not touch the other);
 - `stop()` when the engine stops.
 
 Every transfer is logged to log-1: `dmedia/transfer/done|failed|corrupt` with the peer,
@@ -21,7 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +43,9 @@ log = logging.getLogger("dmedia_tui.peer")
 Doc = dict[str, Any]
 FAILURE_MEMORY = 3600.0  # a peer's failures count against it for an hour
 TRUST_REFRESH = 5.0  # the server re-reads the machine docs this often (a new machine waits)
+# Transfers run side by side: on 2 cores one pull alone left a third of the CPU idle
+# (waiting on its handshake, first leaf, fsync and rename); bench/peer.py measures it.
+PULLS_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,12 @@ class PullSummary:
     corrupt: int = 0
     refused: set[str] = field(default_factory=set)  # peers whose handshake refused us
 
+    def add(self, other: PullSummary) -> None:
+        self.copies += other.copies
+        self.failed += other.failed
+        self.corrupt += other.corrupt
+        self.refused |= other.refused
+
 
 class Peers:
     """Identity, server and pulls of one engine (see the module docstring)."""
@@ -140,8 +153,9 @@ class Peers:
         # Peers unreachable since their last logged `dmedia/peer/unreachable`; loaded from
         # log-1 on the first round, so a restart neither repeats nor forgets an outage.
         self._outage: set[str] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # _failures and _outage: pulls run in threads
         self.trust_refresh = TRUST_REFRESH
+        self.pulls_at_once = PULLS_AT_ONCE
 
     # --- identity and publication ------------------------------------------------
 
@@ -280,16 +294,61 @@ class Peers:
         stop: Callable[[], bool] = lambda: False,
         started: Started | None = None,
     ) -> PullSummary:
-        """Pull up to `limit` fragile user files that only peers can provide."""
+        """Pull up to `limit` fragile user files that only peers can provide,
+        `pulls_at_once` at a time.
+
+        An exception out of one pull (the `started` progress aborting it, a database
+        error while recording) stops new pulls; the others running finish and are
+        recorded, then the first such exception is raised.
+        """
         s = PullSummary()
         if not connected:
             return s
         peers = self.online_peers()
         if not peers:
             return s
-        if self._outage is None:
-            self._outage = set(self.ms.peer_outages())
+        with self._lock:
+            if self._outage is None:
+                self._outage = set(self.ms.peer_outages())
         unreachable: set[str] = set()
+        at_once = max(1, self.pulls_at_once)
+        running: set[Future[PullSummary]] = set()
+        error: BaseException | None = None
+
+        def collect(done: set[Future[PullSummary]]) -> None:
+            nonlocal error
+            for f in done:
+                try:
+                    s.add(f.result())
+                except BaseException as e:
+                    error = error or e
+
+        with ThreadPoolExecutor(at_once, thread_name_prefix="dmedia-pull") as ex:
+            try:
+                for doc, dst, holders in self._wanted(connected, peers, unreachable, limit, stop):
+                    while len(running) >= at_once:
+                        done, running = wait(running, return_when=FIRST_COMPLETED)
+                        collect(done)
+                    if error is not None:
+                        break
+                    running.add(ex.submit(self._pull_one, doc, dst, holders, unreachable, started))
+            finally:
+                done, running = wait(running)
+                collect(done)
+        if error is not None:
+            raise error
+        return s
+
+    def _wanted(
+        self,
+        connected: dict[str, FileStore],
+        peers: list[PeerMachine],
+        unreachable: set[str],
+        limit: int,
+        stop: Callable[[], bool],
+    ) -> Iterator[tuple[Doc, FileStore, list[PeerMachine]]]:
+        """(doc, destination, holders) of the files to pull, most fragile first; a peer
+        found unreachable meanwhile is no longer offered."""
         tried = 0
         after = None
         while tried < limit and not stop():
@@ -298,7 +357,7 @@ class Peers:
                 break
             for doc in page:
                 if tried >= limit or stop():
-                    break
+                    return
                 holders = self._holders(doc, connected, peers, unreachable)
                 if not holders:
                     continue
@@ -306,11 +365,10 @@ class Peers:
                 if not dsts:
                     continue
                 tried += 1
-                self._pull_one(doc, dsts[0], holders, unreachable, s, started)
+                yield doc, dsts[0], holders
             after = (rank(page[-1]), page[-1]["_id"])
             if len(page) < 100:
                 break
-        return s
 
     def _holders(
         self,
@@ -333,6 +391,19 @@ class Peers:
         return holders
 
     def _pull_one(
+        self,
+        doc: Doc,
+        dst: FileStore,
+        holders: list[PeerMachine],
+        unreachable: set[str],
+        started: Started | None,
+    ) -> PullSummary:
+        """One file from the first holder that has it (runs in a pull thread)."""
+        s = PullSummary()
+        self._pull_from(doc, dst, holders, unreachable, s, started)
+        return s
+
+    def _pull_from(
         self,
         doc: Doc,
         dst: FileStore,
@@ -380,11 +451,9 @@ class Peers:
                         self._log(schema.LOG_TRANSFER_FAILED, m, file_id, dst, 0, t0, str(e))
                         break
                     unreachable.add(m.machine_id)  # not again this round
-                    outage = self._outage if self._outage is not None else set()
-                    if m.machine_id in outage:
+                    if not self._outage_starts(m.machine_id):
                         log.info("%s still unreachable: %s", m.hostname, e)
                     else:  # log-1 gets one event per outage, not one per round
-                        outage.add(m.machine_id)
                         self._log(schema.LOG_TRANSFER_FAILED, m, file_id, dst, 0, t0, str(e))
                         self.ms.log_event(
                             schema.LOG_PEER_UNREACHABLE,
@@ -400,10 +469,24 @@ class Peers:
                     s.copies += 1
                     return
 
+    def _outage_starts(self, machine_id: str) -> bool:
+        """Mark the peer unreachable: True only for the pull that found it first."""
+        with self._lock:
+            if self._outage is None:
+                self._outage = set()
+            if machine_id in self._outage:
+                return False
+            self._outage.add(machine_id)
+            return True
+
     def _reached(self, m: PeerMachine, address: str) -> None:
         """The peer answered: an outage it was in ends (logged once)."""
-        if self._outage is not None and m.machine_id in self._outage:
-            self._outage.discard(m.machine_id)
+        with self._lock:
+            ended = self._outage is not None and m.machine_id in self._outage
+            if ended:
+                assert self._outage is not None
+                self._outage.discard(m.machine_id)
+        if ended:
             self.ms.log_event(
                 schema.LOG_PEER_REACHABLE,
                 logging.INFO,

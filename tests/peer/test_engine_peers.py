@@ -327,3 +327,158 @@ def test_a_rot_found_while_serving_a_peer_is_notified_once_by_the_serving_engine
     finally:
         n.close()
         eng_b.stop()
+
+
+# --- pulls side by side (peer.service.PULLS_AT_ONCE) ------------------------------------
+
+
+def _serving_b(b: MetaStore) -> Engine:
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    _wait(lambda: ((b.lib.docs.get_or_none(b.machine_id) or {}).get("peer") or {}).get("addresses"))
+    return eng_b
+
+
+def _rot(store, file_id: str, data: bytes, b: MetaStore) -> None:
+    """Flip a byte of leaf 1 behind an unchanged mtime, the copy marked verified just now:
+    only serving it finds the rot."""
+    path = store.file_path(file_id)
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(LEAF + 10)
+        f.write(bytes([data[LEAF + 10] ^ 0x40]))
+    os.chmod(path, 0o444)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    mtime = store.stat(file_id).mtime
+    b.lib.docs.update(file_id, transitions.mark_verified, store.id, 1, mtime, b.now())
+
+
+@pytest.fixture
+def together(monkeypatch):
+    """Every client.pull first waits for another one to start: sequential pulls (the old
+    copy worker) break the barrier instead of passing it. Returns the pulls seen."""
+    import threading
+
+    from dmedia_tui.peer import client
+
+    barrier = threading.Barrier(2, timeout=20)
+    real = client.pull
+    seen: list[str] = []
+
+    def pull(identity, address, fingerprint, doc, dst, progress=None, **kw):
+        seen.append(doc["_id"])
+        if len(seen) <= 2:
+            barrier.wait()
+        return real(identity, address, fingerprint, doc, dst, progress, **kw)
+
+    monkeypatch.setattr(client, "pull", pull)
+    return seen
+
+
+def _two_files(shm: Path, b: MetaStore, size: int) -> tuple[dict[str, bytes], object]:
+    (shm / "card").mkdir()
+    files = {}
+    for name in ("MVI_0010.MOV", "MVI_0011.MOV"):
+        data = os.urandom(size)
+        (shm / "card" / name).write_bytes(data)
+        files[hash_bytes(data).id] = data
+    (shm / "laptop-ssd").mkdir()
+    b_store, _, _ = b.init_store(shm / "laptop-ssd", label="laptop-ssd")
+    b.import_paths([shm / "card"], b_store)
+    return files, b_store
+
+
+def test_two_pulls_run_at_once_each_shown_and_both_recorded(two, shm: Path, together) -> None:
+    a, b = two
+    files, _ = _two_files(shm, b, LEAF + 5000)
+    (shm / "studio-1").mkdir()
+    a_store = a.init_store(shm / "studio-1", label="studio-1")[0]
+    Engine(a, watch_drives=False, watch_folders=False).run_once()  # A publishes itself
+    eng_b = _serving_b(b)
+    engine_a = Engine(a, watch_drives=False, watch_folders=False)
+    shown: list[int] = []
+    engine_a.subscribe(
+        lambda ev: (
+            shown.append(sum(x.kind == "pull" for x in engine_a.activity_snapshot()[0]))
+            if ev.kind == "activity"
+            else None
+        )
+    )
+    try:
+        engine_a.housekeeping()  # connects A's store
+        assert engine_a.pull_round().copies == 2
+    finally:
+        eng_b.stop()
+    assert sorted(together) == sorted(files)
+    for file_id, data in files.items():
+        assert a_store.file_path(file_id).read_bytes() == data
+        assert a_store.id in a.lib.docs.get(file_id)["stored"]
+    done = a.lib.events(types=[schema.LOG_TRANSFER_DONE])
+    assert sorted(e["file_id"] for e in done) == sorted(files)
+    assert max(shown) == 2  # the activity panel shows both transfers
+    assert not engine_a.activity  # and neither once the round is over
+
+
+def test_one_pull_failing_does_not_spoil_the_one_beside_it(two, shm: Path, together) -> None:
+    a, b = two
+    files, b_store = _two_files(shm, b, 2 * LEAF + 5000)
+    bad, good = sorted(files)
+    _rot(b_store, bad, files[bad], b)  # cut off after leaf 0, while `good` is on its way
+    (shm / "studio-1").mkdir()
+    a_store = a.init_store(shm / "studio-1", label="studio-1")[0]
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+    eng_b = _serving_b(b)
+    engine_a = Engine(a, watch_drives=False, watch_folders=False)
+    try:
+        engine_a.housekeeping()
+        assert engine_a.pull_round().copies == 1
+    finally:
+        eng_b.stop()
+    assert sorted(together[:2]) == [bad, good]
+    assert a_store.file_path(good).read_bytes() == files[good]
+    assert a.lib.docs.get(good)["stored"].keys() == {b_store.id, a_store.id}
+    assert not a_store.exists(bad)
+    assert a_store.id not in a.lib.docs.get(bad)["stored"]
+    assert [e["file_id"] for e in a.lib.events(types=[schema.LOG_TRANSFER_FAILED])] == [bad]
+    assert [e["file_id"] for e in a.lib.events(types=[schema.LOG_TRANSFER_DONE])] == [good]
+
+
+def test_a_pull_that_raises_lets_the_one_beside_it_finish_then_the_round_raises(
+    two, shm: Path, together
+) -> None:
+    """An exception out of one pull (here its progress callback, as the engine's stop
+    does) ends the round, but only after the other transfer is committed and recorded."""
+    from dmedia_tui.peer import client
+    from dmedia_tui.peer.service import Peers
+
+    a, b = two
+    files, b_store = _two_files(shm, b, 2 * LEAF + 5000)
+    first, second = sorted(files)  # the round takes them in this order
+    (shm / "studio-1").mkdir()
+    a_store = a.init_store(shm / "studio-1", label="studio-1")[0]
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+    eng_b = _serving_b(b)
+
+    class Abort(Exception):
+        pass
+
+    def started(doc, machine, dst):
+        def progress(nbytes: int) -> None:
+            if doc["_id"] == first:
+                raise Abort
+
+        return progress
+
+    peers = Peers(a, lambda: {a_store.id: a_store}, lambda sid, fid: None, discovery=False)
+    try:
+        with pytest.raises(Abort):
+            peers.pull_round({a_store.id: a_store}, started=started)
+    finally:
+        eng_b.stop()
+    assert a_store.file_path(second).read_bytes() == files[second]
+    assert a.lib.docs.get(second)["stored"].keys() == {b_store.id, a_store.id}
+    assert a_store.id not in a.lib.docs.get(first)["stored"]  # no claim, no copy
+    assert not a_store.exists(first)
+    assert client.partial_size(a_store, first) == LEAF  # its verified leaf, for next time
