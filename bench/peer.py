@@ -2,7 +2,8 @@
 
 Two machines on one host: "A" serves a camera-like corpus from its store in a process of
 its own (the real PeerServer, TLS 1.3, client certificates), "B" pulls every file into
-its store with peer.client.pull (each leaf verified before it is written, fsync, rename).
+its store with peer.client.pull (each leaf verified before it is written, fsync, rename),
+PULLS_AT_ONCE files at a time like the engine's copy worker (`--at-once 1,2` compares).
 The same bytes then travel with rsync over ssh (git-annex's transport) from a loopback
 sshd started here on a high port with a temporary config and keys. Both read from a warm
 page cache. Goal: ratio (rsync time / pull time) >= 1.0.
@@ -26,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,6 +39,7 @@ from dmedia_tui import protocol  # noqa: E402
 from dmedia_tui.filestore import FileStore  # noqa: E402
 from dmedia_tui.peer import identity as ident  # noqa: E402
 from dmedia_tui.peer.client import PeerConnection, PeerError, pull  # noqa: E402
+from dmedia_tui.peer.service import PULLS_AT_ONCE  # noqa: E402
 
 SSH_PORT = 22899
 
@@ -208,6 +211,12 @@ def main() -> int:
     p.set_defaults(mb=2000, rounds=1)
     p.add_argument("--soak", type=int, default=4000, help="soak requests (default 4000)")
     p.add_argument("--no-rsync", action="store_true")
+    p.add_argument(
+        "--at-once",
+        default=str(PULLS_AT_ONCE),
+        help=f"pulls side by side, comma-separated to compare (default {PULLS_AT_ONCE}, "
+        "the copy worker's); the ratio is the first's",
+    )
     p.add_argument("--serve", help=argparse_hidden())
     args = p.parse_args()
     if args.serve:
@@ -236,6 +245,7 @@ def main() -> int:
         U.rmtree(work / "card")
         total = sum(d["bytes"] for d in docs.values())
         print(f"store A: {len(docs)} files, {total / U.MB:.0f} MB in {src.path}")
+        print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         spec = {
             "identity": str(a.directory),
             "machine_id": protocol.random_id(),
@@ -262,17 +272,24 @@ def main() -> int:
 
         dst_box: list[FileStore] = []
 
-        def pull_all() -> None:
-            for doc in docs.values():
+        def pull_all(at_once: int) -> None:
+            def one(doc: dict) -> None:
                 r = pull(b, address, a.fingerprint, doc, dst_box[0])
                 assert r.new and r.fetched == doc["bytes"]
 
-        t_pull = U.best_of(
-            args.rounds,
-            pull_all,
-            lambda: (dst_box.clear(), dst_box.append(fresh_dst()), U.warm(copies)),
-        )
-        print(f"peer pull (verify + fsync): {U.rate(total, t_pull)}")
+            with ThreadPoolExecutor(at_once) as ex:
+                list(ex.map(one, docs.values()))
+
+        t_pulls = {}
+        for at_once in (int(n) for n in args.at_once.split(",")):
+            t_pulls[at_once] = U.best_of(
+                args.rounds,
+                lambda n=at_once: pull_all(n),
+                lambda: (dst_box.clear(), dst_box.append(fresh_dst()), U.warm(copies)),
+            )
+            rate = U.rate(total, t_pulls[at_once])
+            print(f"peer pull, {at_once} at once (verify + fsync): {rate}")
+        t_pull = next(iter(t_pulls.values()))
 
         ratio = None
         if args.no_rsync or not (shutil.which("rsync") and Path("/usr/sbin/sshd").exists()):
@@ -305,8 +322,11 @@ def main() -> int:
             if rsync_has_fsync():
                 t_fs = U.best_of(args.rounds, lambda: rsync("--fsync"), before)
                 print(f"rsync -e ssh --fsync:       {U.rate(total, t_fs)}")
+            for at_once, t in t_pulls.items():
+                print(f"ratio (rsync time / pull time), {at_once} at once: {t_rsync / t:.2f}")
             ratio = t_rsync / t_pull
             print(f"ratio (rsync time / pull time): {ratio:.2f}  {U.verdict(ratio >= 1.0)}")
+            print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
             U.rmtree(out)
         U.rmtree(work / "store-b")
 
