@@ -151,6 +151,38 @@ def test_check_root_hash_errors_are_distinct() -> None:
         assert not any(issubclass(a, b) for b in kinds if b is not a)
 
 
+# Characters int(x, 32) would read, or skip, if they were let through: the number
+# compare must see each as a mismatch, never as a digit or as nothing.
+_NOT_IN_ALPHABET = list("01Zzav_+-.\t\n\x00é٣３\ud800\U0001f600")
+
+
+def test_root_hash_matches_only_the_id_itself() -> None:
+    data, file_id, _ = VECTORS["leaf_plus_one"]
+    lh = P.hash_bytes(data).leaf_hashes
+    size = len(data)
+    assert P.root_hash_matches(file_id, size, lh)
+    assert not P.root_hash_matches(file_id, size + 1, lh)
+    assert not P.root_hash_matches(file_id, size, bytes([lh[0] ^ 1]) + lh[1:])
+    for bad in (file_id.lower(), file_id[:-1], file_id + "3", None, 7, file_id.encode(), ""):
+        assert not P.root_hash_matches(bad, size, lh)
+    # Every one-character change, in or out of the alphabet, at the ends and inside.
+    for i in (0, 1, 23, 46, 47):
+        for ch in (*P.ALPHABET, *_NOT_IN_ALPHABET):
+            other = file_id[:i] + ch + file_id[i + 1 :]
+            assert P.root_hash_matches(other, size, lh) == (other == file_id), (i, ch)
+    # Padding int() would strip: spaces or a sign in place of the first/last character.
+    for other in (" " + file_id[1:], file_id[:-1] + " ", "+" + file_id[1:], "_" + file_id[1:]):
+        assert not P.root_hash_matches(other, size, lh)
+
+
+@given(st.text(alphabet=P.ALPHABET + "0Z_ +az\u00e9", min_size=48, max_size=48))
+def test_root_hash_matches_agrees_with_hash_root(file_id: str) -> None:
+    lh = P.hash_leaf(0, b"x")
+    assert P.root_hash_matches(file_id, 1, lh) == (P.hash_root(1, lh) == file_id)
+    real = P.hash_root(1, lh)
+    assert P.root_hash_matches(real, 1, lh)
+
+
 def test_leaf_hashes_base64_round_trip() -> None:
     lh = P.hash_bytes(VECTORS["three_leaves"][0]).leaf_hashes
     assert P.decode_leaf_hashes(P.encode_leaf_hashes(lh)) == lh
