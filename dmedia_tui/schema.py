@@ -21,6 +21,7 @@ either, so newer versions can add fields; bools never count as ints. Design docs
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 import os
 import re
@@ -596,6 +597,84 @@ def check_file_consistency(doc: Any) -> list[str]:
     except protocol.ProtocolError as e:  # any future distinct failure
         return [f"_id: {e}"]
     return []
+
+
+# Extensions already seen valid (a library has a few dozen), as _VALID_STORE_IDS.
+_VALID_EXTS: set[str] = set()
+
+
+def file_doc_sound(doc: Any) -> bool:
+    """True only when `check_doc(doc)` and `check_file_consistency(doc)` both find
+    nothing: the common case of the check pass (a clean file doc) in one pass, the root
+    hash compared as a number. False says nothing about what is wrong: the full
+    validators then name it. Anything unusual (a `corrupt` mark, `name_b64`, a store ID
+    not seen valid yet, a key missing) is left to them. Never raises.
+    """
+    if type(doc) is not dict:
+        return False
+    try:
+        if doc["type"] != TYPE_FILE or DAMAGED in doc or "corrupt" in doc or "name_b64" in doc:
+            return False
+        t = doc["time"]
+        if type(t) is int:
+            if t < 0:
+                return False
+        elif type(t) is not float or not 0 <= t <= MAX_INT:  # NaN and inf fail too
+            return False
+        size = doc["bytes"]
+        atime = doc["atime"]
+        if type(size) is not int or type(atime) is not int:
+            return False
+        if not (1 <= size <= MAX_INT and 0 <= atime <= MAX_INT):
+            return False
+        origin = doc["origin"]
+        if type(origin) is not str or origin not in _ORIGINS:
+            return False
+        stored = doc["stored"]
+        if type(stored) is not dict:
+            return False
+        valid_sids = _VALID_STORE_IDS
+        for sid, value in stored.items():
+            if sid not in valid_sids or type(value) is not dict:
+                return False
+            c = value["copies"]
+            m = value["mtime"]
+            if type(c) is not int or type(m) is not int:
+                return False
+            if not (0 <= c <= MAX_COPIES and 0 <= m <= MAX_INT):
+                return False
+            if len(value) != 2:
+                v = value.get("verified", 0)
+                if type(v) is not int or not 0 <= v <= MAX_INT:
+                    return False
+                if value.get("pinned", True) is not True:
+                    return False
+        rev = doc.get("_rev")
+        if rev is not None and type(rev) is not str:
+            return False
+        name = doc.get("name")
+        if name is not None and type(name) is not str:
+            return False
+        ext = doc.get("ext")
+        if ext is not None and ext not in _VALID_EXTS:
+            if type(ext) is not str or not _EXT_RE.fullmatch(ext):
+                return False
+            if len(_VALID_EXTS) >= 1000:
+                _VALID_EXTS.clear()
+            _VALID_EXTS.add(ext)
+        lh = doc["leaf_hashes"]
+        if type(lh) is not str:
+            return False
+        # Base64 of whole 30-byte digests has no padding: strict mode refuses any
+        # character but the 64, and 4 of them make 3 bytes.
+        raw = binascii.a2b_base64(lh, strict_mode=True)
+        if len(raw) * 4 != len(lh) * 3:
+            return False
+        if len(raw) != protocol.DIGEST_BYTES * (-(-size // protocol.LEAF_SIZE)):
+            return False
+        return protocol.root_hash_matches(doc["_id"], size, raw)
+    except (KeyError, ValueError, TypeError):  # binascii.Error is a ValueError
+        return False
 
 
 # --- constructors ----------------------------------------------------------------------

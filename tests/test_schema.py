@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from dmedia_tui import protocol, schema
@@ -654,6 +654,7 @@ def test_validators_never_raise_on_any_json(doc):
         assert all(isinstance(p, str) and "\n" not in p for p in problems)
     consistency = check_file_consistency(doc)
     assert isinstance(consistency, list) and len(consistency) <= 1
+    assert schema.file_doc_sound(doc) in (True, False)
     assert doc == before or doc != doc  # never touched (NaN compares unequal to itself)
 
 
@@ -674,3 +675,202 @@ def test_store_id_memo_stays_bounded_and_admits_only_valid_ids():
     assert check_file(file_doc(stored={"j" * 24: {"copies": 1, "mtime": 1}})) == [
         f"stored: key '{'j' * 24}' is not a valid store ID"
     ]
+
+
+# --- file_doc_sound: the check pass's fast path ----------------------------------------
+
+
+def clean(doc) -> bool:
+    """What the check pass asks of a file doc, by the full validators."""
+    return check_doc(doc) == [] and check_file_consistency(doc) == []
+
+
+def clean_file_docs():
+    """File docs as the app writes them, in every shape it writes."""
+    s1, s2 = {S1: create_stored_value(1, NOW - 100, NOW - 50)}, {S2: create_stored_value(0, 5)}
+    yield create_file(NOW, CH, s1, name="A.MOV")
+    yield create_file(NOW + 0.25, CH, {**s1, **s2}, name="clip.tar.gz")  # float time
+    yield create_file(NOW, CH, {}, origin="proxy")  # no copy, no name
+    yield create_file(NOW, BIG, s1, name="BIG")  # two leaves, no ext
+    for origin in schema.ORIGINS:
+        yield create_file(NOW, BIG, s2, origin=origin, name="x.JPG")
+    yield file_doc(_rev="3-abc", stored={S1: {"copies": 2, "mtime": 0, "pinned": True}})
+    yield file_doc(stored={S1: {"copies": 1, "mtime": 1, "verified": 2, "x_note": [1]}})
+    yield file_doc(x_app={"nested": [1, 2.5, None]}, newer_field="kept", name=None)
+    yield file_doc(time=2**70)  # an int time has no upper bound
+    yield file_doc(time=0, atime=0)
+
+
+def test_file_doc_sound_passes_every_clean_file_doc_the_app_writes():
+    for doc in clean_file_docs():
+        assert clean(doc), doc
+        assert schema.file_doc_sound(doc), doc
+        assert schema.file_doc_sound(json.loads(json.dumps(doc))), doc
+
+
+def test_file_doc_sound_leaves_the_unusual_to_the_full_validators():
+    # Clean, but rare: the full validators decide (False says nothing is known).
+    unusual = [
+        file_doc(corrupt={S2: {"time": NOW}}),
+        file_doc(name_b64="/w=="),
+        file_doc(stored={"x_other_app": {"anything": 1}}),
+    ]
+    for doc in unusual:
+        assert clean(doc) and not schema.file_doc_sound(doc)
+    # A store ID seen for the first time: the full validators see it once, then it is fast.
+    new_sid = protocol.random_id()
+    doc = file_doc(stored={new_sid: {"copies": 1, "mtime": 1}})
+    assert not schema.file_doc_sound(doc)
+    assert clean(doc) and schema.file_doc_sound(doc)
+
+
+NEAR = [
+    None,
+    True,
+    False,
+    -1,
+    0,
+    1,
+    2,
+    3,
+    10,
+    11,
+    2**53 - 1,
+    2**53,
+    2**64,
+    -(2**63),
+    0.0,
+    -0.0,
+    0.5,
+    1.0,
+    1e300,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "x",
+    "user",
+    "dmedia/file",
+    "jpg",
+    "tar.gz",
+    "JPG",
+    "a.b.c",
+    "AAAA",
+    "====",
+    [],
+    {},
+    [1],
+    {"copies": 1, "mtime": 1},
+    {"copies": 1, "mtime": 1, "verified": 1},
+    {"copies": 1, "mtime": 1, "pinned": False},
+    {"copies": 11, "mtime": 1},
+    {"copies": 1},
+    {"mtime": 1},
+    {"copies": True, "mtime": 1},
+]
+FILE_KEYS = [
+    "_id",
+    "_rev",
+    "type",
+    "time",
+    "atime",
+    "bytes",
+    "origin",
+    "leaf_hashes",
+    "stored",
+    "name",
+    "ext",
+    "_deleted",
+    "x_a",
+    "other",
+]
+file_keys = st.sampled_from(FILE_KEYS)
+near_values = (st.sampled_from(NEAR) | json_values).map(copy.deepcopy)  # never shared
+LEAF_TEXTS = [
+    protocol.encode_leaf_hashes(CH.leaf_hashes),
+    protocol.encode_leaf_hashes(BIG.leaf_hashes),
+    protocol.encode_leaf_hashes(CH.leaf_hashes)[:-1] + "=",
+    protocol.encode_leaf_hashes(CH.leaf_hashes) + "====",
+    protocol.encode_leaf_hashes(CH.leaf_hashes)[:-4],
+    protocol.encode_leaf_hashes(CH.leaf_hashes).replace("A", "-").replace("a", "_"),
+    " " + protocol.encode_leaf_hashes(CH.leaf_hashes)[1:],
+    protocol.encode_leaf_hashes(CH.leaf_hashes)[:-2] + "\n" + "A",
+    protocol.encode_leaf_hashes(CH.leaf_hashes * 2),
+    protocol.encode_leaf_hashes(bytes(30)),
+    "é" * 40,
+]
+leaf_texts = st.sampled_from(LEAF_TEXTS)
+
+
+def test_file_doc_sound_agrees_on_every_one_field_change():
+    """Every near-valid value in every field (and in a stored entry), one at a time."""
+    check_doc(file_doc())  # S1 seen valid
+    changed = []
+    for key in [*FILE_KEYS, "corrupt", "name_b64"]:
+        for value in NEAR:
+            changed.append(file_doc(**{key: copy.deepcopy(value)}))
+        changed.append({k: v for k, v in file_doc().items() if k != key})
+    for field in ("copies", "mtime", "verified", "pinned", "x_a"):
+        for value in NEAR:
+            doc = file_doc()
+            doc["stored"][S1][field] = copy.deepcopy(value)
+            changed.append(doc)
+    for lh in LEAF_TEXTS:
+        changed.append(file_doc(leaf_hashes=lh))
+    # An ID that is the root hash of a leaf count the size does not have.
+    two = CH.leaf_hashes * 2
+    changed.append(file_doc(_id=protocol.hash_root(CH.file_size, two)))
+    changed[-1]["leaf_hashes"] = protocol.encode_leaf_hashes(two)
+    for doc in changed:
+        sound = schema.file_doc_sound(doc)
+        if sound:
+            assert clean(doc), doc
+        elif doc.get("type") == "dmedia/file" and doc.get("_deleted") is not True:
+            rare = {"corrupt", "name_b64"} & doc.keys()
+            assert rare or not clean(doc), doc
+    assert sum(map(schema.file_doc_sound, changed)) > 50  # not only refusals
+
+
+@st.composite
+def mutated_file_docs(draw):
+    base = draw(
+        st.sampled_from([file_doc(), create_file(NOW, BIG, {S2: {"copies": 1, "mtime": 2}})])
+    )
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(0, 3))):
+        how = draw(st.integers(0, 5))
+        key = draw(file_keys)
+        if how == 0:
+            doc.pop(key, None)
+        elif how == 1:
+            doc[key] = draw(near_values)
+        elif how == 2:
+            doc["leaf_hashes"] = draw(leaf_texts)
+        elif how == 3 and isinstance(doc.get("stored"), dict):
+            sid = draw(st.sampled_from([S1, S2, "junk", protocol.random_id(30)]))
+            doc["stored"][sid] = draw(near_values)
+        elif how == 4 and isinstance(doc.get("stored"), dict) and doc["stored"]:
+            value = next(iter(doc["stored"].values()))
+            if isinstance(value, dict):
+                value[draw(st.sampled_from(["copies", "mtime", "verified", "pinned"]))] = draw(
+                    near_values
+                )
+        elif how == 5:
+            doc["_id"] = draw(st.sampled_from([CH.id, BIG.id, CH.id.lower(), CH.id[:-1] + "Z", ""]))
+    return doc
+
+
+@settings(max_examples=1500, deadline=None)
+@given(mutated_file_docs())
+def test_file_doc_sound_is_exactly_the_full_validators_on_file_docs(doc):
+    """On any file doc (but for the rare shapes left to the full validators, tested
+    above), the fast path says sound exactly when the full validators find nothing."""
+    check_doc(file_doc(stored={S1: {"copies": 1, "mtime": 1}, S2: {"copies": 1, "mtime": 1}}))
+    before = copy.deepcopy(doc)
+    sound = schema.file_doc_sound(doc)
+    event(f"sound: {sound}")
+    assert doc == before or doc != doc  # never touched
+    if sound:
+        assert clean(doc), doc
+    elif doc.get("type") == "dmedia/file" and doc.get("_deleted") is not True:
+        assert not clean(doc), doc
