@@ -1608,7 +1608,7 @@ class MetaStore:
 
     # --- schema and consistency check (checker.py) ----------------------------------
 
-    def check(self, page_size: int = 1000) -> CheckReport:
+    def check(self, page_size: int = 5000) -> CheckReport:
         return self.checker.check(page_size)
 
     def check_if_due(self, full: bool = False) -> CheckReport:

@@ -3,6 +3,7 @@ page), problems logged in batches, and what is already logged held in 8 bytes a 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,78 @@ def test_an_idle_round_checks_only_what_changed(lib_ms: MetaStore, clock) -> Non
     assert ms.check_if_due().docs == 0
     clock.advance(ms.thresholds.schema_check_interval)
     assert ms.check_if_due().docs >= 30
+
+
+def stored_as(ms: MetaStore, doc_id: str, text: str) -> None:
+    """Make the stored row of `doc_id` this exact JSON text (as another writer could)."""
+    with ms.lib._conn() as conn:  # type: ignore[attr-defined]
+        conn.execute("UPDATE doc SET json=? WHERE db=1 AND id=?", (text, doc_id))
+
+
+def test_check_reads_every_row_as_the_stdlib_json_does(ms: MetaStore) -> None:
+    """The pass decodes with orjson first; where orjson reads a row otherwise than every
+    other read of the library (json: integers beyond 64 bits, NaN, lone surrogates), the
+    verdicts and messages are still those of the stdlib decode."""
+    docs = [good_file(i) for i in range(8)]
+    ms.lib.docs.save_many(docs)
+    text = json.dumps
+    rows = {
+        # clean as json reads it: an int time has no upper bound; x_ keys are not ours
+        0: text({**docs[0], "time": 2**70, "x_big": 2**80}),
+        1: text({**docs[1], "name": "\ud800 not UTF-8"}),  # a lone surrogate, escaped
+        2: text({**docs[2], "x_v": float("inf")}),  # JSON text 'Infinity': json reads it
+        # invalid: orjson would read 2**64 as a float and name it so
+        3: text({**docs[3], "bytes": 2**64}),
+        4: text({**docs[4], "time": float("nan")}),
+        5: text({**docs[5], "atime": -(2**70)}),
+        6: "{damaged",
+    }
+    for n, t in rows.items():
+        stored_as(ms, docs[n]["_id"], t)
+    expected = {}
+    for n, t in rows.items():
+        try:
+            problems = schema.check_doc(json.loads(t))
+        except ValueError:
+            problems = ["doc: damaged"]
+        if problems:
+            expected[docs[n]["_id"]] = problems
+    assert set(expected) == {docs[n]["_id"] for n in (3, 4, 5, 6)}
+    report = ms.check()
+    # 8 file docs and the 4 events logged before log-1 is walked
+    assert (report.docs, report.invalid, report.inconsistent) == (8 + 4, 4, 0)
+    logged = {e["doc_id"]: e["errors"] for e in ms.lib.events(100, types=[schema.LOG_DOC_INVALID])}
+    assert logged.keys() == expected.keys()
+    for doc_id, problems in expected.items():
+        if problems != ["doc: damaged"]:
+            assert logged[doc_id] == problems
+        else:
+            assert logged[doc_id][0].startswith("doc: damaged")
+    assert logged[docs[3]["_id"]] == [
+        "bytes: must be at most 9007199254740991, got 18446744073709551616"
+    ]
+
+
+def test_a_clean_file_doc_takes_the_fast_path(ms: MetaStore, monkeypatch) -> None:
+    """The full validators see only what the fast path does not pass: here nothing but
+    the first doc naming each store (their IDs are then known valid) and the store docs."""
+    stores = [random_id() for _ in range(2)]
+    files = []
+    for i in range(40):
+        doc = good_file(i)
+        doc["stored"] = {s: {"copies": 1, "mtime": NOW, "verified": NOW} for s in stores}
+        files.append(doc)
+    ms.lib.docs.save_many(files)
+    seen: list[Any] = []
+    check_doc = schema.check_doc
+    monkeypatch.setattr(schema, "check_doc", lambda doc: seen.append(doc) or check_doc(doc))
+    schema._VALID_STORE_IDS.clear()
+    report = ms.check()
+    assert (report.docs, report.invalid, report.inconsistent) == (40, 0, 0)
+    assert len(seen) <= 1
+    # A doc that is not sound still meets the full validators, and is named.
+    bad = {**files[7], "bytes": files[7]["bytes"] + 1}
+    ms.lib.docs.save(bad)
+    report = MetaStore(ms.lib, ms.config, ms.clock).check()
+    assert report.inconsistent == 1
+    assert files[7]["_id"] in [d["_id"] for d in seen]
