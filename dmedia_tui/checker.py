@@ -155,6 +155,7 @@ class Checker:
         docs = invalid = inconsistent = logged = 0
         pending: list[Doc] = []
         now = self._now()
+        machine: list[str] = []  # config.machine_id reads machine.json: once, when needed
 
         def problem(type: str, about: Any, errors: list[str], **fields: Any) -> None:
             nonlocal logged
@@ -162,7 +163,9 @@ class Checker:
             if key in seen:
                 return
             seen.add(key)
-            machine_id = self.config.machine_id  # read only when there is a problem to log
+            if not machine:  # read only when there is a problem to log
+                machine.append(self.config.machine_id)
+            machine_id = machine[0]
             pending.append(schema.create_log(now, type, machine_id, **fields, errors=errors))
             detail = " ".join(f"{k}={v}" for k, v in fields.items())
             log.error("%s %s", type, detail)
