@@ -3,7 +3,9 @@
 Builds (and caches, in a temp dir outside the repo) SQLite libraries of 10k, 100k and
 1M file docs with *real* leaf hashes (`check` finds nothing unless `--bad N` seeds N
 invalid docs), then for each size prints, per file or per copy, the figures of issue 13:
-`check` (docs/s, peak RSS of a process doing only that), an idle round's check (CPU), an
+`check` (docs/s, peak RSS of a process doing only that; then a 2nd run over the same
+library, which meets every problem the 1st logged; the storage check the CLI's `check`
+runs first), an idle round's check (CPU), an
 idle `daemon --once` round (Engine.run_once with nothing to do, CPU),
 `store downgrade` and `store purge` of the busiest store (per copy, per 1M copies), the
 dashboard's cold load (`load_dashboard()`, what the app's refresh thread computes: health
@@ -17,7 +19,10 @@ Cached libraries are named by schema version: a library cached by an older schem
 copied and migrated (the older file is left as it is, for checkouts still using it).
 
     nice uv run python bench/scale.py [--sizes 10000,100000] [--bad N] [--cache DIR]
-        [--per-file] [--couch] [--only-dashboard]
+        [--per-file] [--couch] [--only-dashboard] [--only check,idle,...]
+
+`--bad N` on a size already built is derived from the clean library (N docs made invalid
+in SQL), minutes less than building it again.
 """
 
 from __future__ import annotations
@@ -125,10 +130,31 @@ def cached(cache: Path, n: int, bad: int) -> Path:
         secs = time.perf_counter() - t0
         print(f"  migrated {older[0].name} to schema {SCHEMA_VERSION} in {secs:.0f} s: {path}")
         return path
+    if bad:
+        shutil.copy(cached(cache, n, 0), tmp)
+        seed_bad(tmp, bad)
+        os.replace(tmp, path)
+        print(f"  seeded {bad:,} invalid docs in a copy of the clean library: {path}")
+        return path
     secs = build(tmp, n, bad)
     os.replace(tmp, path)
     print(f"  built {n:,} files in {secs:.0f} s ({n / secs:,.0f} docs/s), cached at {path}")
     return path
+
+
+def seed_bad(path: Path, bad: int) -> None:
+    """Make `bad` file docs invalid (bytes -1, as `synthetic` does), spread over the IDs."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "UPDATE doc SET json = json_set(json, '$.bytes', -1) WHERE db = 1 AND id IN"
+            " (SELECT id FROM doc WHERE db = 1 AND type = 'dmedia/file'"
+            " ORDER BY substr(id, 25) LIMIT ?)",
+            (bad,),
+        )
+    conn.close()
 
 
 CHILD = r"""
@@ -192,6 +218,9 @@ elif op == "check":
     r = ms.check()
     out.update(seconds=time.perf_counter() - t0, cpu=cpu() - c0, docs=r.docs,
                invalid=r.invalid, logged=r.logged)
+    t0 = time.perf_counter()
+    lib.check_storage()  # the CLI's `check` runs it first: PRAGMA quick_check, every page
+    out["storage_seconds"] = time.perf_counter() - t0
 elif op == "idle":
     ms.check_if_due()  # the full pass that sets the cursor
     c0, t0 = cpu(), time.perf_counter()
@@ -220,7 +249,9 @@ print(json.dumps(out))
 """
 
 
-def run(op: str, src: Path, scratch: Path, copy: bool) -> dict[str, Any]:
+def run(op: str, src: Path, scratch: Path, copy: bool, times: int = 1) -> Any:
+    """`op` in a fresh process on a copy of the library (or on it); `times` > 1: that many
+    fresh processes over the same copy (a 2nd `check` meets what the 1st logged)."""
     work = Path(tempfile.mkdtemp(dir=scratch))
     path = src
     if copy:
@@ -230,17 +261,22 @@ def run(op: str, src: Path, scratch: Path, copy: bool) -> dict[str, Any]:
     # As installed: with bytecode (pip compiles it at install time; a checkout writes it
     # on first import), or every child would compile Textual and dmedia_tui from source.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    r = subprocess.run(
-        [sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent.parent), op, path, work],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    outs = []
+    for _ in range(times):
+        r = subprocess.run(
+            [sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent.parent), op, path]
+            + [work],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+        if r.returncode:
+            shutil.rmtree(work, ignore_errors=True)
+            raise SystemExit(f"{op} failed: {r.stderr.strip().splitlines()[-1:]}")
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     shutil.rmtree(work, ignore_errors=True)
-    if r.returncode:
-        raise SystemExit(f"{op} failed: {r.stderr.strip().splitlines()[-1:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return outs[0] if times == 1 else outs
 
 
 def best(op: str, src: Path, scratch: Path, repeat: int) -> dict[str, float]:
@@ -340,7 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         help="CouchDB backend instead (PouchDB Server from tests/node_modules): check,"
         " downgrade and purge at each size",
     )
+    ap.add_argument(
+        "--only",
+        default="dashboard,frame,check,idle,daemon,downgrade,purge",
+        help="comma-separated figures to measure (default: all)",
+    )
     args = ap.parse_args(argv)
+    only = {"dashboard", "frame"} if args.only_dashboard else set(args.only.split(","))
     if args.couch:
         for n in (int(x) for x in args.sizes.split(",")):
             couch(n, args.bad)
@@ -353,41 +395,49 @@ def main(argv: list[str] | None = None) -> int:
             src = cached(args.cache, n, args.bad)
             # Fastest of --repeat fresh processes, each figure on its own (a shared machine
             # slows some runs down; wall and CPU both shown).
-            d = best("dashboard", src, scratch, args.repeat)
-            print(
-                f"  dashboard cold load       {d['seconds'] * 1000:8.1f} ms wall"
-                f" {d['cpu'] * 1000:6.1f} ms CPU  (load_dashboard; placement summary + health"
-                f" alone {d['bare'] * 1000:.1f} ms, verification stats of {STORES} stores warm"
-                f" {d['vstats'] * 1000:.1f} ms)"
-            )
-            f = best("frame", src, scratch, args.repeat)
-            print(
-                f"  app first frame           {f['first'] * 1000:8.1f} ms wall"
-                f" {f['first_cpu'] * 1000:6.1f} ms CPU (loading…); with the histogram"
-                f" {f['data'] * 1000:.1f} ms wall {f['data_cpu'] * 1000:.1f} ms CPU"
-                f"  (imports before: {f['imports'] * 1000:.0f} ms)"
-            )
-            if args.only_dashboard:
-                continue
-            c = run("check", src, scratch, copy=True)
-            print(
-                f"  check                     {c['docs'] / c['seconds']:10,.0f} docs/s wall"
-                f"  {c['docs'] / c['cpu']:10,.0f} docs/s CPU  {c['cpu'] / c['docs'] * 1e6:6.1f}"
-                f" us CPU/doc  RSS {c['rss_mb']:.0f} MB  (invalid {c['invalid']},"
-                f" logged {c['logged']})"
-            )
-            i = run("idle", src, scratch, copy=True)
-            print(
-                f"  idle round's check        {i['cpu'] * 1000:8.1f} ms CPU"
-                f" ({i['cpu'] / n * 1e6:.2f} us/file, {i['docs']} docs read)"
-            )
-            dm = run("daemon", src, scratch, copy=True)
-            print(
-                f"  idle daemon --once round  {dm['cpu'] * 1000:8.1f} ms CPU"
-                f" ({dm['cpu'] / n * 1e6:.2f} us/file; goal <= 1 s at 1M; engine only,"
-                f" no start-up)  {dm['seconds']:.2f} s wall"
-            )
-            for op in ("downgrade", "purge"):
+            if "dashboard" in only:
+                d = best("dashboard", src, scratch, args.repeat)
+                print(
+                    f"  dashboard cold load       {d['seconds'] * 1000:8.1f} ms wall"
+                    f" {d['cpu'] * 1000:6.1f} ms CPU  (load_dashboard; placement summary +"
+                    f" health alone {d['bare'] * 1000:.1f} ms, verification stats of {STORES}"
+                    f" stores warm {d['vstats'] * 1000:.1f} ms)"
+                )
+            if "frame" in only:
+                f = best("frame", src, scratch, args.repeat)
+                print(
+                    f"  app first frame           {f['first'] * 1000:8.1f} ms wall"
+                    f" {f['first_cpu'] * 1000:6.1f} ms CPU (loading…); with the histogram"
+                    f" {f['data'] * 1000:.1f} ms wall {f['data_cpu'] * 1000:.1f} ms CPU"
+                    f"  (imports before: {f['imports'] * 1000:.0f} ms)"
+                )
+            checks = run("check", src, scratch, True, 2) if "check" in only else []
+            for what, c in zip(("check", "  2nd run"), checks, strict=False):
+                print(
+                    f"  {what:<24}  {c['docs'] / c['seconds']:10,.0f} docs/s wall"
+                    f"  {c['docs'] / c['cpu']:10,.0f} docs/s CPU"
+                    f"  {c['cpu'] / c['docs'] * 1e6:6.1f} us CPU/doc  {c['seconds']:6.1f} s"
+                    f"  RSS {c['rss_mb']:.0f} MB  (invalid {c['invalid']}, logged {c['logged']})"
+                )
+            if checks:
+                print(
+                    "  storage check (quick_check, in the CLI's check too)"
+                    f"  {checks[0]['storage_seconds']:.1f} s"
+                )
+            if "idle" in only:
+                i = run("idle", src, scratch, copy=True)
+                print(
+                    f"  idle round's check        {i['cpu'] * 1000:8.1f} ms CPU"
+                    f" ({i['cpu'] / n * 1e6:.2f} us/file, {i['docs']} docs read)"
+                )
+            if "daemon" in only:
+                dm = run("daemon", src, scratch, copy=True)
+                print(
+                    f"  idle daemon --once round  {dm['cpu'] * 1000:8.1f} ms CPU"
+                    f" ({dm['cpu'] / n * 1e6:.2f} us/file; goal <= 1 s at 1M; engine only,"
+                    f" no start-up)  {dm['seconds']:.2f} s wall"
+                )
+            for op in [o for o in ("downgrade", "purge") if o in only]:
                 r = run(op, src, scratch, copy=True)
                 per = r["cpu"] / r["copies"]
                 print(
