@@ -408,16 +408,16 @@ class SQLiteDatabase(Database):
 
     def iter_stored(self, page_size: int = 1000) -> Iterator[tuple[Any, Any]]:
         # The rows as stored: the check pass decodes the common case faster than `_decode`.
-        after = ""
+        after, limit = "", max(1, page_size)
         while True:
             with self._lib._read() as c:
                 rows = c.execute(
                     "SELECT id, json FROM doc WHERE db=? AND id>? AND deleted=0"
                     " ORDER BY id LIMIT ?",
-                    (self._key, after, max(1, page_size)),
+                    (self._key, after, limit),
                 ).fetchall()
             yield from rows
-            if len(rows) < page_size:
+            if len(rows) < limit:
                 return
             after = rows[-1][0]
 
