@@ -168,7 +168,7 @@ class Database(abc.ABC):
         """Every doc as stored, in `_id` order: (id, JSON text) from a backend that keeps
         docs as text, so the check pass can try a fast decoder on the text first; else
         (id, doc). `decode_stored` gives the doc every other read would."""
-        for doc in self.iter_docs(page_size):
+        for doc in self.iter_docs(max(1, page_size)):
             yield doc.get("_id"), doc
 
     def decode_stored(self, doc_id: Any, stored: Any) -> Doc:

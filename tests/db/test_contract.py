@@ -308,6 +308,23 @@ def test_page_iter_docs_and_count(library: Library) -> None:
     assert want[3] not in ids(library.docs.iter_docs(page_size=4))
 
 
+def test_iter_stored_gives_every_live_doc_in_id_order_as_a_read_decodes_it(
+    library: Library,
+) -> None:
+    """The check pass's walk: (id, stored) of every live doc, any page size; decode_stored
+    gives what get() gives."""
+    docs = [store_doc(str(i)) for i in range(11)]
+    save_all(library, docs)
+    library.docs.delete(library.docs.get(docs[4]["_id"]))
+    want = sorted(ids(docs[:4] + docs[5:]))
+    for size in (0, 1, 3, 10, 5000):
+        got = list(library.docs.iter_stored(size))
+        assert [i for i, _ in got] == want, size
+        for doc_id, stored in got:
+            assert library.docs.decode_stored(doc_id, stored) == library.docs.get(doc_id)
+    assert list(library.log.iter_stored()) == []
+
+
 def test_databases_are_separate(library: Library) -> None:
     doc = library.docs.save(store_doc("a"))
     ev = library.log.save(log_doc("dmedia/store/purge", NOW))
