@@ -300,3 +300,40 @@ def test_sqlite_runs_the_per_file_transition_only_for_docs_sql_cannot_do(
         )
     }
     assert dirty and set(calls) == dirty
+
+
+def test_sqlite_a_pass_in_many_batches_numbers_each_change_once(
+    sqlite_library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 7 (each its own temp rows, numbered afresh): every changed doc gets
+    its own new update seq, above the old ones, and update_seq is the last of them."""
+    lib = sqlite_library
+    stores, _ = mixed_library(lib)
+    busy = stores[0]
+    entries = type(lib.docs).update_store_entries
+    monkeypatch.setattr(
+        type(lib.docs),
+        "update_store_entries",
+        lambda self, ids, sid, op, fn: entries(self, ids, sid, op, fn, batch_size=7),
+    )
+    ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    for op, fn in (
+        (ms.downgrade_store, transitions.downgrade_store_in_file),
+        (ms.purge_store, transitions.purge_store_in_file),
+    ):
+        fresh = tmp_path / fn.__name__
+        fresh.mkdir()
+        before = all_files(lib)
+        want = expected_after(before, fn, busy)
+        since = lib.docs.update_seq()
+        op(busy)
+        after = all_files(lib)
+        assert {f: bare(d) for f, d in after.items()} == want
+        changed = {f for f in before if want[f] != bare(before[f])}
+        feed = lib.docs.changes(since)
+        seqs = [int(c.seq) for c in feed.results]
+        assert len(set(seqs)) == len(seqs) and min(seqs) > int(since)
+        assert changed <= {c.id for c in feed.results}
+        assert feed.last_seq == lib.docs.update_seq() == str(max(seqs))
+        assert_indexes_match(lib, after, [s for s in stores if op != ms.purge_store or s != busy])
+        assert_sqlite_reindexed(lib, after, fresh)

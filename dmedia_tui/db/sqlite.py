@@ -153,13 +153,16 @@ CREATE INDEX event_file ON event (file_id, id);
 
 # --- downgrade and purge of a store as set operations (update_store_entries) -----------
 # One row per doc of the batch done in SQL: what its file row and the placement summary
-# become. `n` numbers the rows (their new update seqs are seq + n).
+# become. `n`, the rowid (dense: 1, 2, ... in the order the rows are inserted), numbers
+# the rows: their new update seqs are seq + n - base. (It was `row_number() OVER ()`:
+# the window buffered every row of the join in an ephemeral table first; this INSERT
+# went from 18.5 to 12.9 us a row, 100k library.)
 _SET_TEMP_ROWS = """CREATE TEMP TABLE IF NOT EXISTS set_row (
-    id TEXT PRIMARY KEY, n INTEGER NOT NULL, changed INTEGER NOT NULL,
+    n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, changed INTEGER NOT NULL,
     c INTEGER NOT NULL, never INTEGER NOT NULL, origin TEXT NOT NULL, bytes INTEGER NOT NULL,
     old_pl TEXT NOT NULL, new_pl TEXT NOT NULL, rank INTEGER NOT NULL, dur INTEGER NOT NULL,
     rev TEXT NOT NULL
-) WITHOUT ROWID"""
+)"""
 # Docs done in SQL: the store's entry is clean (an object; copies a whole number, the one
 # the `copy` table indexes, as the placement string is rewritten from it; mtime a whole
 # number >= 0; `verified` one too if present; `pinned` true if present). Any other doc
@@ -193,10 +196,10 @@ _NEW_REV = (
 _T = durability.TARGET
 _SET_COLS = (
     "INSERT INTO temp.set_row"
-    " (id, n, changed, c, never, origin, bytes, old_pl, new_pl, rank, dur, rev)"
+    " (id, changed, c, never, origin, bytes, old_pl, new_pl, rank, dur, rev)"
 )
 _SET_SELECT_DOWNGRADE = f"""{_SET_COLS}
-SELECT f.id, row_number() OVER (), cp.copies > 0, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
+SELECT f.id, cp.copies > 0, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
     f.placement,
     trim(replace(',' || f.placement || ',', ',' || :s || ':' || cp.copies || ',',
         ',' || :s || ':0,'), ','),
@@ -204,7 +207,7 @@ SELECT f.id, row_number() OVER (), cp.copies > 0, cp.copies, cp.verified IS NULL
     f.durability - cp.copies, {_NEW_REV}
 {_SET_FROM}"""
 _SET_SELECT_PURGE = f"""{_SET_COLS}
-SELECT f.id, row_number() OVER (), 1, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
+SELECT f.id, 1, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
     f.placement,
     trim(replace(',' || f.placement || ',', ',' || :s || ':' || cp.copies || ',', ','), ','),
     min({_T}, length(f.placement) - length(replace(f.placement, ',', '')))
@@ -234,14 +237,14 @@ _SET_INDEX = [
     "DELETE FROM placement_sum WHERE count <= 0",
 ]
 _SET_DOWNGRADE = [
-    "UPDATE doc SET (rev, seq, json) = (SELECT r.rev, :seq + r.n,"
+    "UPDATE doc SET (rev, seq, json) = (SELECT r.rev, :seq + r.n - :base,"
     " json_set(doc.json, '$._rev', r.rev, :p || '.copies', 0)"
     " FROM temp.set_row r WHERE r.id = doc.id)"
     " WHERE db = 1 AND id IN (SELECT id FROM temp.set_row WHERE changed)",
     *_SET_INDEX,
 ]
 _SET_PURGE = [
-    "UPDATE doc SET (rev, seq, json) = (SELECT r.rev, :seq + r.n,"
+    "UPDATE doc SET (rev, seq, json) = (SELECT r.rev, :seq + r.n - :base,"
     " json_set(json_remove(doc.json, :p), '$._rev', r.rev)"
     " FROM temp.set_row r WHERE r.id = doc.id)"
     " WHERE db = 1 AND id IN (SELECT id FROM temp.set_row WHERE changed)",
@@ -642,10 +645,11 @@ class SQLiteDatabase(Database):
             saved = [i for (i,) in c.execute("SELECT id FROM temp.set_row WHERE changed")]
             if saved:
                 (seq,) = c.execute("SELECT seq FROM dbinfo WHERE db=?", (self._key,)).fetchone()
-                (top,) = c.execute("SELECT max(n) FROM temp.set_row").fetchone()
+                # n is the rowid: 1.. after the DELETE, but only ever relied on to be dense.
+                base, top = c.execute("SELECT min(n) - 1, max(n) FROM temp.set_row").fetchone()
                 for sql in _SET_PURGE if purge else _SET_DOWNGRADE:
-                    c.execute(sql, {"s": store_id, "p": path, "seq": seq})
-                c.execute("UPDATE dbinfo SET seq=? WHERE db=?", (seq + top, self._key))
+                    c.execute(sql, {"s": store_id, "p": path, "seq": seq, "base": base})
+                c.execute("UPDATE dbinfo SET seq=? WHERE db=?", (seq + top - base, self._key))
             rest = [i for i in doc_ids if i not in handled]
             written = self._update_in(c, rest, fn, (store_id,), out) if rest else []
             fault_point("db.batch_written")  # written, not committed: rolled back whole
