@@ -337,3 +337,35 @@ def test_sqlite_a_pass_in_many_batches_numbers_each_change_once(
         assert feed.last_seq == lib.docs.update_seq() == str(max(seqs))
         assert_indexes_match(lib, after, [s for s in stores if op != ms.purge_store or s != busy])
         assert_sqlite_reindexed(lib, after, fresh)
+
+
+def test_sqlite_a_pass_keeps_its_temp_data_in_memory_and_gives_the_connection_back(
+    sqlite_library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the pass runs, temp tables, statement journals and sorts stay in memory (they
+    wrote ~4.5 KB a copy to temp files) and the page cache holds a batch's pages; after
+    it, the connection has its everyday settings again."""
+    from dmedia_tui.db import sqlite as backend
+
+    lib = sqlite_library
+    stores, _ = mixed_library(lib)
+    seen: list[tuple[int, int]] = []
+    orig = transitions.downgrade_store_in_file
+
+    def spy(doc: dict[str, Any], sid: str) -> dict[str, Any] | None:
+        conn = lib._conn()  # type: ignore[attr-defined]  # fn runs inside the pass
+        seen.append(
+            (
+                conn.execute("PRAGMA temp_store").fetchone()[0],
+                conn.execute("PRAGMA cache_size").fetchone()[0],
+            )
+        )
+        return orig(doc, sid)
+
+    monkeypatch.setattr(transitions, "downgrade_store_in_file", spy)
+    ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    ms.downgrade_store(stores[0])
+    assert seen and set(seen) == {(2, -backend.BULK_CACHE_KIB)}  # 2: MEMORY
+    conn = lib._conn()  # type: ignore[attr-defined]
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 0
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -backend.CACHE_KIB
