@@ -639,6 +639,25 @@ def test_real_processes_entry_points_and_no_traceback(machine, tmp_path):
     )
 
 
+def test_single_machine_daemon_once_never_loads_the_peer_server(machine, tmp_path):
+    """A library with one machine opens no port, so `daemon --once` (cron's job) must not
+    pay for aiohttp either: ~0.3 s of every run's start-up when it imported the server."""
+    start_library(machine)
+    (tmp_path / "store").mkdir()
+    machine.ok("store", "init", str(tmp_path / "store"), "--same-filesystem")
+    probe = (
+        "import sys, runpy; sys.argv = ['dmedia-tui', 'daemon', '--once']\n"
+        "try:\n    runpy.run_module('dmedia_tui', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('loaded' if 'aiohttp' in sys.modules else 'not loaded')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe], env=_subprocess_env(machine), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "not loaded", r.stdout
+
+
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv not installed")
 def test_uv_run_console_script(machine):
     """The README's `uv run dmedia-tui ...` (no PYTHONPATH: the installed package only)."""

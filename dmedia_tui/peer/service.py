@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmedia_tui import schema, transitions
 from dmedia_tui.durability import durability, rank
@@ -35,8 +35,12 @@ from dmedia_tui.filestore import FileStore
 from dmedia_tui.metastore import MetaStore
 from dmedia_tui.peer import client
 from dmedia_tui.peer.identity import Identity, PeerIdentityError, load_or_create
-from dmedia_tui.peer.server import PeerServer, format_address
 from dmedia_tui.views import MachineView
+
+if TYPE_CHECKING:
+    # Imported when a server starts: aiohttp costs 0.25-0.35 s of start-up here, and a
+    # single-machine library (the default) never starts one, even in `daemon --once`.
+    from dmedia_tui.peer.server import PeerServer
 
 log = logging.getLogger("dmedia_tui.peer")
 
@@ -179,6 +183,8 @@ class Peers:
         this machine when it listens on all of them. Empty when it does not listen."""
         if self.server is None or self.server.address is None:
             return []
+        from dmedia_tui.peer.server import format_address  # loaded: a server runs
+
         host, port = self.server.address
         if host in ("0.0.0.0", "::"):
             from dmedia_tui.peer.discovery import local_ipv4
@@ -207,6 +213,8 @@ class Peers:
             except PeerIdentityError as e:
                 log.error("peer server not started: %s", e)
                 return False
+            from dmedia_tui.peer.server import PeerServer
+
             srv = PeerServer(
                 me,
                 machine_id=self.ms.machine_id,
