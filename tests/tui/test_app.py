@@ -752,6 +752,33 @@ async def test_until_the_first_data_the_dashboard_says_loading_not_safe(tlib, mo
         assert "loading" not in str(panel.query_one("#activity-text").render())
 
 
+async def test_data_cut_off_midway_through_the_dashboard_is_shown_whole_on_the_retry(
+    tlib, monkeypatch
+):
+    """A widget not composed yet (NoMatches) partway through DashboardScreen.show: the
+    retry must render every panel, not compare the data with itself and skip the rest
+    (the events panel would stay empty until the library changed)."""
+    from textual.css.query import NoMatches
+
+    from dmedia_tui.tui.widgets.events import EventList
+
+    real = EventList.show_events
+    calls = []
+
+    def not_composed_the_first_time(self, events, now):
+        calls.append(events)
+        if len(calls) == 1:
+            raise NoMatches("the events panel is not composed yet")
+        return real(self, events, now)
+
+    monkeypatch.setattr(EventList, "show_events", not_composed_the_first_time)
+    app = DmediaApp(tlib.ms)
+    async with app.run_test(size=SIZE):
+        await app.settle()  # the retry applied, and a refresh after it (same events)
+        assert len(calls) >= 2, "the retry skipped the events panel"
+        assert calls[1] is calls[0]  # the same data, rendered on the retry
+
+
 async def test_first_data_that_comes_before_the_dashboard_is_composed_is_kept(tlib, monkeypatch):
     """The first load starts before the dashboard is composed; data that comes too early
     is applied once the widgets exist, not computed a second time."""

@@ -97,8 +97,13 @@ class DashboardScreen(AppScreen):
             self.set_focus(None)
 
     def show(self, data: DashboardData) -> None:
-        """Render fresh data (UI thread); panels whose input did not change are left alone."""
-        previous, self.data = self.data, data
+        """Render fresh data (UI thread); panels whose input did not change are left alone.
+
+        `self.data` becomes `data` only once every panel took it: if a widget is not
+        composed yet (NoMatches partway), the app's retry compares with what was really
+        shown, not with this data, and renders every panel.
+        """
+        previous = self.data
         h = data.health
         old = previous.health if previous else None
         self.query_one(Banners).show_alerts(h.alerts)
@@ -126,6 +131,7 @@ class DashboardScreen(AppScreen):
             )
         if previous is None or previous.events != data.events:
             self.query_one(EventList).show_events(data.events, h.now)
+        self.data = data
 
     def show_activity(self, activities: list[Any], rates: list[float], engine: bool) -> None:
         self.query_one(ActivityPanel).show(activities, rates, engine)
