@@ -369,3 +369,35 @@ def test_sqlite_a_pass_keeps_its_temp_data_in_memory_and_gives_the_connection_ba
     conn = lib._conn()  # type: ignore[attr-defined]
     assert conn.execute("PRAGMA temp_store").fetchone()[0] == 0
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == -backend.CACHE_KIB
+
+
+def test_sqlite_a_pass_leaves_one_change_log_entry_per_doc(
+    sqlite_library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 4: a pass appends its new seqs to the change log and sweeps the old ones at
+    its end, so the log holds exactly each doc's current seq, and the feed from the start
+    gives every doc once, in seq order."""
+    lib = sqlite_library
+    stores, _ = mixed_library(lib)
+    entries = type(lib.docs).update_store_entries
+    monkeypatch.setattr(
+        type(lib.docs),
+        "update_store_entries",
+        lambda self, ids, sid, op, fn: entries(self, ids, sid, op, fn, batch_size=7),
+    )
+    ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    ms.downgrade_store(stores[0])
+    ms.purge_store(stores[1])
+    conn = sqlite3.connect(lib.path)  # type: ignore[attr-defined]
+    try:
+        assert conn.execute("SELECT db, seq, id FROM change ORDER BY 1, 2").fetchall() == (
+            conn.execute("SELECT db, seq, id FROM doc ORDER BY 1, 2").fetchall()
+        )
+        assert conn.execute("SELECT count(*) FROM change_gone").fetchone() == (0,)
+        current = dict(conn.execute("SELECT id, seq FROM doc WHERE db = 1"))
+    finally:
+        conn.close()
+    feed = lib.docs.changes()
+    assert [(c.id, int(c.seq)) for c in feed.results] == sorted(
+        current.items(), key=lambda kv: kv[1]
+    )

@@ -67,7 +67,7 @@ from dmedia_tui.protocol import RANDOM_B32LEN, is_id
 from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 APPLICATION_ID = 0x644D5431  # "dMT1": marks the file as a dmedia-tui library
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.1  # wait_changes() polls update_seq this often
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -104,9 +104,28 @@ INSERT INTO verify_hour (store_id, hour, count)
     SELECT store_id, verified / {VERIFY_BUCKET}, count(*) FROM copy
     WHERE verified IS NOT NULL GROUP BY 1, 2;
 """
-_MIGRATIONS = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
 
-_SCHEMA = """
+# Schema 4 moved the changes feed from an index on doc (db, seq) to an append-only log,
+# `change`. A store pass rewrites docs in _id order, whose old seqs are anywhere in seq
+# order: deleting them from the index rewrote most of it in every batch (0.58 pages a copy
+# at 1M files, growing with the library). Now a write appends its new seq to `change`; an
+# ordinary write deletes the doc's old entry there, a pass only notes the old seqs in
+# `change_gone` (appended too) and deletes them all at its end in one sorted sweep, each
+# page of `change` rewritten once. The feed skips any entry that is not its doc's current
+# seq (doc.seq, no longer indexed), so a leftover entry can never be reported.
+_CHANGE_TABLES = """
+CREATE TABLE change (
+    db INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, PRIMARY KEY (db, seq)
+) WITHOUT ROWID;
+CREATE TABLE change_gone (db INTEGER NOT NULL, seq INTEGER NOT NULL);
+"""
+_MIGRATE_3_TO_4 = f"""{_CHANGE_TABLES}
+INSERT INTO change (db, seq, id) SELECT db, seq, id FROM doc ORDER BY db, seq;
+DROP INDEX doc_seq;
+"""
+_MIGRATIONS = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4}
+
+_SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE dbinfo (
     db INTEGER PRIMARY KEY, name TEXT NOT NULL, seq INTEGER NOT NULL, live INTEGER NOT NULL
@@ -116,8 +135,7 @@ CREATE TABLE doc (
     deleted INTEGER NOT NULL, type TEXT, json TEXT,
     PRIMARY KEY (db, id)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX doc_seq ON doc (db, seq);
-CREATE INDEX doc_type ON doc (db, type, id) WHERE deleted = 0;
+{_CHANGE_TABLES}CREATE INDEX doc_type ON doc (db, type, id) WHERE deleted = 0;
 CREATE TABLE file (
     id TEXT PRIMARY KEY, origin TEXT NOT NULL, bytes INTEGER NOT NULL,
     placement TEXT NOT NULL, rank INTEGER NOT NULL, durability INTEGER NOT NULL
@@ -162,7 +180,7 @@ _SET_TEMP_ROWS = """CREATE TEMP TABLE IF NOT EXISTS set_row (
     n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, changed INTEGER NOT NULL,
     c INTEGER NOT NULL, never INTEGER NOT NULL, origin TEXT NOT NULL, bytes INTEGER NOT NULL,
     old_pl TEXT NOT NULL, new_pl TEXT NOT NULL, rank INTEGER NOT NULL, dur INTEGER NOT NULL,
-    rev TEXT NOT NULL
+    rev TEXT NOT NULL, old_seq INTEGER NOT NULL
 )"""
 # Docs done in SQL: the store's entry is clean (an object; copies a whole number, the one
 # the `copy` table indexes, as the placement string is rewritten from it; mtime a whole
@@ -197,7 +215,7 @@ _NEW_REV = (
 _T = durability.TARGET
 _SET_COLS = (
     "INSERT INTO temp.set_row"
-    " (id, changed, c, never, origin, bytes, old_pl, new_pl, rank, dur, rev)"
+    " (id, changed, c, never, origin, bytes, old_pl, new_pl, rank, dur, rev, old_seq)"
 )
 _SET_SELECT_DOWNGRADE = f"""{_SET_COLS}
 SELECT f.id, cp.copies > 0, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
@@ -205,7 +223,7 @@ SELECT f.id, cp.copies > 0, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
     trim(replace(',' || f.placement || ',', ',' || :s || ':' || cp.copies || ',',
         ',' || :s || ':0,'), ','),
     f.rank - min({_T}, f.durability) + min({_T}, f.durability - cp.copies),
-    f.durability - cp.copies, {_NEW_REV}
+    f.durability - cp.copies, {_NEW_REV}, d.seq
 {_SET_FROM}"""
 _SET_SELECT_PURGE = f"""{_SET_COLS}
 SELECT f.id, 1, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
@@ -213,7 +231,7 @@ SELECT f.id, 1, cp.copies, cp.verified IS NULL, f.origin, f.bytes,
     trim(replace(',' || f.placement || ',', ',' || :s || ':' || cp.copies || ',', ','), ','),
     min({_T}, length(f.placement) - length(replace(f.placement, ',', '')))
         + min({_T}, f.durability - cp.copies),
-    f.durability - cp.copies, {_NEW_REV}
+    f.durability - cp.copies, {_NEW_REV}, d.seq
 {_SET_FROM}"""
 _SET_INDEX = [
     "UPDATE file SET placement = r.new_pl, rank = r.rank, durability = r.dur"
@@ -237,11 +255,19 @@ _SET_INDEX = [
     " count=count+excluded.count, bytes=bytes+excluded.bytes",
     "DELETE FROM placement_sum WHERE count <= 0",
 ]
+# The new seqs appended to the change log, the old ones noted for the sweep at the end of
+# the pass (_sweep_changes): deleting them here rewrote most of the log in every batch.
+_SET_LOG = [
+    "INSERT INTO change (db, seq, id) SELECT 1, :seq + n - :base, id FROM temp.set_row"
+    " WHERE changed ORDER BY n",
+    "INSERT INTO change_gone (db, seq) SELECT 1, old_seq FROM temp.set_row WHERE changed",
+]
 _SET_DOWNGRADE = [
     "UPDATE doc SET (rev, seq, json) = (SELECT r.rev, :seq + r.n - :base,"
     " json_set(doc.json, '$._rev', r.rev, :p || '.copies', 0)"
     " FROM temp.set_row r WHERE r.id = doc.id)"
     " WHERE db = 1 AND id IN (SELECT id FROM temp.set_row WHERE changed)",
+    *_SET_LOG,
     *_SET_INDEX,
 ]
 _SET_PURGE = [
@@ -249,6 +275,7 @@ _SET_PURGE = [
     " json_set(json_remove(doc.json, :p), '$._rev', r.rev)"
     " FROM temp.set_row r WHERE r.id = doc.id)"
     " WHERE db = 1 AND id IN (SELECT id FROM temp.set_row WHERE changed)",
+    *_SET_LOG,
     # The purged copies' verification hours go out of verify_hour before their rows go.
     "INSERT INTO verify_hour (store_id, hour, count)"
     f" SELECT :s, verified / {VERIFY_BUCKET}, -count(*) FROM copy"
@@ -445,7 +472,13 @@ class SQLiteDatabase(Database):
     def changes(self, since: str | None = None, limit: int | None = None) -> Changes:
         start = _seq_int(since)
         with self._lib._read(snapshot=True) as c:
-            sql = "SELECT id, seq, deleted FROM doc WHERE db=? AND seq>? ORDER BY seq"
+            # Driven by the log in seq order; an entry that is not its doc's current seq
+            # (an old one a store pass has not swept yet) is skipped.
+            sql = (
+                "SELECT c.id, c.seq, d.deleted FROM change c"
+                " CROSS JOIN doc d ON d.db = c.db AND d.id = c.id"
+                " WHERE c.db=? AND c.seq>? AND d.seq = c.seq ORDER BY c.seq"
+            )
             args: tuple[Any, ...] = (self._key, start)
             if limit is not None:
                 sql += " LIMIT ?"
@@ -536,12 +569,26 @@ class SQLiteDatabase(Database):
             new_revs.append((doc, rev))
             results[n] = doc
         if rows:
+            # The docs' old entries out of the change log (a doc written twice here: its
+            # 2nd delete finds nothing), then the docs, then one entry for each at its
+            # last seq.
+            key = self._key
+            c.executemany(
+                "DELETE FROM change WHERE db=?1"
+                " AND seq=(SELECT seq FROM doc WHERE db=?1 AND id=?2)",
+                [(key, i) for i in final],
+            )
             c.executemany(
                 "INSERT INTO doc (db, id, rev, seq, deleted, type, json)"
                 " VALUES (?,?,?,?,?,?,?) ON CONFLICT (db, id) DO UPDATE SET"
                 " rev=excluded.rev, seq=excluded.seq, deleted=excluded.deleted,"
                 " type=excluded.type, json=excluded.json",
                 rows,
+            )
+            last = {r[1]: r[3] for r in rows}
+            c.executemany(
+                "INSERT INTO change (db, seq, id) VALUES (?,?,?)",
+                [(key, n, i) for i, n in sorted(last.items(), key=lambda kv: kv[1])],
             )
             c.execute("UPDATE dbinfo SET seq=?, live=? WHERE db=?", (seq, live, self._key))
             if self.name == DOCS_DB:
@@ -627,8 +674,22 @@ class SQLiteDatabase(Database):
             return
         it = iter(doc_ids)
         with self._lib._bulk():
+            self._sweep_changes()  # what a pass that died before its end left
             while chunk := list(itertools.islice(it, max(1, batch_size))):
                 yield self._set_batch(list(dict.fromkeys(chunk)), store_id, op, fn)
+            self._sweep_changes()
+
+    def _sweep_changes(self) -> None:
+        """Delete the entries a store pass superseded from the change log, in one sorted
+        sweep (a transaction of its own: the feed never reports them anyway)."""
+        with self._lib._write() as c:
+            if c.execute("SELECT 1 FROM change_gone WHERE db=? LIMIT 1", (self._key,)).fetchone():
+                c.execute(
+                    "DELETE FROM change WHERE db=?1 AND seq IN"
+                    " (SELECT seq FROM change_gone WHERE db=?1)",
+                    (self._key,),
+                )
+                c.execute("DELETE FROM change_gone WHERE db=?", (self._key,))
 
     def _set_batch(
         self, doc_ids: list[str], store_id: str, op: str, fn: Callable[[Doc, str], Doc | None]

@@ -70,6 +70,13 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
         again.close()
 
 
+def as_schema_3(conn: sqlite3.Connection) -> None:
+    """What the changes feed of a schema-3 file looks like: an index on doc (db, seq)."""
+    conn.execute("DROP TABLE change")
+    conn.execute("DROP TABLE change_gone")
+    conn.execute("CREATE UNIQUE INDEX doc_seq ON doc (db, seq)")
+
+
 def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "library.sqlite3"
     store = random_id()
@@ -82,6 +89,7 @@ def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
     )
     lib.close()
     conn = sqlite3.connect(path)
+    as_schema_3(conn)
     conn.execute("DROP TABLE store_sum")  # what a schema-1 file looks like
     conn.execute("DROP TABLE verify_hour")
     conn.execute("PRAGMA user_version = 1")
@@ -92,8 +100,8 @@ def test_a_schema_1_library_is_migrated(tmp_path: Path) -> None:
     finally:
         lib.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
     conn.close()
 
 
@@ -134,6 +142,7 @@ def test_a_schema_2_library_gets_its_verification_hours(tmp_path: Path) -> None:
     got, want = verify_hours(path)
     assert got == want and len(got) > 10
     conn = sqlite3.connect(path)
+    as_schema_3(conn)
     conn.execute("DROP TABLE verify_hour")  # what a schema-2 file looks like
     conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     conn.execute("PRAGMA user_version = 2")
@@ -148,8 +157,50 @@ def test_a_schema_2_library_gets_its_verification_hours(tmp_path: Path) -> None:
     got, want = verify_hours(path)
     assert got == want
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     conn.close()
+
+
+def test_a_schema_3_library_gets_its_change_log(tmp_path: Path) -> None:
+    """The migration fills the change log from the docs' seqs and drops the seq index:
+    the feed is the same before and after, from the start and from any seq, deleted docs
+    included, and writes after it extend it."""
+    path = tmp_path / "library.sqlite3"
+    lib = SQLiteLibrary(path)
+    docs = lib.docs.save_many([{"_id": random_id(), "type": "dmedia/store"} for _ in range(9)])
+    docs = [d for d in docs if isinstance(d, dict)]
+    lib.docs.save(docs[4] | {"label": "again"})  # seq order is no longer save order
+    lib.docs.delete(lib.docs.get(docs[1]["_id"]))
+    lib.log.save({"_id": random_id(), "type": "dmedia/event"})
+    feeds = [lib.docs.changes(s) for s in (None, "3", "9")] + [lib.log.changes()]
+    lib.close()
+    conn = sqlite3.connect(path)
+    as_schema_3(conn)
+    conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    lib = SQLiteLibrary(path, create=False)
+    try:
+        assert [lib.docs.changes(s) for s in (None, "3", "9")] + [lib.log.changes()] == feeds
+        assert [c.id for c in feeds[0].results if c.deleted] == [docs[1]["_id"]]
+        lib.docs.save(lib.docs.get(docs[0]["_id"]) | {"label": "later"})
+        feed = lib.docs.changes()
+        assert [c.id for c in feed.results][-1] == docs[0]["_id"]
+        assert len({c.id for c in feed.results}) == len(feed.results) == 9
+    finally:
+        lib.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "doc_seq" not in names and {"change", "change_gone"} <= names
+        # One entry per doc, at its seq: the old ones went as they were superseded.
+        assert conn.execute("SELECT db, seq, id FROM change ORDER BY 1, 2").fetchall() == (
+            conn.execute("SELECT db, seq, id FROM doc ORDER BY 1, 2").fetchall()
+        )
+    finally:
+        conn.close()
 
 
 def test_an_empty_file_is_refused_even_with_create(tmp_path: Path) -> None:

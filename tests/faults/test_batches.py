@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,68 @@ def test_killed_inside_a_batch_rolls_that_batch_back_whole(
         (durability.placement_key(next(lib.docs.iter_docs())), len(ids))
     ]
     lib.close()
+
+
+PASS_SCRIPT = """
+import sys
+from dmedia_tui import transitions
+from dmedia_tui.db.sqlite import SQLiteLibrary
+
+lib = SQLiteLibrary(sys.argv[1], create=False)
+ids = [i for _, i in lib.file_ids_by_store(sys.argv[2], limit=1000)]
+fn = transitions.downgrade_store_in_file
+for batch in lib.docs.update_store_entries(ids, sys.argv[2], "downgrade", fn, batch_size=10):
+    print("batch", len(batch.saved), flush=True)
+"""
+
+
+def test_a_set_pass_killed_between_batches_never_reports_a_change_twice(tmp_path: Path) -> None:
+    """The SQL pass notes its docs' old seqs for a sweep at its end; killed before that,
+    the feed still reports each doc once, at its current seq, and the next pass sweeps
+    what the dead one left."""
+    path = tmp_path / "library.sqlite3"
+    a, b, ids = _library(path)
+    env = {**os.environ, "DMEDIA_FAULT": "db.batch_written@3"}
+    r = subprocess.run(
+        [sys.executable, "-c", PASS_SCRIPT, str(path), a],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert r.stdout.count("batch 10") == 2
+
+    def feed_is_each_doc_once() -> int:
+        lib = SQLiteLibrary(path, create=False)
+        try:
+            seqs = {d["_id"]: d for d in lib.docs.iter_docs()}
+            feed = lib.docs.changes().results
+        finally:
+            lib.close()
+        assert sorted(c.id for c in feed) == sorted(seqs)
+        assert [int(c.seq) for c in feed] == sorted(int(c.seq) for c in feed)
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute(
+                "SELECT seq, id FROM change WHERE db = 1 AND seq IN"
+                " (SELECT seq FROM doc WHERE db = 1) ORDER BY 1"
+            ).fetchall() == [(int(c.seq), c.id) for c in feed]
+            return conn.execute("SELECT count(*) FROM change_gone").fetchone()[0]
+        finally:
+            conn.close()
+
+    assert feed_is_each_doc_once() == 20  # the two committed batches' old seqs
+    r = subprocess.run(
+        [sys.executable, "-c", PASS_SCRIPT, str(path), b],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert feed_is_each_doc_once() == 0
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM change").fetchone()[0] == len(ids)
+    finally:
+        conn.close()
