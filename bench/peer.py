@@ -2,8 +2,11 @@
 
 Two machines on one host: "A" serves a camera-like corpus from its store in a process of
 its own (the real PeerServer, TLS 1.3, client certificates), "B" pulls every file into
-its store with peer.client.pull (each leaf verified before it is written, fsync, rename),
-PULLS_AT_ONCE files at a time like the engine's copy worker (`--at-once 1,2` compares).
+its store as the engine's pull round does: PULLS_AT_ONCE threads receive files (each leaf
+verified before it is written), a committer thread commits them in groups (fsync,
+rename, fsync the folders) (`--at-once 1,2` compares). The same files are also copied
+locally with copy_file_range + fsync: the most this disk takes durably, whatever the
+transport.
 The same bytes then travel with rsync over ssh (git-annex's transport) from a loopback
 sshd started here on a high port with a temporary config and keys. Both read from a warm
 page cache. Goal: ratio (rsync time / pull time) >= 1.0.
@@ -38,8 +41,19 @@ import _util as U  # noqa: E402
 from dmedia_tui import protocol  # noqa: E402
 from dmedia_tui.filestore import FileStore  # noqa: E402
 from dmedia_tui.peer import identity as ident  # noqa: E402
-from dmedia_tui.peer.client import PeerConnection, PeerError, pull  # noqa: E402
-from dmedia_tui.peer.service import PULLS_AT_ONCE  # noqa: E402
+from dmedia_tui.peer.client import (  # noqa: E402
+    PeerConnection,
+    PeerError,
+    PullResult,
+    commit_received,
+    receive,
+)
+from dmedia_tui.peer.service import (  # noqa: E402
+    PULLS_AT_ONCE,
+    GroupCommit,
+    Pulled,
+    PullSummary,
+)
 
 SSH_PORT = 22899
 
@@ -273,12 +287,25 @@ def main() -> int:
         dst_box: list[FileStore] = []
 
         def pull_all(at_once: int) -> None:
+            """As the engine's pull round: `at_once` pull threads receive (every leaf
+            verified), a committer thread commits what they hand over in groups."""
+
+            def commit(group: list[Pulled]) -> PullSummary:
+                for r in commit_received([p.received for p in group]):
+                    assert isinstance(r, PullResult) and r.new, r
+                return PullSummary(copies=len(group))
+
+            committer = GroupCommit(commit)
+
             def one(doc: dict) -> None:
-                r = pull(b, address, a.fingerprint, doc, dst_box[0])
-                assert r.new and r.fetched == doc["bytes"]
+                got = receive(b, address, a.fingerprint, doc, dst_box[0])
+                assert got.fetched == doc["bytes"]
+                committer.put(Pulled(doc, dst_box[0], None, got))  # type: ignore[arg-type]
 
             with ThreadPoolExecutor(at_once) as ex:
                 list(ex.map(one, docs.values()))
+            summary, error = committer.close()
+            assert error is None and summary.copies == len(docs), error
 
         t_pulls = {}
         for at_once in (int(n) for n in args.at_once.split(",")):
@@ -290,6 +317,21 @@ def main() -> int:
             rate = U.rate(total, t_pulls[at_once])
             print(f"peer pull, {at_once} at once (verify + fsync): {rate}")
         t_pull = next(iter(t_pulls.values()))
+        first_at_once = next(iter(t_pulls))
+
+        # What this disk can take durably: the same files copied locally (in-kernel
+        # copy_file_range from the warm page cache, no network, no hashing), each
+        # fsynced and renamed, as many at once as the first pull setting. No durable
+        # copy, over any transport, can finish before this.
+        ceiling = work / "ceiling"
+        t_disk = U.best_of(
+            args.rounds,
+            lambda: durable_local_copy(copies, ceiling, first_at_once),
+            lambda: (U.rmtree(ceiling), ceiling.mkdir(), U.warm(copies)),
+        )
+        U.rmtree(ceiling)
+        print(f"local copy + fsync (the disk's ceiling): {U.rate(total, t_disk)}")
+        print(f"pull / disk ceiling: {t_disk / t_pull:.2f} of the speed this disk takes durably")
 
         ratio = None
         if args.no_rsync or not (shutil.which("rsync") and Path("/usr/sbin/sshd").exists()):
@@ -361,6 +403,31 @@ def main() -> int:
             sshd.stop()
         if not args.keep:
             U.rmtree(work)
+
+
+def durable_local_copy(files: list[Path], out: Path, at_once: int) -> None:
+    """Copy files into `out` like a perfect local durable copy: copy_file_range, fsync,
+    rename, then one fsync of the folder."""
+
+    def one(src: Path) -> None:
+        tmp = out / (src.name + ".tmp")
+        with open(src, "rb") as f, open(tmp, "wb") as g:
+            left = os.fstat(f.fileno()).st_size
+            while left > 0:
+                n = os.copy_file_range(f.fileno(), g.fileno(), min(left, 64 << 20))
+                if n <= 0:
+                    raise OSError(f"copy_file_range returned {n}")
+                left -= n
+            os.fsync(g.fileno())
+        os.rename(tmp, out / src.name)
+
+    with ThreadPoolExecutor(at_once) as ex:
+        list(ex.map(one, files))
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def argparse_hidden() -> str:

@@ -194,6 +194,20 @@ class MetaStore:
         log.log(level, "%s %s", type, detail)
         return doc
 
+    def log_events(self, events: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Several (type, level, fields) events in one write, as log_event each: a batch
+        of transfers committed together is recorded together."""
+        if not events:
+            return
+        now = self.now()
+        docs = [schema.create_log(now, t, self.machine_id, **fields) for t, _, fields in events]
+        for result in self.lib.log.save_many(docs):
+            if isinstance(result, Exception):
+                raise result
+        for t, level, fields in events:
+            detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
+            log.log(level, "%s %s", t, detail)
+
     def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = DOCS_DB) -> None:
         """A doc a worker could not use: logged once, with the key the check uses."""
         self.checker.report_invalid(doc_id, error, db)

@@ -39,7 +39,13 @@ from typing import Any
 
 from dmedia_tui import protocol
 from dmedia_tui.errors import DmediaError
-from dmedia_tui.filestore import FileStore, _give_buffer, _take_buffer, _TmpFile
+from dmedia_tui.filestore import (
+    FileStore,
+    _give_buffer,
+    _take_buffer,
+    _TmpFile,
+    commit_staged,
+)
 from dmedia_tui.peer.identity import Identity, fingerprint_der
 
 PARTIAL_DIR = "peer"  # under .dmedia/tmp/
@@ -264,7 +270,51 @@ def pull(
     progress: Progress | None = None,
     timeout: float = 30.0,
 ) -> PullResult:
-    """Fetch the file of `doc` from the peer at `address` into `dst`; see the module doc.
+    """Fetch the file of `doc` from the peer at `address` into `dst` and commit it: one
+    file, `receive` then `commit_received`; see the module doc.
+
+    Raises ProtocolError when the doc itself is unusable (no valid leaf hashes), and the
+    PeerError subclasses above (DestinationError when the commit fails).
+    """
+    got = receive(identity, address, fingerprint, doc, dst, progress, timeout)
+    result = commit_received([got])[0]
+    if isinstance(result, OSError):
+        raise DestinationError(f"cannot commit {got.file_id} to {dst.id}: {_why(result)}") from None
+    return result
+
+
+@dataclass
+class Received:
+    """A file whose every leaf was verified and written to its partial file, not yet in
+    files/ (`part` is None when the store had the copy already): commit_received."""
+
+    file_id: str
+    store: FileStore
+    part: _PartialFile | None
+    mtime: int  # of the copy already there (part None)
+    fetched: int
+    resumed: int
+    t0: float
+
+    def keep(self) -> None:
+        """Not to be committed now: close it, its verified leaves kept for next time."""
+        if self.part is not None:
+            self.part.close_keep()
+            self.part = None
+
+
+def receive(
+    identity: Identity,
+    address: str,
+    fingerprint: str,
+    doc: dict[str, Any],
+    dst: FileStore,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> Received:
+    """Fetch the file of `doc` from the peer into its partial file in `dst`, each leaf
+    verified before it is written, and stop there: the caller commits it (possibly with
+    others: commit_received) or `keep()`s it. The partial stays locked until then.
 
     `progress(n)` is called after each leaf is written, with its size; it may raise to
     abort (the verified leaves stay for the next try). Raises ProtocolError when the doc
@@ -280,12 +330,12 @@ def pull(
     with contextlib.suppress(FileNotFoundError):
         mtime = dst.stat(file_id).mtime
         _drop_partial(dst, file_id)
-        return PullResult(file_id, dst.id, mtime, False, 0, 0, time.monotonic() - t0)
+        return Received(file_id, dst, None, mtime, 0, 0, t0)
     try:
         part = _PartialFile(dst, file_id)
     except OSError as e:
         raise DestinationError(f"cannot write to store {dst.id}: {_why(e)}") from None
-    committed = False
+    done = False
     try:
         try:
             resumed = part.keep_verified(leaves, size)
@@ -295,15 +345,34 @@ def pull(
         if resumed < size:
             with PeerConnection(identity, address, fingerprint, timeout) as conn:
                 fetched = _receive(conn, part, file_id, leaves, size, resumed, progress)
-        try:
-            mtime, new = part.commit(file_id)
-        except OSError as e:
-            raise DestinationError(f"cannot commit {file_id} to {dst.id}: {_why(e)}") from None
-        committed = True
-        return PullResult(file_id, dst.id, mtime, new, fetched, resumed, time.monotonic() - t0)
+        done = True
+        return Received(file_id, dst, part, 0, fetched, resumed, t0)
     finally:
-        if not committed:
+        if not done:
             part.close_keep()
+
+
+def commit_received(items: list[Received]) -> list[PullResult | OSError]:
+    """Commit received files as one batch (filestore.commit_staged: their write-back
+    flushed together, fsync each, rename into files/, fsync the folders); per item its
+    PullResult, or the OSError its commit met (that partial is removed: what failed to
+    sync is not trusted). Nothing is recorded here."""
+    staged: list[tuple[_TmpFile, str]] = [(r.part, r.file_id) for r in items if r.part]
+    done = iter(commit_staged(staged, "pull") if staged else [])
+    out: list[PullResult | OSError] = []
+    for r in items:
+        if r.part is None:
+            mtime, new = r.mtime, False
+        else:
+            r.part = None  # committed or removed: no longer ours
+            c = next(done)
+            if isinstance(c, OSError):
+                out.append(c)
+                continue
+            mtime, new = c
+        seconds = time.monotonic() - r.t0
+        out.append(PullResult(r.file_id, r.store.id, mtime, new, r.fetched, r.resumed, seconds))
+    return out
 
 
 def _drop_partial(dst: FileStore, file_id: str) -> None:

@@ -357,14 +357,14 @@ def _rot(store, file_id: str, data: bytes, b: MetaStore) -> None:
 
 @pytest.fixture
 def together(monkeypatch):
-    """Every client.pull first waits for another one to start: sequential pulls (the old
+    """Every client.receive (a pull) first waits for another one to start: sequential pulls (the old
     copy worker) break the barrier instead of passing it. Returns the pulls seen."""
     import threading
 
     from dmedia_tui.peer import client
 
     barrier = threading.Barrier(2, timeout=20)
-    real = client.pull
+    real = client.receive
     seen: list[str] = []
 
     def pull(identity, address, fingerprint, doc, dst, progress=None, **kw):
@@ -373,7 +373,7 @@ def together(monkeypatch):
             barrier.wait()
         return real(identity, address, fingerprint, doc, dst, progress, **kw)
 
-    monkeypatch.setattr(client, "pull", pull)
+    monkeypatch.setattr(client, "receive", pull)
     return seen
 
 
