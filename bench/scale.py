@@ -3,9 +3,10 @@
 Builds (and caches, in a temp dir outside the repo) SQLite libraries of 10k, 100k and
 1M file docs with *real* leaf hashes (`check` finds nothing unless `--bad N` seeds N
 invalid docs), then for each size prints, per file or per copy, the figures of issue 13:
-`check` (docs/s, peak RSS of a process doing only that; then a 2nd run over the same
-library, which meets every problem the 1st logged; the storage check the CLI's `check`
-runs first), an idle round's check (CPU), an
+`check` (docs/s, peak RSS of a process doing only that and of its worker processes;
+CPU counts the workers'; how long the process waited for a CPU that others used; then a
+2nd run over the same library, which meets every problem the 1st logged; the storage
+check the CLI's `check` runs first), an idle round's check (CPU), an
 idle `daemon --once` round (Engine.run_once with nothing to do, CPU),
 `store downgrade` and `store purge` of the busiest store (per copy, per 1M copies), the
 dashboard's cold load (`load_dashboard()`, what the app's refresh thread computes: health
@@ -167,9 +168,11 @@ from dmedia_tui.db.sqlite import SQLiteLibrary
 from dmedia_tui.metastore import MetaStore
 from dmedia_tui import health
 op, path, work = sys.argv[2], sys.argv[3], Path(sys.argv[4])
-def cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def cpu():  # this process's and its (waited-for) children's: check's worker processes
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+def runq():  # seconds this process was ready to run but waited for a CPU (other processes)
+    return int(open("/proc/self/schedstat").read().split()[1]) / 1e9
 def written():  # bytes this process wrote to files (write_bytes is no measure here: on
     # ext4 with large folios it counts a whole folio for each page dirtied, 5x wchar)
     io = dict(ln.split(": ") for ln in open("/proc/self/io").read().splitlines())
@@ -218,10 +221,11 @@ elif op == "frame":
     data = next((t, c) for t, c, f in frames if f)
     out["data"], out["data_cpu"] = data[0] - t0, data[1] - c0
 elif op == "check":
-    c0, t0 = cpu(), time.perf_counter()
+    c0, t0, q0 = cpu(), time.perf_counter(), runq()
     r = ms.check()
     out.update(seconds=time.perf_counter() - t0, cpu=cpu() - c0, docs=r.docs,
-               invalid=r.invalid, logged=r.logged)
+               invalid=r.invalid, logged=r.logged, runq=runq() - q0,
+               workers_rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     t0 = time.perf_counter()
     lib.check_storage()  # the CLI's `check` runs it first: PRAGMA quick_check, every page
     out["storage_seconds"] = time.perf_counter() - t0
@@ -423,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {what:<24}  {c['docs'] / c['seconds']:10,.0f} docs/s wall"
                     f"  {c['docs'] / c['cpu']:10,.0f} docs/s CPU"
                     f"  {c['cpu'] / c['docs'] * 1e6:6.1f} us CPU/doc  {c['seconds']:6.1f} s"
-                    f"  RSS {c['rss_mb']:.0f} MB  (invalid {c['invalid']}, logged {c['logged']})"
+                    f"  RSS {c['rss_mb']:.0f} MB (workers {c['workers_rss_mb']:.0f} MB)"
+                    f"  (invalid {c['invalid']}, logged {c['logged']}; waited for a CPU"
+                    f" {c['runq']:.1f} s)"
                 )
             if checks:
                 print(

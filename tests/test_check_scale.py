@@ -4,7 +4,9 @@ page), problems logged in batches, and what is already logged held in 8 bytes a 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +206,84 @@ def test_a_clean_file_doc_takes_the_fast_path(ms: MetaStore, monkeypatch) -> Non
     report = MetaStore(ms.lib, ms.config, ms.clock).check()
     assert report.inconsistent == 1
     assert files[7]["_id"] in [d["_id"] for d in seen]
+
+
+def mixed_library(ms: MetaStore) -> None:
+    """Clean and bad docs of every kind spread over the ID range: invalid, inconsistent,
+    damaged rows, rows orjson reads otherwise than json, a design doc."""
+    docs = [good_file(i) for i in range(300)]
+    for i in range(0, 300, 7):
+        docs[i] = {**docs[i], "bytes": docs[i]["bytes"] + 1}  # inconsistent: root hash
+    for i in range(3, 300, 11):
+        docs[i] = {**docs[i], "atime": -i}  # invalid
+    ms.lib.docs.save_many([*docs, {"_id": "_design/x", "views": {}}])
+    stored_as(ms, docs[5]["_id"], "{damaged")
+    stored_as(ms, docs[6]["_id"], json.dumps({**docs[6], "bytes": 2**64}))
+    stored_as(ms, docs[8]["_id"], json.dumps({**docs[8], "name": "\ud800 lone"}))
+
+
+def logged_problems(ms: MetaStore) -> list[tuple[Any, ...]]:
+    """The problem events in log order, without what differs between two runs (_id)."""
+    events = ms.lib.events(10_000, newest_first=False)
+    return [
+        tuple(e.get(k) for k in ("type", "doc_id", "file_id", "db", "doc_type", "errors"))
+        for e in events
+    ]
+
+
+def test_a_check_split_across_processes_logs_what_one_walk_logs(
+    tmp_path: Path, clock, monkeypatch
+) -> None:
+    """A big library is checked in parts by worker processes: the report and every event
+    (order included) are those of one walk in one process; problems come back from the
+    workers in several batches and the log is written in batches all the same."""
+    from dmedia_tui.checker import Checker, _Worker
+    from dmedia_tui.db.sqlite import SQLiteLibrary
+
+    one = MetaStore(
+        SQLiteLibrary(tmp_path / "one.sqlite3"),
+        Config.load(tmp_path / "config", tmp_path / "data"),
+        clock,
+    )
+    mixed_library(one)
+    one.lib.close()
+    shutil.copy(tmp_path / "one.sqlite3", tmp_path / "split.sqlite3")
+    one = MetaStore(SQLiteLibrary(tmp_path / "one.sqlite3"), one.config, clock)
+    split = MetaStore(SQLiteLibrary(tmp_path / "split.sqlite3"), one.config, clock)
+    monkeypatch.setattr(Checker, "CHECK_LOG_BATCH", 7)
+    monkeypatch.setattr(_Worker, "BATCH", 5)
+    monkeypatch.setattr(Checker, "CHECK_WORKERS", 1)
+    want = one.check(page_size=13)
+    started: list[Any] = []
+    start = _Worker.start
+    monkeypatch.setattr(_Worker, "start", lambda *a: started.append(start(*a)) or started[-1])
+    monkeypatch.setattr(Checker, "CHECK_WORKERS", 3)
+    monkeypatch.setattr(Checker, "PARALLEL_MIN_DOCS", 100)
+    got = split.check(page_size=13)
+    # docs: 2 parts of the docs db in workers; log-1 (its events) under 100 docs: here
+    assert len(started) == 2 and all(w.proc.returncode == 0 for w in started)
+    assert got == want and want.invalid > 20 and want.inconsistent > 20
+    assert logged_problems(split) == logged_problems(one)
+    # Again, over what is logged: nothing new, the same totals.
+    again = MetaStore(split.lib, split.config, clock).check(page_size=13)
+    assert (again.invalid, again.inconsistent, again.logged) == (want.invalid, want.inconsistent, 0)
+
+
+def test_a_worker_that_fails_has_its_part_checked_here(ms: MetaStore, monkeypatch, caplog) -> None:
+    from dmedia_tui.checker import Checker
+
+    mixed_library(ms)
+    monkeypatch.setattr(Checker, "CHECK_WORKERS", 1)
+    want = ms.check(page_size=13)
+    want_events = logged_problems(ms)
+    # The same library anew (its problems not logged yet), the worker failing at once.
+    ms.lib._conn().execute("DELETE FROM doc WHERE db=2")  # type: ignore[attr-defined]
+    ms.lib._conn().execute("DELETE FROM event")  # type: ignore[attr-defined]
+    monkeypatch.setattr(Checker, "CHECK_WORKERS", 2)
+    monkeypatch.setattr(Checker, "PARALLEL_MIN_DOCS", 100)
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with caplog.at_level("WARNING"):
+        got = MetaStore(ms.lib, ms.config, ms.clock).check(page_size=13)
+    assert "a check worker failed (exit 1" in caplog.text
+    assert got == want
+    assert logged_problems(ms) == want_events

@@ -164,12 +164,26 @@ class Database(abc.ABC):
                 return
             after = docs[-1]["_id"]
 
-    def iter_stored(self, page_size: int = 1000) -> Iterator[tuple[Any, Any]]:
+    def iter_stored(
+        self, page_size: int = 1000, start: str | None = None, stop: str | None = None
+    ) -> Iterator[tuple[Any, Any]]:
         """Every doc as stored, in `_id` order: (id, JSON text) from a backend that keeps
         docs as text, so the check pass can try a fast decoder on the text first; else
-        (id, doc). `decode_stored` gives the doc every other read would."""
+        (id, doc). `decode_stored` gives the doc every other read would. `start`/`stop`:
+        only the IDs in [start, stop) (the parts of a check split by `split_ids`)."""
         for doc in self.iter_docs(max(1, page_size)):
-            yield doc.get("_id"), doc
+            doc_id = doc.get("_id")
+            if start is not None and not (isinstance(doc_id, str) and doc_id >= start):
+                continue
+            if stop is not None and isinstance(doc_id, str) and doc_id >= stop:
+                continue
+            yield doc_id, doc
+
+    def split_ids(self, parts: int) -> list[str]:
+        """IDs that cut this database's `_id` range into about `parts` parts of similar
+        size, so that a check can walk them in parallel (`iter_stored(start=, stop=)`);
+        [] where the backend does not split (the check then walks it in one process)."""
+        return []
 
     def decode_stored(self, doc_id: Any, stored: Any) -> Doc:
         """The doc of an `iter_stored` item, decoded as every read decodes it (a damaged
@@ -348,6 +362,12 @@ class Library(abc.ABC):
     @abc.abstractmethod
     def display_url(self) -> str:
         """Where the library is, safe to show (passwords masked)."""
+
+    @property
+    def worker_path(self) -> str | None:
+        """Where another process of this machine opens this same library (an SQLite
+        file), so that a check can be split across processes; None: checked in one."""
+        return None
 
     @abc.abstractmethod
     def placement_summary(self) -> list[PlacementRow]:

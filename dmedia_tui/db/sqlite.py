@@ -63,7 +63,7 @@ from dmedia_tui.db.base import (
     VerificationStats,
 )
 from dmedia_tui.faults import fault_point
-from dmedia_tui.protocol import RANDOM_B32LEN, is_id
+from dmedia_tui.protocol import ALPHABET, RANDOM_B32LEN, is_id
 from dmedia_tui.views import TYPE_FILE, TYPE_MACHINE, TYPE_STORE
 
 APPLICATION_ID = 0x644D5431  # "dMT1": marks the file as a dmedia-tui library
@@ -320,6 +320,40 @@ def _decode_rows(rows: Iterable[tuple[Any, Any]], keep_damaged: bool = False) ->
     return out
 
 
+_CUT_CHARS = 12  # the leading characters two IDs are cut between (60 bits of base32)
+
+
+def _cut_span(lo: str, hi: str, parts: int) -> list[str]:
+    """Up to parts - 1 strings evenly between `lo` and `hi`, each > lo and <= hi,
+    ascending: their first _CUT_CHARS characters read as numbers in the digits of the
+    IDs' base32 alphabet (its digits and letters are not contiguous in ASCII), or of
+    ASCII when one is not base32."""
+    head = lo[:_CUT_CHARS] + hi[:_CUT_CHARS]
+    digits = ALPHABET if all(ch in ALPHABET for ch in head) else "".join(map(chr, range(128)))
+    base = len(digits)
+
+    def num(s: str) -> int:
+        n = 0
+        for ch in s[:_CUT_CHARS].ljust(_CUT_CHARS, digits[0]):
+            n = n * base + min(digits.find(ch) if ch in digits else base - 1, base - 1)
+        return n
+
+    def text(n: int) -> str:
+        out = []
+        for _ in range(_CUT_CHARS):
+            n, d = divmod(n, base)
+            out.append(digits[d])
+        return "".join(reversed(out)).rstrip(digits[0]) or digits[0]
+
+    a, b = num(lo), num(hi)
+    cuts: list[str] = []
+    for k in range(1, parts):
+        cut = text(a + (b - a) * k // parts)
+        if lo < cut <= hi and (not cuts or cut > cuts[-1]):
+            cuts.append(cut)
+    return cuts
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror.lower()
@@ -437,20 +471,43 @@ class SQLiteDatabase(Database):
             ).fetchall()
         return _decode_rows(rows, keep_damaged=True)
 
-    def iter_stored(self, page_size: int = 1000) -> Iterator[tuple[Any, Any]]:
+    def iter_stored(
+        self, page_size: int = 1000, start: str | None = None, stop: str | None = None
+    ) -> Iterator[tuple[Any, Any]]:
         # The rows as stored: the check pass decodes the common case faster than `_decode`.
-        after, limit = "", max(1, page_size)
+        limit = max(1, page_size)
+        upto = "" if stop is None else " AND id<?"
+        tail = () if stop is None else (stop,)
+        first = start is not None
+        after = start if start is not None else ""
         while True:
             with self._lib._read() as c:
                 rows = c.execute(
-                    "SELECT id, json FROM doc WHERE db=? AND id>? AND deleted=0"
-                    " ORDER BY id LIMIT ?",
-                    (self._key, after, limit),
+                    f"SELECT id, json FROM doc WHERE db=? AND id{'>=' if first else '>'}?"
+                    f"{upto} AND deleted=0 ORDER BY id LIMIT ?",
+                    (self._key, after, *tail, limit),
                 ).fetchall()
             yield from rows
             if len(rows) < limit:
                 return
-            after = rows[-1][0]
+            after, first = rows[-1][0], False
+
+    def split_ids(self, parts: int) -> list[str]:
+        # File and log IDs are random or time-ordered base32: cut the span between the
+        # first and last ID evenly (two index lookups; no OFFSET, which walks half the
+        # table). Random IDs split ~evenly by count; a part only costs time if uneven.
+        if parts < 2:
+            return []
+        with self._lib._read() as c:
+            ends = [
+                c.execute(
+                    f"SELECT id FROM doc WHERE db=? ORDER BY id {order} LIMIT 1", (self._key,)
+                ).fetchone()
+                for order in ("ASC", "DESC")
+            ]
+        if ends[0] is None or ends[1] is None:
+            return []
+        return _cut_span(str(ends[0][0]), str(ends[1][0]), parts)
 
     def decode_stored(self, doc_id: Any, stored: Any) -> Doc:
         try:
@@ -901,6 +958,10 @@ class SQLiteLibrary(Library):
 
     @property
     def display_url(self) -> str:
+        return self.path
+
+    @property
+    def worker_path(self) -> str | None:
         return self.path
 
     # --- opening -------------------------------------------------------------------

@@ -6,6 +6,7 @@ and on CouchDB), with hand-built docs, so the named queries are proved equal on 
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from typing import Any
@@ -323,6 +324,34 @@ def test_iter_stored_gives_every_live_doc_in_id_order_as_a_read_decodes_it(
         for doc_id, stored in got:
             assert library.docs.decode_stored(doc_id, stored) == library.docs.get(doc_id)
     assert list(library.log.iter_stored()) == []
+
+
+def test_iter_stored_walks_a_part_and_split_ids_cuts_the_whole_into_parts(
+    library: Library,
+) -> None:
+    """A check split across processes walks [start, stop) parts: together they are every
+    live doc, once each, in `_id` order; a backend that does not split gives no cuts."""
+    docs = [store_doc(str(i)) for i in range(40)]
+    save_all(library, docs)
+    library.docs.delete(library.docs.get(docs[4]["_id"]))
+    want = sorted(ids(docs[:4] + docs[5:]))
+    lo, hi = want[10], want[30]
+    for size in (1, 3, 5000):
+        got = [i for i, _ in library.docs.iter_stored(size, start=lo, stop=hi)]
+        assert got == want[10:30], size
+        assert [i for i, _ in library.docs.iter_stored(size, stop=lo)] == want[:10]
+        assert [i for i, _ in library.docs.iter_stored(size, start=hi)] == want[30:]
+    for parts in (2, 3, 8):
+        cuts = library.docs.split_ids(parts)
+        assert len(cuts) <= parts - 1 and cuts == sorted(set(cuts))
+        bounds = [None, *cuts, None]
+        walked = [
+            [i for i, _ in library.docs.iter_stored(7, a, b)] for a, b in itertools.pairwise(bounds)
+        ]
+        assert [i for part in walked for i in part] == want
+        if library.worker_path is not None and parts <= 3:  # random IDs: parts of similar size
+            assert len(cuts) == parts - 1 and all(part for part in walked), walked
+    assert library.log.split_ids(2) == []  # nothing to cut
 
 
 def test_databases_are_separate(library: Library) -> None:
