@@ -23,6 +23,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -151,14 +152,46 @@ class Checker:
 
     CHECK_LOG_BATCH = 1000  # problem events saved per log-1 bulk write
 
-    def check(self, page_size: int = 5000) -> CheckReport:
+    def check(self, page_size: int = 5000, storage: bool = False) -> CheckReport:
         """Walk every doc of both databases; log each new problem once. Rewrites nothing.
+
+        `storage`: also the storage's own check (`Library.check_storage`, every page of
+        an SQLite file), in a thread while the docs are walked (SQLite checks without
+        the GIL): nothing is logged before it passed, and a damaged file raises its
+        DatabaseOffline, as when it ran first, whatever the walk met meanwhile.
 
         Streaming: docs are read a page at a time (keyset on `_id`), new problem events
         are saved to log-1 a batch at a time, and what is already logged costs 8 bytes a
         problem, so time is linear and memory bounded at any library size. A big SQLite
         library is walked in parts by worker processes (`_problems`), with the same result.
         """
+        if not storage:
+            return self._check(page_size, lambda: None)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.lib.check_storage()
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller
+                failed.append(e)
+
+        thread = threading.Thread(target=run, name="dmedia-check-storage", daemon=True)
+        thread.start()
+
+        def passed() -> None:  # before anything is written, and at the end
+            thread.join()
+            if failed:
+                raise failed[0]
+
+        try:
+            report = self._check(page_size, passed)
+        except Exception:
+            passed()  # a damaged file: its own error names the damage
+            raise
+        passed()
+        return report
+
+    def _check(self, page_size: int, storage_passed: Callable[[], None]) -> CheckReport:
         seen = self._load_logged_problems()
         docs = invalid = inconsistent = logged = 0
         pending: list[Doc] = []
@@ -183,6 +216,7 @@ class Checker:
 
         def flush() -> None:
             if pending:
+                storage_passed()
                 for r in self.lib.log.save_many(pending):
                     if isinstance(r, Exception):
                         raise r
@@ -201,6 +235,7 @@ class Checker:
         docs = count[0]
         last = self.metadata_problems()
         if (invalid, inconsistent) != (last["invalid"], last["inconsistent"]):
+            storage_passed()
             level = logging.ERROR if invalid or inconsistent else logging.INFO
             self._log_event(
                 schema.LOG_CHECK_RESULT,
@@ -279,8 +314,7 @@ class Checker:
             report = self._check_changes(state["docs_seq"], state["log_seq"])
             full_pass_at = state["time"]
         if report is None:
-            self.lib.check_storage()  # a damaged library file stops here, named
-            report = self.check()
+            report = self.check(storage=True)  # a damaged library file stops it, named
             full_pass_at = now
         self._write_check_state({"time": full_pass_at, "docs_seq": docs_seq, "log_seq": log_seq})
         return report

@@ -515,8 +515,9 @@ def verify(ctx: Context, store_name: str | None, all_: bool, as_json: bool) -> N
 def check(ctx: Context, as_json: bool) -> None:
     """Schema and consistency pass over every doc; new problems go to log-1."""
     with ctx.metastore() as ms:
-        ms.check_storage()  # every page of an SQLite library (too slow for every open)
-        report = ms.check()
+        # With the storage's own check (every page of an SQLite library: too slow for
+        # every open), run beside the walk of the docs.
+        report = ms.check(storage=True)
     data = report.__dict__
     if as_json:
         _emit_json(data)

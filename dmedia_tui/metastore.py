@@ -1622,8 +1622,8 @@ class MetaStore:
 
     # --- schema and consistency check (checker.py) ----------------------------------
 
-    def check(self, page_size: int = 5000) -> CheckReport:
-        return self.checker.check(page_size)
+    def check(self, page_size: int = 5000, storage: bool = False) -> CheckReport:
+        return self.checker.check(page_size, storage)
 
     def check_if_due(self, full: bool = False) -> CheckReport:
         return self.checker.check_if_due(full)

@@ -287,3 +287,39 @@ def test_a_worker_that_fails_has_its_part_checked_here(ms: MetaStore, monkeypatc
     assert "a check worker failed (exit 1" in caplog.text
     assert got == want
     assert logged_problems(ms) == want_events
+
+
+def test_the_storage_check_runs_beside_the_walk_and_nothing_is_logged_before_it_passed(
+    tmp_path: Path, clock
+) -> None:
+    """check(storage=True): the storage's own check (quick_check, every page) runs in a
+    thread while the docs are walked. A damaged page the walk never reads (an index of
+    `copy`) stops it as when the storage check ran first: its error, nothing logged."""
+    from dmedia_tui.db.base import DatabaseOffline
+    from dmedia_tui.db.sqlite import SQLiteLibrary
+
+    path = tmp_path / "lib.sqlite3"
+    config = Config.load(tmp_path / "config", tmp_path / "data")
+    ms = MetaStore(SQLiteLibrary(path), config, clock)
+    mixed_library(ms)
+    ms.lib.close()  # the last connection: the WAL goes into the file
+    conn = sqlite3.connect(path)
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name='copy_rank'").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * size)
+        f.write(b"\x5a" * size)
+    ms = MetaStore(SQLiteLibrary(path, quick_check=False), config, clock)
+    with pytest.raises(DatabaseOffline, match="damaged"):
+        ms.check(storage=True)
+    assert ms.lib.events(10) == []
+    # The walk alone finds its problems (the damage is nowhere it reads)...
+    assert ms.check().invalid > 20
+    # ...and on a sound file the storage check changes nothing.
+    ms.lib.close()
+    fresh = tmp_path / "fresh.sqlite3"
+    ms = MetaStore(SQLiteLibrary(fresh), config, clock)
+    mixed_library(ms)
+    report = ms.check(storage=True)
+    assert report.invalid > 20 and len(ms.lib.events(1000)) == report.logged
