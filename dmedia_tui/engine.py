@@ -393,7 +393,10 @@ class Engine:
         gone: set[str] = set()
         verified: list[tuple[str, VerifyResult]] = []
         try:
-            self._verify_items(todo, urgent, connected, gone, verified, s)
+            with contextlib.ExitStack() as held:
+                for fs in connected.values():
+                    held.enter_context(fs.held_dirs())  # folders walked once per round
+                self._verify_items(todo, urgent, connected, gone, verified, s)
         finally:
             # Good copies are recorded together (one transaction): a crash before this
             # only means they are verified again.
@@ -413,6 +416,7 @@ class Engine:
         verified: list[tuple[str, VerifyResult]],
         s: RoundSummary,
     ) -> None:
+        marks: dict[str, tuple[int, int] | None] = {}  # per store, taken at its first copy
         for i, (sid, fid) in enumerate(todo):
             if self._stop.is_set():
                 break
@@ -424,7 +428,9 @@ class Engine:
             try:
                 if not protocol.is_file_id(fid):
                     raise ValueError(f"invalid file ID: {fid!r:.60}")
-                if not self._verify_one(fs, fid, s, i, len(todo), verified):
+                if sid not in marks:
+                    marks[sid] = _store_mark(fs)
+                if not self._verify_one(fs, fid, s, i, len(todo), verified, marks[sid]):
                     gone.add(sid)
             except _Stopping:
                 break
@@ -477,9 +483,14 @@ class Engine:
         i: int,
         n: int,
         verified: list[tuple[str, VerifyResult]],
+        mark: tuple[int, int] | None,
     ) -> bool:
         """Verify one copy and record the outcome (a good copy: appended to `verified`,
-        recorded with the round's others); False when the store itself is gone."""
+        recorded with the round's others); False when the store itself is gone.
+
+        `mark`: the store's _store_mark taken before the round's first copy of it (one
+        read of store.json a round, not one a copy: that was 5% of a small file's cost);
+        a MISSING verdict counts only if the store is still that one now."""
         store = self.ms.store_doc(fs.id)
         act = Activity("verify", store_label(store, fs.id), fid, queue_done=i, queue_total=n)
         try:
@@ -495,7 +506,6 @@ class Engine:
             act.done += nbytes
             self.emit("activity", act)
 
-        mark = _store_mark(fs)
         result = fs.verify(fid, progress=progress)
         if result.status == VerifyStatus.MISSING and (mark is None or _store_mark(fs) != mark):
             # The store went (unmounted, unplugged, moved) rather than the copy: the empty

@@ -10,6 +10,7 @@ not on disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -1164,6 +1165,17 @@ class MetaStore:
         `progress_for(i, doc)` gives the progress callback for the i-th file (it may
         raise to abandon the batch: then nothing of it is committed).
         """
+        with contextlib.ExitStack() as held:
+            for fs in connected.values():
+                held.enter_context(fs.held_dirs())  # each folder walked once per batch
+            return self._make_copies(docs, connected, progress_for)
+
+    def _make_copies(
+        self,
+        docs: list[Doc],
+        connected: dict[str, FileStore],
+        progress_for: Callable[[int, Doc], Progress | None] | None,
+    ) -> list[int | Exception]:
         out: list[int | Exception] = [0] * len(docs)
         staged: list[tuple[int, str, FileStore, Any]] = []  # (i, file_id, src, CopyResult)
         verified: list[tuple[str, VerifyResult]] = []  # sources read OK, nothing new

@@ -307,3 +307,38 @@ def test_time_policies_downgrade_stale_verifications_at_most_hourly(ms, tmp_path
     assert ms.run_time_policies(online={a.id}) == []  # within the hour: not looked at again
     clock.t += 1
     assert len(ms.run_time_policies(online={a.id})) == 1
+
+
+def _count_store_walks(monkeypatch, roots: set[str]) -> dict[str, int]:
+    """Count the opens of each store's own folder (every walk to .dmedia starts there)."""
+    import os
+
+    counts = dict.fromkeys(roots, 0)
+    real_open = os.open
+
+    def counting_open(path, *args, **kw):
+        if kw.get("dir_fd") is None and str(path) in counts:
+            counts[str(path)] += 1
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    return counts
+
+
+def test_a_copy_batch_and_a_verify_round_walk_each_store_folder_once(ms, tmp_path, monkeypatch):
+    """Small files: a batch of copies, and the round that reads them back, open each
+    store's folders once, not four or five opens a file (a quarter of a copy's cost)."""
+    a, b = new_store(ms, tmp_path, "a"), new_store(ms, tmp_path, "b")
+    srcs = [source_file(tmp_path, f"f{i}", bytes([i + 1]) * (3000 + i)) for i in range(40)]
+    ms.import_paths(srcs, a)
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    engine.connected = {a.id: a, b.id: b}
+    engine.verify_until_done()  # a's copies verified: the source is a settled one
+    counts = _count_store_walks(monkeypatch, {str(a.path), str(b.path)})
+    assert engine.copy_round(limit=100).copies == 40
+    assert all(n <= 3 for n in counts.values()), counts  # tmp, files, corrupt at most
+    counts.update(dict.fromkeys(counts, 0))
+    assert engine.verify_round(limit=100).verified == 40  # b's new copies read back
+    assert all(n <= 3 for n in counts.values()), counts
+    assert {d["_id"] for d in ms.iter_files_on(b.id)} == {d["_id"] for d in ms.iter_files_on(a.id)}
+    assert not ms.copies_due(b.id)  # every new copy verified
