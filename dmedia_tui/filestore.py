@@ -772,6 +772,43 @@ class FileStore:
         finally:
             os.close(files)
 
+    def count(self) -> int:
+        """How many copies __iter__ would list, without a stat per copy (the directory
+        entry's type is enough on most filesystems): a store's recovery compares it with
+        the copies the library records before it lists anything."""
+        try:
+            files = self._open_dir("files")
+        except FileNotFoundError:
+            return 0
+        n = 0
+        try:
+            with os.scandir(files) as it:
+                prefixes = [
+                    e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+                ]
+            for prefix in prefixes:
+                try:
+                    pd = _open_dir_at(files, prefix, self.path, f"{DOTDIR}/files/{prefix}")
+                except StoreUnsafe:
+                    raise
+                except OSError:
+                    continue
+                try:
+                    with os.scandir(pd) as it:
+                        for entry in it:
+                            try:
+                                if entry.is_file(follow_symlinks=False) and is_file_id(
+                                    prefix + entry.name
+                                ):
+                                    n += 1
+                            except OSError:
+                                continue
+                finally:
+                    os.close(pd)
+        finally:
+            os.close(files)
+        return n
+
     def quarantined(self) -> Iterator[tuple[str, str]]:
         """(file_id, name) of every corrupt copy in corrupt/ (`<id>` or `<id>.<n>`); things
         set aside because they were not regular files are not corrupt copies."""

@@ -435,6 +435,7 @@ def test_iteration_skips_junk(store: FileStore) -> None:
     (files / "AA" / ("B" * 46)).mkdir()  # a directory with a valid ID name
     assert [s.id for s in store] == ids
     assert all(s.size == store.stat(s.id).size for s in store)
+    assert store.count() == len(ids)  # the same copies, counted without a stat each
 
 
 # --- copy_to ------------------------------------------------------------------------

@@ -342,3 +342,28 @@ def test_a_copy_batch_and_a_verify_round_walk_each_store_folder_once(ms, tmp_pat
     assert all(n <= 3 for n in counts.values()), counts
     assert {d["_id"] for d in ms.iter_files_on(b.id)} == {d["_id"] for d in ms.iter_files_on(a.id)}
     assert not ms.copies_due(b.id)  # every new copy verified
+
+
+def test_recovering_a_settled_store_counts_its_copies_without_listing_them(
+    ms, tmp_path, monkeypatch
+):
+    """A store whose every copy is recorded is only counted on connect (no stat and no
+    Stat a copy: at a million copies that listing cost every `daemon --once`); one
+    copy the library lacks still gets it listed and relinked."""
+    a = new_store(ms, tmp_path, "a")
+    fids = [
+        import_one(ms, source_file(tmp_path, f"f{i}", bytes([i + 1]) * 900), a)[0] for i in range(3)
+    ]
+    listed = []
+    real_iter = FileStore.__iter__
+
+    def spy(fs):
+        listed.append(fs.id)
+        return real_iter(fs)
+
+    monkeypatch.setattr(FileStore, "__iter__", spy)
+    assert ms.recover_store(a)["adopted"] == 0
+    assert listed == []
+    ms.lib.docs.update(fids[0], lambda d: {**d, "stored": {}})  # the doc lost its copy
+    assert ms.recover_store(a)["relinked"] == 1
+    assert listed == [a.id]
