@@ -650,3 +650,34 @@ def test_still_here_until_the_store_folder_is_gone(tmp_path):
     assert fs.still_here()
     (fs.path / ".dmedia" / "store.json").rename(fs.path / "moved.json")
     assert not fs.still_here()
+
+
+def test_a_good_copy_is_verified_and_copied_without_base32(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root digest is compared with the expected ID as a number (no base32 encoding,
+    pure Python: ~10% of a small file's verify or copy); a bad copy still gets its real ID."""
+    import dmedia_tui.protocol as P
+
+    small = store.import_bytes(data(20_000, seed=3)).content_hash.id
+    real = P.b32encode
+    (dst,) = make_stores(tmp_path, "dst")
+
+    def refuse(_data: bytes) -> str:
+        raise AssertionError("base32-encoded a digest that matched")
+
+    monkeypatch.setattr(P, "b32encode", refuse)
+    r = store.verify(small)
+    assert r.status == VerifyStatus.OK and r.content_hash is not None
+    assert (r.content_hash.id, r.content_hash.file_size) == (small, 20_000)
+    c = store.copy_to(small, [dst])
+    assert c.status == VerifyStatus.OK and set(c.written) == {dst.id}
+    assert c.source.content_hash is not None and c.source.content_hash.id == small
+    monkeypatch.setattr(P, "b32encode", real)
+    rotten = data(20_000, seed=3)[:-1] + b"!"
+    path = store.file_path(small)
+    path.chmod(0o644)
+    path.write_bytes(rotten)
+    bad = store.verify(small)
+    assert bad.status == VerifyStatus.CORRUPT and bad.content_hash is not None
+    assert bad.content_hash.id == P.hash_bytes(rotten).id != small

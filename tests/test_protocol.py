@@ -183,6 +183,15 @@ def test_root_hash_matches_agrees_with_hash_root(file_id: str) -> None:
     assert P.root_hash_matches(real, 1, lh)
 
 
+@given(st.text(alphabet=P.ALPHABET + "0Z_ +az\u00e9", min_size=0, max_size=50))
+def test_content_hash_of_is_the_root_hash_whatever_is_expected(expect: str) -> None:
+    lh = P.hash_leaf(0, b"x")
+    real = P.hash_root(1, lh)
+    for e in (expect, real, None):
+        ch = P.content_hash_of(1, lh, e)
+        assert (ch.id, ch.file_size, ch.leaf_hashes) == (real, 1, lh)
+
+
 def test_leaf_hashes_base64_round_trip() -> None:
     lh = P.hash_bytes(VECTORS["three_leaves"][0]).leaf_hashes
     assert P.decode_leaf_hashes(P.encode_leaf_hashes(lh)) == lh
