@@ -416,7 +416,8 @@ class Engine:
         verified: list[tuple[str, VerifyResult]],
         s: RoundSummary,
     ) -> None:
-        marks: dict[str, tuple[int, int] | None] = {}  # per store, taken at its first copy
+        # Per store, taken at its first copy of the round: (its _store_mark, its label).
+        marks: dict[str, tuple[tuple[int, int] | None, str]] = {}
         for i, (sid, fid) in enumerate(todo):
             if self._stop.is_set():
                 break
@@ -429,8 +430,8 @@ class Engine:
                 if not protocol.is_file_id(fid):
                     raise ValueError(f"invalid file ID: {fid!r:.60}")
                 if sid not in marks:
-                    marks[sid] = _store_mark(fs)
-                if not self._verify_one(fs, fid, s, i, len(todo), verified, marks[sid]):
+                    marks[sid] = (_store_mark(fs), store_label(self.ms.store_doc(sid), sid))
+                if not self._verify_one(fs, fid, s, i, len(todo), verified, *marks[sid]):
                     gone.add(sid)
             except _Stopping:
                 break
@@ -484,15 +485,16 @@ class Engine:
         n: int,
         verified: list[tuple[str, VerifyResult]],
         mark: tuple[int, int] | None,
+        label: str,
     ) -> bool:
         """Verify one copy and record the outcome (a good copy: appended to `verified`,
         recorded with the round's others); False when the store itself is gone.
 
         `mark`: the store's _store_mark taken before the round's first copy of it (one
         read of store.json a round, not one a copy: that was 5% of a small file's cost);
-        a MISSING verdict counts only if the store is still that one now."""
-        store = self.ms.store_doc(fs.id)
-        act = Activity("verify", store_label(store, fs.id), fid, queue_done=i, queue_total=n)
+        a MISSING verdict counts only if the store is still that one now. `label`: the
+        store's, read with the mark (not a store doc read a copy)."""
+        act = Activity("verify", label, fid, queue_done=i, queue_total=n)
         try:
             act.total = fs.stat(fid).size
         except OSError:
