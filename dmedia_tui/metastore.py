@@ -51,6 +51,7 @@ from dmedia_tui.durability import (
 from dmedia_tui.errors import DmediaError
 from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
+    EmptyFile,
     FileStore,
     FileStoreError,
     ImportResult,
@@ -697,7 +698,6 @@ class MetaStore:
         only after its copy is durable.
         """
         report = ImportReport()
-        sizes: dict[Path, int] = {}
         try:  # partial writes a crashed writer left (opening a store never purges)
             fs.purge_tmp()
         except OSError as e:
@@ -706,23 +706,14 @@ class MetaStore:
         def skipped(path: Path, reason: str) -> None:
             report.skipped.append({"path": str(path), "reason": reason})
 
-        def non_empty() -> Iterator[Path]:
-            for path in walk_files(paths, skipped):
-                try:
-                    size = path.stat().st_size
-                except OSError as e:
-                    report.errors.append(f"{path}: {e.strerror or e}")
-                    continue
-                if size == 0:
-                    report.empty += 1
-                    continue
-                sizes[path] = size
-                yield path
-
-        for batch in fs.import_batches(non_empty()):
+        # Empty files are found by the import's own fstat (EmptyFile), not by a stat of
+        # every file first (a quarter of the walk's cost for small files).
+        for batch in fs.import_batches(walk_files(paths, skipped)):
             done: list[tuple[Path, ImportResult]] = []
             for path, result in batch:
-                if isinstance(result, Exception):
+                if isinstance(result, EmptyFile):
+                    report.empty += 1
+                elif isinstance(result, Exception):
                     msg = (
                         result.strerror
                         if isinstance(result, OSError) and result.strerror
@@ -734,7 +725,7 @@ class MetaStore:
             for (path, result), (file_id, new) in zip(
                 done, self.record_imports(fs, done, origin), strict=True
             ):
-                size = sizes.pop(path, result.content_hash.file_size)
+                size = result.content_hash.file_size
                 report.files += 1
                 report.bytes += size
                 report.new += new

@@ -367,3 +367,43 @@ def test_recovering_a_settled_store_counts_its_copies_without_listing_them(
     ms.lib.docs.update(fids[0], lambda d: {**d, "stored": {}})  # the doc lost its copy
     assert ms.recover_store(a)["relinked"] == 1
     assert listed == [a.id]
+
+
+def test_an_import_walk_stats_no_regular_file(ms, tmp_path, monkeypatch):
+    """Folders are walked by their entries' types: a small file is not lstat-ed by the
+    walk nor stat-ed for its size before it is opened (the import's fstat finds an empty
+    one); what is reported is unchanged: files in walk order, empty ones, skipped ones."""
+    import os
+
+    a = new_store(ms, tmp_path, "a")
+    top = tmp_path / "photos"
+    for d in ("b", "a", "a/z"):
+        (top / d).mkdir(parents=True)
+    names = ["b/2.jpg", "a/1.jpg", "a/z/0.jpg", "top.jpg", "a/0.jpg"]
+    for i, name in enumerate(names):
+        (top / name).write_bytes(bytes([i + 1]) * (1000 + i))
+    (top / "a" / "empty.jpg").write_bytes(b"")
+    os.mkfifo(top / "a" / "pipe")
+    (top / "link.jpg").symlink_to(top / "top.jpg")
+    (top / "b" / "dir-link").symlink_to(top / "a")
+    stats = []
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kw):
+        stats.append(str(path))
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    seen: list[str] = []
+    report = ms.import_paths(
+        [top], a, on_file=lambda p, n: seen.append(p.relative_to(top).as_posix())
+    )
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert seen == ["top.jpg", "a/0.jpg", "a/1.jpg", "a/z/0.jpg", "b/2.jpg"]
+    assert (report.files, report.empty, report.errors) == (5, 1, [])
+    assert {Path(s["path"]).relative_to(top).as_posix(): s["reason"] for s in report.skipped} == {
+        "a/pipe": "FIFO",
+        "link.jpg": "symlink",
+        "b/dir-link": "symlink",
+    }
+    assert [s for s in stats if s.startswith(str(top))] == [str(top)]  # the folder named
