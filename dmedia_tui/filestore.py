@@ -1323,12 +1323,12 @@ class FileStore:
                     if dst.id in written or dst.id in tmps or dst.id in failed:
                         continue
                     try:
-                        written[dst.id] = dst.stat(file_id).mtime  # already there: leave it
-                        continue
-                    except FileNotFoundError:
-                        pass
+                        there = dst._copy_mtime(file_id)
                     except OSError as e:
                         failed[dst.id] = _errstr(e)
+                        continue
+                    if there is not None:
+                        written[dst.id] = there  # already there: leave it
                         continue
                     try:
                         tmps[dst.id] = _TmpFile(dst)

@@ -1101,11 +1101,16 @@ class MetaStore:
         doc: Doc,
         connected: dict[str, FileStore],
         store_docs: dict[str, Doc | None] | None = None,
+        space: dict[str, tuple[int, int] | None] | None = None,
     ) -> list[FileStore]:
         """Connected, trusted stores without this file and with room for it, emptiest first.
 
         `store_docs`: store docs already read in this batch (filled as they are read), so
         a batch of a thousand small files reads each store doc once, not once a file.
+        `space`: the batch's (bytes_total, bytes_avail) per store that takes new copies
+        (None: it does not, or statvfs failed), filled as stores are first met; the
+        caller takes each copy it stages off its destination's bytes_avail (a statvfs
+        and a store doc check a file and store were ~6% of a small file's copy).
         """
         size = doc.get("bytes", 0)
         stored = stored_ if isinstance(stored_ := doc.get("stored"), dict) else {}
@@ -1114,13 +1119,18 @@ class MetaStore:
         for sid, fs in connected.items():
             if sid in stored or sid in corrupt:
                 continue
-            store = self._store_doc_in(sid, store_docs)
-            if not transitions.takes_new_copies(store):
+            if space is not None and sid in space:
+                room = space[sid]
+            else:
+                room = None
+                if transitions.takes_new_copies(self._store_doc_in(sid, store_docs)):
+                    with contextlib.suppress(OSError):
+                        room = fs.statvfs()
+                if space is not None:
+                    space[sid] = room
+            if room is None:
                 continue
-            try:
-                total, avail = fs.statvfs()
-            except OSError:
-                continue
+            total, avail = room
             if avail - size < self.thresholds.reserve_for(total):
                 continue
             out.append((avail, sid, fs))
@@ -1176,6 +1186,7 @@ class MetaStore:
         verified: list[tuple[str, VerifyResult]] = []  # sources read OK, nothing new
         aborted: list[BaseException] = []
         store_docs: dict[str, Doc | None] = {}  # read once for the batch
+        space: dict[str, tuple[int, int] | None] = {}  # destinations(): once for the batch
 
         def guarded(progress: Progress | None) -> Progress | None:
             if progress is None:
@@ -1194,7 +1205,7 @@ class MetaStore:
             for i, doc in enumerate(docs):
                 try:
                     p = guarded(progress_for(i, doc) if progress_for else None)
-                    got = self._stage_copy(doc, connected, p, store_docs)
+                    got = self._stage_copy(doc, connected, p, store_docs, space)
                 except Exception as e:  # one bad file must not stop the batch...
                     if aborted:
                         raise  # ...but the caller abandoning it does
@@ -1255,6 +1266,7 @@ class MetaStore:
         connected: dict[str, FileStore],
         progress: Progress | None,
         store_docs: dict[str, Doc | None] | None = None,
+        space: dict[str, tuple[int, int] | None] | None = None,
     ) -> tuple[FileStore, Any] | None:
         """Read one file from a good source into the destinations it needs (staged, not
         committed): (source, CopyResult), or None when there is nothing to copy."""
@@ -1268,7 +1280,7 @@ class MetaStore:
             for s in sorted(stored, key=lambda s: -copies_of(stored[s]))
             if s in connected
         ]
-        dsts_all = self.destinations(doc, connected, store_docs)
+        dsts_all = self.destinations(doc, connected, store_docs, space)
         dsts: list[FileStore] = []
         gained = 0
         for fs in dsts_all:
@@ -1282,7 +1294,14 @@ class MetaStore:
             result = src.copy_to(file_id, dsts, progress=progress, commit=False)
             if result.source.status != VerifyStatus.OK:
                 self.apply_verify_result(src, result.source)
+                for cache in (store_docs, space):
+                    if cache is not None:  # a corrupt copy flags its store: read it again
+                        cache.pop(src.id, None)
                 continue  # corrupt / missing / unreadable source: try the next one
+            size = result.source.content_hash.file_size if result.source.content_hash else 0
+            for sid in result.staged:
+                if space is not None and (room := space.get(sid)) is not None:
+                    space[sid] = (room[0], room[1] - size)  # the batch's own writes
             return src, result
         return None
 

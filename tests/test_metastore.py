@@ -369,6 +369,31 @@ def test_recovering_a_settled_store_counts_its_copies_without_listing_them(
     assert listed == [a.id]
 
 
+def test_a_copy_batch_counts_its_own_copies_against_the_free_space(ms, tmp_path, monkeypatch):
+    """The free space of a destination is asked once a batch (statvfs a file and store
+    was ~6% of a small file's copy), and the batch's own copies are taken off it: a drive
+    whose statvfs lags (or lies) still never gets copies past its reserve."""
+    a, b = new_store(ms, tmp_path, "a"), new_store(ms, tmp_path, "b")
+    ids = [
+        import_one(ms, source_file(tmp_path, f"f{i}", bytes([i + 1]) * 1000), a)[0]
+        for i in range(20)
+    ]
+    total = 10**6
+    reserve = ms.thresholds.reserve_for(total)
+    asked = []
+
+    def statvfs():
+        asked.append(1)
+        return total, reserve + 5500  # room for 5 copies of 1000 bytes, whatever is written
+
+    monkeypatch.setattr(b, "statvfs", statvfs)
+    docs = ms.lib.docs.get_many(ids)
+    out = ms.make_copies(docs, {a.id: a, b.id: b})
+    assert sorted(out) == [0] * 15 + [1] * 5
+    assert sum(b.exists(fid) for fid in ids) == 5
+    assert len(asked) == 1
+
+
 def test_an_import_walk_stats_no_regular_file(ms, tmp_path, monkeypatch):
     """Folders are walked by their entries' types: a small file is not lstat-ed by the
     walk nor stat-ed for its size before it is opened (the import's fstat finds an empty
