@@ -150,6 +150,9 @@ class MetaStore:
         self._last_unverified_pass = float("-inf")
         self._obs: Observations | None = None
         self._obs_lock = threading.Lock()
+        # Sources a copy found corrupt, missing or unreadable (so far, in this process):
+        # a copy pass that saw none left no file behind its cursor (Engine._end_copy_pass).
+        self.sources_lost = 0
 
     def now(self) -> float:
         return self.clock.now()
@@ -1293,6 +1296,7 @@ class MetaStore:
         for src in sources:
             result = src.copy_to(file_id, dsts, progress=progress, commit=False)
             if result.source.status != VerifyStatus.OK:
+                self.sources_lost += 1
                 self.apply_verify_result(src, result.source)
                 for cache in (store_docs, space):
                     if cache is not None:  # a corrupt copy flags its store: read it again
