@@ -401,3 +401,48 @@ def test_sqlite_a_pass_leaves_one_change_log_entry_per_doc(
     assert [(c.id, int(c.seq)) for c in feed.results] == sorted(
         current.items(), key=lambda kv: kv[1]
     )
+
+
+def test_sqlite_purge_removes_entries_only_fn_could_clean_in_sql(
+    sqlite_library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge drops the store's entry whatever it holds (not an object, copies 2.0, no
+    mtime, a negative mtime, copies beyond what counts): the same doc fn gives, without
+    fn, and the indexes stay right; only a doc whose text is not JSON reaches fn."""
+    lib = sqlite_library
+    stores, docs = mixed_library(lib)
+    busy = stores[0]
+    odd = [
+        7,
+        {"copies": 2.0, "mtime": 5},
+        {"copies": 1},
+        {"copies": 1, "mtime": -3},
+        {"copies": 50, "mtime": 1, "verified": "x", "pinned": 1},
+    ]
+    with_entry = [f for f, d in docs.items() if busy in d["stored"]]
+    for fid, entry in zip(with_entry, odd, strict=False):
+        doc = lib.docs.get(fid)
+        doc["stored"][busy] = entry
+        lib.docs.save(doc)
+    damaged = with_entry[len(odd)]
+    conn = sqlite3.connect(lib.path)  # type: ignore[attr-defined]
+    with conn:
+        conn.execute("UPDATE doc SET json = '{not json' WHERE id = ?", (damaged,))
+    conn.close()
+    before = {f: d for f, d in all_files(lib).items() if f != damaged}
+    want = expected_after(before, transitions.purge_store_in_file, busy)
+    calls: list[str] = []
+    orig = transitions.purge_store_in_file
+
+    def counted(doc: dict[str, Any], sid: str) -> dict[str, Any] | None:
+        calls.append(doc["_id"])
+        return orig(doc, sid)
+
+    monkeypatch.setattr(transitions, "purge_store_in_file", counted)
+    ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
+    ms.purge_store(busy)
+    assert calls == []  # the damaged doc fails to decode before fn: reported, left
+    after = {f: d for f, d in all_files(lib).items() if f != damaged}
+    assert {f: bare(d) for f, d in after.items()} == want
+    for fid in with_entry[: len(odd)]:
+        assert busy not in after[fid]["stored"]
