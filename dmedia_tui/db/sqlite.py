@@ -1248,9 +1248,9 @@ class SQLiteLibrary(Library):
         Temp storage in memory: the pass's temp table, statement journals and the
         ephemeral tables of its UPDATEs wrote ~4.5 KB a copy to temp files (100k files).
         The cache is BULK_CACHE_KIB: a 20k batch dirties
-        about a page a copy plus most of `doc_seq` (~120 MB at 1M files), more than
-        CACHE_KIB, and a full cache spills dirty pages to the WAL mid-transaction. The
-        cost is memory while it runs (RSS 405 MB at 1M files, 79 MB before). Both are
+        about 0.9 pages a copy (~70 MB; 0.4 of them `doc` pages), more than CACHE_KIB,
+        and a full cache spills dirty pages to the WAL mid-transaction. The
+        cost is memory while it runs (RSS 357 MB at 1M files, 79 MB before). Both are
         restored after (a smaller cache_size frees the extra pages).
         """
         conn = self._conn()
