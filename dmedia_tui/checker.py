@@ -163,7 +163,7 @@ class Checker:
         Streaming: docs are read a page at a time (keyset on `_id`), new problem events
         are saved to log-1 a batch at a time, and what is already logged costs 8 bytes a
         problem, so time is linear and memory bounded at any library size. A big SQLite
-        library is walked in parts by worker processes (`_problems`), with the same result.
+        library is walked in parts by worker processes (`_Walk`), with the same result.
         """
         if not storage:
             return self._check(page_size, lambda: None)
@@ -192,6 +192,15 @@ class Checker:
         return report
 
     def _check(self, page_size: int, storage_passed: Callable[[], None]) -> CheckReport:
+        walk = self._walk(DOCS_DB, self.lib.docs, page_size)
+        try:
+            return self._check_walk(walk, page_size, storage_passed)
+        finally:
+            walk.close()
+
+    def _check_walk(
+        self, docs_walk: _Walk, page_size: int, storage_passed: Callable[[], None]
+    ) -> CheckReport:
         seen = self._load_logged_problems()
         docs = invalid = inconsistent = logged = 0
         pending: list[Doc] = []
@@ -223,14 +232,17 @@ class Checker:
                 pending.clear()
 
         count = [0]
-        for dbname, db in ((DOCS_DB, self.lib.docs), (LOG_DB, self.lib.log)):
-            for kind, doc_id, doc_type, errors in self._problems(dbname, db, page_size, count):
+        for dbname in (DOCS_DB, LOG_DB):
+            # log-1 is walked once the docs' problems are in it: its walk starts then.
+            walk = docs_walk if dbname == DOCS_DB else self._walk(LOG_DB, self.lib.log, page_size)
+            for kind, doc_id, doc_type, errors in walk.problems(count):
                 if kind == schema.LOG_DOC_INVALID:
                     invalid += 1
                     problem(kind, doc_id, errors, doc_id=doc_id, db=dbname, doc_type=doc_type)
                 else:
                     inconsistent += 1
                     problem(kind, doc_id, errors, file_id=doc_id)
+            walk.close()
             flush()  # before log-1 is walked, so the walk sees what this pass logged
         docs = count[0]
         last = self.metadata_problems()
@@ -255,36 +267,14 @@ class Checker:
     CHECK_WORKERS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     PARALLEL_MIN_DOCS = 200_000
 
-    def _problems(
-        self, dbname: str, db: Database, page_size: int, count: list[int]
-    ) -> Iterator[Problem]:
-        """The problems of every doc of `db`, in `_id` order (count[0] += docs checked).
-
-        A big database is cut into parts (`split_ids`): the first is checked here while
-        worker processes check the others, each writing its problems to a spool file
-        that is read, in order, once this process is done with its own part; so the
-        problems, the events logged and their order are those of one walk. A worker
-        that cannot start or fails has its part checked here instead.
-        """
+    def _walk(self, dbname: str, db: Database, page_size: int) -> _Walk:
+        """The walk of every doc of `db`, its worker processes started now (they need
+        nothing this process loads: start them first)."""
         parts: list[str] = []
         path = self.lib.worker_path
         if path is not None and self.CHECK_WORKERS > 1 and db.count() >= self.PARALLEL_MIN_DOCS:
             parts = db.split_ids(self.CHECK_WORKERS)
-        bounds = [None, *parts, None]
-        ranges = list(itertools.pairwise(bounds))
-        workers = [_Worker.start(path, dbname, r, page_size) for r in ranges[1:]] if path else []
-        try:
-            yield from _scan(dbname, db, db.iter_stored(page_size, *ranges[0]), count)
-            for (start, stop), worker in zip(ranges[1:], workers, strict=True):
-                found = worker.result() if worker is not None else None
-                if found is None:  # no worker: this part here
-                    yield from _scan(dbname, db, db.iter_stored(page_size, start, stop), count)
-                else:
-                    yield from found.problems(count)
-        finally:
-            for worker in workers:
-                if worker is not None:
-                    worker.close()
+        return _Walk(dbname, db, path, parts, page_size)
 
     def check_if_due(self, full: bool = False) -> CheckReport:
         """The schema pass an engine round runs: proportional to what changed.
@@ -447,6 +437,43 @@ def _scan(
                     yield (schema.LOG_FILE_INCONSISTENT, doc_id, None, errs)
     finally:
         count[0] += docs
+
+
+class _Walk:
+    """The problems of every doc of one database, in `_id` order.
+
+    A big database is cut into parts (`split_ids`): the first is checked in this process
+    while worker processes check the others, each writing its problems to a spool file
+    that is read, in order, once this process is done with its own part; so the
+    problems, the events logged and their order are those of one walk. A worker that
+    cannot start or fails has its part checked here instead.
+    """
+
+    def __init__(
+        self, dbname: str, db: Database, path: str | None, parts: list[str], page_size: int
+    ) -> None:
+        self.dbname, self.db, self.page_size = dbname, db, page_size
+        self.ranges = list(itertools.pairwise([None, *parts, None]))
+        self.workers = [
+            _Worker.start(path, dbname, r, page_size) if path else None for r in self.ranges[1:]
+        ]
+
+    def problems(self, count: list[int]) -> Iterator[Problem]:
+        """count[0] += the docs checked."""
+        name, db, size = self.dbname, self.db, self.page_size
+        yield from _scan(name, db, db.iter_stored(size, *self.ranges[0]), count)
+        for (start, stop), worker in zip(self.ranges[1:], self.workers, strict=True):
+            found = worker.result() if worker is not None else None
+            if found is None:  # no worker: this part here
+                yield from _scan(name, db, db.iter_stored(size, start, stop), count)
+            else:
+                yield from found.problems(count)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            if worker is not None:
+                worker.close()
+        self.workers = [None] * len(self.workers)
 
 
 class _Found:
