@@ -91,6 +91,47 @@ def test_known_answers_hash_path(name: str, use_mmap: bool, tmp_path: Path) -> N
     assert len(seen) == P.leaf_count(len(data))
 
 
+@pytest.mark.parametrize("name", list(VECTORS))
+@pytest.mark.parametrize(
+    "piece",
+    [1 << 19, LEAF_SIZE, LEAF_SIZE - 1, LEAF_SIZE + 1, 3 * LEAF_SIZE, 1_000_003],
+    ids=lambda n: f"pieces-of-{n}",
+)
+def test_update_in_pieces_gives_the_known_answers(name: str, piece: int) -> None:
+    """Hasher.update (the copy path's chunks) cuts the leaves where hash_leaf does,
+    whatever the pieces: one straddling a leaf boundary, several a leaf, one the file."""
+    data, file_id, leaves = VECTORS[name]
+    h = P.Hasher()
+    for i in range(0, len(data), piece):
+        h.update(memoryview(data)[i : i + piece])
+    ch = h.content_hash()
+    assert ch.id == file_id
+    assert ch.file_size == len(data)
+    assert [leaf.hex() for leaf in P.split_leaf_hashes(ch.leaf_hashes)] == leaves
+    assert h.content_hash() == ch  # asking twice changes nothing
+
+
+@given(st.lists(st.integers(1, 3 * LEAF_SIZE), min_size=1, max_size=6))
+def test_update_matches_hash_bytes_for_any_cut(cuts: list[int]) -> None:
+    data = pattern(min(sum(cuts), 3 * LEAF_SIZE + 7))
+    h = P.Hasher()
+    at = 0
+    for n in cuts:
+        h.update(data[at : at + n])
+        at += n
+    assert h.content_hash() == P.hash_bytes(data)
+
+
+def test_update_refuses_what_cannot_be_one_file() -> None:
+    h = P.Hasher()
+    h.update(b"abc")
+    with pytest.raises(ProtocolError):  # a whole leaf in the middle of one
+        h.hash_leaf(b"x" * LEAF_SIZE)
+    h.content_hash()  # the short leaf ends the file
+    with pytest.raises(ProtocolError):
+        h.update(b"more")
+
+
 def test_protocol_is_the_documented_blake3_construction() -> None:
     """Recompute one vector from DESIGN.md's definition with raw blake3."""
     data, file_id, _ = VECTORS["leaf_plus_one"]
