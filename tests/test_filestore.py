@@ -625,6 +625,52 @@ def test_import_files_stopped_early_leaves_nothing_half_done(
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def test_an_import_under_a_low_fd_limit_runs_smaller_batches_not_out_of_fds(
+    tmp_path: Path,
+) -> None:
+    """Each staged file holds an fd until its batch is committed: under `ulimit -n 200`
+    (a real limit, in a child process) 400 files are imported in batches of 36, every one
+    of them, none failing with EMFILE; with no limit a batch is IMPORT_BATCH_FILES."""
+    (tmp_path / "store").mkdir()
+    store = FileStore.create(tmp_path / "store", doc=None)
+    card = tmp_path / "card"
+    card.mkdir()
+    for i in range(400):
+        (card / f"{i:03d}.JPG").write_bytes(data(100 + i, seed=i))
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        from pathlib import Path
+        from dmedia_tui import filestore
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+        store = filestore.FileStore({str(store.path)!r})
+        srcs = sorted(Path({str(card)!r}).iterdir())
+        sizes, errors = [], []
+        for batch in store.import_batches(srcs):
+            sizes.append(len(batch))
+            errors += [str(r) for _, r in batch if isinstance(r, Exception)]
+        print(filestore.import_batch_files(), sizes, errors)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split(" ", 1)
+    assert out[0] == "36"  # (200 - 128) // 2
+    assert out[1].strip() == f"{[36] * 11 + [4]} []"
+    assert len(list(store)) == 400
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_import_batch_files_without_a_limit_is_the_full_batch(monkeypatch) -> None:
+    monkeypatch.setattr(
+        fs_mod.resource, "getrlimit", lambda _: (fs_mod.resource.RLIM_INFINITY,) * 2
+    )
+    assert fs_mod.import_batch_files() == fs_mod.IMPORT_BATCH_FILES == 512
+    monkeypatch.setattr(fs_mod.resource, "getrlimit", lambda _: (20, 4096))
+    assert fs_mod.import_batch_files() == 8  # a floor: never a batch of nothing
+
+
 def test_an_unreadable_store_json_is_not_taken_for_no_store(tmp_path, monkeypatch):
 
     import dmedia_tui.filestore as fsmod

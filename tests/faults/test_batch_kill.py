@@ -1,9 +1,9 @@
 """kill -9 at random points inside the batches of a many-file import and of daemon --once
 making copies (deterministic seeds).
 
-An import of 150 small files runs in two batches (128, 22: files written, fsync-ed,
+An import of 600 small files runs in two batches (512, 88: files written, fsync-ed,
 renamed, their folders fsync-ed, then recorded in one transaction); daemon --once copies
-them a page (100) at a time the same way. Each seed picks one fault point of that
+150 of them a page (100) at a time the same way. Each seed picks one fault point of that
 pipeline and the N-th time it is reached, anywhere in any batch; the process SIGKILLs
 itself there, `daemon --once` recovers, and crash.check verifies independently that no
 doc claims a copy that is not on disk, no copy in files/ is partial or unknown, and
@@ -19,23 +19,26 @@ from pathlib import Path
 
 import pytest
 
+from dmedia_tui.filestore import import_batch_files
 from tests.faults.crash import Lib, check
 
-FILES = 150
-BATCHES = 2  # FileStore.IMPORT_BATCH_FILES = 128
+FILES = 150  # copied by daemon --once
+IMPORT_FILES = 600
+BATCHES = -(-IMPORT_FILES // import_batch_files())  # 2: 512 and 88 (448, 152 at 1024 fds)
+assert BATCHES >= 2, "the import must run more than one batch"
 
-# point -> how many times one import of FILES files reaches it
+# point -> how many times one import of IMPORT_FILES files reaches it
 POINTS = {
-    "tmp.created": FILES,
-    "tmp.write": FILES,
+    "tmp.created": IMPORT_FILES,
+    "tmp.write": IMPORT_FILES,
     "import.batch_staged": BATCHES,
-    "tmp.fsynced": FILES,
+    "tmp.fsynced": IMPORT_FILES,
     "import.batch_synced": BATCHES,
-    "files.renamed": FILES,
+    "files.renamed": IMPORT_FILES,
     "import.batch_renamed": BATCHES,
-    "files.committed": FILES,
+    "files.committed": IMPORT_FILES,
     "db.many_written": BATCHES,
-    "import.doc_saved": FILES,
+    "import.doc_saved": IMPORT_FILES,
 }
 # daemon --once copying the 150 files from a to b: pages of 100 (two batches), after a
 # verify round (one update_many) of a's copies.
@@ -80,7 +83,7 @@ def _small_files(folder: Path, n: int, seed: int) -> None:
 def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> None:
     lib = Lib(tmp_path, int(time.time()))
     lib.init_stores("ab")
-    _small_files(lib.photos, FILES, seed)
+    _small_files(lib.photos, IMPORT_FILES, seed)
     before = lib.outside_snapshot()
     fault = _fault(seed)
     died = lib.cli("import", str(lib.photos), "--store", "a", fault=fault)
@@ -92,7 +95,7 @@ def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> Non
     again = lib.cli("import", str(lib.photos), "--store", "a")
     assert again.returncode == 0, again.stderr
     files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
-    assert len(files) == FILES
+    assert len(files) == IMPORT_FILES
     assert check(lib, before) == []
 
 
