@@ -1538,9 +1538,9 @@ _SPARE_BUFFERS: dict[int, list[bytearray]] = {}  # by size
 _TMP_TOKEN = random_id(5)  # a forked child has another PID, so its names differ too
 _TMP_COUNTER = itertools.count()
 # A file is read, hashed and written in chunks this size, which stay in the CPU's cache
-# from the read to the write: on a tmpfs, 1 GB of camera files went through in 0.34 s
-# (as fast as `cp -r`) where whole 8 MiB leaves took 0.47 s, each read from memory
-# again by the hash and by the write (bench/import_small.py --camera-mb).
+# from the read to the write; whole 8 MiB leaves went through memory three times (read
+# into a buffer, hashed, written). On a tmpfs, 1 GB of camera files: 1.05-1.11x faster,
+# 0.94-0.96 of cp's speed (bench/pipeline.py).
 _CHUNK = 512 << 10
 _RING = 4  # chunks in flight: one being read and hashed, the rest queued for the writers
 _MAX_SPARE_BUFFERS = 2 * _RING
