@@ -50,7 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dmedia_tui.errors import DmediaError
 from dmedia_tui.faults import fault_point
@@ -76,6 +76,7 @@ STORE_JSON = "store.json"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+_T = TypeVar("_T")
 _O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
 SUBDIRS = ("files", "tmp", "corrupt")
 NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
@@ -802,81 +803,65 @@ class FileStore:
             return False
         return True
 
-    def __iter__(self) -> Iterator[Stat]:
-        """Every canonical copy, in ID order; names that are not valid IDs are skipped."""
+    def _scan_copies(
+        self, ordered: bool, seen: Callable[[str, os.DirEntry[str]], _T | None]
+    ) -> Iterator[_T]:
+        """seen(file_id, entry) for every entry of every files/XX folder whose name is a
+        file ID, while its folder is open (a DirEntry's stat needs it); what it returns,
+        unless None, is yielded once the folder is closed. `ordered`: by ID. Each folder
+        is opened without following links; one that cannot be opened is skipped, a link
+        in its place raises StoreUnsafe."""
         try:
             files = self._open_dir("files")
         except FileNotFoundError:
             return
         try:
             with os.scandir(files) as it:
-                prefixes = sorted(
+                prefixes = [
                     e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
-                )
-            for prefix in prefixes:
+                ]
+            for prefix in sorted(prefixes) if ordered else prefixes:
                 try:
                     pd = _open_dir_at(files, prefix, self.path, f"{DOTDIR}/files/{prefix}")
                 except StoreUnsafe:
                     raise
                 except OSError:
                     continue
+                out = []
                 try:
                     with os.scandir(pd) as it:
-                        entries = sorted(it, key=lambda e: e.name)
-                    out = []
-                    for entry in entries:
-                        file_id = prefix + entry.name
-                        if not is_file_id(file_id):
-                            continue
-                        try:
-                            if not entry.is_file(follow_symlinks=False):
-                                continue  # links, folders, FIFOs, devices are never copies
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        out.append(Stat(file_id, st.st_size, int(st.st_mtime)))
+                        entries = sorted(it, key=lambda e: e.name) if ordered else it
+                        for entry in entries:
+                            file_id = prefix + entry.name
+                            if is_file_id(file_id):
+                                try:
+                                    got = seen(file_id, entry)
+                                except OSError:
+                                    continue
+                                if got is not None:
+                                    out.append(got)
                 finally:
                     os.close(pd)
                 yield from out
         finally:
             os.close(files)
 
+    def __iter__(self) -> Iterator[Stat]:
+        """Every canonical copy, in ID order; names that are not valid IDs are skipped."""
+
+        def stat(file_id: str, entry: os.DirEntry[str]) -> Stat | None:
+            if not entry.is_file(follow_symlinks=False):
+                return None  # links, folders, FIFOs, devices are never copies
+            st = entry.stat(follow_symlinks=False)
+            return Stat(file_id, st.st_size, int(st.st_mtime))
+
+        return self._scan_copies(True, stat)
+
     def count(self) -> int:
         """How many copies __iter__ would list, without a stat per copy (the directory
         entry's type is enough on most filesystems): a store's recovery compares it with
         the copies the library records before it lists anything."""
-        try:
-            files = self._open_dir("files")
-        except FileNotFoundError:
-            return 0
-        n = 0
-        try:
-            with os.scandir(files) as it:
-                prefixes = [
-                    e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
-                ]
-            for prefix in prefixes:
-                try:
-                    pd = _open_dir_at(files, prefix, self.path, f"{DOTDIR}/files/{prefix}")
-                except StoreUnsafe:
-                    raise
-                except OSError:
-                    continue
-                try:
-                    with os.scandir(pd) as it:
-                        for entry in it:
-                            try:
-                                if entry.is_file(follow_symlinks=False) and is_file_id(
-                                    prefix + entry.name
-                                ):
-                                    n += 1
-                            except OSError:
-                                continue
-                finally:
-                    os.close(pd)
-        finally:
-            os.close(files)
-        return n
+        return sum(self._scan_copies(False, lambda _, e: e.is_file(follow_symlinks=False) or None))
 
     def quarantined(self) -> Iterator[tuple[str, str]]:
         """(file_id, name) of every corrupt copy in corrupt/ (`<id>` or `<id>.<n>`); things
