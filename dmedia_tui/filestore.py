@@ -69,6 +69,7 @@ from dmedia_tui.protocol import (
 from dmedia_tui.views import TYPE_STORE
 
 Progress = Callable[[int], None]
+_T = TypeVar("_T")
 log = logging.getLogger("dmedia_tui.filestore")
 
 DOTDIR = ".dmedia"
@@ -76,7 +77,6 @@ STORE_JSON = "store.json"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
-_T = TypeVar("_T")
 _O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
 SUBDIRS = ("files", "tmp", "corrupt")
 NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
@@ -1528,7 +1528,9 @@ _TMP_COUNTER = itertools.count()
 # 0.94-0.96 of cp's speed (bench/pipeline.py).
 _CHUNK = 512 << 10
 _RING = 4  # chunks in flight: one being read and hashed, the rest queued for the writers
-_MAX_SPARE_BUFFERS = 2 * _RING
+# Spares kept of each size: enough chunks for a few pumps at once (import, the copy
+# worker, a verify), and the peer client's two leaves for each of its two pulls.
+_MAX_SPARE_BUFFERS = {_CHUNK: 4 * _RING, LEAF_SIZE: 4}
 
 
 def _take_buffer(size: int = LEAF_SIZE) -> bytearray:
@@ -1544,7 +1546,7 @@ def _take_buffer(size: int = LEAF_SIZE) -> bytearray:
 def _give_buffer(buf: bytearray) -> None:
     with _BUF_LOCK:
         spare = _SPARE_BUFFERS.setdefault(len(buf), [])
-        if len(spare) < _MAX_SPARE_BUFFERS:
+        if len(spare) < _MAX_SPARE_BUFFERS.get(len(buf), 0):
             spare.append(buf)
 
 
@@ -1557,7 +1559,7 @@ class _Writers:
     def __init__(self, tmps: dict[str, _TmpFile], nbufs: int) -> None:
         self.errors: dict[str, OSError] = {}
         self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for k in range(nbufs):
+        for k in range(1, nbufs):  # buffer 0 holds the caller's first chunk
             self.free.put(k)
         self._lock = threading.Lock()
         self._left: dict[int, int] = {}
@@ -1660,8 +1662,8 @@ def _pump_chunks(
     """_pump for a file of more than one chunk; the first, n bytes, is in views[0]."""
     writers = _Writers(tmps, len(views))
     reported = 0
+    k = 0
     try:
-        k = writers.free.get()
         while n:
             chunk = views[k][:n]
             h.update(chunk)
