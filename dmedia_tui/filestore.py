@@ -1524,8 +1524,8 @@ _TMP_TOKEN = random_id(5)  # a forked child has another PID, so its names differ
 _TMP_COUNTER = itertools.count()
 # A file is read, hashed and written in chunks this size, which stay in the CPU's cache
 # from the read to the write; whole 8 MiB leaves went through memory three times (read
-# into a buffer, hashed, written). On a tmpfs, 1 GB of camera files: 1.05-1.11x faster,
-# 0.94-0.96 of cp's speed (bench/pipeline.py).
+# into a buffer, hashed, written). On a tmpfs, 1 GB of camera files: 1.00-1.11x the
+# leaves' speed, 0.86-0.96 of cp's (bench/pipeline.py); 2 MiB of buffers, not 16.
 _CHUNK = 512 << 10
 _RING = 4  # chunks in flight: one being read and hashed, the rest queued for the writers
 # Spares kept of each size: enough chunks for a few pumps at once (import, the copy
