@@ -459,6 +459,71 @@ def test_copy_to_two_stores(store: FileStore, imported: str, tmp_path: Path) -> 
     assert sum(seen) == BIG
 
 
+_CHUNK = fs_mod._CHUNK
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        1,
+        _CHUNK - 1,
+        _CHUNK,  # one whole chunk: the in-thread path reads a 2nd time and finds EOF
+        _CHUNK + 1,  # the writer threads, a 1-byte last chunk
+        3 * _CHUNK,
+        LEAF_SIZE - 1,
+        LEAF_SIZE,
+        LEAF_SIZE + 1,  # a chunk straddles no leaf, a 1-byte 2nd leaf
+        LEAF_SIZE + _CHUNK // 2,
+    ],
+    ids=lambda n: f"{n}B",
+)
+def test_import_and_copy_at_every_chunk_and_leaf_boundary(tmp_path: Path, size: int) -> None:
+    """The pump cuts files into chunks and the hasher into leaves: at and around each
+    boundary, the import and a copy to two stores write the same bytes, under the ID of
+    those bytes, with progress adding up to the size and nothing left in tmp/."""
+    src, a, b = make_stores(tmp_path, "src", "a", "b")
+    content = data(size, seed=size % 251)
+    path = tmp_path / "photo.bin"
+    path.write_bytes(content)
+    seen: list[int] = []
+    ((_, r),) = src.import_files([path], seen.append)
+    assert not isinstance(r, Exception)
+    assert r.content_hash == hash_bytes(content)
+    assert sum(seen) == size
+    file_id = r.content_hash.id
+    seen.clear()
+    c = src.copy_to(file_id, [a, b], seen.append)
+    assert c.status == VerifyStatus.OK and c.failed == {}
+    assert sum(seen) == size
+    for st in (src, a, b):
+        assert st.file_path(file_id).read_bytes() == content
+        assert list(st.tmp_dir.iterdir()) == []
+
+
+def test_a_copy_stopped_mid_file_leaves_no_tmp_and_no_writer(
+    store: FileStore, imported: str, tmp_path: Path
+) -> None:
+    """Progress raising (the engine stopping) after the first leaf of a three-leaf file:
+    the exception reaches the caller once the writer threads have finished, and both
+    destinations' partial copies are gone."""
+    import threading
+
+    a, b = make_stores(tmp_path, "a", "b")
+
+    class Stop(Exception):
+        pass
+
+    def progress(n: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        store.copy_to(imported, [a, b], progress)
+    assert [t for t in threading.enumerate() if t.name == "dmedia-write"] == []
+    for dst in (a, b):
+        assert list(dst.tmp_dir.iterdir()) == []
+        assert not dst.file_path(imported).exists()
+
+
 def test_copy_to_leaves_an_existing_copy_alone(
     store: FileStore, imported: str, tmp_path: Path
 ) -> None:
