@@ -195,8 +195,7 @@ class MetaStore:
             if logged is not None:
                 return logged
             raise
-        detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
-        log.log(level, "%s %s", type, detail)
+        _log_line(type, level, fields)
         return doc
 
     def log_events(self, events: list[tuple[str, int, dict[str, Any]]]) -> None:
@@ -210,8 +209,7 @@ class MetaStore:
             if isinstance(result, Exception):
                 raise result
         for t, level, fields in events:
-            detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
-            log.log(level, "%s %s", t, detail)
+            _log_line(t, level, fields)
 
     def report_invalid(self, doc_id: Any, error: BaseException | str, db: str = DOCS_DB) -> None:
         """A doc a worker could not use: logged once, with the key the check uses."""
@@ -1875,6 +1873,12 @@ class MetaStore:
                 n += 1
                 fault_point(fault)
         return n
+
+
+def _log_line(event_type: str, level: int, fields: dict[str, Any]) -> None:
+    """An event logged to log-1, as a line of Python logging too."""
+    detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
+    log.log(level, "%s %s", event_type, detail)
 
 
 def _mark_verified_many(
