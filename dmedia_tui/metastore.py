@@ -764,6 +764,23 @@ class MetaStore:
                     failed.extend((sid, fid, e) for sid, _, _ in by_id[fid])
         return failed
 
+    def record_pulled(self, copies: list[tuple[str, str, int]]) -> set[str]:
+        """Record copies pulled from peers, (file_id, store_id, mtime) each, already
+        durable in files/, as record_imports does for imports: many docs a transaction
+        (Database.update_many). Returns the IDs recorded; a doc that could not be updated
+        is logged (its copy stays in files/, unrecorded: the next pull finds it there)."""
+        store_docs: dict[str, Doc | None] = {}
+        plans: dict[str, list[tuple[str, int, int]]] = {}
+        for file_id, sid, mtime in copies:
+            weight = transitions.store_copies_weight(self._store_doc_in(sid, store_docs))
+            plans.setdefault(file_id, []).append((sid, weight, mtime))
+        saved: set[str] = set()
+        for batch in self.lib.docs.update_many(list(plans), _mark_added_many, plans):
+            saved.update(batch.saved)
+            for file_id, err in batch.errors:
+                log.warning("pulled copy of %s not recorded: %s", file_id, err)
+        return saved
+
     def apply_verify_result(self, fs: FileStore, result: VerifyResult) -> None:
         """Record what FileStore.verify found: verified, corrupt (quarantined, the store
         flagged), missing (forgotten there, unless the whole store went) or unreadable."""
@@ -1886,6 +1903,12 @@ def _mark_verified_many(
 ) -> Doc | None:
     for sid, weight, mtime in by_id.get(doc.get("_id"), ()):  # type: ignore[arg-type]
         doc = transitions.mark_verified(doc, sid, weight, mtime, now) or doc
+    return doc
+
+
+def _mark_added_many(doc: Doc, plans: dict[str, list[tuple[str, int, int]]]) -> Doc | None:
+    for store_id, weight, mtime in plans.get(doc.get("_id"), ()):  # type: ignore[arg-type]
+        doc = transitions.mark_added(doc, store_id, weight, mtime) or doc
     return doc
 
 

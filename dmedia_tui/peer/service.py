@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dmedia_tui import schema, transitions
+from dmedia_tui import schema
 from dmedia_tui.durability import durability, rank
 from dmedia_tui.filestore import FileStore, error_text
 from dmedia_tui.metastore import MetaStore
@@ -540,17 +540,7 @@ class Peers:
                 done.append((p, r))
         if not done:
             return s
-        weights: dict[str, int] = {}
-        plans: dict[str, list[tuple[str, int, int]]] = {}
-        for p, r in done:
-            if p.dst.id not in weights:
-                weights[p.dst.id] = transitions.store_copies_weight(self.ms.store_doc(p.dst.id))
-            plans.setdefault(r.file_id, []).append((p.dst.id, weights[p.dst.id], r.mtime))
-        saved: set[str] = set()
-        for batch in self.ms.lib.docs.update_many(list(plans), _mark_pulled, plans):
-            saved.update(batch.saved)
-            for file_id, err in batch.errors:
-                log.warning("pulled copy of %s not recorded: %s", file_id, err)
+        saved = self.ms.record_pulled([(r.file_id, p.dst.id, r.mtime) for p, r in done])
         events = []
         for p, r in done:
             if r.file_id not in saved:
@@ -595,13 +585,6 @@ class Peers:
             reason=reason,
             **extra,
         )
-
-
-def _mark_pulled(doc: Doc, plans: dict[str, list[tuple[str, int, int]]]) -> Doc | None:
-    """The copies pulled into (store, weight, mtime) recorded on the file's doc."""
-    for store_id, weight, mtime in plans[doc["_id"]]:
-        doc = transitions.mark_added(doc, store_id, weight, mtime) or doc
-    return doc
 
 
 @dataclass
