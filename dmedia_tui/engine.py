@@ -33,7 +33,13 @@ from dmedia_tui import presence, protocol, schema, transitions
 from dmedia_tui.conflicts import resolve_conflicts
 from dmedia_tui.db.base import InvalidDoc
 from dmedia_tui.durability import rank
-from dmedia_tui.filestore import FileStore, Progress, VerifyResult, VerifyStatus
+from dmedia_tui.filestore import (
+    FileStore,
+    Progress,
+    VerifyResult,
+    VerifyStatus,
+    held_dirs_of,
+)
 from dmedia_tui.metastore import MetaStore, store_label
 
 log = logging.getLogger("dmedia_tui.engine")
@@ -394,9 +400,7 @@ class Engine:
         gone: set[str] = set()
         verified: list[tuple[str, VerifyResult]] = []
         try:
-            with contextlib.ExitStack() as held:
-                for fs in connected.values():
-                    held.enter_context(fs.held_dirs())  # folders walked once per round
+            with held_dirs_of(connected.values()):  # folders walked once per round
                 self._verify_items(todo, urgent, connected, gone, verified, s)
         finally:
             # Good copies are recorded together (one transaction): a crash before this

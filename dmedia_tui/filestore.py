@@ -1376,6 +1376,15 @@ class FileStore:
                 tmp.discard()
 
 
+@contextlib.contextmanager
+def held_dirs_of(stores: Iterable[FileStore]) -> Iterator[None]:
+    """FileStore.held_dirs for several stores at once (a copy batch, a verify round)."""
+    with contextlib.ExitStack() as held:
+        for fs in stores:
+            held.enter_context(fs.held_dirs())
+        yield
+
+
 def commit_staged(
     items: list[tuple[_TmpFile, str]], op: str = "copy"
 ) -> list[tuple[int, bool] | OSError]:

@@ -60,6 +60,7 @@ from dmedia_tui.filestore import (
     VerifyStatus,
     commit_staged,
     error_text,
+    held_dirs_of,
     walk_files,
 )
 from dmedia_tui.liveness import Observations
@@ -1188,9 +1189,7 @@ class MetaStore:
         `progress_for(i, doc)` gives the progress callback for the i-th file (it may
         raise to abandon the batch: then nothing of it is committed).
         """
-        with contextlib.ExitStack() as held:
-            for fs in connected.values():
-                held.enter_context(fs.held_dirs())  # each folder walked once per batch
+        with held_dirs_of(connected.values()):  # each folder walked once per batch
             return self._make_copies(docs, connected, progress_for)
 
     def _make_copies(
