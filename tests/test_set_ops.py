@@ -154,6 +154,19 @@ def ms(library: Library, tmp_path: Path) -> MetaStore:
     return MetaStore(library, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """The IDs of the docs the per-file transition `name` is called on, from now on."""
+    calls: list[str] = []
+    orig = getattr(transitions, name)
+
+    def counted(doc: dict[str, Any], sid: str) -> dict[str, Any] | None:
+        calls.append(doc["_id"])
+        return orig(doc, sid)
+
+    monkeypatch.setattr(transitions, name, counted)
+    return calls
+
+
 def test_downgrade_gives_the_docs_and_indexes_of_the_per_file_path(
     ms: MetaStore, tmp_path: Path
 ) -> None:
@@ -276,14 +289,7 @@ def test_sqlite_runs_the_per_file_transition_only_for_docs_sql_cannot_do(
     """The point of the set path: clean docs never reach Python's per-doc transition."""
     stores, docs = mixed_library(sqlite_library)
     busy = stores[0]
-    calls: list[str] = []
-    orig = transitions.downgrade_store_in_file
-
-    def counted(doc: dict[str, Any], sid: str) -> dict[str, Any] | None:
-        calls.append(doc["_id"])
-        return orig(doc, sid)
-
-    monkeypatch.setattr(transitions, "downgrade_store_in_file", counted)
+    calls = _count_calls(monkeypatch, "downgrade_store_in_file")
     ms = MetaStore(
         sqlite_library, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW)
     )
@@ -431,14 +437,7 @@ def test_sqlite_purge_removes_entries_only_fn_could_clean_in_sql(
     conn.close()
     before = {f: d for f, d in all_files(lib).items() if f != damaged}
     want = expected_after(before, transitions.purge_store_in_file, busy)
-    calls: list[str] = []
-    orig = transitions.purge_store_in_file
-
-    def counted(doc: dict[str, Any], sid: str) -> dict[str, Any] | None:
-        calls.append(doc["_id"])
-        return orig(doc, sid)
-
-    monkeypatch.setattr(transitions, "purge_store_in_file", counted)
+    calls = _count_calls(monkeypatch, "purge_store_in_file")
     ms = MetaStore(lib, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW))
     ms.purge_store(busy)
     assert calls == []  # the damaged doc fails to decode before fn: reported, left
