@@ -763,20 +763,22 @@ class FileStore:
         except FileStoreError:
             return False
 
-    def stat(self, file_id: str) -> Stat:
-        """Size and mtime of the canonical copy; FileNotFoundError if absent or if what is
-        there is not a regular file (a link, folder, FIFO or device is never a copy)."""
-        check_file_id(file_id)
+    def _lstat_copy(self, file_id: str) -> os.stat_result | None:
+        """lstat of what is at the copy's name (never following a link); None when its
+        folder or the name is absent. The caller has checked the ID."""
         try:
             pd = self._open_dir("files", file_id[:2])
         except FileNotFoundError:
-            raise FileNotFoundError(
-                errno.ENOENT, "no such file", str(self.file_path(file_id))
-            ) from None
+            return None
         try:
-            st = _lstat_at(pd, file_id[2:])
+            return _lstat_at(pd, file_id[2:])
         finally:
             os.close(pd)
+
+    def stat(self, file_id: str) -> Stat:
+        """Size and mtime of the canonical copy; FileNotFoundError if absent or if what is
+        there is not a regular file (a link, folder, FIFO or device is never a copy)."""
+        st = self._lstat_copy(check_file_id(file_id))
         if st is None or not stat_mod.S_ISREG(st.st_mode):
             what = "no such file" if st is None else f"not a regular file ({_kind(st)})"
             raise FileNotFoundError(errno.ENOENT, what, str(self.file_path(file_id)))
@@ -786,14 +788,7 @@ class FileStore:
         """stat's mtime, or None where stat raises FileNotFoundError (no copy, or not a
         regular file), without building that error: a copy's destination is asked this
         for every file, and is nearly always without it (no folder files/XX yet, often)."""
-        try:
-            pd = self._open_dir("files", file_id[:2])
-        except FileNotFoundError:
-            return None
-        try:
-            st = _lstat_at(pd, file_id[2:])
-        finally:
-            os.close(pd)
+        st = self._lstat_copy(file_id)
         return int(st.st_mtime) if st is not None and stat_mod.S_ISREG(st.st_mode) else None
 
     def exists(self, file_id: str) -> bool:
