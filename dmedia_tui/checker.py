@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,9 +27,12 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    import subprocess
 
 from dmedia_tui import schema
 from dmedia_tui.config import Config
@@ -534,6 +536,8 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         args = [path, dbname, json.dumps(list(part)), str(page_size), str(spool.fileno())]
+        import subprocess  # only where a check is split: not at every CLI start (1.4 ms)
+
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dmedia_tui.checker", *args],
