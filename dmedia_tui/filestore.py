@@ -7,6 +7,7 @@ Layout under the store folder (DESIGN.md §2):
     .dmedia/tmp/<pid>.<random>       partial writes (owner's PID; flock-ed while written)
     .dmedia/corrupt/<id>[.n]         quarantine: corrupt copies are moved here, never deleted
     .dmedia/corrupt/<id>.not-a-file  something that was not a regular file at a copy's path
+    .dmedia/folders-seen.json        files/XX folders as last accounted for (FoldersSeen)
 
 Crash safety: every copy is written to tmp/, fsync-ed, made read-only, then renamed into
 files/ and the directory fsync-ed, so a crash at any point leaves either the whole file or
@@ -80,6 +81,10 @@ _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
 SUBDIRS = ("files", "tmp", "corrupt")
 NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
+FOLDERS_SEEN = "folders-seen.json"
+# A folder changed this recently may change again without its ctime moving (the clock
+# tick of a file time: a few ms on ext4, 2 s on FAT): its stamp is never trusted.
+RACY_NS = 2_000_000_000
 TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) is stale
 # An import batch: files fsync-ed, renamed and recorded together, in one transaction:
 # 512 files a batch made importing 10k small files 16% faster than 128 (each file doc
@@ -149,6 +154,22 @@ class Stat:
     id: str
     size: int
     mtime: int
+
+
+@dataclass(frozen=True)
+class FoldersSeen:
+    """The files/XX folders as they were when the library last accounted for every copy
+    in them: a folder whose stamp (inode and ctime: any entry added, removed or renamed
+    moves the ctime, and no tool can set it back) is unchanged holds no copy the library
+    does not know, so a store's recovery lists only the folders that changed."""
+
+    time: int  # library clock: when every folder was last listed (the full listing)
+    recorded: int  # copies the library recorded on the store when this was saved
+    stamps: dict[str, str]  # "XX" -> "inode:ctime_ns"; "" (racy) never matches
+
+    def changed(self, now: dict[str, str]) -> list[str]:
+        """The folders of `now` whose stamp is racy or not the one seen, sorted."""
+        return sorted(p for p, st in now.items() if not st or self.stamps.get(p) != st)
 
 
 @dataclass(frozen=True)
@@ -799,22 +820,28 @@ class FileStore:
         return True
 
     def _scan_copies(
-        self, ordered: bool, seen: Callable[[str, os.DirEntry[str]], _T | None]
+        self,
+        ordered: bool,
+        seen: Callable[[str, os.DirEntry[str]], _T | None],
+        only: Iterable[str] | None = None,
     ) -> Iterator[_T]:
-        """seen(file_id, entry) for every entry of every files/XX folder whose name is a
-        file ID, while its folder is open (a DirEntry's stat needs it); what it returns,
-        unless None, is yielded once the folder is closed. `ordered`: by ID. Each folder
-        is opened without following links; one that cannot be opened is skipped, a link
-        in its place raises StoreUnsafe."""
+        """seen(file_id, entry) for every entry of every files/XX folder (or of those in
+        `only`) whose name is a file ID, while its folder is open (a DirEntry's stat needs
+        it); what it returns, unless None, is yielded once the folder is closed.
+        `ordered`: by ID. Each folder is opened without following links; one that cannot
+        be opened (or is absent) is skipped, a link in its place raises StoreUnsafe."""
         try:
             files = self._open_dir("files")
         except FileNotFoundError:
             return
         try:
-            with os.scandir(files) as it:
-                prefixes = [
-                    e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
-                ]
+            if only is None:
+                with os.scandir(files) as it:
+                    prefixes = [
+                        e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+                    ]
+            else:
+                prefixes = [p for p in only if len(p) == 2]
             for prefix in sorted(prefixes) if ordered else prefixes:
                 try:
                     pd = _open_dir_at(files, prefix, self.path, f"{DOTDIR}/files/{prefix}")
@@ -854,9 +881,91 @@ class FileStore:
 
     def count(self) -> int:
         """How many copies __iter__ would list, without a stat per copy (the directory
-        entry's type is enough on most filesystems): a store's recovery compares it with
-        the copies the library records before it lists anything."""
+        entry's type is enough on most filesystems)."""
         return sum(self._scan_copies(False, lambda _, e: e.is_file(follow_symlinks=False) or None))
+
+    def ids_in(self, prefixes: Iterable[str]) -> Iterator[str]:
+        """The copies' IDs in these files/XX folders, without a stat per copy."""
+        return self._scan_copies(
+            False, lambda fid, e: fid if e.is_file(follow_symlinks=False) else None, prefixes
+        )
+
+    def folder_stamps(self) -> dict[str, str]:
+        """{"XX": "inode:ctime_ns"} of every files/XX folder (FoldersSeen); "" for one
+        changed within RACY_NS. One stat a folder, none a copy."""
+        try:
+            files = self._open_dir("files")
+        except FileNotFoundError:
+            return {}
+        horizon = time.time_ns() - RACY_NS
+        out: dict[str, str] = {}
+        try:
+            with os.scandir(files) as it:
+                for e in it:
+                    if len(e.name) == 2 and e.is_dir(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        racy = st.st_ctime_ns >= horizon
+                        out[e.name] = "" if racy else f"{st.st_ino}:{st.st_ctime_ns}"
+        finally:
+            os.close(files)
+        return out
+
+    def folders_seen(self) -> FoldersSeen | None:
+        """What save_folders_seen last wrote; None when absent or not readable as one
+        (then every folder is listed: the record is a shortcut, never a source of truth)."""
+        try:
+            dot = self._open_dir()
+        except OSError:
+            return None
+        try:
+            fd = os.open(FOLDERS_SEEN, _O_READ, dir_fd=dot)
+            try:
+                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    return None
+                data = os.read(fd, 1 << 20)  # ~30 KB for 1024 folders
+            finally:
+                os.close(fd)
+            doc = json.loads(data)
+        except (OSError, ValueError, RecursionError):
+            return None
+        finally:
+            os.close(dot)
+        if not isinstance(doc, dict):
+            return None
+        when, recorded, stamps = doc.get("time"), doc.get("recorded"), doc.get("stamps")
+        if not (
+            isinstance(when, int)
+            and isinstance(recorded, int)
+            and isinstance(stamps, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in stamps.items())
+        ):
+            return None
+        return FoldersSeen(when, recorded, stamps)
+
+    def save_folders_seen(self, seen: FoldersSeen) -> None:
+        """Replace .dmedia/folders-seen.json (a temp file renamed over it; no link
+        followed). Not fsync-ed: lost or torn, it only costs one full listing."""
+        data = json.dumps(
+            {"time": seen.time, "recorded": seen.recorded, "stamps": seen.stamps},
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        tmp = FOLDERS_SEEN + ".tmp"
+        dot = self._open_dir()
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_NOFOLLOW | _O_CLOEXEC,
+                0o644,
+                dir_fd=dot,
+            )
+            try:
+                _write_all(fd, memoryview(data))
+            finally:
+                os.close(fd)
+            os.rename(tmp, FOLDERS_SEEN, src_dir_fd=dot, dst_dir_fd=dot)
+        finally:
+            os.close(dot)
 
     def quarantined(self) -> Iterator[tuple[str, str]]:
         """(file_id, name) of every corrupt copy in corrupt/ (`<id>` or `<id>.<n>`); things

@@ -51,9 +51,11 @@ from dmedia_tui.durability import (
 from dmedia_tui.errors import DmediaError
 from dmedia_tui.faults import fault_point
 from dmedia_tui.filestore import (
+    FOLDERS_SEEN,
     EmptyFile,
     FileStore,
     FileStoreError,
+    FoldersSeen,
     ImportResult,
     NotAFileStore,
     VerifyResult,
@@ -75,6 +77,9 @@ Progress = Callable[[int], None]
 
 # A new store on a drive where another store of the library returned corrupt data.
 REASON_DRIVE_FAILED_BEFORE = "drive_failed_before"
+# A store's recovery lists every files/XX folder at least this often (library seconds),
+# not only those that changed: what bounds a copy the library lost track of.
+FULL_LISTING_EVERY = 86400
 
 
 def failure_warning(doc: Doc) -> str | None:
@@ -1024,7 +1029,7 @@ class MetaStore:
           the rename into files/ and the doc) are adopted: a known file is relinked
           (counts 0, verified first); an unknown one is verified now and recorded.
         """
-        out = {"tmp": 0, "quarantines": 0, "adopted": 0, "relinked": 0}
+        out = {"tmp": 0, "quarantines": 0, "adopted": 0, "relinked": 0, "folders": 0}
         try:
             out["tmp"] = fs.purge_tmp()
         except OSError as e:
@@ -1062,54 +1067,87 @@ class MetaStore:
         store = self.store_doc(sid)
         if store is not None and store.get("failure") and not store.get("downgraded"):
             self.downgrade_store(sid, reason="corrupt")
-        out["adopted"], out["relinked"] = self.adopt_orphans(fs)
+        out["adopted"], out["relinked"], out["folders"] = self.adopt_orphans(fs)
         return out
 
-    def adopt_orphans(self, fs: FileStore) -> tuple[int, int]:
-        """Record the copies in fs that the library does not list on fs: (adopted, relinked).
+    def adopt_orphans(self, fs: FileStore) -> tuple[int, int, int]:
+        """Record the copies in fs that the library does not list on fs:
+        (adopted, relinked, folders listed).
 
-        Cheap when nothing is missing from the docs: the copies on disk are counted
-        against the store's recorded copies first, and only a surplus costs a diff.
+        Only the files/XX folders that changed since the library last accounted for
+        every copy in them are listed (FoldersSeen, kept on the store): one stat a folder
+        when nothing changed. Every folder is listed when there is no such record, when
+        the library records fewer copies on the store than it did then (it may have lost
+        an entry whose copy is still there), and every FULL_LISTING_EVERY.
         """
         sid = fs.id
+        now = int(self.now())
         try:
-            # Counted first (no stat a copy): listing a store of many small files with a
-            # stat and a Stat each was ~8% of a `daemon --once` that copied them. A copy
-            # gone plus an unknown one leave the counts equal: that unknown copy waits for
-            # the verify pass to find the missing one (a strict xfail in test_recovery).
-            if fs.count() <= self.lib.verification_stats(sid).copies:
-                return 0, 0
-            on_disk = {st.id: st for st in fs}
+            stamps = fs.folder_stamps()  # before any listing: a change after is seen next time
+            seen = fs.folders_seen()
+            recorded = self.lib.verification_stats(sid).copies
+            full = (
+                seen is None
+                or recorded < seen.recorded
+                or not 0 <= now - seen.time < FULL_LISTING_EVERY
+            )
+            folders = sorted(stamps) if full or seen is None else seen.changed(stamps)
+            if not folders:
+                return 0, 0, 0
+            on_disk = set(fs.ids_in(folders))
         except OSError as e:
             log.warning("cannot list store %s: %s", sid, e)
-            return 0, 0
-        if len(on_disk) <= self.lib.verification_stats(sid).copies:
-            return 0, 0
-        recorded = {d["_id"] for d in self.iter_files_on(sid)}
+            return 0, 0, 0
+        unknown = sorted(on_disk - self.lib.file_ids_on_among(sid, folders))
         adopted = relinked = 0
-        for fid in sorted(on_disk.keys() - recorded):
-            doc = self.lib.docs.get_or_none(fid)
-            if doc is not None:
-                if self.lib.docs.update(fid, _relink_entry, sid, on_disk[fid].mtime):
-                    relinked += 1
-                continue
-            result = fs.verify(fid)
-            if result.status != VerifyStatus.OK or result.content_hash is None:
-                self.apply_verify_result(fs, result)
-                continue
-            store = self.store_doc(sid)
-            weight = transitions.store_copies_weight(store) if store else 0
-            stored = {sid: schema.create_stored_value(weight, result.mtime or 0, self.now())}
-            new = schema.create_file(self.now(), result.content_hash, stored, origin="user")
+        for fid in unknown:
             try:
-                self.lib.docs.save(new)
-            except Conflict:
-                self.lib.docs.update(fid, _relink_entry, sid, on_disk[fid].mtime)
-            log.warning("adopted copy %s found on store %s without a doc", fid, sid)
-            adopted += 1
+                done = self._adopt(fs, fid)
+                adopted += done == "adopted"
+                relinked += done == "relinked"
+            except (OSError, DmediaError) as e:
+                log.warning("cannot adopt copy %s on store %s: %s", fid, sid, e)
+                stamps[fid[:2]] = ""  # not accounted for: listed again next time
+        try:
+            fs.save_folders_seen(
+                FoldersSeen(
+                    now if full or seen is None else seen.time,
+                    self.lib.verification_stats(sid).copies,
+                    stamps,
+                )
+            )
+        except OSError as e:
+            log.info("cannot save %s on store %s: %s", FOLDERS_SEEN, sid, e)
         if adopted or relinked:
             log.info("store %s: %d orphan copies adopted, %d relinked", sid, adopted, relinked)
-        return adopted, relinked
+        return adopted, relinked, len(folders)
+
+    def _adopt(self, fs: FileStore, fid: str) -> str | None:
+        """Record a copy found in fs that the library does not list there: "adopted" (no
+        doc: verified and recorded), "relinked" (a known file: its entry comes back with
+        counts 0, to be verified first), or None (it did not verify: handled as any
+        verify result; or the entry was back already)."""
+        sid = fs.id
+        doc = self.lib.docs.get_or_none(fid)
+        if doc is not None:
+            if self.lib.docs.update(fid, _relink_entry, sid, fs.stat(fid).mtime):
+                return "relinked"
+            return None
+        result = fs.verify(fid)
+        if result.status != VerifyStatus.OK or result.content_hash is None:
+            self.apply_verify_result(fs, result)
+            return None
+        store = self.store_doc(sid)
+        weight = transitions.store_copies_weight(store) if store else 0
+        stored = {sid: schema.create_stored_value(weight, result.mtime or 0, self.now())}
+        new = schema.create_file(self.now(), result.content_hash, stored, origin="user")
+        try:
+            self.lib.docs.save(new)
+        except Conflict:
+            self.lib.docs.update(fid, _relink_entry, sid, result.mtime or 0)
+            return "relinked"
+        log.warning("adopted copy %s found on store %s without a doc", fid, sid)
+        return "adopted"
 
     def copies_due(self, store_id: str, limit: int = 100) -> list:
         before = int(self.now()) - self.thresholds.verify_due_after

@@ -18,6 +18,7 @@ from dmedia_tui import filestore as fs_mod
 from dmedia_tui.filestore import (
     FileStore,
     FileStoreError,
+    FoldersSeen,
     NotAFileStore,
     VerifyStatus,
     WrongStore,
@@ -792,3 +793,56 @@ def test_a_good_copy_is_verified_and_copied_without_base32(
     bad = store.verify(small)
     assert bad.status == VerifyStatus.CORRUPT and bad.content_hash is not None
     assert bad.content_hash.id == P.hash_bytes(rotten).id != small
+
+
+# --- folder stamps (what a store's recovery lists) -------------------------------------
+
+
+def test_a_folder_stamp_moves_with_every_entry_added_removed_or_renamed(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any change of a files/XX folder's entries moves its stamp, even one whose mtime is
+    set back afterwards (as `cp -a` or `rsync -a` do): the ctime cannot be. Reading and
+    verifying copies move nothing."""
+    monkeypatch.setattr(fs_mod, "RACY_NS", 0)
+    fid = store.import_bytes(data(5000)).content_hash.id
+    folder = store.files_dir / fid[:2]
+    before = store.folder_stamps()
+    assert set(before) == {fid[:2]} and before[fid[:2]]
+    assert store.verify(fid).status == VerifyStatus.OK
+    assert store.folder_stamps() == before
+    st = folder.stat()
+    (folder / ("Z" * 46)).write_bytes(b"x")  # a name a tool put there
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back
+    assert folder.stat().st_mtime_ns == st.st_mtime_ns
+    added = store.folder_stamps()
+    assert added[fid[:2]] != before[fid[:2]]
+    (folder / ("Z" * 46)).rename(folder / ("Y" * 46))
+    renamed = store.folder_stamps()
+    assert renamed[fid[:2]] not in (before[fid[:2]], added[fid[:2]])
+    (folder / ("Y" * 46)).unlink()
+    assert store.folder_stamps()[fid[:2]] not in (before[fid[:2]], added[fid[:2]], renamed[fid[:2]])
+
+
+def test_a_folder_changed_within_the_racy_window_has_no_stamp(store: FileStore) -> None:
+    fid = store.import_bytes(data(5000)).content_hash.id
+    assert store.folder_stamps() == {fid[:2]: ""}
+    assert FoldersSeen(0, 1, {fid[:2]: ""}).changed({fid[:2]: ""}) == [fid[:2]]
+
+
+def test_ids_in_lists_only_the_folders_asked_for(store: FileStore) -> None:
+    ids = {store.import_bytes(data(3000 + i, seed=i)).content_hash.id for i in range(12)}
+    some = sorted({i[:2] for i in ids})[:3]
+    assert set(store.ids_in(some)) == {i for i in ids if i[:2] in some}
+    assert set(store.ids_in([])) == set()
+    assert set(store.ids_in(["ZZ", "3"])) == set()  # absent, or not a folder name
+
+
+def test_folders_seen_round_trips_and_is_none_when_absent(store: FileStore) -> None:
+    assert store.folders_seen() is None
+    seen = FoldersSeen(123, 4, {"AB": "1:2", "CD": ""})
+    store.save_folders_seen(seen)
+    assert store.folders_seen() == seen
+    assert sorted(p.name for p in (store.path / ".dmedia").iterdir()) == sorted(
+        ["corrupt", "files", "folders-seen.json", "store.json", "tmp"]
+    )

@@ -422,6 +422,13 @@ class Library(abc.ABC):
                 return
             after = page[-1]
 
+    def file_ids_on_among(self, store_id: str, prefixes: Iterable[str]) -> set[str]:
+        """IDs of the files with an entry for the store that start with one of `prefixes`
+        (two characters: a store's files/XX folders), what a store's recovery compares a
+        few listed folders with. This version walks every ID on the store."""
+        want = set(prefixes)
+        return {fid for fid in self.iter_file_ids_on(store_id) if fid[:2] in want}
+
     @abc.abstractmethod
     def fragile_files(
         self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"

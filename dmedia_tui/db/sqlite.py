@@ -1352,6 +1352,23 @@ class SQLiteLibrary(Library):
                 return
             after = page[-1]
 
+    def file_ids_on_among(self, store_id: str, prefixes: Iterable[str]) -> set[str]:
+        # A range of the copy table's primary key a prefix (every copy of 1/1024 of
+        # the library), filtered by store: `+store_id`, or SQLite walks all the store's
+        # copies in copy_verified for each prefix (68 s for 1024 of them at 1M files).
+        out: set[str] = set()
+        with self._read() as c:
+            for p in sorted(set(prefixes)):
+                out.update(
+                    i
+                    for (i,) in c.execute(
+                        "SELECT file_id FROM copy WHERE file_id >= ? AND file_id < ?"
+                        " AND +store_id = ?",
+                        (p, p + "\U0010ffff", store_id),
+                    )
+                )
+        return out
+
     def fragile_files(
         self, limit: int = 100, after: tuple[int, str] | None = None, origin: str = "user"
     ) -> list[Doc]:
