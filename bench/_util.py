@@ -67,6 +67,18 @@ def warm(files: list[Path]) -> None:
                 pass
 
 
+def uncache(files: list[Path]) -> None:
+    """Drop these files' clean pages from the page cache (what FileStore.verify does
+    before it reads a copy), so the next read comes from the disk; on a tmpfs the pages
+    are the files and stay."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def drop_caches() -> None:
     """Empty the page cache (root only) so the next run reads from the disk."""
     sync()

@@ -1388,6 +1388,10 @@ class FileStore:
     def verify(self, file_id: str, progress: Progress | None = None) -> VerifyResult:
         """Re-hash the canonical copy; quarantine it if its content is not its ID.
 
+        The copy's pages are dropped from the page cache first (clean ones: a copy is
+        fsync-ed before it is in files/), so the bytes hashed come from the drive: a copy
+        read or written recently (the read-back of a new copy, a library small enough to
+        stay in RAM) would otherwise be "verified" from memory while the drive rots.
         An I/O error while reading is UNREADABLE (nothing is moved: a failing read is not
         evidence of corruption). `progress(n)` gets the bytes of each leaf hashed. Only a
         regular file is read (see _open_copy): verify never follows a link nor blocks.
@@ -1400,7 +1404,11 @@ class FileStore:
             with f:
                 if st.st_size == 0:
                     return self._quarantine(file_id, mtime=int(st.st_mtime))
-                ch = hash_file(f, progress, expect=file_id)
+                _drop_cached(f.fileno())  # read the drive, not what RAM kept of the copy
+                try:
+                    ch = hash_file(f, progress, expect=file_id)
+                finally:
+                    _drop_cached(f.fileno())  # and leave RAM to the user's own files
         except OSError as e:
             return VerifyResult(VerifyStatus.UNREADABLE, file_id, error=_errstr(e))
         except ProtocolError:  # emptied while we read it
@@ -1552,6 +1560,13 @@ def commit_staged(
         for i in todo:  # an exception before they were placed
             items[i][0].discard()
     return results  # type: ignore[return-value]
+
+
+def _drop_cached(fd: int) -> None:
+    """Drop the file's clean pages from the page cache (a hint: a tmpfs or a dirty page
+    keeps them; where fadvise is missing, nothing happens)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
