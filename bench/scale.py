@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from dmedia_tui import protocol  # noqa: E402
-from dmedia_tui.db.sqlite import SCHEMA_VERSION, SQLiteLibrary  # noqa: E402
+from dmedia_tui.db.sqlite import PAGE_SIZE, SCHEMA_VERSION, SQLiteLibrary  # noqa: E402
 
 NOW = 1_795_608_000
 STORES = 6
@@ -111,13 +111,16 @@ def build(path: Path, n: int, bad: int) -> float:
 
 
 def cached(cache: Path, n: int, bad: int) -> Path:
-    path = cache / f"lib-{n}-bad{bad}-v{SCHEMA_VERSION}.sqlite3"
+    path = cache / f"lib-{n}-bad{bad}-v{SCHEMA_VERSION}-{PAGE_SIZE >> 10}k.sqlite3"
     if path.exists():
         return path
     tmp = cache / f".building-{n}-{os.getpid()}.sqlite3"
-    # Schema 2 libraries were cached without a version in their name.
-    older = [cache / f"lib-{n}-bad{bad}-v{v}.sqlite3" for v in range(SCHEMA_VERSION - 1, 2, -1)]
+    # Libraries of 4 KiB pages were cached without their page size in their name, and
+    # schema 2 ones without a version: migrated copies keep the page size they had.
+    older = [cache / f"lib-{n}-bad{bad}-v{v}.sqlite3" for v in range(SCHEMA_VERSION, 2, -1)]
     older = [p for p in [*older, cache / f"lib-{n}-bad{bad}.sqlite3"] if p.exists()]
+    if PAGE_SIZE != 4096:
+        older = []
     if older:
         import sqlite3
 

@@ -73,6 +73,15 @@ POLL_INTERVAL = 0.1  # wait_changes() polls update_seq this often
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 QUICK_CHECK_OPEN_BYTES = 32 * 1024 * 1024  # whole-file quick_check at open up to this size
 QUICK_CHECK_OPEN_SECONDS = 0.5  # ...and never longer than this
+# Pages of 16 KiB for a new library (an existing one keeps the size it was made with):
+# a store-wide downgrade or purge rewrites docs and index entries spread over the whole
+# file, and SQLite's cost is per page, not per byte. Measured on libraries built like a
+# real one (random IDs, b-trees 2/3 full), busiest store: at 1M files downgrade 53 -> 41 us
+# a copy, purge 58 -> 45; at 100k 45 -> 36 for both; `check` 5.7 -> 5.0 us a doc; the
+# dashboard unchanged. The cost: a batch of small imports dirties as many pages, each 4x
+# bigger: 5,000 small files into a 1M-file library 0.54 -> 0.56 ms a file (100k: 0.31 ->
+# 0.35); into a new library unchanged (tmpfs and disk).
+PAGE_SIZE = 16384
 CACHE_KIB = 32 * 1024  # page cache per connection
 BULK_CACHE_KIB = 256 * 1024  # ...while a store-wide pass runs (SQLiteLibrary._bulk)
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
@@ -1136,6 +1145,7 @@ class SQLiteLibrary(Library):
         return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only an empty file takes it
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-check under the write lock: another process may have just done it.

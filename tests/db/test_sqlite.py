@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from dmedia_tui import durability
 from dmedia_tui.db import DatabaseOffline, VerificationStats, open_library
-from dmedia_tui.db.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteLibrary, _file_row
+from dmedia_tui.db.sqlite import (
+    APPLICATION_ID,
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    SQLiteLibrary,
+    _file_row,
+)
 from dmedia_tui.protocol import random_id
 
 # --- the file --------------------------------------------------------------------------
@@ -54,6 +60,41 @@ def test_wal_mode_application_id_and_schema_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         conn.close()
+
+
+def test_a_new_library_has_big_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """New libraries get PAGE_SIZE pages; a library made with 4 KiB pages (every one made
+    before) opens, is written and keeps them: nothing rewrites a user's file to change it."""
+    new = tmp_path / "new.sqlite3"
+    SQLiteLibrary(new).close()
+    old = tmp_path / "old.sqlite3"
+    lib = SQLiteLibrary(old)
+    lib.close()
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("VACUUM")  # as a library made with 4 KiB pages
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+
+    def page_size(path: Path) -> int:
+        c = sqlite3.connect(path)
+        try:
+            return int(c.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            c.close()
+
+    assert PAGE_SIZE == 16384 and page_size(new) == PAGE_SIZE
+    assert page_size(old) == 4096
+    lib = SQLiteLibrary(old, create=False)
+    doc = lib.docs.save({"_id": random_id(), "type": "dmedia/store", "x_k": [1]})
+    lib.close()
+    again = SQLiteLibrary(old, create=False)
+    try:
+        assert again.docs.get(doc["_id"]) == doc
+    finally:
+        again.close()
+    assert page_size(old) == 4096
 
 
 def test_data_survives_reopening(tmp_path: Path) -> None:
@@ -259,8 +300,10 @@ def test_refuses_a_truncated_library(tmp_path: Path) -> None:
     lib.docs.save_many([{"_id": random_id(), "type": "dmedia/store"} for _ in range(300)])
     lib.close()
     data = path.read_bytes()
-    assert len(data) > 8192
-    before = data[:1000] + os.urandom(3000) + data[4000:]  # page 1 survives, the rest mangled
+    page = int.from_bytes(data[16:18], "big")  # the header's page size
+    assert len(data) > 2 * page
+    # The header survives; the rest of page 1 (the schema's b-tree) is mangled.
+    before = data[:1000] + os.urandom(page - 1096) + data[page - 96 :]
     path.write_bytes(before)
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
