@@ -1103,11 +1103,13 @@ class MetaStore:
         for fid in unknown:
             try:
                 done = self._adopt(fs, fid)
-                adopted += done == "adopted"
-                relinked += done == "relinked"
-            except (OSError, DmediaError) as e:
+            except (OSError, FileStoreError) as e:  # a database error ends the recovery
                 log.warning("cannot adopt copy %s on store %s: %s", fid, sid, e)
-                stamps[fid[:2]] = ""  # not accounted for: listed again next time
+                done = "unread"
+            adopted += done == "adopted"
+            relinked += done == "relinked"
+            if done == "unread":
+                stamps[fid[:2]] = ""  # not accounted for: its folder is listed again
         try:
             fs.save_folders_seen(
                 FoldersSeen(
@@ -1125,8 +1127,9 @@ class MetaStore:
     def _adopt(self, fs: FileStore, fid: str) -> str | None:
         """Record a copy found in fs that the library does not list there: "adopted" (no
         doc: verified and recorded), "relinked" (a known file: its entry comes back with
-        counts 0, to be verified first), or None (it did not verify: handled as any
-        verify result; or the entry was back already)."""
+        counts 0, to be verified first), "unread" (an I/O error: still there, still
+        unknown, to be tried again), or None (corrupt or gone: handled as any verify
+        result; or the entry was back already)."""
         sid = fs.id
         doc = self.lib.docs.get_or_none(fid)
         if doc is not None:
@@ -1136,7 +1139,7 @@ class MetaStore:
         result = fs.verify(fid)
         if result.status != VerifyStatus.OK or result.content_hash is None:
             self.apply_verify_result(fs, result)
-            return None
+            return "unread" if result.status == VerifyStatus.UNREADABLE else None
         store = self.store_doc(sid)
         weight = transitions.store_copies_weight(store) if store else 0
         stored = {sid: schema.create_stored_value(weight, result.mtime or 0, self.now())}
