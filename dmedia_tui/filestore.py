@@ -39,6 +39,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import resource
@@ -82,8 +83,10 @@ _O_READ = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC
 SUBDIRS = ("files", "tmp", "corrupt")
 NOT_A_FILE = "not-a-file"  # suffix of a non-regular thing set aside from a copy's path
 FOLDERS_SEEN = "folders-seen.json"
-# A folder changed this recently may change again without its ctime moving (the clock
-# tick of a file time: a few ms on ext4, 2 s on FAT): its stamp is never trusted.
+# A folder changed this long before its stamp is saved may change again without its
+# ctime moving (the clock tick of a file time: a few ms on ext4, 2 s on FAT): its stamp is
+# not kept. "Before" by the filesystem's own clock (the saved record's mtime), never this
+# machine's: a clock set ahead would make every folder look settled.
 RACY_NS = 2_000_000_000
 TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) is stale
 # An import batch: files fsync-ed, renamed and recorded together, in one transaction:
@@ -168,7 +171,7 @@ class FoldersSeen:
     stamps: dict[str, str]  # "XX" -> "inode:ctime_ns"; "" (racy) never matches
 
     def changed(self, now: dict[str, str]) -> list[str]:
-        """The folders of `now` whose stamp is racy or not the one seen, sorted."""
+        """The folders of `now` whose stamp is not the one seen (or was racy), sorted."""
         return sorted(p for p, st in now.items() if not st or self.stamps.get(p) != st)
 
 
@@ -891,21 +894,19 @@ class FileStore:
         )
 
     def folder_stamps(self) -> dict[str, str]:
-        """{"XX": "inode:ctime_ns"} of every files/XX folder (FoldersSeen); "" for one
-        changed within RACY_NS. One stat a folder, none a copy."""
+        """{"XX": "inode:ctime_ns"} of every files/XX folder (FoldersSeen). One stat a
+        folder, none a copy."""
         try:
             files = self._open_dir("files")
         except FileNotFoundError:
             return {}
-        horizon = time.time_ns() - RACY_NS
         out: dict[str, str] = {}
         try:
             with os.scandir(files) as it:
                 for e in it:
                     if len(e.name) == 2 and e.is_dir(follow_symlinks=False):
                         st = e.stat(follow_symlinks=False)
-                        racy = st.st_ctime_ns >= horizon
-                        out[e.name] = "" if racy else f"{st.st_ino}:{st.st_ctime_ns}"
+                        out[e.name] = f"{st.st_ino}:{st.st_ctime_ns}"
         finally:
             os.close(files)
         return out
@@ -944,12 +945,9 @@ class FileStore:
 
     def save_folders_seen(self, seen: FoldersSeen) -> None:
         """Replace .dmedia/folders-seen.json (a temp file renamed over it; no link
-        followed). Not fsync-ed: lost or torn, it only costs one full listing."""
-        data = json.dumps(
-            {"time": seen.time, "recorded": seen.recorded, "stamps": seen.stamps},
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+        followed). A stamp whose ctime is within RACY_NS of the new file's own mtime (the
+        filesystem's clock now) is saved as "" (racy). Not fsync-ed: lost or torn, it only
+        costs one full listing."""
         tmp = FOLDERS_SEEN + ".tmp"
         dot = self._open_dir()
         try:
@@ -960,6 +958,13 @@ class FileStore:
                 dir_fd=dot,
             )
             try:
+                horizon = os.fstat(fd).st_mtime_ns - RACY_NS
+                stamps = {k: "" if _ctime_of(v) > horizon else v for k, v in seen.stamps.items()}
+                data = json.dumps(
+                    {"time": seen.time, "recorded": seen.recorded, "stamps": stamps},
+                    sort_keys=True,
+                    separators=(",", ":"),
+                ).encode()
                 _write_all(fd, memoryview(data))
             finally:
                 os.close(fd)
@@ -1560,6 +1565,12 @@ def commit_staged(
         for i in todo:  # an exception before they were placed
             items[i][0].discard()
     return results  # type: ignore[return-value]
+
+
+def _ctime_of(stamp: str) -> float:
+    """The ctime in a folder stamp ("inode:ctime_ns"); +inf for "" or junk (racy)."""
+    _, _, ctime = stamp.partition(":")
+    return int(ctime) if ctime.isdigit() else math.inf
 
 
 def _drop_cached(fd: int) -> None:

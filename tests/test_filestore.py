@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -824,10 +825,33 @@ def test_a_folder_stamp_moves_with_every_entry_added_removed_or_renamed(
     assert store.folder_stamps()[fid[:2]] not in (before[fid[:2]], added[fid[:2]], renamed[fid[:2]])
 
 
-def test_a_folder_changed_within_the_racy_window_has_no_stamp(store: FileStore) -> None:
+def test_a_folder_changed_within_the_racy_window_is_saved_without_its_stamp(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within RACY_NS of a change (by the filesystem's clock: the record's own mtime),
+    another change may leave the ctime as it is, so the stamp is not kept; this machine's
+    clock, even a year ahead, does not count."""
     fid = store.import_bytes(data(5000)).content_hash.id
-    assert store.folder_stamps() == {fid[:2]: ""}
-    assert FoldersSeen(0, 1, {fid[:2]: ""}).changed({fid[:2]: ""}) == [fid[:2]]
+    now = store.folder_stamps()
+    assert now[fid[:2]]  # a real stamp
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 365 * 86400 * 10**9)
+    store.save_folders_seen(FoldersSeen(0, 1, now))
+    seen = store.folders_seen()
+    assert seen is not None and seen.stamps == {fid[:2]: ""}
+    assert seen.changed(now) == [fid[:2]]
+
+
+def test_a_settled_folder_keeps_its_stamp(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fid = store.import_bytes(data(5000)).content_hash.id
+    monkeypatch.setattr(fs_mod, "RACY_NS", 0)  # as if the change were 2 s old
+    now = store.folder_stamps()
+    store.save_folders_seen(FoldersSeen(0, 1, now))
+    seen = store.folders_seen()
+    assert seen is not None and seen.stamps == now and seen.changed(now) == []
+    assert now[fid[:2]]
 
 
 def test_ids_in_lists_only_the_folders_asked_for(store: FileStore) -> None:
