@@ -16,8 +16,10 @@ the first paint, a "loading" placeholder, and the first frame showing the librar
 durability histogram). Copies of the cached library are worked on, so runs are
 repeatable. Small-file import and copy are not measured here.
 
-Cached libraries are named by schema version: a library cached by an older schema is
-copied and migrated (the older file is left as it is, for checkouts still using it).
+Cached libraries are named by schema version and page size (`-16k`: a new library's
+pages, dmedia_tui.db.sqlite.PAGE_SIZE): a library cached by an older schema with the same
+page size is copied and migrated (the older file is left as it is, for checkouts still
+using it).
 
     nice uv run python bench/scale.py [--sizes 10000,100000] [--bad N] [--cache DIR]
         [--per-file] [--couch] [--only-dashboard] [--only check,idle,...]
