@@ -248,5 +248,17 @@ def available() -> str | None:
     return None
 
 
+def required() -> Any:
+    """The pytestmark of a test module that needs the passthrough: a skip with the reason
+    where it cannot run, and an error instead in CI (DMEDIA_REQUIRE_FUSE=1), which must
+    never skip it silently."""
+    import pytest
+
+    why = available()
+    if why and os.environ.get("DMEDIA_REQUIRE_FUSE") == "1":
+        raise RuntimeError(f"DMEDIA_REQUIRE_FUSE=1 but the FUSE passthrough cannot run: {why}")
+    return pytest.mark.skipif(why is not None, reason=f"FUSE: {why}")
+
+
 if __name__ == "__main__":
     serve(*sys.argv[1:4])

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import fusefs
 from tests.faults.crash import DAY, Lib, check
-from tests.faults.fusefs import FuseMount, available
+from tests.faults.fusefs import FuseMount
 
-_why_not = available()
-if _why_not and os.environ.get("DMEDIA_REQUIRE_FUSE") == "1":  # CI: never skip silently
-    raise RuntimeError(f"DMEDIA_REQUIRE_FUSE=1 but the FUSE passthrough cannot run: {_why_not}")
-pytestmark = pytest.mark.skipif(_why_not is not None, reason=f"FUSE: {_why_not}")
+pytestmark = fusefs.required()
 
 KB = 1024
 

@@ -16,12 +16,10 @@ from dmedia_tui.config import Config
 from dmedia_tui.db import open_library
 from dmedia_tui.filestore import FileStore
 from dmedia_tui.metastore import MetaStore
-from tests.faults.fusefs import FuseMount, available
+from tests.faults import fusefs
+from tests.faults.fusefs import FuseMount
 
-_why_not = available()
-if _why_not and os.environ.get("DMEDIA_REQUIRE_FUSE") == "1":  # CI: never skip silently
-    raise RuntimeError(f"DMEDIA_REQUIRE_FUSE=1 but the FUSE passthrough cannot run: {_why_not}")
-pytestmark = pytest.mark.skipif(_why_not is not None, reason=f"FUSE: {_why_not}")
+pytestmark = fusefs.required()
 
 NOW = 1_795_608_000
 
