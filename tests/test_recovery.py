@@ -364,6 +364,14 @@ def _put_unknown(fs: FileStore, data: bytes) -> str:
     return fs.import_bytes(data).content_hash.id
 
 
+def _seen_store(ms: MetaStore, tmp_path: Path, n: int) -> tuple[FileStore, list[str]]:
+    """Store a with n copies, recovered once: every folder listed, the record saved."""
+    a = new_store(ms, tmp_path, "a")
+    ids = import_n(ms, a, tmp_path, n)
+    ms.recover_store(a)
+    return a, ids
+
+
 def test_an_unchanged_store_lists_no_folder(
     ms: MetaStore, tmp_path: Path, trusted_at_once: None
 ) -> None:
@@ -383,9 +391,7 @@ def test_an_unchanged_store_lists_no_folder(
 def test_only_the_folder_that_changed_is_listed(
     ms: MetaStore, tmp_path: Path, trusted_at_once: None
 ) -> None:
-    a = new_store(ms, tmp_path, "a")
-    import_n(ms, a, tmp_path, 5)
-    ms.recover_store(a)
+    a, _ = _seen_store(ms, tmp_path, 5)
     unknown = _put_unknown(a, b"copied in by hand" * 500)
     got = restarted(ms).recover_store(a)
     assert (got["folders"], got["adopted"]) == (1, 1)
@@ -398,9 +404,7 @@ def test_a_missing_copy_and_an_unknown_one_in_other_folders_are_both_found(
     ms: MetaStore, tmp_path: Path, trusted_at_once: None
 ) -> None:
     """The counts stay equal and the two changes are in two folders: both are listed."""
-    a = new_store(ms, tmp_path, "a")
-    gone, kept = import_n(ms, a, tmp_path, 2)
-    ms.recover_store(a)
+    a, [gone, kept] = _seen_store(ms, tmp_path, 2)
     os.chmod(a.file_path(gone), 0o644)
     a.file_path(gone).unlink()
     unknown = _put_unknown(a, b"put there by another library" * 300)
@@ -417,9 +421,7 @@ def test_an_entry_the_library_lost_lists_every_folder(
     when the folders were seen (another machine's edit won a conflict, say): every folder
     is listed and the copy it no longer lists there comes back (counting 0 until
     verified)."""
-    a = new_store(ms, tmp_path, "a")
-    lost, _, _ = import_n(ms, a, tmp_path, 3)
-    ms.recover_store(a)
+    a, [lost, _, _] = _seen_store(ms, tmp_path, 3)
     ms.lib.docs.update(lost, transitions.mark_missing, a.id)
     assert a.id not in ms.file_doc(lost)["stored"]
     got = restarted(ms).recover_store(a)
@@ -432,9 +434,7 @@ def test_every_folder_is_listed_once_a_day(
 ) -> None:
     from dmedia_tui.metastore import FULL_LISTING_EVERY
 
-    a = new_store(ms, tmp_path, "a")
-    import_n(ms, a, tmp_path, 4)
-    ms.recover_store(a)
+    a, _ = _seen_store(ms, tmp_path, 4)
     ms.clock.advance(FULL_LISTING_EVERY - 1)
     assert restarted(ms).recover_store(a)["folders"] == 0
     ms.clock.advance(1)
@@ -447,9 +447,7 @@ def test_every_folder_is_listed_once_a_day(
 def test_a_folder_changed_just_now_is_listed_every_time(ms: MetaStore, tmp_path: Path) -> None:
     """Within RACY_NS of a change, another change may leave the ctime as it is: such a
     folder's stamp is never trusted, however many times the store is recovered."""
-    a = new_store(ms, tmp_path, "a")
-    import_n(ms, a, tmp_path, 2)
-    ms.recover_store(a)
+    a, _ = _seen_store(ms, tmp_path, 2)
     assert a.folders_seen() is not None and set(a.folders_seen().stamps.values()) == {""}
     assert restarted(ms).recover_store(a)["folders"] == 2
 
@@ -462,9 +460,7 @@ def test_a_damaged_record_lists_every_folder_and_is_replaced(
     absent. A link in its place is not followed, neither read nor written through."""
     from dmedia_tui.filestore import DOTDIR, FOLDERS_SEEN
 
-    a = new_store(ms, tmp_path, "a")
-    import_n(ms, a, tmp_path, 3)
-    ms.recover_store(a)
+    a, _ = _seen_store(ms, tmp_path, 3)
     path = a.path / DOTDIR / FOLDERS_SEEN
     path.unlink()
     outside = tmp_path / "outside.json"
