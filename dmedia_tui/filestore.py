@@ -168,11 +168,11 @@ class FoldersSeen:
 
     time: int  # library clock: when every folder was last listed (the full listing)
     recorded: int  # copies the library recorded on the store when this was saved
-    stamps: dict[str, str]  # "XX" -> "inode:ctime_ns"; "" (racy) never matches
+    stamps: dict[str, str]  # "XX" -> "inode:ctime_ns"; "" (saved racy) matches no stamp
 
     def changed(self, now: dict[str, str]) -> list[str]:
         """The folders of `now` whose stamp is not the one seen (or was racy), sorted."""
-        return sorted(p for p, st in now.items() if not st or self.stamps.get(p) != st)
+        return sorted(p for p, st in now.items() if self.stamps.get(p) != st)
 
 
 @dataclass(frozen=True)
