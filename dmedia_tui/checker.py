@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import bisect
 import gc
-import hashlib
 import itertools
 import json
 import logging
 import os
-import pickle
 import sys
 import tempfile
 import threading
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+from blake3 import blake3
 
 if TYPE_CHECKING:
     import subprocess
@@ -71,7 +70,7 @@ class LoggedProblems:
     @staticmethod
     def key(type: str, doc_id: Any, errors: Iterable[str]) -> int:
         text = f"{type}\0{doc_id}\0{'|'.join(errors)}".encode("utf-8", "surrogatepass")
-        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+        return int.from_bytes(blake3(text).digest(length=8), "big")
 
     def __contains__(self, key: int) -> bool:
         if key in self._new:
@@ -504,6 +503,8 @@ class _Found:
         self._spool = spool
 
     def problems(self, count: list[int]) -> Iterator[Problem]:
+        import pickle  # only where a check is split: not at every CLI start
+
         self._spool.seek(0)
         while True:
             try:
@@ -577,6 +578,8 @@ class _Worker:
 
 def _worker_main(argv: list[str]) -> int:
     """A worker: check the docs of one part and write its problems to the spool fd."""
+    import pickle
+
     from dmedia_tui.db.sqlite import SQLiteLibrary
 
     gc.freeze()  # the modules: no collection walks them again (docs are acyclic)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -17,10 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import humanize
+
+if TYPE_CHECKING:
+    import logging.handlers
 
 from dmedia_tui import __version__
 from dmedia_tui.actions import MODIFYING, STORE_ACTIONS, StoreAction
@@ -237,6 +239,8 @@ def app_log_handler(
     path: Path, max_bytes: int = 5_000_000, backups: int = 3
 ) -> logging.handlers.RotatingFileHandler:
     """The app's log file: timestamped records, rotated at `max_bytes` (`backups` kept)."""
+    import logging.handlers  # the app's only: not at every CLI start (socket, pickle...)
+
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
     )

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import netrc
 import os
-import socket
 import stat
 import tomllib
 import urllib.parse
@@ -428,7 +427,7 @@ class Config:
         except ConfigError as e:
             raise IdentityError(f"{e}{_IDENTITY_HINT}") from None
         if data is None:
-            data = {"machine_id": protocol.random_id(), "hostname": socket.gethostname()}
+            data = {"machine_id": protocol.random_id(), "hostname": os.uname().nodename}
             _atomic_write_json(path, data)
         elif not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
             raise IdentityError(f"{path}: no valid machine_id{_IDENTITY_HINT}")

@@ -25,7 +25,6 @@ import os
 import select
 import shutil
 import stat
-import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -263,6 +262,8 @@ def blkid(devname: str) -> dict[str, str]:
     """``blkid -o export`` as a dict ({} when the tool is missing or the device unreadable)."""
     if _BLKID is None:
         return {}
+    import subprocess  # only when a drive is probed: not at every CLI start
+
     try:
         proc = subprocess.run(
             [_BLKID, "-c", "/dev/null", "-o", "export", devname],

@@ -12,7 +12,6 @@ import base64
 import errno
 import mmap
 import os
-import secrets
 import struct
 import sys
 import threading
@@ -125,7 +124,7 @@ def is_store_id(value: object) -> TypeGuard[str]:
 
 def random_id(nbytes: int = STORE_ID_BYTES) -> str:
     """A random ID: 15 bytes give the 24 characters of a store or machine ID."""
-    return b32encode(secrets.token_bytes(nbytes))
+    return b32encode(os.urandom(nbytes))
 
 
 _log_id_lock = threading.Lock()
@@ -142,7 +141,7 @@ def log_id(timestamp: float) -> str:
     """
     global _last_log_id
     secs = max(0, int(timestamp))
-    value = int.from_bytes(secs.to_bytes(5, "big") + secrets.token_bytes(10), "big")
+    value = int.from_bytes(secs.to_bytes(5, "big") + os.urandom(10), "big")
     with _log_id_lock:
         if value >> 80 == _last_log_id >> 80 and value <= _last_log_id:
             value = _last_log_id + 1

@@ -28,7 +28,6 @@ import itertools
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import stat
 import threading
@@ -814,7 +813,7 @@ class SQLiteDatabase(Database):
                 raise NotFound(f"{self.name}/{doc_id}: not found")
             if given != cur[0]:
                 raise conflict
-            return f"{_rev_gen(cur[0]) + 1}-{secrets.token_hex(16)}", None, None
+            return f"{_rev_gen(cur[0]) + 1}-{os.urandom(16).hex()}", None, None
         if cur is None:
             ok = given is None
         elif cur[1]:  # a tombstone may be written over, like CouchDB
@@ -823,7 +822,7 @@ class SQLiteDatabase(Database):
             ok = given == cur[0]
         if not ok:
             raise conflict
-        rev = f"{_rev_gen(cur[0]) + 1 if cur else 1}-{secrets.token_hex(16)}"
+        rev = f"{_rev_gen(cur[0]) + 1 if cur else 1}-{os.urandom(16).hex()}"
         body = dict(doc)
         body["_rev"] = rev
         body.pop("_deleted", None)
