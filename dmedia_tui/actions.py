@@ -36,6 +36,7 @@ class StoreAction:
     changes: str = ""  # its preview: "N files would {changes}"
     loses_durability: bool = False  # the preview names the durability lost
     forgets_copies: bool = False  # the preview names the user files left with no copy
+    store_wide: bool = False  # goes through every file on the store: shows its progress
 
     def asks(self, text: str) -> str:
         """`text`, saying "(asks first)" when the action does."""
@@ -68,6 +69,7 @@ DOWNGRADE = StoreAction(
     done="downgraded",
     changes="count 0 copies",
     loses_durability=True,
+    store_wide=True,
 )
 PURGE = StoreAction(
     verb="purge",
@@ -84,6 +86,7 @@ PURGE = StoreAction(
     changes="forget the store and its copies (files on disk are kept)",
     loses_durability=True,
     forgets_copies=True,
+    store_wide=True,
 )
 ACK = StoreAction(
     verb="ack",

@@ -402,8 +402,39 @@ def _store_action(ctx: Context, name: str, action: StoreAction, yes: bool, dry_r
             click.echo(preview.describe())
             if not click.confirm("Proceed?", default=False):
                 raise UserError("nothing changed", 1)
-        ms.run_action(action, sid)
+        if action.store_wide and sys.stderr.isatty():
+            _run_with_bar(ms, action, sid, f"{action.verb} {store_label(doc)}")
+        else:
+            ms.run_action(action, sid)
         click.echo(f"{action.verb}: {store_label(doc)} ({sid}) done")
+
+
+def _run_with_bar(ms: MetaStore, action: StoreAction, sid: str, label: str) -> None:
+    """A store-wide action with a bar on stderr (at a million files it takes most of a
+    minute). The bar is ended as soon as every file is done, so the event the action
+    logs next starts a line of its own."""
+    bar = click.progressbar(length=max(1, ms.files_on(sid)), label=label, file=sys.stderr)
+    ended = False
+
+    def end() -> None:
+        nonlocal ended
+        if not ended:
+            ended = True
+            bar.render_finish()
+
+    def progress(done: int, total: int) -> None:
+        if ended:
+            return
+        bar.length = max(1, total)
+        bar.update(done - bar.pos)
+        if done >= total:
+            end()
+
+    bar.render_progress()  # at 0 % now: the first batch takes a second at a million files
+    try:
+        ms.run_action(action, sid, progress)
+    finally:
+        end()
 
 
 def _make_store_action(action: StoreAction) -> None:

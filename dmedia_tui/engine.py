@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ log = logging.getLogger("dmedia_tui.engine")
 class Activity:
     """What a worker is doing now, for the activity panel."""
 
-    kind: str  # "verify" | "copy"
+    kind: str  # "verify" | "copy" | "pull" | a store operation's verb ("downgrade", "purge")
     label: str  # store label (verify) or "src -> dst" (copy)
     file_id: str | None = None
     name: str | None = None
@@ -194,6 +194,27 @@ class Engine:
                 self.activity.pop(slot, None)
             else:
                 self.activity[slot] = act
+
+    @contextlib.contextmanager
+    def store_operation(self, verb: str, label: str) -> Iterator[Callable[[int, int], None]]:
+        """Show a store-wide operation the user started (a downgrade, a purge: seconds to
+        a minute at a million files) in the activity panel while it runs; yields its
+        progress callback, (files done, files in all)."""
+        slot = f"store {verb}"
+        act = Activity(verb, label)
+
+        def progress(done: int, total: int) -> None:
+            act.done, act.total = done, total
+            act.queue_done, act.queue_total = done, total
+            self.emit("activity", act)
+
+        self._set_activity(slot, act)
+        self.emit("activity", act)
+        try:
+            yield progress
+        finally:
+            self._set_activity(slot, None)
+            self.emit("activity", None)
 
     def activity_snapshot(self) -> tuple[list[Activity], list[float]]:
         """Copies of the current activities (in the activity panel's order: verify, pull,

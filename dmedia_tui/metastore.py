@@ -70,6 +70,9 @@ from dmedia_tui.presence import Presence, plausible_serial
 from dmedia_tui.views import StoreView, time_value
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
 
+# A store-wide operation's progress: (files done, files in all), a call per batch.
+StoreProgress = Callable[[int, int], None]
+
 log = logging.getLogger("dmedia_tui")
 
 Progress = Callable[[int], None]
@@ -1480,16 +1483,28 @@ class MetaStore:
                 only += 1
         return ActionPreview(verb, store_id, store_label(store, store_id), files, copies, only)
 
-    def run_action(self, action: StoreAction | str, store_id: str) -> Doc | None:
+    def run_action(
+        self, action: StoreAction | str, store_id: str, progress: StoreProgress | None = None
+    ) -> Doc | None:
         """Run a user's store action (actions.py: the CLI and the app both come here), with
-        the user as its reason; the event it logged (None: nothing to log)."""
+        the user as its reason; the event it logged (None: nothing to log). `progress`:
+        called as a store-wide action (`store_wide`) goes through the store's files."""
         a = store_action(action)
         if a.operation is None:
             raise MetaStoreError(f"{a.verb} is not an operation on a store")
-        operation: Callable[[str], Doc | None] = getattr(self, a.operation)
+        operation: Callable[..., Doc | None] = getattr(self, a.operation)
+        if a.store_wide and progress is not None:
+            return operation(store_id, progress=progress)
         return operation(store_id)
 
-    def downgrade_store(self, store_id: str, reason: str = "user") -> Doc:
+    def files_on(self, store_id: str) -> int:
+        """Files with an entry for the store (every origin), from the placement summary:
+        the `total` a store-wide action's progress counts up to."""
+        return self._entries_on(store_id)[0]
+
+    def downgrade_store(
+        self, store_id: str, reason: str = "user", progress: StoreProgress | None = None
+    ) -> Doc:
         """Every copy on the store counts 0 (locations still tracked); logged.
 
         Crash order: the store is marked downgraded first (a copy recorded meanwhile
@@ -1515,9 +1530,9 @@ class MetaStore:
             fault_point("downgrade.store_marked")
             mark = transitions.pending_downgrade(self.store_doc(store_id))
         if mark is not None:
-            return self._finish_downgrade(store_id, mark)
+            return self._finish_downgrade(store_id, mark, progress)
         # Downgraded (and finished) already: nothing may count there; this request is logged.
-        n = self._zero_copies_on(store_id)
+        n = self._zero_copies_on(store_id, progress)
         return self.log_event(
             schema.LOG_STORE_DOWNGRADE,
             store_id=store_id,
@@ -1526,9 +1541,11 @@ class MetaStore:
             **self._drive_fields(store_id),
         )
 
-    def _finish_downgrade(self, store_id: str, mark: Doc) -> Doc:
+    def _finish_downgrade(
+        self, store_id: str, mark: Doc, progress: StoreProgress | None = None
+    ) -> Doc:
         """Zero the copies of a pending downgrade, log its event (once), clear `pending`."""
-        n = self._zero_copies_on(store_id)
+        n = self._zero_copies_on(store_id, progress)
         fault_point("downgrade.files_done")
         event = self._log_marked(
             schema.LOG_STORE_DOWNGRADE, store_id, mark, n, self._drive_fields(store_id)
@@ -1557,7 +1574,13 @@ class MetaStore:
             **fields,
         )
 
-    def purge_store(self, store_id: str, reason: str = "user", **extra: Any) -> Doc:
+    def purge_store(
+        self,
+        store_id: str,
+        reason: str = "user",
+        progress: StoreProgress | None = None,
+        **extra: Any,
+    ) -> Doc:
         """Forget a store: remove it from every file and delete its doc. Files on disk stay.
 
         Crash order: the store doc is marked `purging` first (with the ID, count and fields
@@ -1583,18 +1606,18 @@ class MetaStore:
             fault_point("purge.store_marked")
             mark = transitions.pending_purge(self.store_doc(store_id))
         if mark is not None:
-            return self._finish_purge(store_id, mark)
+            return self._finish_purge(store_id, mark, progress)
         # No store doc to mark (gone already): forget what still names the store.
-        n = self._purge_entries(store_id)
+        n = self._purge_entries(store_id, progress)
         self.config.forget_store(store_id)
         fields = {k: v for k, v in extra.items() if v is not None}
         return self.log_event(
             schema.LOG_STORE_PURGE, store_id=store_id, reason=reason, count=n, **fields
         )
 
-    def _finish_purge(self, store_id: str, mark: Doc) -> Doc:
+    def _finish_purge(self, store_id: str, mark: Doc, progress: StoreProgress | None = None) -> Doc:
         """Every file forgets the store, the event is logged (once), the doc goes last."""
-        n = self._purge_entries(store_id)
+        n = self._purge_entries(store_id, progress)
         fault_point("purge.files_done")
         stored = mark.get("fields")
         fields = {
@@ -1900,15 +1923,22 @@ class MetaStore:
                     counting += row.count if copies else 0
         return entries, counting
 
-    def _zero_copies_on(self, store_id: str) -> int:
-        return self._set_all(
-            self.lib.iter_file_ids_on(store_id), store_id, SET_DOWNGRADE, "downgrade.file"
-        )
+    def _zero_copies_on(self, store_id: str, progress: StoreProgress | None = None) -> int:
+        ids = self.lib.iter_file_ids_on(store_id)
+        return self._set_all(ids, store_id, SET_DOWNGRADE, "downgrade.file", progress)
 
-    def _purge_entries(self, store_id: str) -> int:
-        return self._set_all(self.lib.iter_file_ids_on(store_id), store_id, SET_PURGE, "purge.file")
+    def _purge_entries(self, store_id: str, progress: StoreProgress | None = None) -> int:
+        ids = self.lib.iter_file_ids_on(store_id)
+        return self._set_all(ids, store_id, SET_PURGE, "purge.file", progress)
 
-    def _set_all(self, ids: Iterable[str], store_id: str, op: str, fault: str) -> int:
+    def _set_all(
+        self,
+        ids: Iterable[str],
+        store_id: str,
+        op: str,
+        fault: str,
+        progress: StoreProgress | None = None,
+    ) -> int:
         """Downgrade (copies count 0) or purge (entry removed) the store's entry in every
         doc of `ids`, as a set operation where the backend can (update_store_entries):
         the same docs as transitions.downgrade_store_in_file / purge_store_in_file
@@ -1924,13 +1954,26 @@ class MetaStore:
             if op == SET_PURGE
             else transitions.downgrade_store_in_file
         )
+        total = self.files_on(store_id) if progress else 0
+        seen = 0
+
+        def taken() -> Iterator[str]:
+            nonlocal seen
+            for file_id in ids:
+                seen += 1
+                yield file_id
+
         n = 0
-        for batch in self.lib.docs.update_store_entries(ids, store_id, op, fn):
+        for batch in self.lib.docs.update_store_entries(taken(), store_id, op, fn):
             for fid, e in batch.errors:
                 self.report_invalid(fid, e)
             for _ in batch.saved:
                 n += 1
                 fault_point(fault)
+            if progress:  # the files the batches done so far took
+                progress(seen, max(total, seen))
+        if progress:
+            progress(seen, seen)  # done: however many there turned out to be
         return n
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import sqlite3
@@ -560,6 +561,26 @@ def test_interactive_confirm_defaults_to_no(machine, tmp_path, db_path):
     code, out = _pty_run(argv, env, b"y\r")
     assert code == 0 and "purge: s (" in out, out
     assert machine.ok("store", "list", "--json").json() == []
+
+
+def test_a_store_wide_action_shows_a_bar_on_a_terminal(machine, tmp_path):
+    """Downgrade and purge go through every file on the store (most of a minute at a
+    million files): on a terminal they draw a bar on stderr; off one, no bar."""
+    s = tmp_path / "s"
+    s.mkdir()
+    machine.init_store(s, "s")
+    make_camera_files(tmp_path / "DCIM", 3, max_kb=10)
+    machine.ok("import", str(tmp_path / "DCIM"))
+    env = {**machine.env(), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "dmedia_tui", "store", "downgrade", "s", "--yes"]
+    code, out = _pty_run(argv, env, b"")
+    assert code == 0 and "downgrade: s (" in out, out
+    lines = re.sub(r"\x1b\[\?25[lh]", "", out).replace("\r", "\n").splitlines()
+    bar = [ln for ln in lines if ln.startswith("downgrade s ")]
+    assert bar and bar[-1].rstrip().endswith("100%"), out  # ended before the event's line
+    assert any(ln.startswith("WARNING dmedia_tui: dmedia/store/downgrade") for ln in lines)
+    r = machine.ok("store", "purge", "s", "--yes")  # not a terminal
+    assert r.stdout.startswith("purge: s (") and "%" not in r.stdout + r.stderr
 
 
 def test_trust_asks_first_like_downgrade_and_purge(machine, tmp_path, db_path):

@@ -445,3 +445,40 @@ def test_sqlite_purge_removes_entries_only_fn_could_clean_in_sql(
     assert {f: bare(d) for f, d in after.items()} == want
     for fid in with_entry[: len(odd)]:
         assert busy not in after[fid]["stored"]
+
+
+@pytest.mark.parametrize("verb", ["downgrade", "purge"])
+def test_a_store_wide_action_reports_its_progress_batch_by_batch(
+    ms: MetaStore, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """A downgrade or purge at a million files takes most of a minute: the CLI's bar and
+    the app's activity panel follow it through `progress(done, total)`, called once a
+    batch (7 here) and once at the end, counting up to the files on the store."""
+    stores, docs = mixed_library(ms.lib)
+    busy = stores[0]
+    entries = sum(busy in d["stored"] for d in docs.values())
+    assert ms.files_on(busy) == entries
+    update = type(ms.lib.docs).update_store_entries
+    monkeypatch.setattr(
+        type(ms.lib.docs),
+        "update_store_entries",
+        lambda self, ids, sid, op, fn: update(self, ids, sid, op, fn, batch_size=7),
+    )
+    calls: list[tuple[int, int]] = []
+    ms.run_action(verb, busy, progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert done[0] == 7 and done == sorted(done) and done[-1] == entries
+    assert {t for _, t in calls} == {entries}
+    assert len(calls) == -(-entries // 7) + 1  # a batch each, then the end
+    # The same result as without a listener: the action's own tests hold for it.
+    after = all_files(ms.lib)
+    assert all(busy not in d["stored"] for d in after.values()) == (verb == "purge")
+
+
+def test_progress_is_for_store_wide_actions_only(ms: MetaStore) -> None:
+    stores, _ = mixed_library(ms.lib)
+    calls: list[tuple[int, int]] = []
+    ms.run_action("trust", stores[0], progress=lambda d, t: calls.append((d, t)))
+    ms.run_action("downgrade", stores[1])  # and a store-wide one runs without a listener
+    assert calls == []
+    assert ms.store_doc(stores[1])["downgraded"]

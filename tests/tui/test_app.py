@@ -336,6 +336,38 @@ async def test_downgrade_confirmed_with_y(tlib):
         assert row.state == StoreState.DOWNGRADED
 
 
+async def test_a_downgrade_shows_in_the_activity_panel_while_it_runs(tlib):
+    """With an engine, a store-wide action the user confirmed is an activity (at a million
+    files it runs most of a minute): its progress counts up to the store's files, and the
+    activity is gone once the action is done."""
+    from dmedia_tui.engine import Engine
+    from dmedia_tui.tui.widgets.activity import activity_text
+
+    engine = Engine(tlib.ms, watch_drives=False, watch_folders=False)
+    seen: list[tuple[int, int, str]] = []
+    engine.subscribe(
+        lambda ev: (
+            seen.append((ev.data.done, ev.data.total, str(activity_text([ev.data], None))))
+            if ev.kind == "activity" and getattr(ev.data, "kind", None) == "downgrade"
+            else None
+        )
+    )
+    app = DmediaApp(tlib.ms, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        select_store(app, "studio-int")
+        await pilot.press("d")
+        await until_confirm(pilot, app)
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await app.settle()
+        assert store_doc(tlib, "studio-int").get("downgraded")
+        assert seen[0][:2] == (0, 0) and seen[-1][:2] == (12, 12)
+        assert seen[-1][2].startswith("downgrade studio-int ") and "100 %  12/12" in seen[-1][2]
+        acts, _ = engine.activity_snapshot()
+        assert not [a for a in acts if a.kind == "downgrade"]
+
+
 async def test_purge_defaults_to_no_enter_cancels(tlib):
     app = DmediaApp(tlib.ms)
     async with app.run_test(size=SIZE) as pilot:

@@ -21,7 +21,7 @@ def activity_text(activities: Iterable[Any], rate: float | None) -> Text:
     for act in activities:
         if text:
             text.append("\n")
-        text.append(f"{act.kind:<7}", "bold")
+        text.append(f"{act.kind:<7}" if len(act.kind) < 7 else f"{act.kind} ", "bold")
         waiting = getattr(act, "waiting", None)
         if waiting:  # nothing can be done now: say what would unblock it
             text.append(waiting, "yellow")
