@@ -104,6 +104,7 @@ class Engine:
         peers: bool = True,
     ) -> None:
         self.ms = ms
+        ms.store_pass = self._store_pass  # every store-wide pass shows as an activity
         self.use_peers = peers
         self.peers: Any = None  # peer.service.Peers, made on first use (_peer_service)
         self._serve_peers = False  # the threaded engine serves; run_once only pulls
@@ -195,10 +196,19 @@ class Engine:
             else:
                 self.activity[slot] = act
 
+    def _store_pass(
+        self, verb: str, store_id: str
+    ) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
+        try:
+            label = store_label(self.ms.store_doc(store_id), store_id)
+        except Exception:  # a damaged store doc: the pass goes on, shown by its ID
+            label = store_label(None, store_id)
+        return self.store_operation(verb, label)
+
     @contextlib.contextmanager
     def store_operation(self, verb: str, label: str) -> Iterator[Callable[[int, int], None]]:
-        """Show a store-wide operation the user started (a downgrade, a purge: seconds to
-        a minute at a million files) in the activity panel while it runs; yields its
+        """Show a store-wide pass (a downgrade, a purge: the user's or a policy's; seconds
+        to a minute at a million files) in the activity panel while it runs; yields its
         progress callback, (files done, files in all)."""
         slot = f"store {verb}"
         act = Activity(verb, label)

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,10 @@ class MetaStore:
         # Sources a copy found corrupt, missing or unreadable (so far, in this process):
         # a copy pass that saw none left no file behind its cursor (Engine._end_copy_pass).
         self.sources_lost = 0
+        # Set by an engine: (verb, store_id) -> a context giving the progress callback of a
+        # store-wide pass nobody else follows (a policy's purge, a downgrade after corrupt
+        # data), so the app's activity panel shows every such pass while it runs.
+        self.store_pass: Callable[[str, str], AbstractContextManager[StoreProgress]] | None = None
 
     def now(self) -> float:
         return self.clock.now()
@@ -1949,6 +1954,10 @@ class MetaStore:
         `name@N` kills right after the batch holding the N-th change, so a crash test
         lands on a batch boundary (every doc before or after, never half).
         """
+        if progress is None and self.store_pass is not None:
+            verb = "purge" if op == SET_PURGE else "downgrade"
+            with self.store_pass(verb, store_id) as shown:
+                return self._set_all(ids, store_id, op, fault, shown)
         fn = (
             transitions.purge_store_in_file
             if op == SET_PURGE

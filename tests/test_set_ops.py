@@ -482,3 +482,31 @@ def test_progress_is_for_store_wide_actions_only(ms: MetaStore) -> None:
     ms.run_action("downgrade", stores[1])  # and a store-wide one runs without a listener
     assert calls == []
     assert ms.store_doc(stores[1])["downgraded"]
+
+
+def test_an_engine_shows_every_store_wide_pass_as_an_activity(ms: MetaStore) -> None:
+    """A pass nobody follows (a policy's purge, a downgrade after corrupt data) shows in
+    the app's activity panel too: an engine hooks MetaStore.store_pass, and the activity
+    counts up to the store's files, then goes."""
+    from dmedia_tui.engine import Engine
+
+    stores, docs = mixed_library(ms.lib)
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    seen: list[tuple[str, str, int, int]] = []
+    engine.subscribe(
+        lambda ev: (
+            seen.append((ev.data.kind, ev.data.label, ev.data.done, ev.data.total))
+            if ev.kind == "activity" and ev.data is not None
+            else None
+        )
+    )
+    for verb, sid in (("downgrade", stores[1]), ("purge", stores[2])):
+        entries = sum(sid in d["stored"] for d in docs.values())
+        seen.clear()
+        if verb == "purge":
+            ms.purge_store(sid, reason="atime")
+        else:
+            ms.downgrade_store(sid, reason="corrupt")
+        assert seen[0] == (verb, sid[:8], 0, 0)
+        assert seen[-1] == (verb, sid[:8], entries, entries)
+        assert not engine.activity_snapshot()[0]  # gone once done

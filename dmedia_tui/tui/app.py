@@ -433,12 +433,9 @@ class DmediaApp(App[int]):
     @work(thread=True, group="action")
     def _run_store_action(self, action: StoreAction, store_id: str) -> None:
         try:
-            if action.store_wide and self.engine is not None:
-                # In the activity panel while it runs: at a million files, most of a minute.
-                with self.engine.store_operation(action.verb, self._label(store_id)) as progress:
-                    self.ms.run_action(action, store_id, progress)
-            else:
-                self.ms.run_action(action, store_id)
+            # A store-wide one shows in the activity panel while it runs (the engine's
+            # MetaStore.store_pass): at a million files, most of a minute.
+            self.ms.run_action(action, store_id)
         except Exception as e:
             self.call_from_thread(self._error, action.verb, e)
             return
