@@ -47,6 +47,7 @@ import stat as stat_mod
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,6 +98,15 @@ TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) i
 IMPORT_BATCH_FILES = 512
 IMPORT_BATCH_BYTES = 64 << 20
 _FDS_KEPT = 128  # for everything else: the database, held store folders, sources
+
+
+# An import stages a file this big or bigger on a worker thread while the next files are
+# read (FileStore._staged), up to STAGE_THREADS at once; a smaller one is staged in order
+# on the importing thread. At most _STAGED_AHEAD staged files wait for an older one still
+# in the pool (each holds its tmp file open).
+PARALLEL_FROM = 4 << 20
+STAGE_THREADS = 2
+_STAGED_AHEAD = 64
 
 
 def import_batch_files() -> int:
@@ -221,6 +231,56 @@ error_text = _errstr  # for the layers above, which report a FileStore's OSError
 
 def _valid_copies(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _one_at_a_time(progress: Progress) -> Progress:
+    """`progress` for callers on several threads: called by one at a time (a bar)."""
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        with lock:
+            progress(n)
+
+    return report
+
+
+def _in_pool(st: os.stat_result) -> bool:
+    """Whether an import stages this open source on a worker thread (FileStore._staged)."""
+    return st.st_size >= PARALLEL_FROM and not _rotational(st.st_dev)
+
+
+@functools.lru_cache(maxsize=64)
+def _rotational(dev: int) -> bool:
+    """Whether the filesystem `dev` (an st_dev) lives on a spinning disk, as the kernel
+    says (queue/rotational of the disk, or of the device the mount names: a FUSE mount has
+    an anonymous st_dev). Memory, network and unknown filesystems count as not."""
+    try:
+        block = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+        if not block.exists():
+            source = _mount_source(dev)
+            if source is None or not source.startswith("/dev/"):
+                return False
+            rdev = os.stat(source).st_rdev
+            block = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+        block = block.resolve()
+        for queue in (block / "queue", block.parent / "queue"):  # a disk, or a partition
+            if queue.is_dir():
+                return (queue / "rotational").read_text().strip() == "1"
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _mount_source(dev: int) -> str | None:
+    """The source (a device path, "tmpfs"...) of the mount whose st_dev is `dev`."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == want and " - " in line:
+                after = line.split(" - ", 1)[1].split()
+                return after[1] if len(after) > 1 else None
+    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1231,11 +1291,9 @@ class FileStore:
                 batch: list[Staged] = []
                 nbytes = 0
                 try:
-                    for src in map(Path, srcs):
-                        try:
-                            staged: Any = self._stage(src, progress, tmp_fd)
-                        except (FileStoreError, OSError) as e:
-                            staged = e
+                    # (Files staged ahead hold fds too: half a batch of them at most.)
+                    ahead = max(1, min(_STAGED_AHEAD, max_files // 2))
+                    for src, staged in self._staged(srcs, progress, tmp_fd, ahead):
                         batch.append((src, staged))
                         if isinstance(staged, tuple):
                             nbytes += staged[1].file_size
@@ -1263,6 +1321,78 @@ class FileStore:
         finally:
             os.close(tmp_fd)  # only once no commit can be running: they rename through it
 
+    def _staged(
+        self,
+        srcs: Iterable[str | os.PathLike[str]],
+        progress: Progress | None,
+        tmp_fd: int,
+        ahead: int = _STAGED_AHEAD,
+    ) -> Iterator[tuple[Path, Any]]:
+        """(src, staged or its error) for each source, in order.
+
+        A big file (PARALLEL_FROM and up) is staged on a worker thread while this one
+        opens and stages the next files: two camera files at once keep both cores busy
+        (reading, hashing and writing drop the GIL), where one file at a time left one
+        core waiting on the other. Small files are staged here, one after the other: on
+        threads they only fight for the GIL (10k small files: 6.6 s against 4.2). A file
+        on a rotational disk, or an import into one, is never staged beside another (two
+        streams at once make a disk seek between them and interleave their extents).
+        """
+        report = _one_at_a_time(progress) if progress is not None else None
+
+        def stage(src: Path, opened: tuple[Any, os.stat_result] | None) -> Any:
+            try:
+                if opened is None:
+                    return self._stage(src, report, tmp_fd)
+                return self._stage_opened(*opened, report, tmp_fd)
+            except (FileStoreError, OSError) as e:
+                return e
+
+        parallel = not _rotational(self.filesystem_id)
+        window: deque[tuple[Path, Future[Any] | None, Any]] = deque()
+        in_pool = 0
+
+        def oldest() -> tuple[Path, Any]:
+            nonlocal in_pool
+            src, fut, value = window.popleft()
+            if fut is not None:
+                in_pool -= 1
+                value = fut.result()
+            return src, value
+
+        with ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="dmedia-stage") as pool:
+            try:
+                for src in map(Path, srcs):
+                    opened = None
+                    if parallel:
+                        try:
+                            opened = self._open_source(src)
+                        except (FileStoreError, OSError) as e:
+                            window.append((src, None, e))
+                            continue
+                    if opened is not None and _in_pool(opened[1]):
+                        while in_pool >= STAGE_THREADS:
+                            yield oldest()
+                        window.append((src, pool.submit(stage, src, opened), None))
+                        in_pool += 1
+                    else:
+                        window.append((src, None, stage(src, opened)))
+                    # In order: a file done ahead of the oldest one in the pool waits for it,
+                    # up to `ahead` of them (each holds its tmp file open).
+                    while window and (window[0][1] is None or window[0][1].done()):
+                        yield oldest()
+                    while len(window) >= ahead:
+                        yield oldest()
+                while window:
+                    yield oldest()
+            finally:
+                for _, fut, value in window:  # stopped early: nothing staged is left behind
+                    with contextlib.suppress(BaseException):
+                        if fut is not None:
+                            value = fut.result()
+                        if isinstance(value, tuple):
+                            value[0].discard()
+
     def _commit_batch(self, batch: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
         """Commit the staged files of an import batch; per file the ImportResult or the
         error (empty, unreadable...) it already had."""
@@ -1286,16 +1416,31 @@ class FileStore:
         progress: Progress | None,
         tmp_fd: int | None = None,
     ) -> ImportResult | tuple[_TmpFile, ContentHash]:
+        return self._stage_opened(*self._open_source(src), progress, tmp_fd)
+
+    @staticmethod
+    def _open_source(src: str | os.PathLike[str]) -> tuple[Any, os.stat_result]:
+        """A file to import, open, and its stat; FileStoreError if it is not a regular
+        file, EmptyFile if it is empty (nothing to import: no ID)."""
         try:
-            f = open(src, "rb", buffering=0)  # noqa: SIM115 (closed below)
+            f = open(src, "rb", buffering=0)  # noqa: SIM115 (closed by _stage_opened)
         except IsADirectoryError:
             raise FileStoreError(f"not a regular file: {src}") from None
-        with f:
+        try:
             st = os.fstat(f.fileno())
             if not stat_mod.S_ISREG(st.st_mode):
                 raise FileStoreError(f"not a regular file: {src}")
             if st.st_size == 0:
                 raise EmptyFile(f"empty file (not imported): {src}")
+        except BaseException:
+            f.close()
+            raise
+        return f, st
+
+    def _stage_opened(
+        self, f: Any, st: os.stat_result, progress: Progress | None, tmp_fd: int | None
+    ) -> ImportResult | tuple[_TmpFile, ContentHash]:
+        with f:
             with contextlib.suppress(OSError, AttributeError):  # a hint: larger readahead
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             return self._stage_stream(f, progress, tmp_fd)
