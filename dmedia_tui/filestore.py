@@ -103,9 +103,10 @@ _FDS_KEPT = 128  # for everything else: the database, held store folders, source
 # An import stages a file this big or bigger on a worker thread while the next files are
 # read (FileStore._staged), up to STAGE_THREADS at once; a smaller one is staged in order
 # on the importing thread. At most _STAGED_AHEAD staged files wait for an older one still
-# in the pool (each holds its tmp file open).
+# in the pool (each holds its tmp file open). 1 GB of camera files on a tmpfs, in one
+# process, median of 8 runs: one at a time 1.05 s, two 0.82-0.91 s, three 0.70-0.80 s.
 PARALLEL_FROM = 4 << 20
-STAGE_THREADS = 2
+STAGE_THREADS = 3
 _STAGED_AHEAD = 64
 
 
@@ -1331,7 +1332,7 @@ class FileStore:
         """(src, staged or its error) for each source, in order.
 
         A big file (PARALLEL_FROM and up) is staged on a worker thread while this one
-        opens and stages the next files: two camera files at once keep both cores busy
+        opens and stages the next files: camera files side by side keep both cores busy
         (reading, hashing and writing drop the GIL), where one file at a time left one
         core waiting on the other. Small files are staged here, one after the other: on
         threads they only fight for the GIL (10k small files: 6.6 s against 4.2). A file
