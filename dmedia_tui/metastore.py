@@ -1963,7 +1963,7 @@ class MetaStore:
             if op == SET_PURGE
             else transitions.downgrade_store_in_file
         )
-        total = self.files_on(store_id) if progress else 0
+        total = (len(ids) if isinstance(ids, list) else self.files_on(store_id)) if progress else 0
         seen = 0
 
         def taken() -> Iterator[str]:

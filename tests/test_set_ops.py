@@ -510,3 +510,36 @@ def test_an_engine_shows_every_store_wide_pass_as_an_activity(ms: MetaStore) -> 
         assert seen[0] == (verb, sid[:8], 0, 0)
         assert seen[-1] == (verb, sid[:8], entries, entries)
         assert not engine.activity_snapshot()[0]  # gone once done
+
+
+def test_the_unverified_pass_shows_the_copies_it_downgrades_not_the_whole_store(
+    library: Library, tmp_path: Path
+) -> None:
+    """Copies unverified for 30 days count 0: with an engine, each store's pass shows as
+    an activity counting those copies (not every file on the store) up to the end."""
+    from dmedia_tui.engine import Engine
+
+    stores, docs = mixed_library(library)
+    later = MetaStore(
+        library, Config.load(tmp_path / "config", tmp_path / "data"), FixedClock(NOW + 40 * DAY)
+    )
+    engine = Engine(later, watch_drives=False, watch_folders=False)
+    shown: dict[str, list[tuple[int, int]]] = {}
+    engine.subscribe(
+        lambda ev: (
+            shown.setdefault(ev.data.label, []).append((ev.data.done, ev.data.total))
+            if ev.kind == "activity" and ev.data is not None
+            else None
+        )
+    )
+    events = later.downgrade_unverified(online=set())
+    assert events
+    for ev in events:
+        sid = ev["store_id"]
+        due = sum(
+            isinstance(d["stored"].get(sid), dict) and "verified" in d["stored"][sid]
+            for d in docs.values()
+        )
+        assert shown[sid[:8]][0] == (0, 0) and shown[sid[:8]][-1] == (due, due)
+        assert {t for _, t in shown[sid[:8]][1:]} == {due}  # its copies, not the store's files
+        assert due < later.files_on(sid)
