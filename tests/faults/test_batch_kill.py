@@ -92,8 +92,13 @@ def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> Non
     lib = Lib(tmp_path, int(time.time()))
     lib.init_stores("ab")
     _small_files(lib.photos, IMPORT_FILES, seed)
+    _killed_import_recovers(lib, _fault(seed), IMPORT_FILES)
+
+
+def _killed_import_recovers(lib: Lib, fault: str, n_files: int) -> None:
+    """Import lib.photos into store a, killed at `fault`; `daemon --once` recovers, and
+    crash.check finds nothing wrong before or after importing again."""
     before = lib.outside_snapshot()
-    fault = _fault(seed)
     died = lib.cli("import", str(lib.photos), "--store", "a", fault=fault)
     assert died.killed, f"{fault} never reached (exit {died.returncode}): {died.stderr}"
     recovered = lib.cli("daemon", "--once", "--json")
@@ -103,7 +108,7 @@ def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> Non
     again = lib.cli("import", str(lib.photos), "--store", "a")
     assert again.returncode == 0, again.stderr
     files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
-    assert len(files) == IMPORT_FILES
+    assert len(files) == n_files
     assert check(lib, before) == []
 
 
@@ -228,15 +233,4 @@ def test_camera_import_staged_in_parallel_killed_anywhere_recovers(
             rng.randbytes(size)
         )
     assert not _rotational(lib.photos.stat().st_dev)  # so the pool is used
-    before = lib.outside_snapshot()
-    fault = _fault(seed, CAMERA_POINTS, "camera")
-    died = lib.cli("import", str(lib.photos), "--store", "a", fault=fault)
-    assert died.killed, f"{fault} never reached (exit {died.returncode}): {died.stderr}"
-    recovered = lib.cli("daemon", "--once", "--json")
-    assert recovered.returncode == 0, recovered.stderr
-    assert check(lib, before) == []
-    again = lib.cli("import", str(lib.photos), "--store", "a")
-    assert again.returncode == 0, again.stderr
-    files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
-    assert len(files) == len(CAMERA)
-    assert check(lib, before) == []
+    _killed_import_recovers(lib, _fault(seed, CAMERA_POINTS, "camera"), len(CAMERA))

@@ -318,19 +318,28 @@ async def test_a_malformed_file_doc_does_not_break_the_alert_screen(tlib):
         assert len(shown) == 3 and shown[bad].split() == [bad[:12], "0", "B"]
 
 
+async def _downgrade_with_y(pilot, app: DmediaApp, label: str, asked=None) -> None:
+    """Select the store, press d, answer y (after `asked(confirm screen)`), wait."""
+    await app.settle()
+    select_store(app, label)
+    await pilot.press("d")
+    await until_confirm(pilot, app)
+    if asked is not None:
+        asked(app.screen)
+    await pilot.press("y")
+    await app.workers.wait_for_complete()
+    await app.settle()
+
+
 async def test_downgrade_confirmed_with_y(tlib):
     app = DmediaApp(tlib.ms)
-    async with app.run_test(size=SIZE) as pilot:
-        await app.settle()
-        select_store(app, "studio-int")
-        await pilot.press("d")
-        await until_confirm(pilot, app)
-        confirm = app.screen
+
+    def asked(confirm):
         assert "downgrade studio-int: 12 files would count 0 copies" in confirm.description
         assert app.focused is confirm.query_one("#no", Button)
-        await pilot.press("y")
-        await app.workers.wait_for_complete()
-        await app.settle()
+
+    async with app.run_test(size=SIZE) as pilot:
+        await _downgrade_with_y(pilot, app, "studio-int", asked)
         assert store_doc(tlib, "studio-int").get("downgraded")
         row = next(r for r in app.data.health.store_rows if r.label == "studio-int")
         assert row.state == StoreState.DOWNGRADED
@@ -354,13 +363,7 @@ async def test_a_downgrade_shows_in_the_activity_panel_while_it_runs(tlib):
     )
     app = DmediaApp(tlib.ms, engine)
     async with app.run_test(size=SIZE) as pilot:
-        await app.settle()
-        select_store(app, "studio-int")
-        await pilot.press("d")
-        await until_confirm(pilot, app)
-        await pilot.press("y")
-        await app.workers.wait_for_complete()
-        await app.settle()
+        await _downgrade_with_y(pilot, app, "studio-int")
         assert store_doc(tlib, "studio-int").get("downgraded")
         assert seen[0][:2] == (0, 0) and seen[-1][:2] == (12, 12)
         assert seen[-1][2].startswith("downgrade studio-int ") and "100 %  12/12" in seen[-1][2]
