@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,13 +101,18 @@ _FDS_KEPT = 128  # for everything else: the database, held store folders, source
 
 
 # An import stages a file this big or bigger on a worker thread while the next files are
-# read (FileStore._staged), up to STAGE_THREADS at once; a smaller one is staged in order
-# on the importing thread. At most _STAGED_AHEAD staged files wait for an older one still
+# read (FileStore._staged), up to STAGE_THREADS at once, when its caller allows it for
+# the source's and the store's devices; a smaller one is staged in order on the importing
+# thread. At most _STAGED_AHEAD staged files wait for an older one still
 # in the pool (each holds its tmp file open). 1 GB of camera files on a tmpfs, in one
 # process, median of 8 runs: one at a time 1.05 s, two 0.82-0.91 s, three 0.70-0.80 s.
 PARALLEL_FROM = 4 << 20
 STAGE_THREADS = 3
 _STAGED_AHEAD = 64
+
+
+# Whether big files may be staged side by side on a device (an st_dev): FileStore._staged.
+SideBySide = Callable[[int], bool]
 
 
 def import_batch_files() -> int:
@@ -243,45 +248,6 @@ def _one_at_a_time(progress: Progress) -> Progress:
             progress(n)
 
     return report
-
-
-def _in_pool(st: os.stat_result) -> bool:
-    """Whether an import stages this open source on a worker thread (FileStore._staged)."""
-    return st.st_size >= PARALLEL_FROM and not _rotational(st.st_dev)
-
-
-@functools.lru_cache(maxsize=64)
-def _rotational(dev: int) -> bool:
-    """Whether the filesystem `dev` (an st_dev) lives on a spinning disk, as the kernel
-    says (queue/rotational of the disk, or of the device the mount names: a FUSE mount has
-    an anonymous st_dev). Memory, network and unknown filesystems count as not."""
-    try:
-        block = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-        if not block.exists():
-            source = _mount_source(dev)
-            if source is None or not source.startswith("/dev/"):
-                return False
-            rdev = os.stat(source).st_rdev
-            block = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
-        block = block.resolve()
-        for queue in (block / "queue", block.parent / "queue"):  # a disk, or a partition
-            if queue.is_dir():
-                return (queue / "rotational").read_text().strip() == "1"
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def _mount_source(dev: int) -> str | None:
-    """The source (a device path, "tmpfs"...) of the mount whose st_dev is `dev`."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == want and " - " in line:
-                after = line.split(" - ", 1)[1].split()
-                return after[1] if len(after) > 1 else None
-    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1256,14 +1222,20 @@ class FileStore:
         return staged if isinstance(staged, ImportResult) else self._commit(*staged)
 
     def import_files(
-        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
+        self,
+        srcs: Iterable[str | os.PathLike[str]],
+        progress: Progress | None = None,
+        side_by_side: SideBySide | None = None,
     ) -> Iterator[tuple[Path, ImportResult | FileStoreError | OSError]]:
         """import_file for many files, in order, a batch at a time (import_batches)."""
-        for batch in self.import_batches(srcs, progress):
+        for batch in self.import_batches(srcs, progress, side_by_side):
             yield from batch
 
     def import_batches(
-        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
+        self,
+        srcs: Iterable[str | os.PathLike[str]],
+        progress: Progress | None = None,
+        side_by_side: SideBySide | None = None,
     ) -> Iterator[list[tuple[Path, ImportResult | FileStoreError | OSError]]]:
         """Import files in batches (up to import_batch_files() files or IMPORT_BATCH_BYTES):
         every file of a batch is written to tmp/, then all are fsync-ed, then renamed into
@@ -1274,12 +1246,18 @@ class FileStore:
         read and hashed, so disk and CPU work in parallel. Per-file fsyncs and renames of
         many small files cost one journal commit, not one each. A crash anywhere leaves
         whole files in files/ (fsync-ed before their rename) and partial ones in tmp/.
+
+        `side_by_side(st_dev)`: whether big files may be staged beside each other on that
+        device (the store's and each source's; see _staged). None: one at a time.
         """
         with self.held_dirs():
-            yield from self._import_batches(srcs, progress)
+            yield from self._import_batches(srcs, progress, side_by_side)
 
     def _import_batches(
-        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None
+        self,
+        srcs: Iterable[str | os.PathLike[str]],
+        progress: Progress | None,
+        side_by_side: SideBySide | None,
     ) -> Iterator[list[tuple[Path, ImportResult | FileStoreError | OSError]]]:
         # Everything staged is submitted before the next yield, so a caller that stops
         # early leaves nothing half-done: leaving the `with` waits for queued commits.
@@ -1291,10 +1269,11 @@ class FileStore:
                 pending: Future[list[tuple[Path, Any]]] | None = None
                 batch: list[Staged] = []
                 nbytes = 0
+                # (Files staged ahead hold fds too: half a batch of them at most.)
+                ahead = max(1, min(_STAGED_AHEAD, max_files // 2))
+                staging = self._staged(srcs, progress, tmp_fd, side_by_side, ahead)
                 try:
-                    # (Files staged ahead hold fds too: half a batch of them at most.)
-                    ahead = max(1, min(_STAGED_AHEAD, max_files // 2))
-                    for src, staged in self._staged(srcs, progress, tmp_fd, ahead):
+                    for src, staged in staging:
                         batch.append((src, staged))
                         if isinstance(staged, tuple):
                             nbytes += staged[1].file_size
@@ -1316,6 +1295,9 @@ class FileStore:
                     if last is not None:
                         yield last.result()
                 finally:
+                    # Now, not whenever the garbage collector gets to it: its staged-ahead
+                    # files are discarded through tmp_fd, closed below.
+                    staging.close()
                     for _, staged in batch:  # staged, never submitted (an exception): removed
                         if isinstance(staged, tuple):
                             staged[0].discard()
@@ -1327,29 +1309,30 @@ class FileStore:
         srcs: Iterable[str | os.PathLike[str]],
         progress: Progress | None,
         tmp_fd: int,
+        side_by_side: SideBySide | None,
         ahead: int = _STAGED_AHEAD,
-    ) -> Iterator[tuple[Path, Any]]:
+    ) -> Generator[tuple[Path, Any], None, None]:
         """(src, staged or its error) for each source, in order.
 
         A big file (PARALLEL_FROM and up) is staged on a worker thread while this one
         opens and stages the next files: camera files side by side keep both cores busy
         (reading, hashing and writing drop the GIL), where one file at a time left one
         core waiting on the other. Small files are staged here, one after the other: on
-        threads they only fight for the GIL (10k small files: 6.6 s against 4.2). A file
-        on a rotational disk, or an import into one, is never staged beside another (two
-        streams at once make a disk seek between them and interleave their extents).
+        threads they only fight for the GIL (10k small files: 6.6 s against 4.2). Only
+        where `side_by_side` allows it for the store's device and the file's: two
+        streams at once make a spinning disk seek between them and interleave their
+        extents (metastore asks drives.rotational).
         """
         report = _one_at_a_time(progress) if progress is not None else None
 
-        def stage(src: Path, opened: tuple[Any, os.stat_result] | None) -> Any:
+        def stage(opened: tuple[Any, os.stat_result]) -> Any:
             try:
-                if opened is None:
-                    return self._stage(src, report, tmp_fd)
                 return self._stage_opened(*opened, report, tmp_fd)
             except (FileStoreError, OSError) as e:
                 return e
 
-        parallel = not _rotational(self.filesystem_id)
+        # Only into a store on a device that allows it, and then per source.
+        allowed = side_by_side if side_by_side and side_by_side(self.filesystem_id) else None
         window: deque[tuple[Path, Future[Any] | None, Any]] = deque()
         in_pool = 0
 
@@ -1364,20 +1347,19 @@ class FileStore:
         with ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="dmedia-stage") as pool:
             try:
                 for src in map(Path, srcs):
-                    opened = None
-                    if parallel:
-                        try:
-                            opened = self._open_source(src)
-                        except (FileStoreError, OSError) as e:
-                            window.append((src, None, e))
-                            continue
-                    if opened is not None and _in_pool(opened[1]):
-                        while in_pool >= STAGE_THREADS:
-                            yield oldest()
-                        window.append((src, pool.submit(stage, src, opened), None))
-                        in_pool += 1
+                    try:
+                        opened = self._open_source(src)
+                    except (FileStoreError, OSError) as e:
+                        window.append((src, None, e))
                     else:
-                        window.append((src, None, stage(src, opened)))
+                        st = opened[1]
+                        if allowed and st.st_size >= PARALLEL_FROM and allowed(st.st_dev):
+                            while in_pool >= STAGE_THREADS:
+                                yield oldest()
+                            window.append((src, pool.submit(stage, opened), None))
+                            in_pool += 1
+                        else:
+                            window.append((src, None, stage(opened)))
                     # In order: a file done ahead of the oldest one in the pool waits for it,
                     # up to `ahead` of them (each holds its tmp file open).
                     while window and (window[0][1] is None or window[0][1].done()):

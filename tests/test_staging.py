@@ -4,9 +4,9 @@ results come back in the sources' order and are the ones a one-at-a-time import 
 (new, duplicate, empty, missing, a folder), the progress adds up, a caller that stops
 early leaves nothing in tmp/, and a rotational disk keeps the one-at-a-time path.
 
-The machine's own disk may say it is rotational (a virtio disk does), so the tests set
-`_rotational` and a small PARALLEL_FROM themselves; `_rotational` itself is checked
-against the kernel's answer for this machine's root filesystem.
+The caller says which devices allow it (`side_by_side`; metastore asks
+drives.rotational, checked here against the kernel's answer for this machine's root
+filesystem); these tests pass their own, and a small PARALLEL_FROM.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from dmedia_tui import drives
 from dmedia_tui import filestore as fs_mod
 from dmedia_tui.filestore import FileStore, FileStoreError, VerifyStatus
 from dmedia_tui.protocol import LEAF_SIZE
@@ -83,16 +84,18 @@ def test_big_files_are_staged_beside_the_next_and_come_back_in_order(
     srcs = make_card(tmp_path / "card")
     (tmp_path / "one").mkdir()
     one_at_a_time = FileStore.create(tmp_path / "one")
-    monkeypatch.setattr(fs_mod, "_rotational", lambda dev: True)
-    want = summary(list(one_at_a_time.import_files(srcs)))
+    want = summary(list(one_at_a_time.import_files(srcs)))  # no side_by_side: in order
+    assert set(threads_seen.values()) == {threading.current_thread().name}
+    (tmp_path / "refused").mkdir()
+    refused = FileStore.create(tmp_path / "refused")
+    assert summary(list(refused.import_files(srcs, side_by_side=lambda dev: False))) == want
     assert set(threads_seen.values()) == {threading.current_thread().name}
 
     threads_seen.clear()
-    monkeypatch.setattr(fs_mod, "_rotational", lambda dev: False)
     (tmp_path / "two").mkdir()
     store = FileStore.create(tmp_path / "two")
     seen: list[int] = []
-    got = summary(list(store.import_files(srcs, seen.append)))
+    got = summary(list(store.import_files(srcs, seen.append, lambda dev: True)))
 
     assert got == want
     assert dict(got)["empty.JPG"] == "EmptyFile" and dict(got)["sub"] == FileStoreError.__name__
@@ -114,7 +117,6 @@ def test_a_caller_that_stops_early_leaves_nothing_in_tmp(
 ) -> None:
     """Stopped after its first result, with files still in the pool and staged ahead:
     every staged file is committed whole (its batch) or removed from tmp/."""
-    monkeypatch.setattr(fs_mod, "_rotational", lambda dev: False)
     monkeypatch.setattr(fs_mod, "IMPORT_BATCH_BYTES", BIG)  # a batch a file or so
     card = tmp_path / "card"
     card.mkdir()
@@ -124,7 +126,7 @@ def test_a_caller_that_stops_early_leaves_nothing_in_tmp(
         srcs[-1].write_bytes(data(BIG * (1 + i % 3), i))
     (tmp_path / "s").mkdir()
     store = FileStore.create(tmp_path / "s")
-    gen = store.import_files(srcs)
+    gen = store.import_files(srcs, side_by_side=lambda dev: True)
     first, result = next(gen)
     gen.close()
     assert first == srcs[0] and not isinstance(result, Exception) and result.new
@@ -137,19 +139,49 @@ def test_a_caller_that_stops_early_leaves_nothing_in_tmp(
 
 
 def test_rotational_is_the_kernels_answer() -> None:
-    """For this machine's root filesystem, the disk's queue/rotational (a partition's
-    disk's); a filesystem with no block device (proc) counts as not rotational."""
+    """For this machine's root filesystem, its drive's queue/rotational (a partition's
+    drive's); a filesystem with no block device (proc) counts as not rotational."""
     dev = os.stat("/").st_dev
     block = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-    source = fs_mod._mount_source(dev)
-    if not block.exists() and source and source.startswith("/dev/"):
-        rdev = os.stat(source).st_rdev
-        block = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    if not block.exists():
+        source = next((m.source for m in drives.read_mountinfo() if m.dev == dev), "")
+        if source.startswith("/dev/"):
+            rdev = os.stat(source).st_rdev
+            block = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
     block = block.resolve()
     queue = block / "queue" if (block / "queue").is_dir() else block.parent / "queue"
     # No block device behind it (an overlay, a tmpfs root): not rotational, as documented.
     want = queue.is_dir() and (queue / "rotational").read_text().strip() == "1"
-    fs_mod._rotational.cache_clear()
-    assert fs_mod._rotational(dev) is want
-    assert fs_mod._rotational(os.stat("/proc").st_dev) is False
-    assert fs_mod._mount_source(os.stat("/proc").st_dev) == "proc"
+    drives.rotational.cache_clear()
+    assert drives.rotational(dev) is want
+    assert drives.rotational(os.stat("/proc").st_dev) is False
+
+
+def test_an_import_asks_the_drives_which_devices_take_files_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads_seen: dict[str, str]
+) -> None:
+    """MetaStore.import_paths stages big files side by side exactly where
+    drives.rotational says the device is not a spinning disk."""
+    from dmedia_tui.clock import FixedClock
+    from dmedia_tui.config import Config
+    from dmedia_tui.db import open_library
+    from dmedia_tui.metastore import MetaStore
+    from tests.conftest import NOW
+
+    make_card(tmp_path / "card")
+    asked: set[int] = set()
+    for spinning in (True, False):
+        threads_seen.clear()
+        monkeypatch.setattr(drives, "rotational", lambda dev, s=spinning: asked.add(dev) or s)
+        root = tmp_path / f"spinning-{spinning}"
+        (root / "store").mkdir(parents=True)
+        ms = MetaStore(
+            open_library(str(root / "lib.sqlite3")),
+            Config.load(root / "config", root / "data"),
+            FixedClock(NOW),
+        )
+        report = ms.import_paths([tmp_path / "card"], FileStore.create(root / "store"))
+        assert report.files == 7 and report.empty == 1  # dup.MOV is a file too
+        pooled = {n for n, t in threads_seen.items() if t.startswith("dmedia-stage")}
+        assert pooled == (set() if spinning else {"a.MOV", "c.MOV", "dup.MOV", "e.CR2"})
+    assert asked == {(tmp_path / "card").stat().st_dev}

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
+from dmedia_tui import drives
 from dmedia_tui.filestore import (
     IMPORT_BATCH_BYTES,
     PARALLEL_FROM,
-    _rotational,
     import_batch_files,
 )
 from tests.faults.crash import Lib, check
@@ -232,5 +232,5 @@ def test_camera_import_staged_in_parallel_killed_anywhere_recovers(
         (lib.photos / f"IMG_{i:04d}.{'MOV' if size >= PARALLEL_FROM else 'JPG'}").write_bytes(
             rng.randbytes(size)
         )
-    assert not _rotational(lib.photos.stat().st_dev)  # so the pool is used
+    assert not drives.rotational(lib.photos.stat().st_dev)  # so the pool is used
     _killed_import_recovers(lib, _fault(seed, CAMERA_POINTS, "camera"), len(CAMERA))
