@@ -20,7 +20,6 @@ is connected, and the ``filestore_missing`` purge rule are decided in `presence.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import select
@@ -186,23 +185,6 @@ def _block_name_for_mount(m: MountEntry) -> str | None:
         if os.path.exists(sys_path):
             return os.path.basename(os.path.realpath(sys_path))
     return None
-
-
-@functools.lru_cache(maxsize=64)
-def rotational(dev: int) -> bool:
-    """Whether the filesystem `dev` (an st_dev) lives on a spinning disk, as the kernel
-    says (its whole drive's queue/rotational). A FUSE mount has an anonymous st_dev: the
-    device its mount names is looked up. Memory, network and unknown filesystems count
-    as not rotational. Cached per st_dev for the process (it only picks a speed path)."""
-    name = None
-    if os.major(dev) != 0 and os.path.exists(f"{SYS_DEV_BLOCK}/{os.major(dev)}:{os.minor(dev)}"):
-        name = os.path.basename(
-            os.path.realpath(f"{SYS_DEV_BLOCK}/{os.major(dev)}:{os.minor(dev)}")
-        )
-    else:
-        mount = next((m for m in read_mountinfo() if m.dev == dev), None)
-        name = _block_name_for_mount(mount) if mount is not None else None
-    return name is not None and _read(f"/sys/block/{_disk_of(name)}/queue/rotational") == "1"
 
 
 def _devnum(name: str) -> int | None:

@@ -47,8 +47,7 @@ import stat as stat_mod
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -98,21 +97,6 @@ TMP_STALE_AFTER = 3600  # a live PID's tmp file older than this (real seconds) i
 IMPORT_BATCH_FILES = 512
 IMPORT_BATCH_BYTES = 64 << 20
 _FDS_KEPT = 128  # for everything else: the database, held store folders, sources
-
-
-# An import stages a file this big or bigger on a worker thread while the next files are
-# read (FileStore._staged), up to STAGE_THREADS at once, when its caller allows it for
-# the source's and the store's devices; a smaller one is staged in order on the importing
-# thread. At most _STAGED_AHEAD staged files wait for an older one still
-# in the pool (each holds its tmp file open). 1 GB of camera files on a tmpfs, in one
-# process, median of 8 runs: one at a time 1.05 s, two 0.82-0.91 s, three 0.70-0.80 s.
-PARALLEL_FROM = 4 << 20
-STAGE_THREADS = 3
-_STAGED_AHEAD = 64
-
-
-# Whether big files may be staged side by side on a device (an st_dev): FileStore._staged.
-SideBySide = Callable[[int], bool]
 
 
 def import_batch_files() -> int:
@@ -237,17 +221,6 @@ error_text = _errstr  # for the layers above, which report a FileStore's OSError
 
 def _valid_copies(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _one_at_a_time(progress: Progress) -> Progress:
-    """`progress` for callers on several threads: called by one at a time (a bar)."""
-    lock = threading.Lock()
-
-    def report(n: int) -> None:
-        with lock:
-            progress(n)
-
-    return report
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1222,20 +1195,14 @@ class FileStore:
         return staged if isinstance(staged, ImportResult) else self._commit(*staged)
 
     def import_files(
-        self,
-        srcs: Iterable[str | os.PathLike[str]],
-        progress: Progress | None = None,
-        side_by_side: SideBySide | None = None,
+        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
     ) -> Iterator[tuple[Path, ImportResult | FileStoreError | OSError]]:
         """import_file for many files, in order, a batch at a time (import_batches)."""
-        for batch in self.import_batches(srcs, progress, side_by_side):
+        for batch in self.import_batches(srcs, progress):
             yield from batch
 
     def import_batches(
-        self,
-        srcs: Iterable[str | os.PathLike[str]],
-        progress: Progress | None = None,
-        side_by_side: SideBySide | None = None,
+        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None = None
     ) -> Iterator[list[tuple[Path, ImportResult | FileStoreError | OSError]]]:
         """Import files in batches (up to import_batch_files() files or IMPORT_BATCH_BYTES):
         every file of a batch is written to tmp/, then all are fsync-ed, then renamed into
@@ -1246,18 +1213,12 @@ class FileStore:
         read and hashed, so disk and CPU work in parallel. Per-file fsyncs and renames of
         many small files cost one journal commit, not one each. A crash anywhere leaves
         whole files in files/ (fsync-ed before their rename) and partial ones in tmp/.
-
-        `side_by_side(st_dev)`: whether big files may be staged beside each other on that
-        device (the store's and each source's; see _staged). None: one at a time.
         """
         with self.held_dirs():
-            yield from self._import_batches(srcs, progress, side_by_side)
+            yield from self._import_batches(srcs, progress)
 
     def _import_batches(
-        self,
-        srcs: Iterable[str | os.PathLike[str]],
-        progress: Progress | None,
-        side_by_side: SideBySide | None,
+        self, srcs: Iterable[str | os.PathLike[str]], progress: Progress | None
     ) -> Iterator[list[tuple[Path, ImportResult | FileStoreError | OSError]]]:
         # Everything staged is submitted before the next yield, so a caller that stops
         # early leaves nothing half-done: leaving the `with` waits for queued commits.
@@ -1269,11 +1230,12 @@ class FileStore:
                 pending: Future[list[tuple[Path, Any]]] | None = None
                 batch: list[Staged] = []
                 nbytes = 0
-                # (Files staged ahead hold fds too: half a batch of them at most.)
-                ahead = max(1, min(_STAGED_AHEAD, max_files // 2))
-                staging = self._staged(srcs, progress, tmp_fd, side_by_side, ahead)
                 try:
-                    for src, staged in staging:
+                    for src in map(Path, srcs):
+                        try:
+                            staged: Any = self._stage(src, progress, tmp_fd)
+                        except (FileStoreError, OSError) as e:
+                            staged = e
                         batch.append((src, staged))
                         if isinstance(staged, tuple):
                             nbytes += staged[1].file_size
@@ -1295,86 +1257,11 @@ class FileStore:
                     if last is not None:
                         yield last.result()
                 finally:
-                    # Now, not whenever the garbage collector gets to it: its staged-ahead
-                    # files are discarded through tmp_fd, closed below.
-                    staging.close()
                     for _, staged in batch:  # staged, never submitted (an exception): removed
                         if isinstance(staged, tuple):
                             staged[0].discard()
         finally:
             os.close(tmp_fd)  # only once no commit can be running: they rename through it
-
-    def _staged(
-        self,
-        srcs: Iterable[str | os.PathLike[str]],
-        progress: Progress | None,
-        tmp_fd: int,
-        side_by_side: SideBySide | None,
-        ahead: int = _STAGED_AHEAD,
-    ) -> Generator[tuple[Path, Any], None, None]:
-        """(src, staged or its error) for each source, in order.
-
-        A big file (PARALLEL_FROM and up) is staged on a worker thread while this one
-        opens and stages the next files: camera files side by side keep both cores busy
-        (reading, hashing and writing drop the GIL), where one file at a time left one
-        core waiting on the other. Small files are staged here, one after the other: on
-        threads they only fight for the GIL (10k small files: 6.6 s against 4.2). Only
-        where `side_by_side` allows it for the store's device and the file's: two
-        streams at once make a spinning disk seek between them and interleave their
-        extents (metastore asks drives.rotational).
-        """
-        report = _one_at_a_time(progress) if progress is not None else None
-
-        def stage(opened: tuple[Any, os.stat_result]) -> Any:
-            try:
-                return self._stage_opened(*opened, report, tmp_fd)
-            except (FileStoreError, OSError) as e:
-                return e
-
-        # Only into a store on a device that allows it, and then per source.
-        allowed = side_by_side if side_by_side and side_by_side(self.filesystem_id) else None
-        window: deque[tuple[Path, Future[Any] | None, Any]] = deque()
-        in_pool = 0
-
-        def oldest() -> tuple[Path, Any]:
-            nonlocal in_pool
-            src, fut, value = window.popleft()
-            if fut is not None:
-                in_pool -= 1
-                value = fut.result()
-            return src, value
-
-        with ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="dmedia-stage") as pool:
-            try:
-                for src in map(Path, srcs):
-                    try:
-                        opened = self._open_source(src)
-                    except (FileStoreError, OSError) as e:
-                        window.append((src, None, e))
-                    else:
-                        st = opened[1]
-                        if allowed and st.st_size >= PARALLEL_FROM and allowed(st.st_dev):
-                            while in_pool >= STAGE_THREADS:
-                                yield oldest()
-                            window.append((src, pool.submit(stage, opened), None))
-                            in_pool += 1
-                        else:
-                            window.append((src, None, stage(opened)))
-                    # In order: a file done ahead of the oldest one in the pool waits for it,
-                    # up to `ahead` of them (each holds its tmp file open).
-                    while window and (window[0][1] is None or window[0][1].done()):
-                        yield oldest()
-                    while len(window) >= ahead:
-                        yield oldest()
-                while window:
-                    yield oldest()
-            finally:
-                for _, fut, value in window:  # stopped early: nothing staged is left behind
-                    with contextlib.suppress(BaseException):
-                        if fut is not None:
-                            value = fut.result()
-                        if isinstance(value, tuple):
-                            value[0].discard()
 
     def _commit_batch(self, batch: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
         """Commit the staged files of an import batch; per file the ImportResult or the
@@ -1399,31 +1286,16 @@ class FileStore:
         progress: Progress | None,
         tmp_fd: int | None = None,
     ) -> ImportResult | tuple[_TmpFile, ContentHash]:
-        return self._stage_opened(*self._open_source(src), progress, tmp_fd)
-
-    @staticmethod
-    def _open_source(src: str | os.PathLike[str]) -> tuple[Any, os.stat_result]:
-        """A file to import, open, and its stat; FileStoreError if it is not a regular
-        file, EmptyFile if it is empty (nothing to import: no ID)."""
         try:
-            f = open(src, "rb", buffering=0)  # noqa: SIM115 (closed by _stage_opened)
+            f = open(src, "rb", buffering=0)  # noqa: SIM115 (closed below)
         except IsADirectoryError:
             raise FileStoreError(f"not a regular file: {src}") from None
-        try:
+        with f:
             st = os.fstat(f.fileno())
             if not stat_mod.S_ISREG(st.st_mode):
                 raise FileStoreError(f"not a regular file: {src}")
             if st.st_size == 0:
                 raise EmptyFile(f"empty file (not imported): {src}")
-        except BaseException:
-            f.close()
-            raise
-        return f, st
-
-    def _stage_opened(
-        self, f: Any, st: os.stat_result, progress: Progress | None, tmp_fd: int | None
-    ) -> ImportResult | tuple[_TmpFile, ContentHash]:
-        with f:
             with contextlib.suppress(OSError, AttributeError):  # a hint: larger readahead
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             return self._stage_stream(f, progress, tmp_fd)

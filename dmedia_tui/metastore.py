@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmedia_tui import drives, protocol, schema, transitions
 from dmedia_tui import health as health_mod
+from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.actions import ActionPreview as ActionPreview  # the preview, re-exported
 from dmedia_tui.actions import StoreAction, store_action
 from dmedia_tui.checker import Checker, CheckReport
@@ -723,9 +723,7 @@ class MetaStore:
 
         # Empty files are found by the import's own fstat (EmptyFile), not by a stat of
         # every file first (a quarter of the walk's cost for small files).
-        # Big files are staged side by side, except on a spinning disk (source or store).
-        srcs = walk_files(paths, skipped)
-        for batch in fs.import_batches(srcs, side_by_side=lambda d: not drives.rotational(d)):
+        for batch in fs.import_batches(walk_files(paths, skipped)):
             done: list[tuple[Path, ImportResult]] = []
             for path, result in batch:
                 if isinstance(result, EmptyFile):

@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dmedia_tui import drives
-from dmedia_tui.filestore import (
-    IMPORT_BATCH_BYTES,
-    PARALLEL_FROM,
-    import_batch_files,
-)
+from dmedia_tui.filestore import import_batch_files
 from tests.faults.crash import Lib, check
 
 FILES = 150  # copied by daemon --once
@@ -92,13 +84,8 @@ def test_import_killed_inside_a_batch_recovers(seed: int, tmp_path: Path) -> Non
     lib = Lib(tmp_path, int(time.time()))
     lib.init_stores("ab")
     _small_files(lib.photos, IMPORT_FILES, seed)
-    _killed_import_recovers(lib, _fault(seed), IMPORT_FILES)
-
-
-def _killed_import_recovers(lib: Lib, fault: str, n_files: int) -> None:
-    """Import lib.photos into store a, killed at `fault`; `daemon --once` recovers, and
-    crash.check finds nothing wrong before or after importing again."""
     before = lib.outside_snapshot()
+    fault = _fault(seed)
     died = lib.cli("import", str(lib.photos), "--store", "a", fault=fault)
     assert died.killed, f"{fault} never reached (exit {died.returncode}): {died.stderr}"
     recovered = lib.cli("daemon", "--once", "--json")
@@ -108,7 +95,7 @@ def _killed_import_recovers(lib: Lib, fault: str, n_files: int) -> None:
     again = lib.cli("import", str(lib.photos), "--store", "a")
     assert again.returncode == 0, again.stderr
     files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
-    assert len(files) == n_files
+    assert len(files) == IMPORT_FILES
     assert check(lib, before) == []
 
 
@@ -155,82 +142,3 @@ def test_verify_round_killed_in_its_write_records_none_then_recovers(tmp_path: P
     files = [d for d in lib.docs() if d.get("type") == "dmedia/file"]
     assert all("verified" in e for d in files for e in d["stored"].values())
     assert check(lib, before) == []
-
-
-# --- the same with big files staged beside each other (FileStore._staged) ----------------
-# On a tmpfs (not rotational) files of PARALLEL_FROM and up are staged on worker threads
-# while the next ones are read: kill -9 anywhere in that must leave the same guarantees.
-BIG_FILES = [PARALLEL_FROM + 97_000 * i for i in range(20)]  # 4-6 MiB: in the pool
-SMALL_FILES = [1_000 + 3_000 * i for i in range(6)]  # staged in order, between them
-CHUNK = 512 << 10
-
-
-def _camera_sizes() -> list[int]:
-    sizes = list(BIG_FILES)
-    for i, s in enumerate(SMALL_FILES):  # a small file behind every few big ones
-        sizes.insert(3 * i + 1, s)
-    return sizes
-
-
-def _batches(sizes: list[int]) -> int:
-    """How many import batches these sizes make (the rule of _import_batches)."""
-    n, nbytes, files = 0, 0, 0
-    for s in sizes:
-        files, nbytes = files + 1, nbytes + s
-        if files >= import_batch_files() or nbytes >= IMPORT_BATCH_BYTES:
-            n, nbytes, files = n + 1, 0, 0
-    return n + (files > 0)
-
-
-CAMERA = _camera_sizes()
-CAMERA_BATCHES = _batches(CAMERA)
-CAMERA_POINTS = {
-    "tmp.created": len(CAMERA),
-    "tmp.write": sum(-(-s // CHUNK) for s in CAMERA),  # a chunk a write
-    "import.batch_staged": CAMERA_BATCHES,
-    "tmp.fsynced": len(CAMERA),
-    "import.batch_synced": CAMERA_BATCHES,
-    "files.renamed": len(CAMERA),
-    "import.batch_renamed": CAMERA_BATCHES,
-    "files.committed": len(CAMERA),
-    "db.many_written": CAMERA_BATCHES,
-    "import.doc_saved": len(CAMERA),
-}
-
-
-@pytest.fixture
-def tmpfs_root(tmp_path: Path) -> Any:
-    """A tmpfs of our own: the filesystem a camera import stages files in parallel on."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to mount a tmpfs")
-    root = tmp_path / "tmpfs"
-    root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=768m", "tmpfs", str(root)], check=True)
-    try:
-        yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
-
-
-@pytest.mark.parametrize(
-    "seed",
-    [
-        pytest.param(s, id=f"seed{s}-{_fault(s, CAMERA_POINTS, 'camera')}")
-        for s in SEEDS
-        if s <= FAST_SEEDS or os.environ.get("DMEDIA_FAULTS") == "full"
-    ],
-)
-def test_camera_import_staged_in_parallel_killed_anywhere_recovers(
-    seed: int, tmpfs_root: Path
-) -> None:
-    assert CAMERA_BATCHES >= 2, "the import must run more than one batch"
-    lib = Lib(tmpfs_root, int(time.time()))
-    lib.init_stores("ab")
-    rng = random.Random(seed)
-    lib.photos.mkdir()
-    for i, size in enumerate(CAMERA):
-        (lib.photos / f"IMG_{i:04d}.{'MOV' if size >= PARALLEL_FROM else 'JPG'}").write_bytes(
-            rng.randbytes(size)
-        )
-    assert not drives.rotational(lib.photos.stat().st_dev)  # so the pool is used
-    _killed_import_recovers(lib, _fault(seed, CAMERA_POINTS, "camera"), len(CAMERA))
