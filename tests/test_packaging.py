@@ -28,6 +28,6 @@ def test_wheel_ships_styles_and_entry_point(tmp_path):
         scripts = z.read(entry_points).decode()
     tcss = {p.name for p in (ROOT / "dmedia_tui" / "tui" / "styles").glob("*.tcss")}
     assert tcss and {f"dmedia_tui/tui/styles/{n}" for n in tcss} <= names
-    assert "dmedia-tui = dmedia_tui.cli:main" in scripts
+    assert "dmedia-tui = dmedia_tui.__main__:run" in scripts
     assert "dmedia_tui/protocol.py" in names
     assert not any("tests/" in n or "node_modules" in n for n in names)
