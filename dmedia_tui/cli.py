@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import humanize
 
 if TYPE_CHECKING:
     import logging.handlers
@@ -195,12 +194,16 @@ def _emit_json(data: Any) -> None:
 
 
 def _size(n: int | None) -> str:
+    import humanize  # only when a size is shown: ~1 ms of every start
+
     return humanize.naturalsize(n or 0) if n is not None else "-"
 
 
 def _ago(t: float | None, now: float) -> str:
     if not t:
         return "never"
+    import humanize
+
     return humanize.naturaldelta(max(0.0, now - t)) + " ago"
 
 

@@ -17,7 +17,6 @@ import json
 import netrc
 import os
 import stat
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -263,12 +262,19 @@ class Config:
         toml_path = cdir / "config.toml"
         data: dict[str, Any] = {}
         try:
-            with open(toml_path, "rb") as f:
-                data = tomllib.load(f)
+            f = open(toml_path, "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
-            pass
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            f = None
+        except OSError as e:
             raise ConfigError(f"cannot read {toml_path}: {e}") from None
+        if f is not None:
+            import tomllib  # only with a config file: ~1 ms of every start
+
+            with f:
+                try:
+                    data = tomllib.load(f)
+                except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+                    raise ConfigError(f"cannot read {toml_path}: {e}") from None
         for key in data:
             if key not in KNOWN_KEYS:
                 raise ConfigError(

@@ -31,7 +31,6 @@ Every file ID goes through protocol.check_file_id before it becomes part of a pa
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -237,31 +236,31 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+def _libc_function(name: str, *argtypes: str) -> Callable[..., int] | None:
+    """libc's `name` (C types named as in ctypes; an int result), or None off Linux or
+    when libc lacks it. Looked up on first use: ctypes is ~2 ms of every start, and only
+    a command that writes files needs it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.argtypes = tuple(getattr(ctypes, t) for t in argtypes)
     fn.restype = ctypes.c_int
     return fn
 
 
-_sync_file_range = _load_sync_file_range() if sys.platform.startswith("linux") else None
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    return _libc_function("sync_file_range", "c_int", "c_int64", "c_int64", "c_uint")
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int,)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs() if sys.platform.startswith("linux") else None
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    return _libc_function("syncfs", "c_int")
 
 
 def _flush_filesystems(fds: Iterable[int]) -> None:
@@ -273,7 +272,8 @@ def _flush_filesystems(fds: Iterable[int]) -> None:
     contract (they report each file's errors, and FUSE may ignore syncfs): this is only
     a hint, and its errors are left to them.
     """
-    if _syncfs is None:
+    syncfs = _syncfs()
+    if syncfs is None:
         return
     seen: set[int] = set()
     for fd in fds:
@@ -283,7 +283,7 @@ def _flush_filesystems(fds: Iterable[int]) -> None:
             continue
         if dev not in seen:
             seen.add(dev)
-            _syncfs(fd)
+            syncfs(fd)
 
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -295,8 +295,9 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     The fsync before the rename then has little left to wait for, so disk writes overlap
     reading and hashing the next leaves instead of all happening at the end of each file.
     """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # advisory: ignore errors
+    sync_file_range = _sync_file_range()
+    if sync_file_range is not None:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # advisory: ignore errors
 
 
 def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dmedia_tui import health as health_mod
 from dmedia_tui import protocol, schema, transitions
 from dmedia_tui.actions import ActionPreview as ActionPreview  # the preview, re-exported
 from dmedia_tui.actions import StoreAction, store_action
@@ -66,10 +65,14 @@ from dmedia_tui.filestore import (
     held_dirs_of,
     walk_files,
 )
-from dmedia_tui.liveness import Observations
 from dmedia_tui.presence import Presence, plausible_serial
 from dmedia_tui.views import StoreView, time_value
 from dmedia_tui.views import store_label as store_label  # the label rule, re-exported
+
+# Loaded where used: most commands (an import, a verify) never judge health, and each
+# module is a few ms of every start (see __main__.py).
+if TYPE_CHECKING:
+    from dmedia_tui.liveness import Observations
 
 # A store-wide operation's progress: (files done, files in all), a call per batch.
 StoreProgress = Callable[[int, int], None]
@@ -1754,6 +1757,8 @@ class MetaStore:
         """Look at every other machine doc and store doc and remember which revisions we
         saw when (by this machine's clock). Only the engine's rounds persist what they saw
         (`persist=True`: data dir, observed.json); read-only commands only read it."""
+        from dmedia_tui.liveness import Observations
+
         with self._obs_lock:
             if self._obs is None:
                 self._obs = Observations.load(self.config.data_dir / "observed.json")
@@ -1776,6 +1781,8 @@ class MetaStore:
     def online(self, local: Iterable[str], persist: bool = False) -> set[str]:
         """`local` (this machine's connected stores) plus those other machines see now
         (judged by what this machine saw change: liveness.py)."""
+        from dmedia_tui import health as health_mod
+
         obs = self.observe(persist)
         return health_mod.online_store_ids(
             self._judged_machines(obs),
@@ -1794,6 +1801,8 @@ class MetaStore:
         is read now (statvfs), not from the store doc. Other machines' stores are online
         by their heartbeat, as this machine saw it arrive (liveness.py).
         """
+        from dmedia_tui import health as health_mod
+
         me = self.config.known_machine_id()  # a machine without an ID has no stores yet
         present = self.connected_filestores()
         if local is not None:

@@ -679,6 +679,33 @@ def test_single_machine_daemon_once_never_loads_the_peer_server(machine, tmp_pat
     assert r.stdout.splitlines()[-1] == "not loaded", r.stdout
 
 
+def test_an_import_starts_without_what_it_does_not_use(machine, tmp_path):
+    """The console entry point imports the CLI with the collector off and freezes what
+    the imports made (__main__.py), and an import never loads the health policy or the
+    liveness judge: each was ms of every start."""
+    start_library(machine)
+    (tmp_path / "store").mkdir()
+    machine.ok("store", "init", str(tmp_path / "store"), "--same-filesystem")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jpg").write_bytes(b"a photo" * 1000)
+    probe = (
+        "import gc, sys\n"
+        f"sys.argv = ['dmedia-tui', 'import', {str(tmp_path / 'src')!r}]\n"
+        "from dmedia_tui.__main__ import run\n"
+        "try:\n    run()\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "lazy = ('dmedia_tui.health', 'dmedia_tui.liveness')\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 10_000,"
+        " [m for m in lazy if m in sys.modules])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe], env=_subprocess_env(machine), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 new" in r.stdout, r.stdout
+    assert r.stdout.splitlines()[-1] == "True True []", r.stdout
+
+
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv not installed")
 def test_uv_run_console_script(machine):
     """The README's `uv run dmedia-tui ...` (no PYTHONPATH: the installed package only)."""

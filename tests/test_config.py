@@ -71,6 +71,17 @@ def test_thresholds_from_toml_and_bad_values(tmp_path):
             Config.load(tmp_path, tmp_path)
 
 
+def test_an_unreadable_config_file_is_one_clear_error(tmp_path):
+    """Not TOML text (bytes that are not UTF-8) or not a file at all: a ConfigError naming
+    the file, never a traceback, whether the open or the parse fails."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.toml").write_bytes(b"hostname = '\xff\xfe'\n")
+    (tmp_path / "b" / "config.toml").mkdir(parents=True)
+    for folder in ("a", "b"):
+        with pytest.raises(ConfigError, match=r"cannot read .*config\.toml"):
+            Config.load(tmp_path / folder, tmp_path / "data")
+
+
 def test_two_config_dirs_are_two_machines(tmp_path):
     a = Config.load(tmp_path / "a", tmp_path / "da")
     b = Config.load(tmp_path / "b", tmp_path / "db")
