@@ -943,6 +943,19 @@ class Engine:
         with self._conn_lock:
             return dict(self.connected)
 
+    def connected_ids(self) -> set[str] | None:
+        """The IDs of the stores connected here, or None before the engine first looked.
+
+        Until then `connected` is empty because nothing is known yet, not because nothing
+        is connected: health judged from it would call every local store offline and raise
+        a false "only copy on a disconnected drive" at each start. With None the caller
+        (the app's dashboard, the notifier) lets the MetaStore look for itself.
+        """
+        with self._conn_lock:
+            if not self._stores_known.is_set() and not self.connected:
+                return None  # (a caller that set `connected` itself is known: tests)
+            return set(self.connected)
+
     def _peer_publication(self) -> dict[str, Any] | None:
         """This machine's `peer` for the heartbeat; the threaded engine first starts or
         stops its server as `[peer] enabled` says (never fatal to the heartbeat)."""

@@ -685,12 +685,15 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def for_metastore(ms: Any, local: Callable[[], Iterable[str]] | None = None) -> Notifier | None:
+def for_metastore(
+    ms: Any, local: Callable[[], Iterable[str] | None] | None = None
+) -> Notifier | None:
     """The notifier configured for this library and machine, or None when no backend is.
 
     `local`: the stores connected here now (the engine's), so health agrees with the
-    engine. A bad [notify] table is logged and means no notifications, never a crash
-    (the commands that run an engine refuse one before they start: cli.py).
+    engine; it gives None while that is not known yet (the MetaStore then looks). A bad
+    [notify] table is logged and means no notifications, never a crash (the commands
+    that run an engine refuse one before they start: cli.py).
     """
     try:
         settings = NotifySettings.load(ms.config.config_dir)
@@ -703,7 +706,8 @@ def for_metastore(ms: Any, local: Callable[[], Iterable[str]] | None = None) -> 
     path = state_path(ms.config.data_dir, ms.lib.display_url, ms.machine_id)
 
     def assess() -> Health:
-        return ms.health(local=set(local()) if local is not None else None)
+        here = local() if local is not None else None
+        return ms.health(local=set(here) if here is not None else None)
 
     context = {"library": ms.lib.display_url, "machine": ms.hostname}
     return Notifier(settings, backends, NotifyState(path), assess, ms.now, context)
@@ -711,7 +715,7 @@ def for_metastore(ms: Any, local: Callable[[], Iterable[str]] | None = None) -> 
 
 def attach(engine: Any) -> Notifier | None:
     """Notifications for an engine's library (None when none are configured)."""
-    n = for_metastore(engine.ms, local=lambda: list(engine.connected))
+    n = for_metastore(engine.ms, local=engine.connected_ids)
     return n.attach(engine) if n is not None else None
 
 

@@ -337,6 +337,36 @@ def test_quiet_hours_hold_back_then_one_summary(tmp_path, monkeypatch):
         time.tzset()
 
 
+def test_a_check_before_the_engine_first_looks_sends_no_false_alarm(tmp_path, mounts):
+    """Until the engine has looked at which stores are connected, its `connected` is empty
+    for want of knowing. Judged from it, all four stores here were offline, and a check at
+    that moment notified "only copy on a disconnected drive" for a healthy library."""
+    from dmedia_tui.clock import FixedClock
+    from dmedia_tui.config import Config
+    from dmedia_tui.db import open_library
+    from dmedia_tui.engine import Engine
+    from dmedia_tui.metastore import MetaStore
+
+    m, paths, _ = library_with_copies(tmp_path, mounts)
+    hook = tmp_path / "hook.jsonl"
+    configure(m, command=f"cat >> {hook}", min_severity="info", desktop=False)
+    cfg = Config.load(m.config_home / "dmedia-tui", m.data_home / "dmedia-tui")
+    lib = open_library(m.db_url)
+    try:
+        ms = MetaStore(lib, cfg, FixedClock(NOW + HOUR))
+        engine = Engine(ms, watch_drives=False, watch_folders=False)
+        n = notify.attach(engine)
+        assert n is not None and engine.connected_ids() is None  # not started: not looked
+        n.check()
+        assert hook_lines(hook) == []  # healthy, as `status` says
+        engine.run_once()  # the engine looks: the same four stores, still nothing to say
+        assert engine.connected_ids() == set(ms.connected_filestores()) and len(paths) == 4
+        n.check()
+        assert hook_lines(hook) == []
+    finally:
+        lib.close()
+
+
 def test_attached_to_a_running_engine_notifies_from_its_thread(tmp_path, mounts):
     """The app and `daemon` host a threaded engine: a corrupt copy it finds is notified
     without any CLI round, and the engine keeps running."""

@@ -199,7 +199,7 @@ class DmediaApp(App[int]):
 
     def _local(self) -> Iterable[str] | None:
         if self.engine is not None and self.engine_running:
-            return set(self.engine.connected)
+            return self.engine.connected_ids()  # None until the engine has looked once
         return None  # the MetaStore looks for connected FileStores itself
 
     def _refresh_loop(self) -> None:

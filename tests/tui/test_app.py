@@ -572,6 +572,52 @@ async def test_verify_with_a_running_engine(tlib):
     assert not engine._threads  # stopped with the app
 
 
+def _banner_facts(app: DmediaApp) -> list[tuple[str, tuple[str, ...]]]:
+    return sorted((b.alert.code, b.alert.store_ids) for b in app.screen.query(AlertBanner))
+
+
+async def test_before_the_engine_first_looks_its_stores_are_not_called_offline(tlib, monkeypatch):
+    """Until the engine has looked at which stores are connected, its `connected` is empty
+    because nothing is known yet. The first dashboard must not take that for "nothing is
+    connected": it said studio-int and usb-backup-2 were offline and raised a false "only
+    copy on a disconnected drive" at every start, until the engine's first look."""
+    import threading
+
+    from dmedia_tui.engine import Engine
+
+    truth = DmediaApp(tlib.ms)  # no engine: the MetaStore looks for itself
+    async with truth.run_test(size=SIZE) as pilot:
+        await truth.settle()
+        expected = _banner_facts(truth)
+        await pilot.press("q")
+    local = {tlib.stores["studio-int"], tlib.stores["usb-backup-2"]}
+    assert not any(local & set(ids) for code, ids in expected if code == "DISCONNECTED_ONLY_COPY")
+
+    engine = Engine(tlib.ms, watch_drives=False, watch_folders=False)
+    first_look = threading.Event()
+    real_refresh = engine._refresh
+
+    def held_refresh(*args, **kwargs):  # the real look, once the test lets it happen
+        first_look.wait(60)
+        return real_refresh(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_refresh", held_refresh)
+    app = DmediaApp(tlib.ms, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.settle()
+        assert app.engine_running and engine.connected_ids() is None  # not looked yet
+        assert _banner_facts(app) == expected
+        online = {r.label for r in app.screen.query_one(StoresTable).rows_shown if r.online}
+        assert online == {"studio-int", "usb-backup-2"}
+
+        first_look.set()
+        await until(pilot, lambda: engine.connected_ids() is not None)
+        assert engine.connected_ids() == local
+        await app.settle()
+        assert _banner_facts(app) == expected
+        await pilot.press("q")
+
+
 async def test_messages_that_arrive_after_the_dashboard_is_gone_are_dropped(tlib):
     """The refresh thread may post a tick or data just before the app closes; handled
     once the screens are gone, they must not raise (a LookupError ended a run once)."""
