@@ -134,6 +134,7 @@ class Engine:
         self._drive_watcher: Any = None
         self._store_watcher: Any = None
         self._conn_lock = threading.Lock()
+        self._peers_lock = threading.Lock()  # one Peers, whichever worker asks first
         # The copy worker's place in the fragile list: each round goes on where the last
         # stopped, so files that cannot be copied now never hide the ones behind them.
         self._copy_after: tuple[int, str] | None = None
@@ -857,6 +858,9 @@ class Engine:
             if t.is_alive():
                 log.warning("engine thread %s did not stop in time", t.name)
         self._threads.clear()
+        if self.peers is not None:  # again: a round may have started the server meanwhile
+            with contextlib.suppress(Exception):
+                self.peers.stop()
         self.release_lock()
 
     def request_verify(self, store_id: str | None = None, file_id: str | None = None) -> None:
@@ -933,11 +937,16 @@ class Engine:
     # --- peers (issue 12): identity on the heartbeat, the server, pulls -----------------
 
     def _peer_service(self) -> Any:
-        if self.peers is None and self.use_peers:
-            from dmedia_tui.peer.service import Peers
+        """The engine's one Peers, made by the first worker to ask. Without the lock, the
+        housekeeping and copy threads both made one at start (the import takes ~0.1 s):
+        one served, the other was the engine's, so stop() and `[peer] enabled = "off"`
+        never reached the server, and the heartbeat published no address for it."""
+        with self._peers_lock:
+            if self.peers is None and self.use_peers:
+                from dmedia_tui.peer.service import Peers
 
-            self.peers = Peers(self.ms, self._connected_now, self.request_verify)
-        return self.peers
+                self.peers = Peers(self.ms, self._connected_now, self.request_verify)
+            return self.peers
 
     def _connected_now(self) -> dict[str, FileStore]:
         with self._conn_lock:

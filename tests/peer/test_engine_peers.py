@@ -259,6 +259,79 @@ def test_a_machine_that_is_on_but_unreachable_is_one_failed_event_per_outage(
     assert not [x for x in a.health().alerts if x.code == "DISCONNECTED_ONLY_COPY"]
 
 
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_an_engine_makes_one_peer_service_and_its_stop_closes_the_server(
+    two, shm: Path, monkeypatch
+) -> None:
+    """The housekeeping and copy threads both ask for the engine's Peers as they start.
+    Asking at once, each made one: one served, the other was the engine's, so stop() (or
+    `[peer] enabled = "off"`) never reached the server, which kept listening."""
+    from dmedia_tui.peer import service
+
+    a, b = two
+    Engine(a, watch_drives=False, watch_folders=False).run_once()  # B now has a peer
+    made = []
+    real_init = service.Peers.__init__
+
+    def slow_init(self, *args, **kwargs):  # the real one, after the import's ~0.1 s
+        made.append(self)
+        time.sleep(0.3)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(service.Peers, "__init__", slow_init)
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    try:
+        _wait(lambda: eng_b.peers is not None and eng_b.peers.server is not None)
+        port = eng_b.peers.server.address[1]
+        assert not _port_is_free(port)
+    finally:
+        eng_b.stop()
+    assert made == [eng_b.peers]
+    assert _port_is_free(port)
+
+
+def test_a_server_a_round_starts_while_the_engine_stops_is_stopped_too(
+    two, shm: Path, monkeypatch
+) -> None:
+    """stop() stops the server, then waits for the workers: a housekeeping round that was
+    starting the server meanwhile finished starting it after, and it kept listening."""
+    import threading
+
+    from dmedia_tui.peer.server import PeerServer
+
+    a, b = two
+    Engine(a, watch_drives=False, watch_folders=False).run_once()
+    starting = threading.Event()
+    servers = []
+    real_start = PeerServer.start
+
+    def slow_start(self):  # the real start, once stop() has begun
+        servers.append(self)
+        starting.set()
+        time.sleep(0.5)
+        return real_start(self)
+
+    monkeypatch.setattr(PeerServer, "start", slow_start)
+    eng_b = Engine(b, watch_drives=False, watch_folders=False)
+    assert eng_b.acquire_lock()
+    eng_b.start()
+    assert starting.wait(30)
+    eng_b.stop()
+    assert len(servers) == 1
+    assert servers[0].address is not None and _port_is_free(servers[0].address[1])
+
+
 def test_a_rot_found_while_serving_a_peer_is_notified_once_by_the_serving_engine(
     two, shm: Path
 ) -> None:
