@@ -1,7 +1,7 @@
 """`python -m dmedia_tui` and the `dmedia-tui` console script.
 
 A short command (`status --json` from a script, the import of one card) spends most of its
-time starting: importing the CLI makes ~100k objects that live as long as the process.
+time starting: importing the CLI makes ~30k objects that live as long as the process.
 Left to the cyclic garbage collector, they are scanned again and again while the imports
 run, and once more when the interpreter exits, for nothing: none of them is garbage. So
 the collector is off during the imports and what they made is frozen (`gc.freeze`: kept
