@@ -12,13 +12,16 @@ integration tests and the demo simulate a second computer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import netrc
 import os
 import stat
+import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,9 +218,28 @@ _IDENTITY_HINT = (
 )
 
 
+# Changes to machine.json and stores.json are made one at a time, by the threads of this
+# process (this lock) and by other processes on the machine (an flock on .config.lock):
+# two engine threads creating the identity at once each made their own, and a purge that
+# forgot a store while `store init` remembered another lost one of the two.
+_CONFIG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _config_locked(config_dir: Path) -> Iterator[None]:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    with _CONFIG_LOCK:
+        fd = os.open(config_dir / ".config.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and the flock with it
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -428,16 +450,22 @@ class Config:
         an error, never silently replaced: a new identity would orphan every store this
         machine lists and make its heartbeat a stranger's."""
         path = self._machine_path
-        try:
-            data = _read_json(path, None)
-        except ConfigError as e:
-            raise IdentityError(f"{e}{_IDENTITY_HINT}") from None
+        data = self._read_machine()
         if data is None:
-            data = {"machine_id": protocol.random_id(), "hostname": os.uname().nodename}
-            _atomic_write_json(path, data)
-        elif not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
+            with _config_locked(self.config_dir):
+                data = self._read_machine()  # made meanwhile by another thread or process
+                if data is None:
+                    data = {"machine_id": protocol.random_id(), "hostname": os.uname().nodename}
+                    _atomic_write_json(path, data)
+        if not isinstance(data, dict) or not protocol.is_store_id(data.get("machine_id")):
             raise IdentityError(f"{path}: no valid machine_id{_IDENTITY_HINT}")
         return data
+
+    def _read_machine(self) -> Any:
+        try:
+            return _read_json(self._machine_path, None)
+        except ConfigError as e:
+            raise IdentityError(f"{e}{_IDENTITY_HINT}") from None
 
     @property
     def machine_id(self) -> str:
@@ -472,11 +500,13 @@ class Config:
 
     def remember_store(self, store_id: str, folder: str | os.PathLike[str]) -> None:
         protocol.check_store_id(store_id)
-        data = self.known_stores()
-        data[store_id] = str(Path(folder).resolve())
-        _atomic_write_json(self._stores_path, data)
+        with _config_locked(self.config_dir):
+            data = self.known_stores()
+            data[store_id] = str(Path(folder).resolve())
+            _atomic_write_json(self._stores_path, data)
 
     def forget_store(self, store_id: str) -> None:
-        data = self.known_stores()
-        if data.pop(store_id, None) is not None:
-            _atomic_write_json(self._stores_path, data)
+        with _config_locked(self.config_dir):
+            data = self.known_stores()
+            if data.pop(store_id, None) is not None:
+                _atomic_write_json(self._stores_path, data)

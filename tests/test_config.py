@@ -82,6 +82,91 @@ def test_an_unreadable_config_file_is_one_clear_error(tmp_path):
             Config.load(tmp_path / folder, tmp_path / "data")
 
 
+def _at_once(n: int, fn) -> list:
+    """fn() on n threads released together; their results (or exceptions) in order."""
+    import threading
+
+    start = threading.Barrier(n)
+    out: list = [None] * n
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = fn()
+        except Exception as e:  # noqa: BLE001 - the test compares what each thread got
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_threads_asking_a_new_machine_its_id_at_once_get_one_id(tmp_path):
+    """The engine's threads start together on a machine's first run: each made its own
+    identity (or failed on a shared tmp file name), and the ID some of them used was not
+    the one machine.json kept."""
+    for attempt in range(5):
+        config = Config.load(tmp_path / f"c{attempt}", tmp_path / f"d{attempt}")
+        ids = _at_once(8, lambda config=config: config.machine_id)
+        assert all(is_store_id(i) for i in ids), ids
+        assert set(ids) == {Config.load(config.config_dir, config.data_dir).machine_id}
+
+
+def test_processes_asking_a_new_machine_its_id_at_once_get_one_id(tmp_path):
+    """The app and a cron `daemon --once` on a machine's first day: each process made its
+    own identity and the last rename won, so the other ran under an ID nobody keeps."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "from dmedia_tui.config import Config\n"
+        "config = Config.load(sys.argv[1], sys.argv[2])\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()  # all go together\n"
+        "print(config.machine_id)\n"
+    )
+    repo = str(Path(__file__).resolve().parent.parent)
+    cdir, ddir = tmp_path / "c", tmp_path / "d"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(cdir), str(ddir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={"PYTHONPATH": repo, "PATH": "/usr/bin:/bin"},
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    ids = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert ids == {Config.load(cdir, ddir).machine_id}
+
+
+def test_stores_remembered_and_forgotten_at_once_are_all_kept(tmp_path):
+    """Each change to stores.json reads it, changes one entry and writes it back: made at
+    once by two threads (or processes), one change was lost, or a write failed."""
+    config = Config.load(tmp_path / "c", tmp_path / "d")
+    old = [random_id() for _ in range(4)]
+    for sid in old:
+        config.remember_store(sid, tmp_path / sid)
+    new = [random_id() for _ in range(8)]
+    changes = [lambda s=s: config.remember_store(s, tmp_path / s) for s in new]
+    changes += [lambda s=s: config.forget_store(s) for s in old]
+    results = _at_once(len(changes), lambda: changes.pop()())
+    assert results == [None] * len(results)
+    assert set(config.known_stores()) == set(new)
+
+
 def test_two_config_dirs_are_two_machines(tmp_path):
     a = Config.load(tmp_path / "a", tmp_path / "da")
     b = Config.load(tmp_path / "b", tmp_path / "db")
