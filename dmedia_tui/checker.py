@@ -66,6 +66,7 @@ class LoggedProblems:
     def __init__(self, hashes: Iterable[int] = ()) -> None:
         self._old = array("Q", sorted(hashes))
         self._new: set[int] = set()
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(type: str, doc_id: Any, errors: Iterable[str]) -> int:
@@ -78,8 +79,15 @@ class LoggedProblems:
         i = bisect.bisect_left(self._old, key)
         return i < len(self._old) and self._old[i] == key
 
-    def add(self, key: int) -> None:
-        self._new.add(key)
+    def add_new(self, key: int) -> bool:
+        """Add the key; False when it was already there (the problem is logged). One
+        step under a lock: the check thread and the workers may report the same problem
+        at the same moment, and only one of them may log it."""
+        with self._lock:
+            if key in self:
+                return False
+            self._new.add(key)
+            return True
 
     def __len__(self) -> int:
         return len(self._old) + len(self._new)
@@ -94,6 +102,7 @@ class Checker:
         self.config = config
         self._now = now
         self._problems_logged: LoggedProblems | None = None
+        self._problems_lock = threading.Lock()  # one load, whichever thread asks first
 
     def _log_event(self, type: str, level: int, **fields: Any) -> Doc:
         """Record the event in log-1 and in Python logging (as MetaStore.log_event)."""
@@ -110,10 +119,8 @@ class Checker:
         if not problems:
             problems = [f"unusable: {str(error).splitlines()[0][:200] if str(error) else error!r}"]
         key = LoggedProblems.key(schema.LOG_DOC_INVALID, str(doc_id), problems)
-        seen = self._load_logged_problems()
-        if key in seen:
+        if not self._load_logged_problems().add_new(key):
             return
-        seen.add(key)
         try:
             self._log_event(
                 schema.LOG_DOC_INVALID,
@@ -139,17 +146,20 @@ class Checker:
 
     def _load_logged_problems(self) -> LoggedProblems:
         """Read once per Checker (one per MetaStore): each problem type is a range of the
-        events index, walked by keyset (no OFFSET, no sort), so loading is linear in the log."""
-        if self._problems_logged is None:
-            hashes: list[int] = []
-            for typ in (schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT):
-                for ev in self.lib.iter_events(types=[typ]):
-                    errors = ev.get("errors")
-                    errors = [str(e) for e in errors] if isinstance(errors, list) else []
-                    doc_id = ev.get("doc_id") or ev.get("file_id")
-                    hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
-            self._problems_logged = LoggedProblems(hashes)
-        return self._problems_logged
+        events index, walked by keyset (no OFFSET, no sort), so loading is linear in the log.
+        Under a lock: two workers loading at once each kept their own set, and a problem
+        one of them logged was not in the set the next check consulted (logged twice)."""
+        with self._problems_lock:
+            if self._problems_logged is None:
+                hashes: list[int] = []
+                for typ in (schema.LOG_DOC_INVALID, schema.LOG_FILE_INCONSISTENT):
+                    for ev in self.lib.iter_events(types=[typ]):
+                        errors = ev.get("errors")
+                        errors = [str(e) for e in errors] if isinstance(errors, list) else []
+                        doc_id = ev.get("doc_id") or ev.get("file_id")
+                        hashes.append(LoggedProblems.key(typ, str(doc_id), errors))
+                self._problems_logged = LoggedProblems(hashes)
+            return self._problems_logged
 
     CHECK_LOG_BATCH = 1000  # problem events saved per log-1 bulk write
 
@@ -210,10 +220,8 @@ class Checker:
 
         def problem(type: str, about: Any, errors: list[str], **fields: Any) -> None:
             nonlocal logged
-            key = LoggedProblems.key(type, str(about), errors)
-            if key in seen:
+            if not seen.add_new(LoggedProblems.key(type, str(about), errors)):
                 return
-            seen.add(key)
             if not machine:  # read only when there is a problem to log
                 machine.append(self.config.machine_id)
             machine_id = machine[0]

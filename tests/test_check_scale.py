@@ -40,7 +40,7 @@ def test_logged_problems_are_hashes_found_old_or_new() -> None:
     k = [LoggedProblems.key("t", f"id{i}", ["a", "b"]) for i in range(5)]
     seen = LoggedProblems(k[:3])
     assert all(x in seen for x in k[:3]) and k[3] not in seen
-    seen.add(k[3])
+    assert seen.add_new(k[3]) and not seen.add_new(k[3]) and not seen.add_new(k[0])
     assert k[3] in seen and k[4] not in seen and len(seen) == 4
     assert LoggedProblems.key("t", "id0", ["a|b"]) == LoggedProblems.key("t", "id0", ["a", "b"])
     assert LoggedProblems.key("t", "id0", ["a"]) != LoggedProblems.key("u", "id0", ["a"])
@@ -59,6 +59,37 @@ def test_check_logs_new_problems_in_batches_and_each_once(ms: MetaStore) -> None
     # A fresh MetaStore (another run of `check`) finds them all logged already.
     again = MetaStore(ms.lib, ms.config, ms.clock).check(page_size=4)
     assert (again.invalid, again.logged) == (7, 0)
+
+
+def test_workers_reporting_one_problem_at_once_log_it_once(ms: MetaStore, monkeypatch) -> None:
+    """The verify and copy workers report a doc they cannot use; the first report reads
+    what log-1 already holds. Two workers doing that at once each kept their own copy of
+    it: both logged the problem, and the check that followed logged it a third time."""
+    import threading
+    import time
+
+    bad = bad_file(1)
+    ms.lib.docs.save_many([bad])
+    real_iter_events = ms.lib.iter_events
+
+    def slow_iter_events(*args, **kwargs):  # a long log-1: both workers are in the load
+        time.sleep(0.2)
+        yield from real_iter_events(*args, **kwargs)
+
+    monkeypatch.setattr(ms.lib, "iter_events", slow_iter_events)
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        start.wait()
+        ms.report_invalid(bad["_id"], "bytes: must be a positive int")
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ms.check(page_size=4).invalid == 1
+    assert [e["doc_id"] for e in ms.lib.events(100, types=[schema.LOG_DOC_INVALID])] == [bad["_id"]]
 
 
 def test_check_never_sorts_or_skips_per_page(ms: MetaStore) -> None:
