@@ -301,7 +301,10 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A temp name per writer: with one name, a verify marking the drive failing and the
+    # user's ack clearing it at once could rename the other's half-written file over
+    # store.json, and an invalid store.json takes the store offline.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
     try:

@@ -870,3 +870,31 @@ def test_folders_seen_round_trips_and_is_none_when_absent(store: FileStore) -> N
     assert sorted(p.name for p in (store.path / ".dmedia").iterdir()) == sorted(
         ["corrupt", "files", "folders-seen.json", "store.json", "tmp"]
     )
+
+
+def test_failure_marks_written_at_once_leave_a_whole_store_json(store: FileStore) -> None:
+    """A verify marking the drive failing while the user acknowledges it: both wrote
+    store.json through one temp name, so a rename could put the other's half-written file
+    in its place (or fail: the temp file was gone), and an invalid store.json takes the
+    store offline."""
+    import threading
+
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        start.wait()
+        for k in range(40):
+            try:
+                store.set_failure({"reason": "corrupt", "count": k} if (i + k) % 2 else None)
+            except BaseException as e:  # noqa: BLE001 - every writer's error is the failure
+                errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert FileStore(store.path).id == store.id  # a whole, valid store.json
+    assert not [p.name for p in (store.path / ".dmedia").iterdir() if p.name.endswith(".tmp")]
