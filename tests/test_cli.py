@@ -660,23 +660,33 @@ def test_real_processes_entry_points_and_no_traceback(machine, tmp_path):
     )
 
 
+def _cli_in_a_process(machine: Machine, args: list[str], report: str) -> list[str]:
+    """Run the CLI through its console entry point in a fresh process, then print
+    `report` (a Python expression; `gc` and `sys` are imported) as the last line. The
+    command must exit 0; returns stdout's lines."""
+    probe = (
+        "import gc, sys\n"
+        f"sys.argv = ['dmedia-tui', *{args!r}]\n"
+        "from dmedia_tui.__main__ import run\n"
+        "try:\n    run()\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print({report})"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe], env=_subprocess_env(machine), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
 def test_single_machine_daemon_once_never_loads_the_peer_server(machine, tmp_path):
     """A library with one machine opens no port, so `daemon --once` (cron's job) must not
     pay for aiohttp either: ~0.3 s of every run's start-up when it imported the server."""
     start_library(machine)
     (tmp_path / "store").mkdir()
     machine.ok("store", "init", str(tmp_path / "store"), "--same-filesystem")
-    probe = (
-        "import sys, runpy; sys.argv = ['dmedia-tui', 'daemon', '--once']\n"
-        "try:\n    runpy.run_module('dmedia_tui', run_name='__main__')\n"
-        "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('loaded' if 'aiohttp' in sys.modules else 'not loaded')"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", probe], env=_subprocess_env(machine), capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[-1] == "not loaded", r.stdout
+    out = _cli_in_a_process(machine, ["daemon", "--once"], "'aiohttp' in sys.modules")
+    assert out[-1] == "False", out
 
 
 def test_an_import_starts_without_what_it_does_not_use(machine, tmp_path):
@@ -688,22 +698,15 @@ def test_an_import_starts_without_what_it_does_not_use(machine, tmp_path):
     machine.ok("store", "init", str(tmp_path / "store"), "--same-filesystem")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.jpg").write_bytes(b"a photo" * 1000)
-    probe = (
-        "import gc, sys\n"
-        f"sys.argv = ['dmedia-tui', 'import', {str(tmp_path / 'src')!r}]\n"
-        "from dmedia_tui.__main__ import run\n"
-        "try:\n    run()\n"
-        "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "lazy = ('dmedia_tui.health', 'dmedia_tui.liveness')\n"
-        "print(gc.isenabled(), gc.get_freeze_count() > 10_000,"
-        " [m for m in lazy if m in sys.modules])"
+    lazy = ("dmedia_tui.health", "dmedia_tui.liveness")
+    out = _cli_in_a_process(
+        machine,
+        ["import", str(tmp_path / "src")],
+        "gc.isenabled(), gc.get_freeze_count() > 10_000,"
+        f" [m for m in {lazy!r} if m in sys.modules]",
     )
-    r = subprocess.run(
-        [sys.executable, "-c", probe], env=_subprocess_env(machine), capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    assert "1 new" in r.stdout, r.stdout
-    assert r.stdout.splitlines()[-1] == "True True []", r.stdout
+    assert "1 new" in out[0], out
+    assert out[-1] == "True True []", out
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv not installed")
