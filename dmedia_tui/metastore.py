@@ -766,19 +766,18 @@ class MetaStore:
         if not verified:
             return failed
         now = self.now()
-        weights: dict[str, int] = {}
-        by_id: dict[str, list[tuple[str, int, int]]] = {}
+        by_id: dict[str, list[tuple[str, int]]] = {}
         for sid, r in verified:
-            if sid not in weights:
-                store = self.store_doc(sid)
-                weights[sid] = transitions.store_copies_weight(store) if store else 0
-            by_id.setdefault(r.file_id, []).append((sid, weights[sid], r.mtime or 0))
-        for batch in self.lib.docs.update_many(list(by_id), _mark_verified_many, by_id, now):
+            by_id.setdefault(r.file_id, []).append((sid, r.mtime or 0))
+        weights = _StoreWeights(self)
+        batches = self.lib.docs.update_many(list(by_id), _mark_verified_many, by_id, weights, now)
+        for batch in batches:
+            weights.clear()
             for fid, e in batch.errors:
                 if isinstance(e, NotFound):
                     log.info("verified an untracked copy %s", fid)
                 else:
-                    failed.extend((sid, fid, e) for sid, _, _ in by_id[fid])
+                    failed.extend((sid, fid, e) for sid, _ in by_id[fid])
         return failed
 
     def record_pulled(self, copies: list[tuple[str, str, int]]) -> set[str]:
@@ -786,13 +785,13 @@ class MetaStore:
         durable in files/, as record_imports does for imports: many docs a transaction
         (Database.update_many). Returns the IDs recorded; a doc that could not be updated
         is logged (its copy stays in files/, unrecorded: the next pull finds it there)."""
-        store_docs: dict[str, Doc | None] = {}
-        plans: dict[str, list[tuple[str, int, int]]] = {}
+        plans: dict[str, list[tuple[str, int]]] = {}
         for file_id, sid, mtime in copies:
-            weight = transitions.store_copies_weight(self._store_doc_in(sid, store_docs))
-            plans.setdefault(file_id, []).append((sid, weight, mtime))
+            plans.setdefault(file_id, []).append((sid, mtime))
         saved: set[str] = set()
-        for batch in self.lib.docs.update_many(list(plans), _mark_added_many, plans):
+        weights = _StoreWeights(self)
+        for batch in self.lib.docs.update_many(list(plans), _mark_added_many, plans, weights):
+            weights.clear()
             saved.update(batch.saved)
             for file_id, err in batch.errors:
                 log.warning("pulled copy of %s not recorded: %s", file_id, err)
@@ -804,12 +803,9 @@ class MetaStore:
         now = self.now()
         file_id = result.file_id
         if result.status == VerifyStatus.OK:
-            store = self.store_doc(fs.id)
-            weight = transitions.store_copies_weight(store) if store else 0
+            by_id = {file_id: [(fs.id, result.mtime or 0)]}
             try:
-                self.lib.docs.update(
-                    file_id, transitions.mark_verified, fs.id, weight, result.mtime, now
-                )
+                self.lib.docs.update(file_id, _mark_verified_many, by_id, _StoreWeights(self), now)
             except NotFound:
                 log.info("verified an untracked copy %s on %s", file_id, fs.id)
         elif result.status == VerifyStatus.CORRUPT:
@@ -1291,9 +1287,8 @@ class MetaStore:
                     tmp.discard()
             raise
         committed = iter(commit_staged(items, "copy"))
-        store_docs.clear()  # what is recorded reads the store docs as they are now
         now = self.now()
-        plans: dict[str, tuple[str, int, Any, dict[str, tuple[int, int]]]] = {}
+        plans: dict[str, tuple[str, Any, dict[str, int]]] = {}
         index: dict[str, int] = {}
         for i, file_id, src, r in staged:
             written = dict(r.written)
@@ -1309,25 +1304,22 @@ class MetaStore:
                 log.warning("copy of %s to store %s failed: %s", file_id, sid, err)
                 full = any(f"({name})" in err for name in _FULL)
                 self.note_io_error(sid, file_id, err, op="write", counts=not full)
-                store_docs.pop(sid, None)  # the error may have flagged it (weight 0)
-            new = {
-                sid: (transitions.store_copies_weight(self._store_doc_in(sid, store_docs)), mtime)
-                for sid, mtime in written.items()
-            }
-            if not new:
+            if not written:
                 verified.append((src.id, r.source))
                 continue
-            weight = transitions.store_copies_weight(self._store_doc_in(src.id, store_docs))
-            plans[file_id] = (src.id, weight, r.source.mtime, new)
+            plans[file_id] = (src.id, r.source.mtime, written)
             index[file_id] = i
         for _sid, fid, err in self.record_verified(verified):
             self.report_invalid(fid, err)
         if plans:
-            for batch in self.lib.docs.update_many(list(plans), _mark_copied_many, plans, now):
+            weights = _StoreWeights(self)  # read in each write: an error above may flag one
+            batches = self.lib.docs.update_many(list(plans), _mark_copied_many, plans, weights, now)
+            for batch in batches:
+                weights.clear()
                 for fid, err in batch.errors:
                     out[index[fid]] = err
                 for fid in batch.saved:
-                    out[index[fid]] = len(plans[fid][3])
+                    out[index[fid]] = len(plans[fid][2])
                     fault_point("copy.doc_saved")
         return out
 
@@ -2001,28 +1993,55 @@ def _log_line(event_type: str, level: int, fields: dict[str, Any]) -> None:
     log.log(level, "%s %s", event_type, detail)
 
 
+class _StoreWeights:
+    """What a copy on each store counts (its weight: 0 once downgraded), read inside the
+    write that records the copy (the update's fn runs in its transaction on SQLite, and
+    again after a conflict on CouchDB), once per store and batch: the caller clears it
+    after each batch. Read before the write, a downgrade committed in between was
+    overwritten, and the copy counted on a store just downgraded."""
+
+    def __init__(self, ms: MetaStore) -> None:
+        self._ms = ms
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, store_id: str) -> int:
+        if store_id not in self._seen:
+            store = self._ms.store_doc(store_id)
+            self._seen[store_id] = transitions.store_copies_weight(store) if store else 0
+        return self._seen[store_id]
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
 def _mark_verified_many(
-    doc: Doc, by_id: dict[str, list[tuple[str, int, int]]], now: float
+    doc: Doc, by_id: dict[str, list[tuple[str, int]]], weight: _StoreWeights, now: float
 ) -> Doc | None:
-    for sid, weight, mtime in by_id.get(doc.get("_id"), ()):  # type: ignore[arg-type]
-        doc = transitions.mark_verified(doc, sid, weight, mtime, now) or doc
+    for sid, mtime in by_id.get(doc.get("_id"), ()):  # type: ignore[arg-type]
+        doc = transitions.mark_verified(doc, sid, weight(sid), mtime, now) or doc
     return doc
 
 
-def _mark_added_many(doc: Doc, plans: dict[str, list[tuple[str, int, int]]]) -> Doc | None:
-    for store_id, weight, mtime in plans.get(doc.get("_id"), ()):  # type: ignore[arg-type]
-        doc = transitions.mark_added(doc, store_id, weight, mtime) or doc
+def _mark_added_many(
+    doc: Doc, plans: dict[str, list[tuple[str, int]]], weight: _StoreWeights
+) -> Doc | None:
+    for store_id, mtime in plans.get(doc.get("_id"), ()):  # type: ignore[arg-type]
+        doc = transitions.mark_added(doc, store_id, weight(store_id), mtime) or doc
     return doc
 
 
 def _mark_copied_many(
-    doc: Doc, plans: dict[str, tuple[str, int, Any, dict[str, tuple[int, int]]]], now: float
+    doc: Doc,
+    plans: dict[str, tuple[str, Any, dict[str, int]]],
+    weight: _StoreWeights,
+    now: float,
 ) -> Doc | None:
     plan = plans.get(doc.get("_id"))  # type: ignore[arg-type]
     if plan is None:
         return None
-    src_id, weight, mtime, new = plan
-    return transitions.mark_copied(doc, now, src_id, weight, mtime, new)
+    src_id, mtime, written = plan
+    new = {sid: (weight(sid), m) for sid, m in written.items()}
+    return transitions.mark_copied(doc, now, src_id, weight(src_id), mtime, new)
 
 
 # Fields a log doc sets itself or that name the event: never taken from a stored mark.

@@ -464,3 +464,51 @@ def test_run_once_reads_each_file_for_copying_once(ms, tmp_path, monkeypatch):
     assert again.corrupt == 1
     doc = ms.lib.docs.get(rot)
     assert durability(doc) == 2 and c.id in doc["stored"] and b.id not in doc["stored"]
+
+
+def test_a_copy_verified_while_its_store_is_downgraded_counts_nothing(ms, tmp_path, monkeypatch):
+    """The verify worker read each store's weight, then wrote the file docs. A downgrade
+    committed in between (the user's, or a policy's on the housekeeping thread) was then
+    overwritten: the copy counted 1 on a store just downgraded, and durability lied."""
+    fs = new_store(ms, tmp_path, "s1")
+    fid, _ = import_one(ms, source_file(tmp_path, "a.jpg", b"a photo" * 1000), fs)
+    result = fs.verify(fid)
+    assert result.status == VerifyStatus.OK
+    docs = ms.lib.docs
+    real_update_many = docs.update_many
+
+    def downgrade_first(*args, **kwargs):  # committed after the worker read the store doc
+        monkeypatch.setattr(docs, "update_many", real_update_many)
+        ms.downgrade_store(fs.id)
+        return real_update_many(*args, **kwargs)
+
+    monkeypatch.setattr(docs, "update_many", downgrade_first)
+    assert ms.record_verified([(fs.id, result)]) == []
+    entry = ms.lib.docs.get(fid)["stored"][fs.id]
+    assert entry["copies"] == 0 and entry["verified"] == int(ms.now())
+    assert durability(ms.lib.docs.get(fid)) == 0
+
+
+def test_a_copy_made_while_its_store_is_downgraded_counts_nothing(ms, tmp_path, monkeypatch):
+    """The copy worker chose the destination, wrote the copy, then recorded it with the
+    weight it had read before: a downgrade of that store committed meanwhile was
+    overwritten, and the new copy counted 1 on a store that takes no new copies."""
+    a, b = new_store(ms, tmp_path, "a"), new_store(ms, tmp_path, "b")
+    fid, _ = import_one(ms, source_file(tmp_path, "a.jpg", b"a photo" * 1000), a)
+    docs = ms.lib.docs
+    real_update_many = docs.update_many
+
+    def downgrade_b_first(doc_ids, fn, *args, **kwargs):  # as the copy is recorded
+        if fn.__name__ == "_mark_copied_many":
+            monkeypatch.setattr(docs, "update_many", real_update_many)
+            ms.downgrade_store(b.id)
+        return real_update_many(doc_ids, fn, *args, **kwargs)
+
+    engine = Engine(ms, watch_drives=False, watch_folders=False)
+    engine.refresh_connected()
+    monkeypatch.setattr(docs, "update_many", downgrade_b_first)
+    assert engine.copy_round().copies == 1  # no verify round after it to mend the count
+    assert docs.update_many == real_update_many
+    assert b.exists(fid)
+    doc = docs.get(fid)
+    assert doc["stored"][b.id]["copies"] == 0 and durability(doc) == 1
