@@ -300,20 +300,35 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # advisory: ignore errors
 
 
-def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    # A temp name per writer: with one name, a verify marking the drive failing and the
-    # user's ack clearing it at once could rename the other's half-written file over
-    # store.json, and an invalid store.json takes the store offline.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+def _write_store_json(dot: Path, doc: dict[str, Any]) -> None:
+    """Replace .dmedia/store.json: written in tmp/ under a name of its own, fsync-ed, then
+    renamed over it (no link followed). With one temp name for every writer, a verify
+    marking the drive failing and the user's ack clearing it at once could rename the
+    other's half-written file over store.json, and an invalid store.json takes the store
+    offline. A crash leaves the temp file to purge_tmp, as any partial write (its name
+    starts with the PID)."""
+    name = f"{os.getpid()}.{_TMP_TOKEN}{next(_TMP_COUNTER)}.json"
     data = (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+    dfd = os.open(dot, _O_DIR)
     try:
-        _write_all(fd, memoryview(data))
-        os.fsync(fd)
+        tfd = _open_dir_at(dfd, "tmp", dot.parent, f"{DOTDIR}/tmp")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644, dir_fd=tfd)
+            try:
+                _write_all(fd, memoryview(data))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(name, STORE_JSON, src_dir_fd=tfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=tfd)
+            raise
+        finally:
+            os.close(tfd)
+        os.fsync(dfd)
     finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    _fsync_dir(path.parent)
+        os.close(dfd)
 
 
 class _TmpFile:
@@ -724,7 +739,7 @@ class FileStore:
             dot.mkdir(exist_ok=True)
             for sub in ("files", "tmp", "corrupt"):
                 (dot / sub).mkdir(exist_ok=True)
-            _write_json_atomic(dot / STORE_JSON, doc)
+            _write_store_json(dot, doc)
             _fsync_dir(path)
         except OSError as e:
             raise FileStoreError(f"cannot create a FileStore at {path}: {_errstr(e)}") from None
@@ -751,7 +766,7 @@ class FileStore:
         else:
             doc["failure"] = dict(failure)
             doc["no_new_copies"] = True
-        _write_json_atomic(self.path / DOTDIR / STORE_JSON, doc)
+        _write_store_json(self.path / DOTDIR, doc)
         self.doc = doc
 
     # --- paths ---------------------------------------------------------------------

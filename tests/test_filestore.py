@@ -21,6 +21,7 @@ from dmedia_tui.filestore import (
     FileStoreError,
     FoldersSeen,
     NotAFileStore,
+    StoreUnsafe,
     VerifyStatus,
     WrongStore,
 )
@@ -897,4 +898,21 @@ def test_failure_marks_written_at_once_leave_a_whole_store_json(store: FileStore
         t.join()
     assert errors == []
     assert FileStore(store.path).id == store.id  # a whole, valid store.json
-    assert not [p.name for p in (store.path / ".dmedia").iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in (store.path / ".dmedia").iterdir()) == sorted(
+        ["corrupt", "files", "store.json", "tmp"]
+    )
+    assert list((store.path / ".dmedia" / "tmp").iterdir()) == []  # every temp renamed
+
+
+def test_a_failure_mark_never_writes_through_a_linked_tmp(store: FileStore, tmp_path: Path) -> None:
+    """store.json's temp file goes in tmp/, opened without following links: a tmp/ that
+    became a link after the store was opened gets nothing, and store.json stays as it was."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    before = (store.path / ".dmedia" / "store.json").read_bytes()
+    (store.path / ".dmedia" / "tmp").rmdir()
+    (store.path / ".dmedia" / "tmp").symlink_to(elsewhere)
+    with pytest.raises(StoreUnsafe):
+        store.set_failure({"reason": "corrupt", "count": 1})
+    assert list(elsewhere.iterdir()) == []
+    assert (store.path / ".dmedia" / "store.json").read_bytes() == before
