@@ -158,6 +158,9 @@ class MetaStore:
         # never read or written; shown as STORE_UNSAFE. store_id -> the reason.
         self.unsafe_stores: dict[str, str] = self.presence.unsafe_stores
         self._read_errors: dict[str, _ReadErrors] = {}
+        # The workers (verify, copy, the peer server's reads) note I/O errors at once on a
+        # failing drive: counting, flushing and flagging one at a time (see note_io_error).
+        self._read_errors_lock = threading.RLock()
         self.checker = Checker(lib, config, self.now)  # the schema pass, log-once
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
@@ -842,22 +845,27 @@ class MetaStore:
         `counts=False` (a full disk): logged, but it is not the drive failing.
         """
         log.warning("cannot %s %s on store %s: %s (will retry)", op, file_id, store_id, error)
-        r = self._read_errors.setdefault(store_id, _ReadErrors())
-        r.pending += 1
-        r.counted += counts
-        r.sample = (file_id, error, op)
-        if self.now() - r.last_flush >= self.thresholds.io_error_log_interval:
-            return self._flush_io_errors(store_id, r)
-        return None
+        # One at a time: two workers adding at once lost an error or counted one twice (a
+        # flush read the counts while the other added), and two flushes past the alert
+        # both flagged the store failing (two events, two downgrade passes at once).
+        with self._read_errors_lock:
+            r = self._read_errors.setdefault(store_id, _ReadErrors())
+            r.pending += 1
+            r.counted += counts
+            r.sample = (file_id, error, op)
+            if self.now() - r.last_flush >= self.thresholds.io_error_log_interval:
+                return self._flush_io_errors(store_id, r)
+            return None
 
     def flush_io_errors(self) -> list[Doc]:
         """Log and count the I/O errors held back by the rate limit (end of a run)."""
         out = []
-        for sid, r in list(self._read_errors.items()):
-            if r.pending:
-                ev = self._flush_io_errors(sid, r)
-                if ev is not None:
-                    out.append(ev)
+        with self._read_errors_lock:
+            for sid, r in list(self._read_errors.items()):
+                if r.pending:
+                    ev = self._flush_io_errors(sid, r)
+                    if ev is not None:
+                        out.append(ev)
         return out
 
     def _flush_io_errors(self, store_id: str, r: _ReadErrors) -> Doc | None:

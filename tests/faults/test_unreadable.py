@@ -138,3 +138,40 @@ def test_full_disk_errors_never_flag_the_store(ms, tmp_path: Path) -> None:
     ms.flush_io_errors()
     store = ms.store_doc(fs.id)
     assert "failure" not in store and "downgraded" not in store
+
+
+def test_workers_noting_io_errors_at_once_count_each_once_and_flag_once(ms, tmp_path: Path) -> None:
+    """On a failing drive the verify and copy workers and the peer server's reads note
+    errors at the same moment. Without one lock, a flush read the counts while another
+    worker added to them (an error lost, or counted twice), and two flushes past the alert
+    each flagged the store failing: two events and two downgrade passes at once."""
+    import dataclasses
+    import threading
+
+    from dmedia_tui.schema import LOG_STORE_FAILING
+
+    (tmp_path / "a").mkdir()
+    fs, _, _ = ms.init_store(tmp_path / "a", label="a", same_filesystem=True)
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"p" * 10_000)
+    fid, _ = import_one(ms, src, fs)
+    ms.thresholds = dataclasses.replace(ms.thresholds, io_error_log_interval=0)  # each flushes
+    threads, per_thread = 8, 40
+    start = threading.Barrier(threads)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(per_thread):
+            ms.note_io_error(fs.id, fid, "Input/output error (EIO)")
+
+    running = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
+    ms.flush_io_errors()
+    total = threads * per_thread
+    assert ms.store_doc(fs.id)["read_errors"]["count"] == total
+    logged = ms.lib.events(1000, types=[LOG_FILE_UNREADABLE])
+    assert sum(e["count"] for e in logged) == total
+    assert len(ms.lib.events(100, types=[LOG_STORE_FAILING])) == 1
