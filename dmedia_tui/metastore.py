@@ -158,9 +158,10 @@ class MetaStore:
         # never read or written; shown as STORE_UNSAFE. store_id -> the reason.
         self.unsafe_stores: dict[str, str] = self.presence.unsafe_stores
         self._read_errors: dict[str, _ReadErrors] = {}
-        # The workers (verify, copy, the peer server's reads) note I/O errors at once on a
-        # failing drive: counting, flushing and flagging one at a time (see note_io_error).
-        self._read_errors_lock = threading.RLock()
+        # The workers (verify, copy, the peer server's reads) meet a failing drive's errors
+        # and corrupt copies at once: counting them and flagging the store failing happen
+        # one at a time (note_io_error, handle_corrupt), so it is flagged and logged once.
+        self._drive_trouble = threading.RLock()
         self.checker = Checker(lib, config, self.now)  # the schema pass, log-once
         self._vstats_cache: dict[str, tuple[float, Any]] = {}
         self._last_unverified_pass = float("-inf")
@@ -848,7 +849,7 @@ class MetaStore:
         # One at a time: two workers adding at once lost an error or counted one twice (a
         # flush read the counts while the other added), and two flushes past the alert
         # both flagged the store failing (two events, two downgrade passes at once).
-        with self._read_errors_lock:
+        with self._drive_trouble:
             r = self._read_errors.setdefault(store_id, _ReadErrors())
             r.pending += 1
             r.counted += counts
@@ -860,7 +861,7 @@ class MetaStore:
     def flush_io_errors(self) -> list[Doc]:
         """Log and count the I/O errors held back by the rate limit (end of a run)."""
         out = []
-        with self._read_errors_lock:
+        with self._drive_trouble:
             for sid, r in list(self._read_errors.items()):
                 if r.pending:
                     ev = self._flush_io_errors(sid, r)
@@ -960,6 +961,17 @@ class MetaStore:
         `store/failing` since its failure began) is not logged twice, and one it did
         not log yet is.
         """
+        with self._drive_trouble:  # two corrupt copies found at once: one store/failing
+            self._handle_corrupt(store_id, file_id, result, fs, resumed)
+
+    def _handle_corrupt(
+        self,
+        store_id: str,
+        file_id: str,
+        result: VerifyResult | None,
+        fs: FileStore | None,
+        resumed: bool,
+    ) -> None:
         now = self.now()
         drive = self._drive_fields(store_id)
         where = result.quarantine if result and result.quarantine else None

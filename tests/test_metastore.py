@@ -512,3 +512,35 @@ def test_a_copy_made_while_its_store_is_downgraded_counts_nothing(ms, tmp_path, 
     assert b.exists(fid)
     doc = docs.get(fid)
     assert doc["stored"][b.id]["copies"] == 0 and durability(doc) == 1
+
+
+def test_two_corrupt_copies_found_at_once_flag_the_store_once(ms, tmp_path):
+    """The verify worker and the peer server (serving a pull) can each find a corrupt copy
+    on the same drive at the same moment. Each read the store as not failing yet, so each
+    logged `store/failing` and started a downgrade pass."""
+    import threading
+
+    a = new_store(ms, tmp_path, "a")
+    rotten = []
+    for i in range(4):
+        fid, _ = import_one(ms, source_file(tmp_path, f"f{i}", bytes([i]) * 40_000), a)
+        path = a.file_path(fid)
+        path.chmod(0o644)
+        path.write_bytes(bytes([i]) * 39_999 + b"X")
+        rotten.append(fid)
+    start = threading.Barrier(len(rotten))
+    results = []
+
+    def worker(fid: str) -> None:
+        start.wait()
+        results.append(verify_one(ms, a, fid).status)
+
+    running = [threading.Thread(target=worker, args=(fid,)) for fid in rotten]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
+    assert results == [VerifyStatus.CORRUPT] * len(rotten)
+    assert len(ms.lib.events(100, types=[schema.LOG_STORE_FAILING])) == 1
+    assert len(ms.lib.events(100, types=[schema.LOG_FILE_CORRUPT])) == len(rotten)
+    assert ms.store_doc(a.id)["failure"]["corrupt_count"] == len(rotten)
