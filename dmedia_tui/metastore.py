@@ -912,6 +912,12 @@ class MetaStore:
         duplicate) rather than leaving a failing store nobody was told about.
         False when the store is unknown.
         """
+        with self._drive_trouble:  # SMART's thread and a worker's I/O errors, at once
+            return self._flag_store_failing(store_id, reason, errors, fs)
+
+    def _flag_store_failing(
+        self, store_id: str, reason: str, errors: list[str], fs: FileStore | None
+    ) -> bool:
         store = self.store_doc(store_id)
         if store is None:
             return False
