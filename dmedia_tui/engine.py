@@ -486,8 +486,7 @@ class Engine:
     def _priority_ready(self) -> bool:
         """May verify requests be taken now? Not before the stores were looked at once
         (unless a caller set `connected` itself): the request would match no store."""
-        with self._conn_lock:
-            return self._stores_known.is_set() or bool(self.connected)
+        return self.connected_ids() is not None  # the one rule for "looked yet"
 
     def _priority_items(self, sid: str | None, fid: str | None) -> list[tuple[str, str]]:
         with self._conn_lock:
