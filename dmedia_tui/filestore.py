@@ -311,7 +311,12 @@ def _write_store_json(dot: Path, doc: dict[str, Any]) -> None:
     data = (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
     dfd = os.open(dot, _O_DIR)
     try:
-        tfd = _open_dir_at(dfd, "tmp", dot.parent, f"{DOTDIR}/tmp")
+        try:
+            tfd = _open_dir_at(dfd, "tmp", dot.parent, f"{DOTDIR}/tmp")
+        except FileNotFoundError:  # removed by hand: writers make what they need
+            with contextlib.suppress(FileExistsError):
+                os.mkdir("tmp", 0o755, dir_fd=dfd)
+            tfd = _open_dir_at(dfd, "tmp", dot.parent, f"{DOTDIR}/tmp")
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644, dir_fd=tfd)
             try:

@@ -916,3 +916,12 @@ def test_a_failure_mark_never_writes_through_a_linked_tmp(store: FileStore, tmp_
         store.set_failure({"reason": "corrupt", "count": 1})
     assert list(elsewhere.iterdir()) == []
     assert (store.path / ".dmedia" / "store.json").read_bytes() == before
+
+
+def test_a_failure_mark_is_written_when_tmp_has_gone(store: FileStore) -> None:
+    """store.json's temp file goes in tmp/: a store whose tmp/ was removed (by hand, by a
+    cleaner) still takes its failure mark, and has its tmp/ back."""
+    (store.path / ".dmedia" / "tmp").rmdir()
+    store.set_failure({"reason": "corrupt", "count": 1})
+    assert FileStore(store.path).doc["failure"] == {"reason": "corrupt", "count": 1}
+    assert list((store.path / ".dmedia" / "tmp").iterdir()) == []
